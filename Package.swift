@@ -1,0 +1,93 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let upcomingFeatures: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("MemberImportVisibility"),
+]
+
+let package = Package(
+    name: "aiotask",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "AiotaskProtocol", targets: ["AiotaskProtocol"]),
+        .library(name: "AiotaskClient", targets: ["AiotaskClient"]),
+        .library(name: "AiotaskWorker", targets: ["AiotaskWorker"]),
+        .executable(name: "aiotaskd", targets: ["aiotaskd"]),
+        .executable(name: "aiotask", targets: ["aiotask"]),
+        .executable(name: "aiotask-example-worker", targets: ["ExampleWorker"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
+    ],
+    targets: [
+        .target(
+            name: "AiotaskProtocol",
+            dependencies: [.product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: upcomingFeatures
+        ),
+        .target(
+            name: "AiotaskClient",
+            dependencies: [
+                "AiotaskProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: upcomingFeatures
+        ),
+        .target(name: "CAiotaskShims"),
+        .target(
+            name: "AiotaskWorker",
+            dependencies: [
+                "AiotaskProtocol",
+                "CAiotaskShims",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: upcomingFeatures
+        ),
+        .executableTarget(
+            name: "aiotaskd",
+            dependencies: [
+                "AiotaskWorker",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: upcomingFeatures
+        ),
+        .executableTarget(
+            name: "aiotask",
+            dependencies: [
+                "AiotaskClient",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: upcomingFeatures
+        ),
+        .executableTarget(
+            name: "ExampleWorker",
+            dependencies: ["AiotaskWorker"],
+            path: "Examples/ExampleWorker",
+            swiftSettings: upcomingFeatures
+        ),
+        .testTarget(
+            name: "AiotaskProtocolTests",
+            dependencies: ["AiotaskProtocol"],
+            swiftSettings: upcomingFeatures
+        ),
+        .testTarget(
+            name: "AiotaskWorkerTests",
+            dependencies: [
+                "AiotaskWorker",
+                "AiotaskClient",
+                "aiotaskd",
+                "aiotask",
+                "ExampleWorker",
+            ],
+            swiftSettings: upcomingFeatures
+        ),
+    ]
+)

@@ -1,0 +1,40 @@
+/// Why a task ended without a result, as carried by a `FAILED` frame.
+///
+/// Unknown codes survive decoding, so a client keeps working against a server that added new reasons.
+public struct FailureReason: RawRepresentable, Hashable, Sendable {
+    public let rawValue: UInt8
+
+    public init(rawValue: UInt8) {
+        self.rawValue = rawValue
+    }
+
+    /// The handler reported an error; the message is its description.
+    public static let handlerError = FailureReason(rawValue: 1)
+    /// The worker process running the task died; the message gives the exit status or signal.
+    public static let workerCrashed = FailureReason(rawValue: 2)
+    /// The task ran longer than its timeout and its process was killed.
+    public static let timedOut = FailureReason(rawValue: 3)
+    /// The client cancelled the task.
+    public static let cancelled = FailureReason(rawValue: 4)
+    /// The server refused the task at once, for example because its queue is full.
+    public static let rejected = FailureReason(rawValue: 5)
+    /// The task or its result is larger than the server or the connection allows.
+    public static let payloadTooLarge = FailureReason(rawValue: 6)
+    /// The server shut down before the task could finish.
+    public static let shuttingDown = FailureReason(rawValue: 7)
+}
+
+extension FailureReason: CustomStringConvertible {
+    public var description: String {
+        switch self {
+        case .handlerError: "handler error"
+        case .workerCrashed: "worker crashed"
+        case .timedOut: "timed out"
+        case .cancelled: "cancelled"
+        case .rejected: "rejected"
+        case .payloadTooLarge: "payload too large"
+        case .shuttingDown: "shutting down"
+        default: "failure \(rawValue)"
+        }
+    }
+}

@@ -1,0 +1,64 @@
+import NIOCore
+
+/// One message of the aiotask wire protocol. See docs/protocol.md for the byte layout of each.
+public enum Frame: Hashable, Sendable {
+    /// Submit a task (original protocol). Answered with `done` on success.
+    case enqueue(TaskID, payload: ByteBuffer)
+    /// The status of a task, in answer to `status`.
+    case update(TaskID, TaskStatus)
+    /// The result of a task submitted with `enqueue` on a connection that did not say `hello`.
+    case done(TaskID, result: ByteBuffer)
+    /// Ask for the status of a task.
+    case status(TaskID)
+
+    /// Negotiate the extensions; both ends send one, the client first.
+    case hello(Hello)
+    /// Submit a task with an optional timeout (nil: the server's default).
+    case submit(TaskID, timeout: Duration?, payload: ByteBuffer)
+    /// The result of a task, on a connection that said `hello`.
+    case result(TaskID, ByteBuffer)
+    /// The task ended without a result.
+    case failed(TaskID, FailureReason, message: String)
+    /// Cancel a queued or running task; it is then answered with `failed(…, .cancelled, …)`.
+    case cancel(TaskID)
+    /// Ask for the server's statistics.
+    case infoRequest
+    /// The server's statistics, a UTF-8 JSON object.
+    case info(ByteBuffer)
+    /// A connection-level error; the sender closes the connection after it.
+    case error(String)
+
+    /// The type byte of this frame.
+    public var type: FrameType {
+        switch self {
+        case .enqueue: .enqueue
+        case .update: .update
+        case .done: .done
+        case .status: .status
+        case .hello: .hello
+        case .submit: .submit
+        case .result: .result
+        case .failed: .failed
+        case .cancel: .cancel
+        case .infoRequest: .infoRequest
+        case .info: .info
+        case .error: .error
+        }
+    }
+}
+
+/// The content of a `HELLO` frame.
+public struct Hello: Hashable, Sendable {
+    /// The protocol version this implementation speaks.
+    public static let currentVersion: UInt8 = 1
+
+    /// The sender's protocol version.
+    public var version: UInt8
+    /// The largest task (from a server) or result (from a client) the sender accepts, in bytes.
+    public var maximumPayloadLength: UInt32
+
+    public init(version: UInt8 = Hello.currentVersion, maximumPayloadLength: UInt32) {
+        self.version = version
+        self.maximumPayloadLength = maximumPayloadLength
+    }
+}

@@ -1,0 +1,129 @@
+import NIOCore
+
+/// The framing between the supervisor and a handler process, on the handler's stdin and stdout
+/// (docs/handler-protocol.md).
+///
+/// Request (stdin): `length: UInt32 BE | task bytes`.
+/// Reply (stdout): `kind: UInt8 | length: UInt32 BE | bytes`, kind 0 = result, 1 = error message (UTF-8).
+public enum HandlerReply: Hashable, Sendable {
+    /// The handler's result for the task.
+    case result(ByteBuffer)
+    /// The handler failed the task; the message says why.
+    case error(String)
+
+    static let resultKind: UInt8 = 0
+    static let errorKind: UInt8 = 1
+}
+
+/// A handler process broke the handler framing.
+public enum HandlerFramingError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// The kind byte is neither 0 (result) nor 1 (error).
+    case unknownReplyKind(UInt8)
+    /// The declared length exceeds the limit.
+    case replyTooLarge(length: Int, limit: Int)
+    /// A request longer than the limit.
+    case requestTooLarge(length: Int, limit: Int)
+    /// The stream ended inside a frame.
+    case truncated(bytesLeft: Int)
+
+    public var description: String {
+        switch self {
+        case .unknownReplyKind(let kind): "reply kind \(kind) is neither 0 (result) nor 1 (error)"
+        case .replyTooLarge(let length, let limit): "reply of \(length) bytes exceeds the limit of \(limit) bytes"
+        case .requestTooLarge(let length, let limit): "request of \(length) bytes exceeds the limit of \(limit) bytes"
+        case .truncated(let bytesLeft): "stream ended inside a frame (\(bytesLeft) bytes left over)"
+        }
+    }
+}
+
+extension ByteBuffer {
+    /// Appends a task for a handler process.
+    public mutating func writeHandlerRequest(_ task: ByteBuffer) {
+        writeInteger(UInt32(task.readableBytes))
+        writeImmutableBuffer(task)
+    }
+
+    /// Appends a handler's reply.
+    public mutating func writeHandlerReply(_ reply: HandlerReply) {
+        switch reply {
+        case .result(let bytes):
+            writeMultipleIntegers(HandlerReply.resultKind, UInt32(bytes.readableBytes))
+            writeImmutableBuffer(bytes)
+        case .error(let message):
+            writeMultipleIntegers(HandlerReply.errorKind, UInt32(message.utf8.count))
+            writeString(message)
+        }
+    }
+}
+
+/// Decodes replies on the supervisor's side of a handler link.
+public struct HandlerReplyDecoder: NIOSingleStepByteToMessageDecoder {
+    public typealias InboundOut = HandlerReply
+
+    /// Largest accepted reply, in bytes.
+    public var maximumLength: Int
+
+    public init(maximumLength: Int) {
+        self.maximumLength = maximumLength
+    }
+
+    public mutating func decode(buffer: inout ByteBuffer) throws -> HandlerReply? {
+        guard let (kind, length32) = buffer.getMultipleIntegers(at: buffer.readerIndex, as: (UInt8, UInt32).self)
+        else { return nil }
+        guard kind == HandlerReply.resultKind || kind == HandlerReply.errorKind else {
+            throw HandlerFramingError.unknownReplyKind(kind)
+        }
+        let length = Int(length32)
+        guard length <= maximumLength else {
+            throw HandlerFramingError.replyTooLarge(length: length, limit: maximumLength)
+        }
+        guard buffer.readableBytes >= 5 + length else { return nil }
+        buffer.moveReaderIndex(forwardBy: 5)
+        var bytes = buffer.readSlice(length: length)!
+        if kind == HandlerReply.resultKind { return .result(bytes) }
+        return .error(bytes.readString(length: length) ?? "")
+    }
+
+    public mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> HandlerReply? {
+        if let reply = try decode(buffer: &buffer) { return reply }
+        if buffer.readableBytes > 0 {
+            let left = buffer.readableBytes
+            buffer.moveReaderIndex(to: buffer.writerIndex)
+            throw HandlerFramingError.truncated(bytesLeft: left)
+        }
+        return nil
+    }
+}
+
+/// Decodes requests on the handler's side of a handler link.
+public struct HandlerRequestDecoder: NIOSingleStepByteToMessageDecoder {
+    public typealias InboundOut = ByteBuffer
+
+    /// Largest accepted task, in bytes.
+    public var maximumLength: Int
+
+    public init(maximumLength: Int) {
+        self.maximumLength = maximumLength
+    }
+
+    public mutating func decode(buffer: inout ByteBuffer) throws -> ByteBuffer? {
+        guard let length32 = buffer.getInteger(at: buffer.readerIndex, as: UInt32.self) else { return nil }
+        let length = Int(length32)
+        guard length <= maximumLength else {
+            throw HandlerFramingError.requestTooLarge(length: length, limit: maximumLength)
+        }
+        guard buffer.readableBytes >= 4 + length else { return nil }
+        buffer.moveReaderIndex(forwardBy: 4)
+        return buffer.readSlice(length: length)
+    }
+
+    public mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> ByteBuffer? {
+        if let request = try decode(buffer: &buffer) { return request }
+        if buffer.readableBytes > 0 {
+            let left = buffer.readableBytes
+            buffer.moveReaderIndex(to: buffer.writerIndex)
+            throw HandlerFramingError.truncated(bytesLeft: left)
+        }
+        return nil
+    }
+}

@@ -1,0 +1,16 @@
+#ifndef C_AIOTASK_SHIMS_H
+#define C_AIOTASK_SHIMS_H
+
+#include <sys/types.h>
+
+/// Starts `path` with `argv` and `envp` in a new process group, its standard streams set to the given
+/// descriptors, every other descriptor closed, every signal at its default disposition and none blocked.
+/// Returns the child's pid, or -errno on failure.
+pid_t aiotask_spawn(const char *path, char *const argv[], char *const envp[],
+                    int stdin_fd, int stdout_fd, int stderr_fd);
+
+/// Asks the kernel to send `signal` to the calling process when its parent thread exits.
+/// Returns 0, or -errno on failure.
+int aiotask_set_parent_death_signal(int signal);
+
+#endif
