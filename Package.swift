@@ -63,6 +63,8 @@ let package = Package(
             name: "aiotask",
             dependencies: [
                 "AiotaskClient",
+                "AiotaskProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: upcomingFeatures
@@ -76,6 +78,16 @@ let package = Package(
         .testTarget(
             name: "AiotaskProtocolTests",
             dependencies: ["AiotaskProtocol"],
+            swiftSettings: upcomingFeatures
+        ),
+        .testTarget(
+            name: "AiotaskClientTests",
+            dependencies: [
+                "AiotaskClient",
+                "AiotaskProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
             swiftSettings: upcomingFeatures
         ),
         .testTarget(

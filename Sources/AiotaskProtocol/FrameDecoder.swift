@@ -64,7 +64,15 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder {
     }
 
     public mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> InboundFrame? {
-        if let frame = try decode(buffer: &buffer) { return frame }
+        if let frame = try decode(buffer: &buffer) {
+            // An oversized frame whose remaining bytes will never come is a truncated stream, not a task.
+            if case .oversized = frame, bytesToSkip > 0 {
+                let left = bytesToSkip
+                bytesToSkip = 0
+                throw ProtocolError.truncatedStream(bytesLeft: left)
+            }
+            return frame
+        }
         if buffer.readableBytes > 0 || bytesToSkip > 0 {
             let left = buffer.readableBytes + bytesToSkip
             buffer.moveReaderIndex(to: buffer.writerIndex)
@@ -76,8 +84,12 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder {
 
     private func limit(for type: FrameType) -> Int {
         guard type.carriesTaskData else { return maximumControlFrameLength }
-        // The fields in front of the task bytes don't count against the payload limit.
-        return maximumPayloadLength + TaskID.byteCount + (type == .submit ? 4 : 0)
+        // The fields in front of the task bytes don't count against the payload limit. Saturate, so that
+        // `Int.max` can mean "no limit".
+        let (limit, overflow) = maximumPayloadLength.addingReportingOverflow(
+            TaskID.byteCount + (type == .submit ? 4 : 0)
+        )
+        return overflow ? .max : limit
     }
 
     /// Reads the id of an oversized task, then arranges for the rest of its bytes to be skipped.
@@ -110,7 +122,9 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder {
             return id
         }
         func requireEnd() throws {
-            guard payload.readableBytes == 0 else { throw malformed("\(payload.readableBytes) unexpected trailing bytes") }
+            guard payload.readableBytes == 0 else {
+                throw malformed("\(payload.readableBytes) unexpected trailing bytes")
+            }
         }
 
         switch type {

@@ -7,11 +7,15 @@ extension ByteBuffer {
     /// Appends one frame, header and payload.
     ///
     /// - Throws: ``ProtocolError/payloadExceedsLegacyFrame(_:length:)`` when a frame of the original protocol
-    ///   would need more than 65,535 payload bytes; nothing is written then.
+    ///   would need more than 65,535 payload bytes, ``ProtocolError/frameTooLarge(_:length:limit:)`` when an
+    ///   extension frame would need more than 2³² − 1; nothing is written then.
     public mutating func writeFrame(_ frame: Frame) throws {
         let type = frame.type
         let length = frame.payloadLength
         if type.isExtension {
+            guard length <= UInt32.max else {
+                throw ProtocolError.frameTooLarge(type, length: length, limit: Int(UInt32.max))
+            }
             writeInteger(type.rawValue)
             writeInteger(UInt32(length))
         } else {
@@ -77,7 +81,11 @@ enum TimeoutEncoding {
     static func milliseconds(_ timeout: Duration?) -> UInt32 {
         guard let timeout else { return 0 }
         let (seconds, attoseconds) = timeout.components
-        let milliseconds = seconds * 1000 + attoseconds / 1_000_000_000_000_000
+        // Saturate rather than trap on durations beyond what 32-bit milliseconds can say (about 49.7 days).
+        guard seconds >= 0 else { return 1 }
+        let (wholeMilliseconds, overflow) = seconds.multipliedReportingOverflow(by: 1000)
+        guard !overflow else { return .max }
+        let milliseconds = wholeMilliseconds + attoseconds / 1_000_000_000_000_000
         return UInt32(clamping: max(1, milliseconds))
     }
 

@@ -68,11 +68,13 @@ public struct HandlerReplyDecoder: NIOSingleStepByteToMessageDecoder {
     }
 
     public mutating func decode(buffer: inout ByteBuffer) throws -> HandlerReply? {
-        guard let (kind, length32) = buffer.getMultipleIntegers(at: buffer.readerIndex, as: (UInt8, UInt32).self)
-        else { return nil }
+        // Check the kind as soon as it arrives: a handler that prints stray text may then wait for input
+        // that will never come, and the violation must not wait for a full header.
+        guard let kind = buffer.getInteger(at: buffer.readerIndex, as: UInt8.self) else { return nil }
         guard kind == HandlerReply.resultKind || kind == HandlerReply.errorKind else {
             throw HandlerFramingError.unknownReplyKind(kind)
         }
+        guard let length32 = buffer.getInteger(at: buffer.readerIndex + 1, as: UInt32.self) else { return nil }
         let length = Int(length32)
         guard length <= maximumLength else {
             throw HandlerFramingError.replyTooLarge(length: length, limit: maximumLength)

@@ -37,7 +37,9 @@ public enum ServerAddress: Hashable, Sendable {
             guard !host.contains(":") else { throw AddressError(text, "put an IPv6 host in brackets: [::1]") }
         }
         guard !host.isEmpty else { throw AddressError(text, "missing host") }
-        guard let port = Int(portText), (0...65535).contains(port) else {
+        guard portText.utf8.allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }),
+            let port = Int(portText), (0...65535).contains(port)
+        else {
             throw AddressError(text, "port must be a number from 0 to 65535")
         }
         self = .tcp(host: String(host), port: port)

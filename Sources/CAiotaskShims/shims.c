@@ -2,6 +2,8 @@
 #include "CAiotaskShims.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/prctl.h>
@@ -40,4 +42,10 @@ done:
 
 int aiotask_set_parent_death_signal(int signal) {
     return prctl(PR_SET_PDEATHSIG, signal, 0, 0, 0) == 0 ? 0 : -errno;
+}
+
+int aiotask_pipe(int fds[2], int size) {
+    if (pipe2(fds, O_CLOEXEC) != 0) return -errno;
+    (void)fcntl(fds[1], F_SETPIPE_SZ, size);
+    return 0;
 }

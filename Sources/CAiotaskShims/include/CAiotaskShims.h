@@ -13,4 +13,8 @@ pid_t aiotask_spawn(const char *path, char *const argv[], char *const envp[],
 /// Returns 0, or -errno on failure.
 int aiotask_set_parent_death_signal(int signal);
 
+/// Creates a close-on-exec pipe, enlarged to `size` bytes where the system allows.
+/// Returns 0, or -errno on failure.
+int aiotask_pipe(int fds[2], int size);
+
 #endif

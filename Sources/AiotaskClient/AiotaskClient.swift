@@ -1,0 +1,279 @@
+import AiotaskProtocol
+import Foundation
+import NIOCore
+import NIOPosix
+
+/// A connection to an aiotask server, on which any number of tasks run concurrently.
+///
+/// ```swift
+/// let client = try await AiotaskClient.connect(to: "tcp://127.0.0.1:4242")
+/// let result = try await client.submit(Array("hello".utf8))
+/// try await client.close()
+/// ```
+///
+/// Tasks are pipelined on the one connection; their results come back in completion order, matched by task id.
+/// A task that ends without a result throws a ``TaskFailure``; a problem with the connection throws an
+/// ``AiotaskClientError``, and ends every pending request with it.
+///
+/// Cancelling the Swift task that awaits ``submit(_:timeout:)-(ByteBuffer,_)`` or ``TaskHandle/result()`` sends
+/// `CANCEL` for the task and ends the wait at once with a ``TaskFailure`` of reason ``FailureReason/cancelled``
+/// (not a `CancellationError`), the same error a cancellation through ``TaskHandle/cancel()`` produces.
+public final class AiotaskClient: Sendable {
+    /// The default largest result the client accepts: 64 MiB.
+    public static let defaultMaximumResultLength = 64 * 1024 * 1024
+
+    /// The server this client is connected to.
+    public let address: ServerAddress
+    /// The largest task the server accepts, in bytes, as announced in its `HELLO`.
+    public let serverMaximumPayloadLength: Int
+    /// The protocol version the server announced.
+    public let serverProtocolVersion: UInt8
+    /// The largest result this client accepts, in bytes; a larger one fails its task with
+    /// ``FailureReason/payloadTooLarge``.
+    public let maximumResultLength: Int
+
+    private let channel: any Channel
+    private let handler: NIOLoopBound<ClientChannelHandler>
+
+    private var eventLoop: any EventLoop { handler.eventLoop }
+
+    private init(
+        address: ServerAddress,
+        channel: any Channel,
+        handler: NIOLoopBound<ClientChannelHandler>,
+        serverHello: Hello,
+        maximumResultLength: Int
+    ) {
+        self.address = address
+        self.channel = channel
+        self.handler = handler
+        self.serverMaximumPayloadLength = Int(serverHello.maximumPayloadLength)
+        self.serverProtocolVersion = serverHello.version
+        self.maximumResultLength = maximumResultLength
+    }
+
+    deinit {
+        channel.close(promise: nil)
+    }
+
+    // MARK: Connecting
+
+    /// Connects to an aiotask server and performs the `HELLO` handshake.
+    ///
+    /// - Parameters:
+    ///   - address: Where the server listens (`tcp://host:port`, `tcp://[::1]:port` or `unix:/path`).
+    ///   - eventLoopGroup: The group the connection runs on; by default `MultiThreadedEventLoopGroup.singleton`.
+    ///   - connectTimeout: How long connecting and the handshake may take together. A server that accepts the
+    ///     connection but never answers `HELLO` (such as one that only speaks the original protocol) makes the
+    ///     connect fail with ``AiotaskClientError/Code/handshakeFailed`` after this time.
+    ///   - maximumResultLength: The largest result to accept, announced to the server; between 0 and 4 GiB − 1.
+    /// - Throws: ``AiotaskClientError`` with code ``AiotaskClientError/Code/connectFailed`` or
+    ///   ``AiotaskClientError/Code/handshakeFailed`` (or ``AiotaskClientError/Code/serverError`` when the server
+    ///   refuses the handshake with an `ERROR` frame).
+    public static func connect(
+        to address: ServerAddress,
+        eventLoopGroup: (any EventLoopGroup)? = nil,
+        connectTimeout: Duration = .seconds(10),
+        maximumResultLength: Int = AiotaskClient.defaultMaximumResultLength
+    ) async throws -> AiotaskClient {
+        precondition(
+            (0...Int(UInt32.max)).contains(maximumResultLength),
+            "maximumResultLength must be between 0 and \(UInt32.max)"
+        )
+        let group = eventLoopGroup ?? MultiThreadedEventLoopGroup.singleton
+        let clock = ContinuousClock()
+        let deadline = clock.now.advanced(by: connectTimeout)
+        let bootstrap = ClientBootstrap(group: group)
+            .connectTimeout(TimeAmount(connectTimeout))
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let operations = channel.pipeline.syncOperations
+                    try operations.addHandler(
+                        ByteToMessageHandler(FrameDecoder(maximumPayloadLength: maximumResultLength))
+                    )
+                    try operations.addHandler(ClientChannelHandler(maximumResultLength: maximumResultLength))
+                }
+            }
+
+        let channel: any Channel
+        do {
+            switch address {
+            case .tcp(let host, let port):
+                channel = try await bootstrap.connect(host: host, port: port).get()
+            case .unix(let path):
+                channel = try await bootstrap.connect(unixDomainSocketPath: path).get()
+            }
+        } catch {
+            throw AiotaskClientError(.connectFailed, reason: "\(address): \(AiotaskClientError.describe(error))")
+        }
+
+        let remaining = max(.zero, clock.now.duration(to: deadline))
+        let handshake = channel.eventLoop.makePromise(of: Hello.self)
+        let hello = Hello(version: Hello.currentVersion, maximumPayloadLength: UInt32(maximumResultLength))
+        do {
+            let handler = try await channel.eventLoop.submit {
+                let handler = try channel.pipeline.syncOperations.handler(type: ClientChannelHandler.self)
+                handler.startHandshake(
+                    hello,
+                    timeout: TimeAmount(remaining),
+                    describedTimeout: connectTimeout,
+                    promise: handshake
+                )
+                return NIOLoopBound(handler, eventLoop: channel.eventLoop)
+            }.get()
+            let serverHello = try await handshake.futureResult.get()
+            return AiotaskClient(
+                address: address,
+                channel: channel,
+                handler: handler,
+                serverHello: serverHello,
+                maximumResultLength: maximumResultLength
+            )
+        } catch {
+            channel.close(promise: nil)
+            if error is AiotaskClientError { throw error }
+            throw AiotaskClientError(.handshakeFailed, reason: "\(error)")
+        }
+    }
+
+    /// Connects to the server at `address`, given as text (`tcp://127.0.0.1:4242`, `unix:/run/aiotask/aiotask.sock`).
+    ///
+    /// - Throws: `AddressError` when the text is not an address, otherwise as
+    ///   ``connect(to:eventLoopGroup:connectTimeout:maximumResultLength:)-(ServerAddress,_,_,_)``.
+    public static func connect(
+        to address: String,
+        eventLoopGroup: (any EventLoopGroup)? = nil,
+        connectTimeout: Duration = .seconds(10),
+        maximumResultLength: Int = AiotaskClient.defaultMaximumResultLength
+    ) async throws -> AiotaskClient {
+        try await connect(
+            to: ServerAddress(parsing: address),
+            eventLoopGroup: eventLoopGroup,
+            connectTimeout: connectTimeout,
+            maximumResultLength: maximumResultLength
+        )
+    }
+
+    // MARK: Tasks
+
+    /// Runs a task and returns its result.
+    ///
+    /// - Parameters:
+    ///   - payload: The task bytes, handed to the server's handler as they are.
+    ///   - timeout: How long the task may run before the server kills it; nil for the server's default.
+    /// - Throws: ``TaskFailure`` when the task ends without a result (including ``FailureReason/payloadTooLarge``
+    ///   at once, without sending, when `payload` exceeds ``serverMaximumPayloadLength``, and
+    ///   ``FailureReason/cancelled`` when the awaiting Swift task is cancelled); ``AiotaskClientError`` when the
+    ///   connection fails.
+    public func submit(_ payload: ByteBuffer, timeout: Duration? = nil) async throws -> ByteBuffer {
+        let id = TaskID.random()
+        let future = try send(id, payload: payload, timeout: timeout)
+        return try await awaitResult(of: id, future)
+    }
+
+    /// Runs a task given as bytes and returns the result bytes; see ``submit(_:timeout:)-(ByteBuffer,_)``.
+    public func submit(_ payload: [UInt8], timeout: Duration? = nil) async throws -> [UInt8] {
+        let result = try await submit(ByteBuffer(bytes: payload), timeout: timeout)
+        return Array(result.readableBytesView)
+    }
+
+    /// Runs a task given as UTF-8 text and returns the result bytes; see ``submit(_:timeout:)-(ByteBuffer,_)``.
+    public func submit(_ text: String, timeout: Duration? = nil) async throws -> [UInt8] {
+        let result = try await submit(ByteBuffer(string: text), timeout: timeout)
+        return Array(result.readableBytesView)
+    }
+
+    /// Sends a task and returns at once with a handle to await its result, ask its status, or cancel it.
+    ///
+    /// - Throws: ``TaskFailure`` with ``FailureReason/payloadTooLarge`` when `payload` exceeds
+    ///   ``serverMaximumPayloadLength`` (nothing is sent). Connection problems surface from the handle.
+    public func enqueue(_ payload: ByteBuffer, timeout: Duration? = nil) async throws -> TaskHandle {
+        let id = TaskID.random()
+        let future = try send(id, payload: payload, timeout: timeout)
+        return TaskHandle(id: id, client: self, future: future)
+    }
+
+    /// Checks the payload, then hands the task to the event loop.
+    private func send(_ id: TaskID, payload: ByteBuffer, timeout: Duration?) throws -> EventLoopFuture<ByteBuffer> {
+        guard payload.readableBytes <= serverMaximumPayloadLength else {
+            throw TaskFailure(
+                taskID: id,
+                reason: .payloadTooLarge,
+                message: "the task of \(payload.readableBytes) bytes exceeds the server's limit of "
+                    + "\(serverMaximumPayloadLength) bytes"
+            )
+        }
+        guard !Task.isCancelled else { throw TaskFailure.cancelledByClient(id) }
+        let promise = eventLoop.makePromise(of: ByteBuffer.self)
+        onEventLoop { $0.submit(id, timeout: timeout, payload: payload, promise: promise) }
+        return promise.futureResult
+    }
+
+    /// Awaits a task's result; cancelling the awaiting Swift task cancels the task.
+    func awaitResult(of id: TaskID, _ future: EventLoopFuture<ByteBuffer>) async throws -> ByteBuffer {
+        // The task was handed to the event loop before this point, so the CANCEL queued by the handler below
+        // always runs after it, even when the Swift task is cancelled already.
+        try await withTaskCancellationHandler {
+            try await future.get()
+        } onCancel: {
+            self.onEventLoop { $0.cancel(id, failingLocally: true) }
+        }
+    }
+
+    /// Sends `CANCEL` for a task still pending on this connection.
+    func cancel(_ id: TaskID) {
+        onEventLoop { $0.cancel(id, failingLocally: false) }
+    }
+
+    /// Asks the server for a task's status.
+    func status(of id: TaskID) async throws -> TaskStatus {
+        let promise = eventLoop.makePromise(of: TaskStatus.self)
+        onEventLoop { $0.status(of: id, promise: promise) }
+        return try await promise.futureResult.get()
+    }
+
+    // MARK: Server information
+
+    /// The server's live statistics.
+    ///
+    /// - Throws: ``AiotaskClientError``, with ``AiotaskClientError/Code/protocolViolation`` when the answer is not
+    ///   the expected JSON object.
+    public func serverInfo() async throws -> ServerInfo {
+        let json = try await serverInfoJSON()
+        do {
+            return try JSONDecoder().decode(ServerInfo.self, from: Data(json.readableBytesView))
+        } catch {
+            throw AiotaskClientError(
+                .protocolViolation,
+                reason: "the server's INFO is not a valid statistics object: \(error)"
+            )
+        }
+    }
+
+    /// The server's live statistics as the UTF-8 JSON object it sent (snake_case keys, see ``ServerInfo``).
+    public func serverInfoJSON() async throws -> ByteBuffer {
+        let promise = eventLoop.makePromise(of: ByteBuffer.self)
+        onEventLoop { $0.requestInfo(promise: promise) }
+        return try await promise.futureResult.get()
+    }
+
+    // MARK: Closing
+
+    /// Closes the connection. Every pending task and query fails with ``AiotaskClientError/Code/connectionLost``;
+    /// the server cancels the connection's unfinished tasks. Closing twice is harmless.
+    public func close() async throws {
+        onEventLoop { $0.close() }
+        try await channel.closeFuture.get()
+    }
+
+    // MARK: Event loop access
+
+    private func onEventLoop(_ body: @escaping @Sendable (ClientChannelHandler) -> Void) {
+        let handler = self.handler
+        if handler.eventLoop.inEventLoop {
+            body(handler.value)
+        } else {
+            handler.eventLoop.execute { body(handler.value) }
+        }
+    }
+}

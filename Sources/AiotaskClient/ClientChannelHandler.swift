@@ -1,0 +1,273 @@
+import AiotaskProtocol
+import NIOCore
+
+/// All per-connection state of an ``AiotaskClient``, owned by the channel's event loop.
+///
+/// The client calls the request methods (``submit(_:timeout:payload:promise:)``, ``status(of:promise:)``, …) on
+/// the event loop; each registers its promise and appends a frame to an output buffer. The buffer is written and
+/// flushed once per event-loop tick, so requests made together leave in one `write` call. Inbound frames complete
+/// the promises: results and failures by task id, status answers per id in order, info answers in order. When the
+/// connection ends for any reason, every pending promise fails with the same ``AiotaskClientError``.
+final class ClientChannelHandler: ChannelInboundHandler {
+    typealias InboundIn = InboundFrame
+    typealias OutboundOut = ByteBuffer
+
+    private enum State {
+        /// The channel is connected but the handshake has not started.
+        case connected
+        /// `HELLO` was sent; the promise is completed by the server's `HELLO` or the timer.
+        case handshaking(EventLoopPromise<Hello>, timer: Scheduled<Void>)
+        /// The handshake is done; requests are accepted.
+        case ready
+        /// The connection is over; every request fails with this error.
+        case closed(AiotaskClientError)
+    }
+
+    /// The largest result accepted, as announced in the client's `HELLO`.
+    private let maximumResultLength: Int
+    private var state = State.connected
+    private var context: ChannelHandlerContext?
+    /// Tasks awaiting a `RESULT` or `FAILED`.
+    private var tasks: [TaskID: EventLoopPromise<ByteBuffer>] = [:]
+    /// Status queries awaiting an `UPDATE`, oldest first per task.
+    private var statusQueries: [TaskID: CircularBuffer<EventLoopPromise<TaskStatus>>] = [:]
+    /// Info requests awaiting an `INFO`, oldest first.
+    private var infoQueries = CircularBuffer<EventLoopPromise<ByteBuffer>>()
+    /// Frames encoded since the last flush.
+    private var output = ByteBuffer()
+    private var flushScheduled = false
+
+    init(maximumResultLength: Int) {
+        self.maximumResultLength = maximumResultLength
+    }
+
+    // MARK: Requests (called on the event loop)
+
+    /// Sends `HELLO` and arranges for `promise` to receive the server's answer, or to fail after `timeout`.
+    func startHandshake(
+        _ hello: Hello,
+        timeout: TimeAmount,
+        describedTimeout: Duration,
+        promise: EventLoopPromise<Hello>
+    ) {
+        guard case .connected = state, let context else {
+            let error = currentError
+            promise.fail(
+                error.code == .connectionLost
+                    ? AiotaskClientError(.handshakeFailed, reason: "\(error.reason) before answering HELLO") : error
+            )
+            return
+        }
+        let timer = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) {
+            self.shutDown(
+                AiotaskClientError(
+                    .handshakeFailed,
+                    reason: "the server did not answer HELLO within \(describedTimeout) "
+                        + "(is it an aiotask server that speaks protocol version \(Hello.currentVersion)?)"
+                )
+            )
+        }
+        state = .handshaking(promise, timer: timer)
+        append(.hello(hello))
+        flushOutput()
+    }
+
+    /// Sends a task; `promise` receives its result or fails with a ``TaskFailure``.
+    func submit(_ id: TaskID, timeout: Duration?, payload: ByteBuffer, promise: EventLoopPromise<ByteBuffer>) {
+        guard case .ready = state else {
+            promise.fail(currentError)
+            return
+        }
+        if let previous = tasks.updateValue(promise, forKey: id) {
+            // Random 122-bit ids do not collide in practice; keep both callers' promises completed anyway.
+            previous.fail(TaskFailure(taskID: id, reason: .rejected, message: "task id reused on this connection"))
+        }
+        append(.submit(id, timeout: timeout, payload: payload))
+    }
+
+    /// Asks for the status of a task; `promise` receives the server's `UPDATE` answer.
+    func status(of id: TaskID, promise: EventLoopPromise<TaskStatus>) {
+        guard case .ready = state else {
+            promise.fail(currentError)
+            return
+        }
+        statusQueries[id, default: []].append(promise)
+        append(.status(id))
+    }
+
+    /// Sends `CANCEL` for a pending task. With `failingLocally`, the task's promise fails at once with a
+    /// cancelled ``TaskFailure`` instead of waiting for the server's `FAILED` answer (which is then ignored).
+    func cancel(_ id: TaskID, failingLocally: Bool) {
+        guard case .ready = state, let promise = tasks[id] else { return }
+        if failingLocally {
+            tasks[id] = nil
+            promise.fail(TaskFailure.cancelledByClient(id))
+        }
+        append(.cancel(id))
+    }
+
+    /// Asks for the server's statistics; `promise` receives the JSON of the `INFO` answer.
+    func requestInfo(promise: EventLoopPromise<ByteBuffer>) {
+        guard case .ready = state else {
+            promise.fail(currentError)
+            return
+        }
+        infoQueries.append(promise)
+        append(.infoRequest)
+    }
+
+    /// Closes the connection on the client's behalf.
+    func close() {
+        shutDown(AiotaskClientError(.connectionLost, reason: "the client closed the connection"))
+    }
+
+    // MARK: Channel events
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        shutDown(AiotaskClientError(.connectionLost, reason: "the connection's handler was removed"))
+        self.context = nil
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        shutDown(AiotaskClientError(.connectionLost, reason: "the server closed the connection"))
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if let error = error as? ProtocolError {
+            shutDown(AiotaskClientError(.protocolViolation, reason: error.description))
+        } else {
+            shutDown(AiotaskClientError(.connectionLost, reason: AiotaskClientError.describe(error)))
+        }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .frame(let frame):
+            receive(frame)
+        case .oversized(let type, let id, let length):
+            guard case .ready = state else { return violation("an oversized \(type) frame before HELLO") }
+            guard type == .result || type == .done else { return violation("an oversized \(type) frame") }
+            let failure = TaskFailure(
+                taskID: id,
+                reason: .payloadTooLarge,
+                message: "the result of \(length) bytes exceeds this client's limit of \(maximumResultLength) bytes"
+            )
+            tasks.removeValue(forKey: id)?.fail(failure)
+        }
+    }
+
+    private func receive(_ frame: Frame) {
+        switch (frame, state) {
+        case (_, .closed):
+            return
+        case (.error(let message), _):
+            shutDown(AiotaskClientError(.serverError, reason: message.isEmpty ? "(no message)" : message))
+        case (.hello(let hello), .handshaking(let promise, let timer)):
+            guard hello.version >= 1 else {
+                return shutDown(
+                    AiotaskClientError(.handshakeFailed, reason: "the server speaks protocol version \(hello.version)")
+                )
+            }
+            timer.cancel()
+            state = .ready
+            promise.succeed(hello)
+        case (_, .connected), (_, .handshaking):
+            violation("a \(frame.type) frame before HELLO")
+        case (.result(let id, let result), .ready), (.done(let id, let result), .ready):
+            // Ids not pending are tasks the client gave up on (cancelled locally): ignore them.
+            tasks.removeValue(forKey: id)?.succeed(result)
+        case (.failed(let id, let reason, let message), .ready):
+            tasks.removeValue(forKey: id)?.fail(TaskFailure(taskID: id, reason: reason, message: message))
+        case (.update(let id, let status), .ready):
+            guard var queue = statusQueries.removeValue(forKey: id) else { return }
+            let promise = queue.removeFirst()
+            if !queue.isEmpty { statusQueries[id] = queue }
+            promise.succeed(status)
+        case (.info(let json), .ready):
+            guard let promise = infoQueries.popFirst() else { return violation("an INFO frame nobody asked for") }
+            promise.succeed(json)
+        case (.hello, .ready):
+            violation("a second HELLO frame")
+        case (.enqueue, .ready), (.status, .ready), (.submit, .ready), (.cancel, .ready), (.infoRequest, .ready):
+            violation("a \(frame.type) frame, which only clients send")
+        }
+    }
+
+    // MARK: Output
+
+    private func append(_ frame: Frame) {
+        do {
+            try output.writeFrame(frame)
+        } catch {
+            // Only frames of the original protocol can fail to encode, and the client sends none longer than 16 bytes.
+            preconditionFailure("cannot encode \(frame.type): \(error)")
+        }
+        scheduleFlush()
+    }
+
+    /// Flushes at the end of this event-loop tick, so that requests arriving together share one write.
+    private func scheduleFlush() {
+        guard !flushScheduled, let context else { return }
+        flushScheduled = true
+        context.eventLoop.assumeIsolated().execute {
+            self.flushOutput()
+        }
+    }
+
+    private func flushOutput() {
+        flushScheduled = false
+        guard output.readableBytes > 0, let context else { return }
+        let bytes = output
+        output = ByteBuffer()
+        context.writeAndFlush(wrapOutboundOut(bytes), promise: nil)
+    }
+
+    // MARK: Ending the connection
+
+    private var currentError: AiotaskClientError {
+        switch state {
+        case .closed(let error): error
+        case .connected, .handshaking: AiotaskClientError(.connectionLost, reason: "the handshake has not completed")
+        case .ready: AiotaskClientError(.connectionLost, reason: "the connection is open")
+        }
+    }
+
+    private func violation(_ what: String) {
+        shutDown(AiotaskClientError(.protocolViolation, reason: "the server sent \(what)"))
+    }
+
+    /// Fails everything pending with `error`, closes the channel, and makes every later request fail with it too.
+    private func shutDown(_ error: AiotaskClientError) {
+        let previous = state
+        if case .closed = previous { return }
+        state = .closed(error)
+        output.clear()
+
+        if case .handshaking(let promise, let timer) = previous {
+            timer.cancel()
+            if error.code == .connectionLost {
+                promise.fail(AiotaskClientError(.handshakeFailed, reason: "\(error.reason) before answering HELLO"))
+            } else {
+                promise.fail(error)
+            }
+        }
+        let tasks = self.tasks
+        let statusQueries = self.statusQueries
+        let infoQueries = self.infoQueries
+        self.tasks = [:]
+        self.statusQueries = [:]
+        self.infoQueries = []
+        for promise in tasks.values { promise.fail(error) }
+        for queue in statusQueries.values {
+            for promise in queue { promise.fail(error) }
+        }
+        for promise in infoQueries { promise.fail(error) }
+
+        context?.close(promise: nil)
+    }
+}

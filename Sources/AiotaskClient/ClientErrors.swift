@@ -1,0 +1,119 @@
+import AiotaskProtocol
+import NIOCore
+import NIOPosix
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
+/// A task that ended without a result: the server answered it with a `FAILED` frame, or the client refused or
+/// abandoned it locally (a payload over the server's limit, a result over the client's limit, a cancellation).
+public struct TaskFailure: Error, Hashable, Sendable {
+    /// The task that failed.
+    public var taskID: TaskID
+    /// Why it failed.
+    public var reason: FailureReason
+    /// Details: the handler's error description, the worker's exit status, or the client's own explanation.
+    public var message: String
+
+    /// Creates a failure of `taskID` for `reason`.
+    public init(taskID: TaskID, reason: FailureReason, message: String) {
+        self.taskID = taskID
+        self.reason = reason
+        self.message = message
+    }
+
+    /// The failure of a task whose awaiting Swift task was cancelled, or that was cancelled before it was sent.
+    static func cancelledByClient(_ id: TaskID) -> TaskFailure {
+        TaskFailure(taskID: id, reason: .cancelled, message: "cancelled by the client")
+    }
+}
+
+extension TaskFailure: CustomStringConvertible {
+    /// `task 1b4e…-… failed (timed out): killed after 30 s`.
+    public var description: String {
+        message.isEmpty ? "task \(taskID) failed (\(reason))" : "task \(taskID) failed (\(reason)): \(message)"
+    }
+}
+
+/// A problem with the connection rather than with one task. Every request pending on the connection ends with
+/// it, and every later request on the same client fails with it at once.
+public struct AiotaskClientError: Error, Hashable, Sendable {
+    /// What kind of problem this is.
+    public struct Code: Hashable, Sendable {
+        private enum Base: Hashable, Sendable {
+            case connectFailed, handshakeFailed, connectionLost, serverError, protocolViolation
+        }
+
+        private let base: Base
+
+        private init(_ base: Base) {
+            self.base = base
+        }
+
+        /// No connection could be made (refused, no such socket, unknown host, connect timeout).
+        public static let connectFailed = Code(.connectFailed)
+        /// The connection was made but the server did not answer `HELLO` in time, or refused it.
+        public static let handshakeFailed = Code(.handshakeFailed)
+        /// The connection ended: the server closed it, an I/O error broke it, or the client was closed.
+        public static let connectionLost = Code(.connectionLost)
+        /// The server sent an `ERROR` frame (its message is the ``AiotaskClientError/reason``) and closed the
+        /// connection.
+        public static let serverError = Code(.serverError)
+        /// The server sent something the protocol does not allow; the client closed the connection.
+        public static let protocolViolation = Code(.protocolViolation)
+    }
+
+    /// What kind of problem this is.
+    public var code: Code
+    /// A human-readable explanation; for ``Code/serverError`` the server's own message.
+    public var reason: String
+
+    /// Creates an error of the given kind.
+    public init(_ code: Code, reason: String) {
+        self.code = code
+        self.reason = reason
+    }
+}
+
+extension AiotaskClientError.Code: CustomStringConvertible {
+    public var description: String {
+        switch base {
+        case .connectFailed: "cannot connect"
+        case .handshakeFailed: "handshake failed"
+        case .connectionLost: "connection lost"
+        case .serverError: "server error"
+        case .protocolViolation: "protocol violation by the server"
+        }
+    }
+}
+
+extension AiotaskClientError: CustomStringConvertible {
+    /// `connection lost: the server closed the connection`.
+    public var description: String { "\(code): \(reason)" }
+}
+
+extension AiotaskClientError {
+    /// A short description of an error from the transport: the system's text for an `errno`, the first failed
+    /// address of a connect attempt, or the error's own description.
+    static func describe(_ error: any Error) -> String {
+        switch error {
+        case let error as IOError:
+            return String(cString: strerror(error.errnoCode))
+        case let error as NIOConnectionError:
+            if let dnsError = error.dnsAError ?? error.dnsAAAAError {
+                return "cannot resolve \(error.host): \(dnsError)"
+            }
+            if let first = error.connectionErrors.first {
+                return describe(first.error)
+            }
+            return "\(error)"
+        case ChannelError.connectTimeout(let amount):
+            return "connect timed out after \(Duration(amount))"
+        default:
+            return "\(error)"
+        }
+    }
+}

@@ -1,0 +1,153 @@
+import AiotaskProtocol
+import Logging
+import NIOCore
+import NIOPosix
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// A running aiotask worker: its listening sockets and its supervised pool, all on one event loop.
+///
+/// ```swift
+/// let server = try await AiotaskServer.start(configuration: configuration, logger: logger)
+/// // … serve …
+/// try await server.shutdown()
+/// ```
+public final class AiotaskServer: Sendable {
+    /// The local addresses the server listens on, in the order of the configuration (adopted sockets last).
+    public let localAddresses: [SocketAddress]
+
+    private let loop: any EventLoop
+    private let supervisor: NIOLoopBound<Supervisor>
+    private let listeners: [any Channel]
+    private let ownedSocketPaths: [String]
+    private let drainTimeout: Duration
+    private let logger: Logger
+
+    private init(
+        loop: any EventLoop,
+        supervisor: NIOLoopBound<Supervisor>,
+        listeners: [any Channel],
+        ownedSocketPaths: [String],
+        drainTimeout: Duration,
+        logger: Logger
+    ) {
+        self.loop = loop
+        self.supervisor = supervisor
+        self.listeners = listeners
+        self.ownedSocketPaths = ownedSocketPaths
+        self.localAddresses = listeners.compactMap(\.localAddress)
+        self.drainTimeout = drainTimeout
+        self.logger = logger
+    }
+
+    /// Starts the pool, waits until its processes are up, then starts listening.
+    ///
+    /// - Parameter eventLoop: the loop everything runs on; by default one of NIO's shared loops.
+    public static func start(
+        configuration: WorkerConfiguration,
+        logger: Logger,
+        eventLoop: (any EventLoop)? = nil
+    ) async throws -> AiotaskServer {
+        guard !configuration.listenAddresses.isEmpty || !configuration.adoptedSockets.isEmpty else {
+            throw ServerError.nothingToListenOn
+        }
+        let loop = eventLoop ?? MultiThreadedEventLoopGroup.singleton.next()
+        let supervisor = try await loop.submit {
+            NIOLoopBound(Supervisor(loop: loop, configuration: configuration, logger: logger), eventLoop: loop)
+        }.get()
+        try await loop.flatSubmit { supervisor.value.start() }.get()
+
+        var listeners: [any Channel] = []
+        var ownedSocketPaths: [String] = []
+        do {
+            let bootstrap = makeBootstrap(loop: loop, supervisor: supervisor, configuration: configuration, logger: logger)
+            for address in configuration.listenAddresses {
+                switch address {
+                case .tcp(let host, let port):
+                    listeners.append(try await bootstrap.bind(host: host, port: port).get())
+                case .unix(let path):
+                    listeners.append(
+                        try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
+                    )
+                    ownedSocketPaths.append(path)
+                }
+                logger.info("listening on \(address)")
+            }
+            for socket in configuration.adoptedSockets {
+                listeners.append(try await bootstrap.withBoundSocket(socket.descriptor).get())
+                logger.info("serving adopted socket \(socket.name) (fd \(socket.descriptor))")
+            }
+        } catch {
+            for listener in listeners { try? await listener.close() }
+            try? await loop.flatSubmit { supervisor.value.shutdown(drainTimeout: .zero) }.get()
+            throw ServerError.cannotListen(String(describing: error))
+        }
+        return AiotaskServer(
+            loop: loop,
+            supervisor: supervisor,
+            listeners: listeners,
+            ownedSocketPaths: ownedSocketPaths,
+            drainTimeout: configuration.drainTimeout,
+            logger: logger
+        )
+    }
+
+    private static func makeBootstrap(
+        loop: any EventLoop,
+        supervisor: NIOLoopBound<Supervisor>,
+        configuration: WorkerConfiguration,
+        logger: Logger
+    ) -> ServerBootstrap {
+        ServerBootstrap(group: loop, childGroup: loop)
+            .serverChannelOption(.backlog, value: 1024)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.allowRemoteHalfClosure, value: false)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    if channel.localAddress?.protocol != .unix {
+                        try channel.syncOptions?.setOption(.socketOption(.tcp_nodelay), value: 1)
+                    }
+                    let decoder = FrameDecoder(maximumPayloadLength: configuration.maximumPayloadLength)
+                    try channel.pipeline.syncOperations.addHandlers(
+                        ByteToMessageHandler(decoder),
+                        ClientConnectionHandler(supervisor: supervisor.value, logger: logger)
+                    )
+                }
+            }
+    }
+
+    /// The server's live statistics.
+    public func info() async throws -> ServerInfo {
+        try await loop.submit { [supervisor] in supervisor.value.info() }.get()
+    }
+
+    /// Stops listening, drains the tasks in flight (up to the configured drain timeout), fails what is left
+    /// with `shuttingDown`, and stops every pool process.
+    public func shutdown() async throws {
+        for listener in listeners { try? await listener.close() }
+        for path in ownedSocketPaths { unlink(path) }
+        try await loop.flatSubmit { [supervisor, drainTimeout] in
+            supervisor.value.shutdown(drainTimeout: drainTimeout)
+        }.get()
+        logger.info("worker stopped")
+    }
+}
+
+/// Why a server could not start.
+public enum ServerError: Error, CustomStringConvertible {
+    /// The configuration names no address and no socket was passed in.
+    case nothingToListenOn
+    /// Binding or adopting a socket failed.
+    case cannotListen(String)
+
+    public var description: String {
+        switch self {
+        case .nothingToListenOn: "no address to listen on: give --listen ADDRESS, or pass sockets"
+        case .cannotListen(let reason): "cannot listen: \(reason)"
+        }
+    }
+}

@@ -1,0 +1,220 @@
+import AiotaskProtocol
+import Foundation
+import Logging
+import NIOCore
+
+/// Serves one client connection: decodes its frames, submits its tasks, answers them as they finish.
+///
+/// A connection speaks the original protocol until the client sends an extension frame (normally `HELLO`);
+/// only then does it receive extension frames, so a legacy client never sees a frame it cannot parse.
+final class ClientConnectionHandler: ChannelInboundHandler {
+    typealias InboundIn = InboundFrame
+    typealias OutboundOut = ByteBuffer
+
+    /// Largest result a legacy client can receive: a `DONE` payload is at most 65,535 bytes, id included.
+    static let legacyResultLimit = ByteBuffer.legacyFrameLimit - TaskID.byteCount
+
+    private let supervisor: Supervisor
+    private var logger: Logger
+    private var context: ChannelHandlerContext?
+    private(set) var peerDescription = "unknown"
+
+    /// Whether the client negotiated the extensions.
+    private var isExtended = false
+    /// The largest result the client accepts (learned from its `HELLO`).
+    private var clientResultLimit = Int(UInt32.max)
+    private var inFlight: [TaskID: TaskRecord] = [:]
+    private var finished: FinishedTaskLog
+    private var flushPending = false
+    private var isClosing = false
+
+    init(supervisor: Supervisor, logger: Logger) {
+        self.supervisor = supervisor
+        self.logger = logger
+        self.finished = FinishedTaskLog(capacity: supervisor.configuration.finishedTasksRemembered)
+    }
+
+    // MARK: Channel events
+
+    func channelActive(context: ChannelHandlerContext) {
+        self.context = context
+        peerDescription = context.channel.remoteAddress.map(Self.describe) ?? "unix"
+        logger[metadataKey: "client"] = "\(peerDescription)"
+        supervisor.register(self)
+        logger.debug("client connected")
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        supervisor.unregister(self)
+        let abandoned = inFlight.values
+        inFlight.removeAll()
+        for record in abandoned { supervisor.abandon(record) }
+        logger.debug("client disconnected", metadata: ["abandoned_tasks": "\(abandoned.count)"])
+        self.context = nil
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !isClosing else { return }
+        switch unwrapInboundIn(data) {
+        case .frame(let frame):
+            if frame.type.isExtension { isExtended = true }
+            handle(frame)
+        case .oversized(let type, let id, let length):
+            if type.isExtension { isExtended = true }
+            guard type == .enqueue || type == .submit else {
+                return violation("the client sent a \(type) frame, which only a server sends")
+            }
+            rejectOversized(id, length: length)
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        flushPending = false
+        context.flush()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if let error = error as? ProtocolError {
+            violation(error.description)
+        } else {
+            logger.debug("connection error: \(error)")
+            context.close(promise: nil)
+        }
+    }
+
+    // MARK: Frames
+
+    private func handle(_ frame: Frame) {
+        switch frame {
+        case .hello(let hello):
+            clientResultLimit = Int(hello.maximumPayloadLength)
+            let limit = UInt32(clamping: supervisor.configuration.maximumPayloadLength)
+            write(.hello(Hello(maximumPayloadLength: limit)))
+        case .enqueue(let id, let payload):
+            submit(id, payload: payload, timeout: nil)
+        case .submit(let id, let timeout, let payload):
+            submit(id, payload: payload, timeout: timeout)
+        case .status(let id):
+            write(.update(id, status(of: id)))
+        case .cancel(let id):
+            if let record = inFlight[id] { supervisor.cancel(record) }
+        case .infoRequest:
+            writeInfo()
+        case .update, .done, .result, .failed, .info, .error:
+            violation("the client sent a \(frame.type) frame, which only a server sends")
+        }
+    }
+
+    private func submit(_ id: TaskID, payload: ByteBuffer, timeout: Duration?) {
+        guard inFlight[id] == nil else {
+            return violation("task id \(id) is already in use on this connection")
+        }
+        let record = TaskRecord(id: id, session: self, payload: payload, timeout: timeout)
+        inFlight[id] = record
+        supervisor.accept(record)
+    }
+
+    private func rejectOversized(_ id: TaskID, length: Int) {
+        guard inFlight[id] == nil else {
+            return violation("task id \(id) is already in use on this connection")
+        }
+        let limit = supervisor.configuration.maximumPayloadLength
+        let record = TaskRecord(id: id, session: self, payload: ByteBuffer(), timeout: nil)
+        inFlight[id] = record
+        supervisor.accept(rejected: record, .payloadTooLarge, "task of \(length) bytes exceeds the limit of \(limit) bytes")
+    }
+
+    private func status(of id: TaskID) -> TaskStatus {
+        let status = inFlight[id]?.status ?? finished.status(of: id) ?? .notFound
+        // A legacy client knows no FAILED status: it would ignore the answer and wait forever.
+        return status == .failed && !isExtended ? .notFound : status
+    }
+
+    private func writeInfo() {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        do {
+            let json = try encoder.encode(supervisor.info())
+            write(.info(ByteBuffer(bytes: json)))
+        } catch {
+            logger.error("cannot encode server info: \(error)")
+        }
+    }
+
+    // MARK: Answers
+
+    /// Sends the outcome of one of this connection's tasks.
+    func complete(_ record: TaskRecord, _ outcome: TaskOutcome) {
+        guard inFlight.removeValue(forKey: record.id) != nil, context != nil else { return }
+        switch outcome {
+        case .success(let result):
+            let limit = isExtended ? clientResultLimit : Self.legacyResultLimit
+            guard result.readableBytes <= limit else {
+                let message = "result of \(result.readableBytes) bytes exceeds the client's limit of \(limit) bytes"
+                logger.warning("task failed: \(message)", metadata: ["task_id": "\(record.id)"])
+                return sendFailure(record.id, .payloadTooLarge, message)
+            }
+            finished.record(record.id, .done)
+            write(isExtended ? .result(record.id, result) : .done(record.id, result: result))
+        case .failure(let reason, let message):
+            sendFailure(record.id, reason, message)
+        }
+        scheduleFlush()
+    }
+
+    /// Closes the connection once what was written is sent.
+    func close() {
+        context?.writeAndFlush(wrapOutboundOut(ByteBuffer())).assumeIsolated().whenComplete { [weak self] _ in
+            self?.context?.close(promise: nil)
+        }
+    }
+
+    private func sendFailure(_ id: TaskID, _ reason: FailureReason, _ message: String) {
+        finished.record(id, .failed)
+        // A legacy client cannot be told why; it learns that the task is gone, and is never sent a fake DONE.
+        write(isExtended ? .failed(id, reason, message: message) : .update(id, .notFound))
+    }
+
+    private func write(_ frame: Frame) {
+        guard let context else { return }
+        var buffer = context.channel.allocator.buffer(capacity: frame.type.headerLength + frame.payloadLength)
+        do {
+            try buffer.writeFrame(frame)
+        } catch {
+            logger.error("cannot encode \(frame.type) frame: \(error)")
+            return
+        }
+        context.write(wrapOutboundOut(buffer), promise: nil)
+    }
+
+    /// Flushes once at the end of the current event loop tick, so answers finished together go out together.
+    private func scheduleFlush() {
+        guard !flushPending, let context else { return }
+        flushPending = true
+        context.eventLoop.assumeIsolated().execute { [self] in
+            guard flushPending else { return }
+            flushPending = false
+            self.context?.flush()
+        }
+    }
+
+    /// Ends the connection because the client broke the protocol.
+    private func violation(_ reason: String) {
+        guard !isClosing, let context else { return }
+        isClosing = true
+        logger.warning("closing connection: protocol violation: \(reason)")
+        if isExtended { write(.error("protocol violation: \(reason)")) }
+        context.writeAndFlush(wrapOutboundOut(ByteBuffer())).assumeIsolated().whenComplete { _ in
+            context.close(promise: nil)
+        }
+    }
+
+    private static func describe(_ address: SocketAddress) -> String {
+        switch address {
+        case .v4, .v6: "\(address.ipAddress ?? "?"):\(address.port ?? 0)"
+        case .unixDomainSocket: "unix"
+        }
+    }
+}

@@ -1,0 +1,72 @@
+import Logging
+
+/// Reads the daemon's config file: `key = value` lines, `#` comments, keys named like the long options.
+public enum ConfigFile {
+    /// Parses the text of a config file; `path` only serves the error messages.
+    public static func parse(_ text: String, path: String) throws(ConfigurationError) -> DaemonSettings {
+        var settings = DaemonSettings()
+        for (offset, rawLine) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let location = "\(path):\(offset + 1)"
+            let line = rawLine.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false)[0]
+                .trimmingCharacters(in: " \t\r")
+            if line.isEmpty { continue }
+            guard let equals = line.firstIndex(of: "=") else {
+                throw ConfigurationError(setting: String(line), reason: "expected 'key = value'", location: location)
+            }
+            let key = String(line[..<equals].trimmingCharacters(in: " \t").map { $0 == "_" ? "-" : $0 })
+            let value = line[line.index(after: equals)...].trimmingCharacters(in: " \t")
+            guard !value.isEmpty else { throw ConfigurationError(setting: key, reason: "missing value", location: location) }
+            try apply(key, value, to: &settings, location: location)
+        }
+        return settings
+    }
+
+    private static func apply(
+        _ key: String,
+        _ value: String,
+        to settings: inout DaemonSettings,
+        location: String
+    ) throws(ConfigurationError) {
+        func integer() throws(ConfigurationError) -> Int {
+            guard let number = Int(value) else {
+                throw ConfigurationError(setting: key, reason: "'\(value)' is not a whole number", location: location)
+            }
+            return number
+        }
+        func seconds() throws(ConfigurationError) -> Double {
+            guard let number = Double(value), number.isFinite else {
+                throw ConfigurationError(setting: key, reason: "'\(value)' is not a number of seconds", location: location)
+            }
+            return number
+        }
+        switch key {
+        case "listen": settings.listen.append(value)
+        case "handler": settings.handler = value
+        case "workers": settings.workers = try integer()
+        case "queue-capacity": settings.queueCapacity = try integer()
+        case "max-payload": settings.maxPayload = try integer()
+        case "task-timeout": settings.taskTimeout = try seconds()
+        case "kill-grace": settings.killGrace = try seconds()
+        case "max-tasks-per-worker": settings.maxTasksPerWorker = try integer()
+        case "max-tasks-jitter": settings.maxTasksJitter = try integer()
+        case "drain-timeout": settings.drainTimeout = try seconds()
+        case "log-level":
+            guard let level = Logger.Level(rawValue: value) else {
+                let levels = Logger.Level.allCases.map(\.rawValue).joined(separator: ", ")
+                throw ConfigurationError(setting: key, reason: "'\(value)' is not one of \(levels)", location: location)
+            }
+            settings.logLevel = level
+        default:
+            throw ConfigurationError(setting: key, reason: "unknown setting", location: location)
+        }
+    }
+}
+
+extension StringProtocol {
+    fileprivate func trimmingCharacters(in characters: String) -> String {
+        var slice = Substring(self)
+        while let first = slice.first, characters.contains(first) { slice.removeFirst() }
+        while let last = slice.last, characters.contains(last) { slice.removeLast() }
+        return String(slice)
+    }
+}

@@ -1,0 +1,249 @@
+import AiotaskProtocol
+import Logging
+import NIOCore
+
+/// One place in the pool: keeps one process alive and runs one task at a time on it.
+///
+/// A process that must go — its task timed out or was cancelled, it reached its task quota, it broke the
+/// framing — is handed to the supervisor's ``RetiredProcesses`` to die, and the slot starts a replacement at
+/// once. A process that dies by itself is restarted with exponential backoff while it keeps crashing.
+final class PoolSlot {
+    enum State {
+        /// No process: before start, after shutdown, or waiting out a restart backoff.
+        case empty
+        case starting(WorkerProcess)
+        case idle(WorkerProcess)
+        case busy(WorkerProcess, RunningTask)
+    }
+
+    struct RunningTask {
+        let record: TaskRecord
+        let startedAt: NIODeadline
+        var timeoutTimer: Scheduled<Void>?
+    }
+
+    let index: Int
+    private unowned let supervisor: Supervisor
+    private(set) var state: State = .empty
+    private var tasksUntilRecycle: Int?
+    private var consecutiveCrashes = 0
+    private var restartTimer: Scheduled<Void>?
+    private var isStopped = false
+
+    init(index: Int, supervisor: Supervisor) {
+        self.index = index
+        self.supervisor = supervisor
+    }
+
+    private var configuration: WorkerConfiguration { supervisor.configuration }
+    private var logger: Logger { supervisor.logger }
+
+    var process: WorkerProcess? {
+        switch state {
+        case .empty: nil
+        case .starting(let process), .idle(let process), .busy(let process, _): process
+        }
+    }
+
+    var isBusy: Bool {
+        if case .busy = state { return true }
+        return false
+    }
+
+    // MARK: Process lifecycle
+
+    /// Starts a process if the slot has none.
+    func start() {
+        guard case .empty = state, !isStopped else { return }
+        restartTimer = nil
+        do {
+            let process = try WorkerProcess.spawn(configuration.handler, slot: index, loop: supervisor.loop)
+            process.delegate = self
+            state = .starting(process)
+            process.attach(maximumReplyLength: configuration.maximumPayloadLength, logger: logger)
+            tasksUntilRecycle = configuration.maximumTasksPerProcess.map {
+                $0 + Int.random(in: 0...max(0, configuration.maximumTasksJitter))
+            }
+            logger.debug("worker process started", metadata: ["worker_pid": "\(process.pid)", "slot": "\(index)"])
+        } catch {
+            logger.error("cannot start a worker process: \(error)", metadata: ["slot": "\(index)"])
+            supervisor.slotFailedToStart(self)
+            consecutiveCrashes += 1
+            scheduleRestart()
+        }
+    }
+
+    /// Stops the slot for good: no task is taken and no process started from now on.
+    func stop() {
+        isStopped = true
+        restartTimer?.cancel()
+        restartTimer = nil
+        if let process {
+            detach(process)
+            process.retire(gracePeriod: configuration.killGracePeriod)
+        }
+        state = .empty
+    }
+
+    private func scheduleRestart() {
+        guard !isStopped, restartTimer == nil else { return }
+        supervisor.noteRestart()
+        let delay = Self.backoff(crashes: consecutiveCrashes, maximum: configuration.maximumRestartBackoff)
+        if delay == .zero {
+            start()
+            return
+        }
+        logger.warning("restarting worker process after \(delay)", metadata: ["slot": "\(index)"])
+        restartTimer = supervisor.loop.assumeIsolated().scheduleTask(in: .init(delay)) { [weak self] in
+            self?.restartTimer = nil
+            self?.start()
+        }
+    }
+
+    /// No wait after a first crash, then 100 ms doubling up to `maximum` while the crashes go on.
+    static func backoff(crashes: Int, maximum: Duration) -> Duration {
+        guard crashes > 1 else { return .zero }
+        let exponent = min(crashes - 2, 20)
+        return min(.milliseconds(100) * (1 << exponent), maximum)
+    }
+
+    /// Hands `process` over to die on its own, so the slot can start another at once.
+    private func detach(_ process: WorkerProcess) {
+        process.delegate = supervisor.retiredProcesses
+        supervisor.retiredProcesses.adopt(process)
+    }
+
+    /// Replaces the current process: the old one is terminated (or retired gracefully) in the background.
+    private func replaceProcess(graceful: Bool) {
+        guard let process else { return }
+        supervisor.noteRestart()
+        detach(process)
+        if graceful {
+            process.retire(gracePeriod: configuration.killGracePeriod)
+        } else {
+            process.terminate(gracePeriod: configuration.killGracePeriod)
+        }
+        state = .empty
+        start()
+    }
+
+    // MARK: Tasks
+
+    /// Runs `record` on this slot's idle process.
+    func run(_ record: TaskRecord) {
+        guard case .idle(let process) = state else {
+            preconditionFailure("PoolSlot.run called on a slot that is not idle")
+        }
+        record.state = .running(pid: process.pid)
+        var running = RunningTask(record: record, startedAt: .now(), timeoutTimer: nil)
+        if let timeout = record.timeout ?? configuration.defaultTaskTimeout {
+            running.timeoutTimer = supervisor.loop.assumeIsolated().scheduleTask(in: .init(timeout)) {
+                [weak self] in
+                self?.timeOut(record, after: timeout)
+            }
+        }
+        state = .busy(process, running)
+        process.send(record.payload)
+        record.payload = ByteBuffer()
+    }
+
+    /// Stops the running `record` without answering it (cancelled, or its client is gone): its process is
+    /// killed and replaced.
+    func interrupt(_ record: TaskRecord) {
+        guard case .busy(_, let running) = state, running.record === record else { return }
+        running.timeoutTimer?.cancel()
+        replaceProcess(graceful: false)
+    }
+
+    private func timeOut(_ record: TaskRecord, after timeout: Duration) {
+        guard case .busy(let process, let running) = state, running.record === record else { return }
+        logger.warning(
+            "task timed out; terminating its worker process",
+            metadata: ["task_id": "\(record.id)", "worker_pid": "\(process.pid)", "timeout": "\(timeout)"]
+        )
+        replaceProcess(graceful: false)
+        supervisor.finish(record, .failure(.timedOut, "task exceeded its timeout of \(timeout)"), workerPID: process.pid)
+        supervisor.dispatch()
+    }
+
+    private func becomeIdle(_ process: WorkerProcess) {
+        if let remaining = tasksUntilRecycle, remaining <= 0 {
+            logger.debug("recycling worker process", metadata: ["worker_pid": "\(process.pid)"])
+            state = .idle(process)
+            replaceProcess(graceful: true)
+            return
+        }
+        state = .idle(process)
+        supervisor.slotBecameIdle(self)
+    }
+}
+
+extension PoolSlot: WorkerProcessDelegate {
+    func processIsReady(_ process: WorkerProcess) {
+        guard case .starting(let current) = state, current === process else { return }
+        becomeIdle(process)
+    }
+
+    func process(_ process: WorkerProcess, didReply reply: HandlerReply) {
+        guard case .busy(let current, let running) = state, current === process else {
+            process.kill()
+            self.process(process, brokeLink: "handler replied while it had no task")
+            return
+        }
+        running.timeoutTimer?.cancel()
+        consecutiveCrashes = 0
+        if let remaining = tasksUntilRecycle { tasksUntilRecycle = remaining - 1 }
+        let outcome: TaskOutcome =
+            switch reply {
+            case .result(let bytes): .success(bytes)
+            case .error(let message): .failure(.handlerError, message)
+            }
+        becomeIdle(process)
+        supervisor.finish(running.record, outcome, workerPID: process.pid)
+        supervisor.dispatch()
+    }
+
+    func process(_ process: WorkerProcess, brokeLink reason: String) {
+        guard self.process === process else { return }
+        logger.error("worker process broke its link: \(reason)", metadata: ["worker_pid": "\(process.pid)"])
+        let failedTask: TaskRecord?
+        if case .busy(_, let running) = state {
+            running.timeoutTimer?.cancel()
+            failedTask = running.record
+        } else {
+            failedTask = nil
+        }
+        consecutiveCrashes += 1
+        detach(process)
+        process.kill()
+        state = .empty
+        if let failedTask {
+            supervisor.finish(failedTask, .failure(.workerCrashed, "worker process \(process.pid): \(reason)"), workerPID: process.pid)
+        }
+        scheduleRestart()
+        supervisor.dispatch()
+    }
+
+    func process(_ process: WorkerProcess, didExit status: ExitStatus) {
+        guard self.process === process else { return }
+        let failedTask: TaskRecord?
+        if case .busy(_, let running) = state {
+            running.timeoutTimer?.cancel()
+            failedTask = running.record
+        } else {
+            failedTask = nil
+        }
+        logger.error(
+            "worker process \(status)",
+            metadata: ["worker_pid": "\(process.pid)", "task_id": "\(failedTask.map { "\($0.id)" } ?? "none")"]
+        )
+        consecutiveCrashes += 1
+        state = .empty
+        supervisor.slotFailedToStart(self)
+        if let failedTask {
+            supervisor.finish(failedTask, .failure(.workerCrashed, "worker process \(process.pid) \(status)"), workerPID: process.pid)
+        }
+        scheduleRestart()
+        supervisor.dispatch()
+    }
+}

@@ -1,0 +1,300 @@
+import AiotaskProtocol
+import Logging
+import NIOCore
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// The heart of the worker: the queue, the pool's slots, and every task's way from arrival to answer.
+///
+/// Confined to the server's single event loop: connections, process links and timers all run there, so the
+/// state below needs no lock. The work itself happens in the pool's processes.
+final class Supervisor {
+    let loop: any EventLoop
+    let configuration: WorkerConfiguration
+    let logger: Logger
+    let retiredProcesses: RetiredProcesses
+
+    private var slots: [PoolSlot] = []
+    private var idleSlots: [PoolSlot] = []
+    /// Waiting tasks in arrival order; cancelled ones stay until they reach the front (see ``queuedCount``).
+    private var queue = CircularBuffer<TaskRecord>()
+    /// Tasks in `queue` that still wait (not finished while queued).
+    private(set) var queuedCount = 0
+
+    private var submitted = 0
+    private var succeeded = 0
+    private var failed = 0
+    private var restarts = 0
+    private var sessions: [ObjectIdentifier: ClientConnectionHandler] = [:]
+    private let startedAt = NIODeadline.now()
+    private var throughput = ThroughputMeter()
+
+    private var isAccepting = true
+    private var drainPromise: EventLoopPromise<Void>?
+    private var readyPromise: EventLoopPromise<Void>?
+    private var slotsStarted = Set<Int>()
+
+    init(loop: any EventLoop, configuration: WorkerConfiguration, logger: Logger) {
+        self.loop = loop
+        self.configuration = configuration
+        self.logger = logger
+        self.retiredProcesses = RetiredProcesses(logger: logger)
+    }
+
+    // MARK: Pool
+
+    /// Starts the pool; the future succeeds once every slot has brought up a process (or failed its first try).
+    func start() -> EventLoopFuture<Void> {
+        let promise = loop.makePromise(of: Void.self)
+        readyPromise = promise
+        slots = (0..<max(1, configuration.workers)).map { PoolSlot(index: $0, supervisor: self) }
+        for slot in slots { slot.start() }
+        return promise.futureResult
+    }
+
+    func slotBecameIdle(_ slot: PoolSlot) {
+        markStarted(slot)
+        idleSlots.append(slot)
+        dispatch()
+        checkDrained()
+    }
+
+    func register(_ session: ClientConnectionHandler) {
+        sessions[ObjectIdentifier(session)] = session
+    }
+
+    func unregister(_ session: ClientConnectionHandler) {
+        sessions[ObjectIdentifier(session)] = nil
+    }
+
+    func noteRestart() {
+        restarts += 1
+    }
+
+    func slotFailedToStart(_ slot: PoolSlot) {
+        markStarted(slot)
+    }
+
+    private func markStarted(_ slot: PoolSlot) {
+        guard readyPromise != nil else { return }
+        slotsStarted.insert(slot.index)
+        if slotsStarted.count == slots.count {
+            readyPromise?.succeed()
+            readyPromise = nil
+        }
+    }
+
+    /// Hands waiting tasks to idle processes.
+    func dispatch() {
+        while queuedCount > 0, let slot = nextIdleSlot() {
+            let record = queue.removeFirst()
+            guard !record.isFinished else { continue }
+            queuedCount -= 1
+            slot.run(record)
+        }
+        dropFinishedHead()
+    }
+
+    private func nextIdleSlot() -> PoolSlot? {
+        while let slot = idleSlots.popLast() {
+            if case .idle = slot.state { return slot }
+        }
+        return nil
+    }
+
+    private func dropFinishedHead() {
+        while let first = queue.first, first.isFinished { queue.removeFirst() }
+    }
+
+    // MARK: Tasks
+
+    /// Takes a new task, or answers it at once when the queue is full or the server is stopping.
+    func accept(_ record: TaskRecord) {
+        submitted += 1
+        guard isAccepting else {
+            finish(record, .failure(.shuttingDown, "the server is shutting down"))
+            return
+        }
+        guard queuedCount < configuration.queueCapacity else {
+            finish(record, .failure(.rejected, "queue full: \(queuedCount) tasks waiting (capacity \(configuration.queueCapacity))"))
+            return
+        }
+        queue.append(record)
+        queuedCount += 1
+        dispatch()
+    }
+
+    /// Counts a task refused before it was queued, and answers it with `reason`.
+    func accept(rejected record: TaskRecord, _ reason: FailureReason, _ message: String) {
+        submitted += 1
+        record.state = .finished
+        finish(record, .failure(reason, message))
+    }
+
+    /// Cancels a task on its client's request; it is answered with `cancelled`.
+    func cancel(_ record: TaskRecord) {
+        stop(record)
+        finish(record, .failure(.cancelled, "cancelled by the client"))
+    }
+
+    /// Stops a task whose client is gone; nobody is answered.
+    func abandon(_ record: TaskRecord) {
+        stop(record)
+        record.state = .finished
+        failed += 1
+        logger.debug("task abandoned: its client disconnected", metadata: ["task_id": "\(record.id)"])
+        checkDrained()
+    }
+
+    private func stop(_ record: TaskRecord) {
+        switch record.state {
+        case .queued:
+            queuedCount -= 1
+        case .running:
+            for slot in slots where slot.isBusy { slot.interrupt(record) }
+        case .finished:
+            return
+        }
+        record.state = .finished
+    }
+
+    /// Records the outcome of `record` and passes it to its connection.
+    func finish(_ record: TaskRecord, _ outcome: TaskOutcome, workerPID: Int32? = nil) {
+        if case .queued = record.state { queuedCount -= 1 }
+        record.state = .finished
+        throughput.count(at: .now())
+        var metadata: Logger.Metadata = [
+            "task_id": "\(record.id)",
+            "client": "\(record.session.peerDescription)",
+            "duration_usec": "\((NIODeadline.now() - record.acceptedAt).nanoseconds / 1000)",
+        ]
+        if let workerPID { metadata["worker_pid"] = "\(workerPID)" }
+        switch outcome {
+        case .success:
+            succeeded += 1
+            logger.debug("task done", metadata: metadata)
+        case .failure(let reason, let message):
+            failed += 1
+            metadata["reason"] = "\(reason)"
+            logger.warning("task failed: \(reason): \(message)", metadata: metadata)
+        }
+        record.session.complete(record, outcome)
+        checkDrained()
+    }
+
+    // MARK: Statistics
+
+    func info() -> ServerInfo {
+        let busy = slots.filter(\.isBusy).count
+        return ServerInfo(
+            version: AiotaskVersion.current,
+            pid: Int(getpid()),
+            uptimeSeconds: Double((NIODeadline.now() - startedAt).nanoseconds) / 1e9,
+            handler: configuration.handler.displayName,
+            workers: .init(
+                configured: slots.count,
+                alive: slots.filter { $0.process != nil }.count,
+                busy: busy,
+                restarts: restarts
+            ),
+            queue: .init(length: queuedCount, capacity: configuration.queueCapacity),
+            tasks: .init(submitted: submitted, succeeded: succeeded, failed: failed, running: busy),
+            connections: sessions.count,
+            tasksPerSecond: throughput.rate(at: .now())
+        )
+    }
+
+    // MARK: Shutdown
+
+    /// Stops taking tasks, lets those in flight finish within `drainTimeout`, fails the rest with
+    /// `shuttingDown`, then stops every process. The future succeeds once all of them are gone.
+    func shutdown(drainTimeout: Duration) -> EventLoopFuture<Void> {
+        isAccepting = false
+        let drained = loop.makePromise(of: Void.self)
+        drainPromise = drained
+        let deadline = loop.assumeIsolated().scheduleTask(in: .init(drainTimeout)) { [weak self] in
+            self?.failEverythingInFlight()
+        }
+        checkDrained()
+        return drained.futureResult.assumeIsolated().flatMap { [self] in
+            deadline.cancel()
+            readyPromise?.succeed()
+            readyPromise = nil
+            for slot in slots { slot.stop() }
+            let stopped = loop.makePromise(of: Void.self)
+            let killer = loop.assumeIsolated().scheduleTask(in: .init(configuration.killGracePeriod * 2)) {
+                [retiredProcesses] in
+                retiredProcesses.killAll()
+            }
+            retiredProcesses.whenEmpty { [self] in
+                killer.cancel()
+                for session in sessions.values { session.close() }
+                stopped.succeed()
+            }
+            return stopped.futureResult
+        }.nonisolated()
+    }
+
+    private var inFlightCount: Int {
+        queuedCount + slots.filter(\.isBusy).count
+    }
+
+    private func checkDrained() {
+        guard let drainPromise, inFlightCount == 0 else { return }
+        self.drainPromise = nil
+        drainPromise.succeed()
+    }
+
+    private func failEverythingInFlight() {
+        logger.warning("drain deadline reached; failing \(inFlightCount) tasks still in flight")
+        var records: [TaskRecord] = queue.filter { !$0.isFinished }
+        for slot in slots {
+            if case .busy(_, let running) = slot.state { records.append(running.record) }
+        }
+        for record in records {
+            stop(record)
+            finish(record, .failure(.shuttingDown, "the server shut down before the task finished"))
+        }
+        queue.removeAll()
+        checkDrained()
+    }
+}
+
+/// Counts finished tasks per second over a short sliding window.
+struct ThroughputMeter {
+    private static let window = 5
+    private var buckets = [Int](repeating: 0, count: window + 1)
+    private var currentSecond: UInt64 = 0
+
+    mutating func count(at now: NIODeadline) {
+        advance(to: now)
+        buckets[Int(currentSecond % UInt64(buckets.count))] += 1
+    }
+
+    /// Tasks per second over the last full seconds of the window.
+    mutating func rate(at now: NIODeadline) -> Double {
+        advance(to: now)
+        let current = Int(currentSecond % UInt64(buckets.count))
+        let total = buckets.indices.filter { $0 != current }.reduce(0) { $0 + buckets[$1] }
+        return Double(total) / Double(Self.window)
+    }
+
+    private mutating func advance(to now: NIODeadline) {
+        let second = now.uptimeNanoseconds / 1_000_000_000
+        guard second != currentSecond else { return }
+        let steps = min(second &- currentSecond, UInt64(buckets.count))
+        for step in 1...steps {
+            buckets[Int((currentSecond + step) % UInt64(buckets.count))] = 0
+        }
+        currentSecond = second
+    }
+}
+
+/// The version of aiotask this library belongs to.
+public enum AiotaskVersion {
+    public static let current = "0.1.0"
+}

@@ -1,0 +1,49 @@
+import AiotaskProtocol
+import NIOCore
+
+/// How a task ended.
+enum TaskOutcome {
+    case success(ByteBuffer)
+    case failure(FailureReason, String)
+}
+
+/// One accepted task, from its arrival to its answer. Lives on the server's event loop.
+final class TaskRecord {
+    enum State {
+        case queued
+        case running(pid: Int32)
+        case finished
+    }
+
+    let id: TaskID
+    /// The connection that submitted it; it receives the outcome.
+    let session: ClientConnectionHandler
+    /// The task bytes; released once handed to a process.
+    var payload: ByteBuffer
+    /// The client's timeout, or nil for the server's default.
+    let timeout: Duration?
+    let acceptedAt: NIODeadline
+    var state: State = .queued
+
+    init(id: TaskID, session: ClientConnectionHandler, payload: ByteBuffer, timeout: Duration?) {
+        self.id = id
+        self.session = session
+        self.payload = payload
+        self.timeout = timeout
+        self.acceptedAt = .now()
+    }
+
+    var isFinished: Bool {
+        if case .finished = state { return true }
+        return false
+    }
+
+    /// The status a `STATUS` query reports while the task is in flight.
+    var status: TaskStatus {
+        switch state {
+        case .queued: .inQueue
+        case .running: .processing
+        case .finished: .done
+        }
+    }
+}

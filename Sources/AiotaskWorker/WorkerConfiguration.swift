@@ -1,0 +1,75 @@
+import AiotaskProtocol
+import NIOCore
+
+/// Everything that shapes a running worker: where it listens, what its pool runs, and its limits.
+public struct WorkerConfiguration: Sendable {
+    /// Addresses to listen on.
+    public var listenAddresses: [ServerAddress]
+    /// Already-listening sockets to serve instead of, or besides, `listenAddresses` (e.g. passed by systemd).
+    public var adoptedSockets: [AdoptedSocket]
+    /// The program each pool process runs.
+    public var handler: ProcessCommand
+    /// Number of pool processes.
+    public var workers: Int
+    /// Most tasks waiting for a process; a task beyond that is rejected at once.
+    public var queueCapacity: Int
+    /// Largest task or result accepted, in bytes.
+    public var maximumPayloadLength: Int
+    /// Timeout of a task whose client gave none; nil for no timeout.
+    public var defaultTaskTimeout: Duration?
+    /// Time between SIGTERM and SIGKILL when a process is stopped (timeout, cancel, shutdown).
+    public var killGracePeriod: Duration
+    /// A process is replaced after this many tasks; nil never.
+    public var maximumTasksPerProcess: Int?
+    /// Up to this many tasks are added at random to `maximumTasksPerProcess`, so processes don't all recycle at once.
+    public var maximumTasksJitter: Int
+    /// How many finished tasks per connection `STATUS` remembers.
+    public var finishedTasksRemembered: Int
+    /// On shutdown, how long in-flight tasks may still finish before they fail with `shuttingDown`.
+    public var drainTimeout: Duration
+    /// Longest wait between restarts of a process that keeps crashing.
+    public var maximumRestartBackoff: Duration
+
+    public init(
+        listenAddresses: [ServerAddress] = [],
+        adoptedSockets: [AdoptedSocket] = [],
+        handler: ProcessCommand,
+        workers: Int = System.coreCount,
+        queueCapacity: Int = 65_536,
+        maximumPayloadLength: Int = 64 * 1024 * 1024,
+        defaultTaskTimeout: Duration? = nil,
+        killGracePeriod: Duration = .seconds(2),
+        maximumTasksPerProcess: Int? = nil,
+        maximumTasksJitter: Int = 0,
+        finishedTasksRemembered: Int = 1024,
+        drainTimeout: Duration = .seconds(30),
+        maximumRestartBackoff: Duration = .seconds(10)
+    ) {
+        self.listenAddresses = listenAddresses
+        self.adoptedSockets = adoptedSockets
+        self.handler = handler
+        self.workers = workers
+        self.queueCapacity = queueCapacity
+        self.maximumPayloadLength = maximumPayloadLength
+        self.defaultTaskTimeout = defaultTaskTimeout
+        self.killGracePeriod = killGracePeriod
+        self.maximumTasksPerProcess = maximumTasksPerProcess
+        self.maximumTasksJitter = maximumTasksJitter
+        self.finishedTasksRemembered = finishedTasksRemembered
+        self.drainTimeout = drainTimeout
+        self.maximumRestartBackoff = maximumRestartBackoff
+    }
+}
+
+/// A listening socket the worker did not open itself, such as one passed by systemd.
+public struct AdoptedSocket: Hashable, Sendable {
+    /// The descriptor, already bound and listening.
+    public var descriptor: Int32
+    /// A name for logs (systemd's `FileDescriptorName=`).
+    public var name: String
+
+    public init(descriptor: Int32, name: String) {
+        self.descriptor = descriptor
+        self.name = name
+    }
+}

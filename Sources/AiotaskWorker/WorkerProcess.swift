@@ -1,0 +1,177 @@
+import AiotaskProtocol
+import Logging
+import NIOCore
+import NIOPosix
+
+/// What a ``WorkerProcess`` reports, always on the server's event loop.
+protocol WorkerProcessDelegate: AnyObject {
+    /// The link is up: the process can take a task.
+    func processIsReady(_ process: WorkerProcess)
+    /// The process answered its current task.
+    func process(_ process: WorkerProcess, didReply reply: HandlerReply)
+    /// The process broke the handler framing or closed its stdout; it is being killed.
+    func process(_ process: WorkerProcess, brokeLink reason: String)
+    /// The process is gone (and its process group with it).
+    func process(_ process: WorkerProcess, didExit status: ExitStatus)
+}
+
+/// A running pool process: its task link (stdin/stdout), its captured stderr, and the watch on its exit.
+final class WorkerProcess {
+    let child: ChildProcess
+    var pid: Int32 { child.pid }
+    weak var delegate: (any WorkerProcessDelegate)?
+    private(set) var link: (any Channel)?
+    private(set) var hasExited = false
+    /// Set once the supervisor closed the link on purpose, so its closing is no fault of the process.
+    private var isRetiring = false
+    private var killTimer: Scheduled<Void>?
+    private let loop: any EventLoop
+
+    private init(child: ChildProcess, loop: any EventLoop) {
+        self.child = child
+        self.loop = loop
+    }
+
+    /// Starts a process running `command`. Call ``attach(maximumReplyLength:logger:)`` next.
+    static func spawn(_ command: ProcessCommand, slot: Int, loop: any EventLoop) throws -> WorkerProcess {
+        let child = try ChildProcess.spawn(
+            command,
+            extraEnvironment: [
+                WorkerRole.supervisorPIDKey: String(getpid()),
+                WorkerRole.workerIndexKey: String(slot),
+            ]
+        )
+        return WorkerProcess(child: child, loop: loop)
+    }
+
+    /// Wires the process's link, stderr and exit to the loop; events then reach the delegate.
+    func attach(maximumReplyLength: Int, logger: Logger) {
+        let child = self.child
+        let loop = self.loop
+        let bound = NIOLoopBound(self, eventLoop: loop)
+
+        NIOPipeBootstrap(group: loop)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandlers(
+                        ByteToMessageHandler(HandlerReplyDecoder(maximumLength: maximumReplyLength)),
+                        ProcessLinkHandler(process: bound.value)
+                    )
+                }
+            }
+            .takingOwnershipOfDescriptors(input: child.stdoutReader, output: child.stdinWriter)
+            .assumeIsolated()
+            .whenComplete { result in
+                let process = bound.value
+                switch result {
+                case .success(let channel):
+                    process.link = channel
+                    if process.hasExited {
+                        channel.close(promise: nil)
+                    } else {
+                        process.delegate?.processIsReady(process)
+                    }
+                case .failure(let error):
+                    process.breakLink("cannot attach to the process: \(error)")
+                }
+            }
+
+        var stderrLogger = logger
+        stderrLogger[metadataKey: "worker_pid"] = "\(child.pid)"
+        let processLogger = stderrLogger
+        NIOPipeBootstrap(group: loop)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(StderrLogHandler(logger: processLogger))
+                }
+            }
+            .takingOwnershipOfDescriptor(input: child.stderrReader)
+            .whenFailure { error in
+                processLogger.warning("cannot capture the stderr of worker process \(child.pid): \(error)")
+            }
+
+        child.watchExit { status in
+            loop.execute {
+                bound.value.didExit(status)
+            }
+        }
+    }
+
+    /// Sends a task down the link.
+    func send(_ task: ByteBuffer) {
+        var frame = ByteBuffer()
+        frame.reserveCapacity(4 + task.readableBytes)
+        frame.writeHandlerRequest(task)
+        link?.writeAndFlush(frame, promise: nil)
+    }
+
+    /// Asks the process group to stop: SIGTERM now, SIGKILL after `gracePeriod`.
+    func terminate(gracePeriod: Duration) {
+        guard !hasExited else { return }
+        child.signalGroup(SIGTERM)
+        scheduleKill(after: gracePeriod)
+    }
+
+    /// Kills the process group at once.
+    func kill() {
+        guard !hasExited else { return }
+        child.signalGroup(SIGKILL)
+    }
+
+    /// Closes the link, which a well-behaved handler takes as its cue to exit; kills it if it is still there
+    /// after `gracePeriod`.
+    func retire(gracePeriod: Duration) {
+        guard !hasExited else { return }
+        isRetiring = true
+        link?.close(promise: nil)
+        scheduleKill(after: gracePeriod)
+    }
+
+    private func scheduleKill(after gracePeriod: Duration) {
+        guard killTimer == nil else { return }
+        killTimer = loop.assumeIsolated().scheduleTask(in: .init(gracePeriod)) { [weak self] in
+            self?.kill()
+        }
+    }
+
+    fileprivate func received(_ reply: HandlerReply) {
+        delegate?.process(self, didReply: reply)
+    }
+
+    fileprivate func breakLink(_ reason: String) {
+        guard !hasExited, !isRetiring else { return }
+        kill()
+        delegate?.process(self, brokeLink: reason)
+    }
+
+    private func didExit(_ status: ExitStatus) {
+        hasExited = true
+        killTimer?.cancel()
+        link?.close(promise: nil)
+        delegate?.process(self, didExit: status)
+    }
+}
+
+/// Passes a process's replies and link failures to its ``WorkerProcess``.
+private final class ProcessLinkHandler: ChannelInboundHandler {
+    typealias InboundIn = HandlerReply
+
+    private let process: WorkerProcess
+
+    init(process: WorkerProcess) {
+        self.process = process
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        process.received(unwrapInboundIn(data))
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        process.breakLink("handler broke the reply framing: \(error)")
+        context.close(promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        process.breakLink("handler closed its stdout")
+    }
+}

@@ -1,0 +1,110 @@
+import AiotaskProtocol
+import CAiotaskShims
+import NIOCore
+import NIOPosix
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// What a process started by the pool is to do, told by the supervisor through `AIOTASK_ROLE`.
+///
+/// Any executable that links this library checks for a role first thing (``Daemon/main(handler:)`` does), so
+/// the pool can re-execute it as a pool process.
+public enum WorkerRole: String, Sendable {
+    /// Serve tasks with the executable's Swift handler on stdin and stdout.
+    case handler
+    /// Arm the parent-death signal, then `exec` the external handler program named by the arguments.
+    case exec
+
+    static let environmentKey = "AIOTASK_ROLE"
+    static let supervisorPIDKey = "AIOTASK_SUPERVISOR_PID"
+    /// The pool slot a process serves, for the handler's own logging.
+    static let workerIndexKey = "AIOTASK_WORKER_INDEX"
+
+    /// The path that re-executes the running binary, even after its file was replaced by an upgrade.
+    static let currentExecutablePath = "/proc/self/exe"
+
+    /// The role this process was started in, or nil when it is not a pool process.
+    public static var current: WorkerRole? {
+        guard let value = getenv(environmentKey) else { return nil }
+        return WorkerRole(rawValue: String(cString: value))
+    }
+
+    /// Ties this process's life to the supervisor's and clears the role from the environment, so that programs
+    /// the handler starts are not mistaken for pool processes.
+    ///
+    /// The kernel kills this process when the supervisor's spawning thread exits; the parent pid check closes
+    /// the window in which the supervisor died before the signal was armed.
+    static func attachToSupervisor() {
+        _ = aiotask_set_parent_death_signal(SIGKILL)
+        if let expected = getenv(supervisorPIDKey).flatMap({ pid_t(String(cString: $0)) }), getppid() != expected {
+            exit(0)
+        }
+        unsetenv(environmentKey)
+        unsetenv(supervisorPIDKey)
+    }
+
+    /// Replaces this process with the external handler program given as arguments. Never returns.
+    static func execExternalHandler(arguments: [String]) -> Never {
+        attachToSupervisor()
+        guard let program = arguments.first else {
+            StandardError.writeLine("aiotask: no handler program given")
+            exit(127)
+        }
+        let pointers: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
+        execv(program, pointers)
+        let reason = String(cString: strerror(errno))
+        StandardError.writeLine("aiotask: cannot execute handler program \(program): \(reason)")
+        exit(127)
+    }
+
+    /// Serves tasks with `handler` on the link the supervisor gave as stdin and stdout, until the supervisor
+    /// closes it. Never returns.
+    ///
+    /// The link is moved off descriptors 0 and 1 first, and stdout is pointed at stderr, so stray prints from
+    /// handler code land in the supervisor's log instead of corrupting the framing.
+    static func serveTasks(with handler: @escaping TaskHandler) async -> Never {
+        attachToSupervisor()
+        let input = fcntl(0, F_DUPFD_CLOEXEC, 3)
+        let output = fcntl(1, F_DUPFD_CLOEXEC, 3)
+        let devNull = open("/dev/null", O_RDONLY)
+        dup2(devNull, 0)
+        close(devNull)
+        dup2(2, 1)
+        do {
+            try await serve(handler: handler, input: input, output: output)
+            exit(0)
+        } catch {
+            StandardError.writeLine("aiotask: handler link failed: \(error)")
+            exit(70)
+        }
+    }
+
+    private static func serve(handler: @escaping TaskHandler, input: CInt, output: CInt) async throws {
+        let channel = try await NIOPipeBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .takingOwnershipOfDescriptors(input: input, output: output) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(
+                        ByteToMessageHandler(HandlerRequestDecoder(maximumLength: Int(UInt32.max)))
+                    )
+                    return try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+                }
+            }
+        try await channel.executeThenClose { requests, replies in
+            for try await task in requests {
+                let reply: HandlerReply
+                do {
+                    reply = .result(try await handler(task))
+                } catch {
+                    reply = .error(String(describing: error))
+                }
+                var buffer = ByteBuffer()
+                buffer.writeHandlerReply(reply)
+                try await replies.write(buffer)
+            }
+        }
+    }
+}

@@ -1,0 +1,313 @@
+import AiotaskClient
+import ArgumentParser
+import Foundation
+import NIOCore
+import Synchronization
+
+/// `aiotask bench`: a load generator that measures throughput and latency.
+struct BenchCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench",
+        abstract: "Measure the server's throughput and latency.",
+        discussion: """
+            Runs --tasks tasks of --size pseudo-random bytes, keeping --concurrency of them in flight in total, \
+            spread evenly over --connections connections, and checks that each result equals its task (as the \
+            echo handler returns it; --no-verify skips that). Prints tasks per second and the latency \
+            percentiles; --json prints one JSON object instead. Exits with 1 when a task failed or returned \
+            the wrong result.
+            """
+    )
+
+    @OptionGroup var options: ServerOptions
+
+    @Option(name: .long, help: "How many tasks to run.")
+    var tasks = 10_000
+
+    @Option(name: .long, help: "How many tasks are in flight at once, over all connections.")
+    var concurrency = 64
+
+    @Option(name: .long, help: ArgumentHelp("The size of each task.", valueName: "bytes"))
+    var size = 64
+
+    @Option(name: .long, help: "How many connections to spread the tasks over.")
+    var connections = 1
+
+    @Option(name: .long, help: ArgumentHelp("Seconds each task may run (default: the server's).", valueName: "seconds"))
+    var timeout: Double?
+
+    @Flag(name: .long, inversion: .prefixedNo, help: "Check that each result equals its task.")
+    var verify = true
+
+    @Flag(name: .long, help: "Print the report as one JSON object.")
+    var json = false
+
+    func validate() throws {
+        guard tasks >= 1 else { throw ValidationError("--tasks must be at least 1") }
+        guard concurrency >= 1 else { throw ValidationError("--concurrency must be at least 1") }
+        guard connections >= 1 else { throw ValidationError("--connections must be at least 1") }
+        guard connections <= concurrency else {
+            throw ValidationError(
+                "--connections must not exceed --concurrency (each connection needs a task in flight)"
+            )
+        }
+        guard size >= 0 else { throw ValidationError("--size must not be negative") }
+        if let timeout, !(timeout > 0 && timeout.isFinite) {
+            throw ValidationError("--timeout must be a positive number of seconds")
+        }
+    }
+
+    func run() async throws {
+        let report: BenchReport
+        do {
+            report = try await measure()
+        } catch {
+            throw AiotaskCommand.report(error)
+        }
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            FileHandle.standardOutput.write(try encoder.encode(report) + Data("\n".utf8))
+        } else {
+            print(report.text)
+        }
+        if report.failed > 0 || report.mismatched > 0 {
+            throw AiotaskCommand.taskFailedExitCode
+        }
+    }
+
+    /// Connects, runs all tasks, closes, and summarises.
+    private func measure() async throws -> BenchReport {
+        let clients = try await connectAll()
+        do {
+            let report = try await measure(with: clients)
+            for client in clients { try? await client.close() }
+            return report
+        } catch {
+            for client in clients { try? await client.close() }
+            throw error
+        }
+    }
+
+    private func measure(with clients: [AiotaskClient]) async throws -> BenchReport {
+        let limit = clients[0].serverMaximumPayloadLength
+        guard size <= limit else {
+            throw ValidationError("--size \(size) exceeds the server's task limit of \(limit) bytes")
+        }
+
+        let base = Self.pseudoRandomBytes(count: size + Self.payloadOffsets)
+        let progress = Progress()
+        let start = Terminal.monotonicNanoseconds()
+        let progressTask = Terminal.stderrIsTerminal ? Self.showProgress(progress, of: tasks, since: start) : nil
+
+        let (tasks, concurrency, size, verify) = (self.tasks, self.concurrency, self.size, self.verify)
+        let timeout = self.timeout.map { Duration.seconds($0) }
+        let outcome = try await withThrowingTaskGroup(of: WorkerOutcome.self) { group in
+            for worker in 0..<concurrency {
+                let client = clients[worker % clients.count]
+                group.addTask {
+                    try await Self.runWorker(
+                        worker,
+                        of: concurrency,
+                        tasks: tasks,
+                        client: client,
+                        base: base,
+                        size: size,
+                        timeout: timeout,
+                        verify: verify,
+                        progress: progress
+                    )
+                }
+            }
+            var total = WorkerOutcome(expectedTasks: tasks)
+            for try await outcome in group { total.merge(outcome) }
+            return total
+        }
+        let elapsed = Terminal.monotonicNanoseconds() - start
+
+        if let progressTask {
+            progressTask.cancel()
+            await progressTask.value
+            Terminal.writeErrorRaw("\r\u{1B}[K")
+        }
+        if let failure = outcome.firstFailure, !json {
+            Terminal.writeError("aiotask: first failure: \(failure)")
+        }
+        return BenchReport(
+            outcome: outcome,
+            nanoseconds: elapsed,
+            concurrency: concurrency,
+            connections: clients.count,
+            size: size
+        )
+    }
+
+    private func connectAll() async throws -> [AiotaskClient] {
+        try await withThrowingTaskGroup(of: AiotaskClient.self) { group in
+            for _ in 0..<connections {
+                group.addTask { try await options.connect() }
+            }
+            var clients: [AiotaskClient] = []
+            do {
+                for try await client in group { clients.append(client) }
+            } catch {
+                for client in clients { try? await client.close() }
+                throw error
+            }
+            return clients
+        }
+    }
+
+    /// Runs tasks `worker`, `worker + step`, `worker + 2 step`, … one after the other.
+    private static func runWorker(
+        _ worker: Int,
+        of step: Int,
+        tasks: Int,
+        client: AiotaskClient,
+        base: ByteBuffer,
+        size: Int,
+        timeout: Duration?,
+        verify: Bool,
+        progress: Progress
+    ) async throws -> WorkerOutcome {
+        var outcome = WorkerOutcome(expectedTasks: tasks / step + 1)
+        var index = worker
+        while index < tasks, !Task.isCancelled {
+            let payload = base.getSlice(at: base.readerIndex + index % payloadOffsets, length: size)!
+            let start = Terminal.monotonicNanoseconds()
+            do {
+                let result = try await client.submit(payload, timeout: timeout)
+                outcome.latencies.append(Terminal.monotonicNanoseconds() - start)
+                if verify, result != payload { outcome.mismatched += 1 }
+            } catch let failure as TaskFailure {
+                outcome.latencies.append(Terminal.monotonicNanoseconds() - start)
+                outcome.failed += 1
+                if outcome.firstFailure == nil { outcome.firstFailure = failure }
+            }
+            progress.completed.add(1, ordering: .relaxed)
+            index += step
+        }
+        return outcome
+    }
+
+    /// How many different starting offsets into the random bytes the tasks use, so that neighbours differ.
+    private static let payloadOffsets = 251
+
+    /// `count` bytes from a xorshift generator seeded at random: varied, and quick to make even for large sizes.
+    private static func pseudoRandomBytes(count: Int) -> ByteBuffer {
+        var state = UInt64.random(in: 1...UInt64.max)
+        var buffer = ByteBuffer()
+        buffer.reserveCapacity(count + 8)
+        while buffer.readableBytes < count {
+            state ^= state << 13
+            state ^= state >> 7
+            state ^= state << 17
+            buffer.writeInteger(state)
+        }
+        buffer.moveWriterIndex(to: buffer.readerIndex + count)
+        return buffer
+    }
+
+    /// Rewrites one stderr line with the count and rate until cancelled.
+    private static func showProgress(_ progress: Progress, of tasks: Int, since start: UInt64) -> Task<Void, Never> {
+        Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(250))
+                let done = progress.completed.load(ordering: .relaxed)
+                let seconds = Double(Terminal.monotonicNanoseconds() - start) / 1e9
+                let rate = seconds > 0 ? Double(done) / seconds : 0
+                Terminal.writeErrorRaw(String(format: "\r\u{1B}[K%d/%d tasks, %.0f tasks/s", done, tasks, rate))
+            }
+        }
+    }
+}
+
+/// Tasks completed so far, for the progress line.
+final class Progress: Sendable {
+    let completed = Atomic<Int>(0)
+}
+
+/// What one worker (or all of them, merged) measured.
+struct WorkerOutcome: Sendable {
+    /// One entry per task that ended, in nanoseconds.
+    var latencies: [UInt64] = []
+    var failed = 0
+    var mismatched = 0
+    var firstFailure: TaskFailure?
+
+    init(expectedTasks: Int) {
+        latencies.reserveCapacity(expectedTasks)
+    }
+
+    mutating func merge(_ other: WorkerOutcome) {
+        latencies.append(contentsOf: other.latencies)
+        failed += other.failed
+        mismatched += other.mismatched
+        if firstFailure == nil { firstFailure = other.firstFailure }
+    }
+}
+
+/// The result of a benchmark run, printed as text or JSON.
+struct BenchReport: Encodable {
+    struct Latency: Encodable {
+        var p50: Double
+        var p99: Double
+        var p999: Double
+        var max: Double
+    }
+
+    var tasks: Int
+    var failed: Int
+    var mismatched: Int
+    var seconds: Double
+    var tasksPerSecond: Double
+    var latencyUs: Latency
+    var concurrency: Int
+    var connections: Int
+    var size: Int
+
+    enum CodingKeys: String, CodingKey {
+        case tasks, failed, mismatched, seconds, concurrency, connections, size
+        case tasksPerSecond = "tasks_per_second"
+        case latencyUs = "latency_us"
+    }
+
+    init(outcome: WorkerOutcome, nanoseconds: UInt64, concurrency: Int, connections: Int, size: Int) {
+        let sorted = outcome.latencies.sorted()
+        func percentile(_ fraction: Double) -> Double {
+            guard !sorted.isEmpty else { return 0 }
+            let rank = Int((fraction * Double(sorted.count)).rounded(.up))
+            return Double(sorted[min(sorted.count - 1, max(0, rank - 1))]) / 1000
+        }
+        tasks = sorted.count
+        failed = outcome.failed
+        mismatched = outcome.mismatched
+        seconds = Double(nanoseconds) / 1e9
+        tasksPerSecond = seconds > 0 ? Double(tasks) / seconds : 0
+        latencyUs = Latency(
+            p50: percentile(0.5),
+            p99: percentile(0.99),
+            p999: percentile(0.999),
+            max: Double(sorted.last ?? 0) / 1000
+        )
+        self.concurrency = concurrency
+        self.connections = connections
+        self.size = size
+    }
+
+    /// The human-readable report.
+    var text: String {
+        let plural = connections == 1 ? "connection" : "connections"
+        return [
+            String(format: "tasks       %d in %.3f s (%d failed, %d mismatched)", tasks, seconds, failed, mismatched),
+            String(format: "throughput  %.0f tasks/s", tasksPerSecond),
+            String(
+                format: "latency     p50 %.0f µs, p99 %.0f µs, p99.9 %.0f µs, max %.0f µs",
+                latencyUs.p50,
+                latencyUs.p99,
+                latencyUs.p999,
+                latencyUs.max
+            ),
+            "load        \(size)-byte tasks, \(concurrency) in flight over \(connections) \(plural)",
+        ].joined(separator: "\n")
+    }
+}

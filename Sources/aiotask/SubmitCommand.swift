@@ -1,0 +1,48 @@
+import AiotaskClient
+import ArgumentParser
+import Foundation
+import NIOCore
+
+/// `aiotask submit`: runs one task and writes its result to stdout.
+struct SubmitCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "submit",
+        abstract: "Run one task and write its result to stdout.",
+        discussion: """
+            The task is TEXT, or all of stdin when TEXT is not given; the result bytes are written to stdout as \
+            they are. When the task fails, the reason goes to stderr and the exit status is 1; connection and \
+            server problems exit with 2.
+            """
+    )
+
+    @OptionGroup var options: ServerOptions
+
+    @Argument(help: "The task, as text. Without it the task is read from stdin.")
+    var text: String?
+
+    @Option(name: .long, help: ArgumentHelp("Seconds the task may run (default: the server's).", valueName: "seconds"))
+    var timeout: Double?
+
+    func validate() throws {
+        if let timeout, !(timeout > 0 && timeout.isFinite) {
+            throw ValidationError("--timeout must be a positive number of seconds")
+        }
+    }
+
+    func run() async throws {
+        let payload: ByteBuffer
+        if let text {
+            payload = ByteBuffer(string: text)
+        } else {
+            payload = ByteBuffer(bytes: FileHandle.standardInput.readDataToEndOfFile())
+        }
+        do {
+            let result = try await options.withClient { client in
+                try await client.submit(payload, timeout: timeout.map { Duration.seconds($0) })
+            }
+            FileHandle.standardOutput.write(Data(result.readableBytesView))
+        } catch {
+            throw AiotaskCommand.report(error)
+        }
+    }
+}

@@ -1,0 +1,114 @@
+import AiotaskClient
+import AiotaskProtocol
+import NIOCore
+import Testing
+
+@Suite("Connecting and the HELLO handshake")
+struct ConnectTests {
+    @Test("connects over TCP and a Unix socket, says HELLO, and runs tasks", arguments: [false, true])
+    func connectsAndEchoes(overUnixSocket: Bool) async throws {
+        let server = try await StubServer.start(overUnixSocket ? .unix : .tcp(host: "127.0.0.1"))
+        try await withTimeout {
+            let client = try await AiotaskClient.connect(to: server.address)
+            #expect(client.serverMaximumPayloadLength == 1 << 20)
+            #expect(client.serverProtocolVersion == 1)
+            #expect(client.maximumResultLength == AiotaskClient.defaultMaximumResultLength)
+
+            #expect(try await client.submit(ByteBuffer(string: "buffer")) == ByteBuffer(string: "buffer"))
+            #expect(try await client.submit([1, 2, 3]) == [1, 2, 3])
+            #expect(try await client.submit("text") == Array("text".utf8))
+            #expect(try await client.submit(ByteBuffer()) == ByteBuffer())
+            try await client.close()
+
+            let hello = Hello(version: 1, maximumPayloadLength: UInt32(AiotaskClient.defaultMaximumResultLength))
+            #expect(server.log.frames.first == .hello(hello))
+        }
+        await server.stop()
+    }
+
+    @Test("connects to an IPv6 address given as text")
+    func connectsOverIPv6() async throws {
+        // Machines without an IPv6 loopback cannot run this test.
+        guard let server = try? await StubServer.start(.tcp(host: "::1")) else { return }
+        try await withTimeout {
+            guard case .tcp(_, let port) = server.address else { return }
+            let client = try await AiotaskClient.connect(to: "tcp://[::1]:\(port)")
+            #expect(try await client.submit("six") == Array("six".utf8))
+            try await client.close()
+        }
+        await server.stop()
+    }
+
+    @Test("announces the configured result limit")
+    func announcesResultLimit() async throws {
+        let server = try await StubServer.start()
+        try await withTimeout {
+            let client = try await AiotaskClient.connect(to: server.address, maximumResultLength: 4096)
+            #expect(server.log.frames.first == .hello(Hello(version: 1, maximumPayloadLength: 4096)))
+            try await client.close()
+        }
+        await server.stop()
+    }
+
+    @Test("fails with handshakeFailed when the server never answers HELLO")
+    func handshakeTimeout() async throws {
+        let server = try await StubServer.start { _, _ in }
+        try await withTimeout {
+            let clock = ContinuousClock()
+            let start = clock.now
+            let error = await #expect(throws: AiotaskClientError.self) {
+                _ = try await AiotaskClient.connect(to: server.address, connectTimeout: .milliseconds(300))
+            }
+            #expect(error?.code == .handshakeFailed)
+            #expect(error?.reason.contains("did not answer HELLO") == true)
+            #expect(start.duration(to: clock.now) < .seconds(5))
+            await server.log.wait { $0.contains(.hello(Hello(maximumPayloadLength: 64 << 20))) }
+        }
+        await server.stop()
+    }
+
+    @Test("fails with handshakeFailed when the server closes instead of answering HELLO")
+    func handshakeClosed() async throws {
+        let server = try await StubServer.start { connection, _ in connection.close() }
+        try await withTimeout {
+            let error = await #expect(throws: AiotaskClientError.self) {
+                _ = try await AiotaskClient.connect(to: server.address)
+            }
+            #expect(error?.code == .handshakeFailed)
+        }
+        await server.stop()
+    }
+
+    @Test("reports the server's ERROR answer to HELLO")
+    func handshakeRefused() async throws {
+        let server = try await StubServer.start { connection, _ in
+            connection.send(.error("unsupported protocol version"))
+            connection.close()
+        }
+        try await withTimeout {
+            let error = await #expect(throws: AiotaskClientError.self) {
+                _ = try await AiotaskClient.connect(to: server.address)
+            }
+            #expect(error == AiotaskClientError(.serverError, reason: "unsupported protocol version"))
+        }
+        await server.stop()
+    }
+
+    @Test("fails with connectFailed when nothing listens")
+    func nothingListens() async throws {
+        try await withTimeout {
+            let error = await #expect(throws: AiotaskClientError.self) {
+                _ = try await AiotaskClient.connect(to: .unix(path: "/nonexistent/aiotask-test.sock"))
+            }
+            #expect(error?.code == .connectFailed)
+            #expect(error?.reason.contains("No such file or directory") == true)
+        }
+    }
+
+    @Test("rejects a malformed address")
+    func malformedAddress() async throws {
+        await #expect(throws: AddressError.self) {
+            _ = try await AiotaskClient.connect(to: "http://example")
+        }
+    }
+}

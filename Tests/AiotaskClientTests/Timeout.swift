@@ -1,0 +1,47 @@
+import Synchronization
+
+/// A test step took longer than its limit.
+struct TimedOut: Error, CustomStringConvertible {
+    let limit: Duration
+    var description: String { "timed out after \(limit)" }
+}
+
+/// Runs `body`, failing with ``TimedOut`` if it has not finished within `limit`.
+///
+/// Unlike a task group, this returns at the limit even when `body` ignores cancellation (for example while it
+/// awaits a future that never completes), so a hanging client fails the test instead of hanging it.
+func withTimeout<Value: Sendable>(
+    _ limit: Duration = .seconds(20),
+    _ body: @escaping @Sendable () async throws -> Value
+) async throws -> Value {
+    let race = TimeoutRace<Value>()
+    return try await withCheckedThrowingContinuation { continuation in
+        race.continuation.withLock { $0 = continuation }
+        let work = Task {
+            do {
+                race.finish(.success(try await body()))
+            } catch {
+                race.finish(.failure(error))
+            }
+            race.timer.withLock { $0?.cancel() }
+        }
+        let timer = Task {
+            try? await Task.sleep(for: limit)
+            if !Task.isCancelled, race.finish(.failure(TimedOut(limit: limit))) { work.cancel() }
+        }
+        race.timer.withLock { $0 = timer }
+    }
+}
+
+/// The shared state of ``withTimeout(_:_:)``: whichever of the work and the timer finishes first resumes.
+private final class TimeoutRace<Value: Sendable>: Sendable {
+    let continuation = Mutex<CheckedContinuation<Value, any Error>?>(nil)
+    let timer = Mutex<Task<Void, Never>?>(nil)
+
+    @discardableResult
+    func finish(_ result: Result<Value, any Error>) -> Bool {
+        guard let continuation = continuation.withLock({ $0.take() }) else { return false }
+        continuation.resume(with: result)
+        return true
+    }
+}
