@@ -64,6 +64,7 @@ let package = Package(
             dependencies: [
                 "AiotaskClient",
                 "AiotaskProtocol",
+                "AiotaskTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
@@ -73,6 +74,11 @@ let package = Package(
             name: "ExampleWorker",
             dependencies: ["AiotaskWorker"],
             path: "Examples/ExampleWorker",
+            swiftSettings: upcomingFeatures
+        ),
+        .target(
+            name: "AiotaskTestSupport",
+            path: "Tests/AiotaskTestSupport",
             swiftSettings: upcomingFeatures
         ),
         .testTarget(
@@ -85,6 +91,7 @@ let package = Package(
             dependencies: [
                 "AiotaskClient",
                 "AiotaskProtocol",
+                "AiotaskTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
@@ -95,6 +102,10 @@ let package = Package(
             dependencies: [
                 "AiotaskWorker",
                 "AiotaskClient",
+                "AiotaskTestSupport",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 "aiotaskd",
                 "aiotask",
                 "ExampleWorker",

@@ -31,7 +31,7 @@ enum BuiltinHandler: String, CaseIterable {
         case .sleep: "sleeps for the milliseconds given as the task text, then echoes it"
         case .burn: "keeps a CPU busy for the milliseconds given as the task text"
         case .fail: "fails every task, with the task text as the error message"
-        case .chaos: "obeys the command in the task: echo TEXT, sleep MS, fail MESSAGE, exit CODE, signal N, stderr TEXT, hang, orphan"
+        case .chaos: "obeys the command in the task: echo TEXT, sleep MS, fail MESSAGE, exit CODE, signal N, stderr TEXT, pid, hang, orphan"
         }
     }
 

@@ -21,6 +21,8 @@ enum ChaosCommand {
     case signal(Int32)
     /// `stderr TEXT`: write TEXT to stderr, then return `logged`.
     case stderr(String)
+    /// `pid`: return the process id of the pool process, in decimal.
+    case pid
     /// `hang`: ignore SIGTERM and never answer, so only SIGKILL ends it.
     case hang
     /// `orphan`: start a child in the process group that sleeps for an hour, then hang.
@@ -36,6 +38,7 @@ enum ChaosCommand {
         case "exit": self = .exit(Int32(try Self.number(argument)))
         case "signal": self = .signal(Int32(try Self.number(argument)))
         case "stderr": self = .stderr(argument)
+        case "pid": self = .pid
         case "hang": self = .hang
         case "orphan": self = .orphan
         default: throw HandlerFailure(message: "unknown chaos command '\(text.prefix(40))'")
@@ -65,6 +68,8 @@ enum ChaosCommand {
         case .stderr(let text):
             StandardError.writeLine(text)
             return ByteBuffer(string: "logged")
+        case .pid:
+            return ByteBuffer(string: String(getpid()))
         case .hang:
             Glibc.signal(SIGTERM, SIG_IGN)
             while true { Glibc.sleep(3600) }

@@ -1,3 +1,4 @@
+import AiotaskTestSupport
 import AiotaskClient
 import AiotaskProtocol
 import NIOCore

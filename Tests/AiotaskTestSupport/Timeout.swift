@@ -1,16 +1,16 @@
 import Synchronization
 
 /// A test step took longer than its limit.
-struct TimedOut: Error, CustomStringConvertible {
-    let limit: Duration
-    var description: String { "timed out after \(limit)" }
+public struct TimedOut: Error, CustomStringConvertible {
+    public let limit: Duration
+    public var description: String { "timed out after \(limit)" }
 }
 
 /// Runs `body`, failing with ``TimedOut`` if it has not finished within `limit`.
 ///
 /// Unlike a task group, this returns at the limit even when `body` ignores cancellation (for example while it
 /// awaits a future that never completes), so a hanging client fails the test instead of hanging it.
-func withTimeout<Value: Sendable>(
+public func withTimeout<Value: Sendable>(
     _ limit: Duration = .seconds(20),
     _ body: @escaping @Sendable () async throws -> Value
 ) async throws -> Value {
