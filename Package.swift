@@ -39,11 +39,25 @@ let package = Package(
             swiftSettings: upcomingFeatures
         ),
         .target(name: "CAiotaskShims"),
+        .systemLibrary(
+            name: "CSystemd",
+            pkgConfig: "libsystemd",
+            providers: [.apt(["libsystemd-dev"])]
+        ),
+        .target(
+            name: "Systemd",
+            dependencies: [
+                "CSystemd",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: upcomingFeatures
+        ),
         .target(
             name: "AiotaskWorker",
             dependencies: [
                 "AiotaskProtocol",
                 "CAiotaskShims",
+                "Systemd",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

@@ -2,6 +2,7 @@ import AiotaskProtocol
 import Logging
 import NIOCore
 import NIOPosix
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -125,6 +126,48 @@ public final class AiotaskServer: Sendable {
         try await loop.submit { [supervisor] in supervisor.value.info() }.get()
     }
 
+    /// Applies a new configuration to the running server without closing its sockets or losing a task
+    /// (see `docs` on reload: the pool is rolled over to the new handler and size). Listening addresses and
+    /// adopted sockets are kept as they are.
+    public func reload(_ configuration: WorkerConfiguration) async throws {
+        try await loop.submit { [supervisor] in supervisor.value.reload(configuration) }.get()
+    }
+
+    /// Whether the event loop answers within `limit` and the pool keeps at least one process alive.
+    public func isHealthy(within limit: Duration) async -> Bool {
+        let answer = loop.submit { [supervisor] in supervisor.value.isHealthy }
+        // The timer must not run on the loop being checked: a stuck loop would never fire it.
+        let once = OneShotContinuation<Bool>()
+        return await withCheckedContinuation { continuation in
+            once.set(continuation)
+            let timer = Task {
+                guard (try? await Task.sleep(for: limit)) != nil else { return }
+                once.resume(returning: false)
+            }
+            answer.whenComplete { result in
+                once.resume(returning: (try? result.get()) ?? false)
+                timer.cancel()
+            }
+        }
+    }
+
+    /// A one-line summary of the pool, queue and counters, for `systemctl status`.
+    public func statusLine() async throws -> String {
+        try await loop.submit { [supervisor] in supervisor.value.statusLine }.get()
+    }
+
+    #if DEBUG
+    /// Blocks the event loop for an hour: lets tests prove that a stuck loop stops the watchdog. Debug builds only.
+    public func debugStallEventLoop() {
+        loop.execute { sleep(3600) }
+    }
+    #endif
+
+    /// The number of tasks queued or running.
+    public func tasksInFlight() async throws -> Int {
+        try await loop.submit { [supervisor] in supervisor.value.tasksInFlight }.get()
+    }
+
     /// Stops listening, drains the tasks in flight (up to the configured drain timeout), fails what is left
     /// with `shuttingDown`, and stops every pool process.
     public func shutdown() async throws {
@@ -149,5 +192,18 @@ public enum ServerError: Error, CustomStringConvertible {
         case .nothingToListenOn: "no address to listen on: give --listen ADDRESS, or pass sockets"
         case .cannotListen(let reason): "cannot listen: \(reason)"
         }
+    }
+}
+
+/// A continuation resumed by whichever of several racing events comes first.
+private final class OneShotContinuation<Value: Sendable>: Sendable {
+    private let continuation = Mutex<CheckedContinuation<Value, Never>?>(nil)
+
+    func set(_ continuation: CheckedContinuation<Value, Never>) {
+        self.continuation.withLock { $0 = continuation }
+    }
+
+    func resume(returning value: Value) {
+        continuation.withLock { $0.take() }?.resume(returning: value)
     }
 }

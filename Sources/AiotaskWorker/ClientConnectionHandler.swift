@@ -174,7 +174,26 @@ final class ClientConnectionHandler: ChannelInboundHandler {
     private func sendFailure(_ id: TaskID, _ reason: FailureReason, _ message: String) {
         finished.record(id, .failed)
         // A legacy client cannot be told why; it learns that the task is gone, and is never sent a fake DONE.
+        let message = Self.truncated(message, toUTF8Count: Self.failureMessageLimit)
         write(isExtended ? .failed(id, reason, message: message) : .update(id, .notFound))
+    }
+
+    /// Longest failure message sent to a client, in UTF-8 bytes. A handler's error text can be any length, but a
+    /// `FAILED` frame is a control frame, which a client refuses past 64 KiB (closing the whole connection).
+    static let failureMessageLimit = 4096
+
+    /// `message` cut to at most `limit` UTF-8 bytes at a Unicode scalar boundary, ending in a note of how much was
+    /// cut; unchanged when it fits.
+    static func truncated(_ message: String, toUTF8Count limit: Int) -> String {
+        let utf8 = message.utf8
+        guard utf8.count > limit else { return message }
+        let note = "… (\(utf8.count) bytes in all)"
+        var end = utf8.index(utf8.startIndex, offsetBy: max(0, limit - note.utf8.count))
+        // Back off to the start of a Unicode scalar, so no character is cut in two.
+        while end > utf8.startIndex, UTF8.isContinuation(utf8[end]) {
+            end = utf8.index(before: end)
+        }
+        return String(decoding: utf8[..<end], as: UTF8.self) + note
     }
 
     private func write(_ frame: Frame) {

@@ -1,10 +1,15 @@
+import AiotaskProtocol
 import Logging
 
 /// Reads the daemon's config file: `key = value` lines, `#` comments, keys named like the long options.
 public enum ConfigFile {
-    /// Parses the text of a config file; `path` only serves the error messages.
+    /// Parses the text of a config file and checks its values; `path` only serves the error messages.
+    ///
+    /// Every error names the file and line, including a value of the right kind but out of range (such as
+    /// `workers = 0`), so an operator can find it.
     public static func parse(_ text: String, path: String) throws(ConfigurationError) -> DaemonSettings {
         var settings = DaemonSettings()
+        var locations: [String: String] = [:]
         for (offset, rawLine) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
             let location = "\(path):\(offset + 1)"
             let line = rawLine.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false)[0]
@@ -17,8 +22,21 @@ public enum ConfigFile {
             let value = line[line.index(after: equals)...].trimmingCharacters(in: " \t")
             guard !value.isEmpty else { throw ConfigurationError(setting: key, reason: "missing value", location: location) }
             try apply(key, value, to: &settings, location: location)
+            locations[key] = location
         }
+        try check(settings, locations: locations)
         return settings
+    }
+
+    /// Checks the ranges of the values, as the daemon will, so the error can point at the line.
+    private static func check(_ settings: DaemonSettings, locations: [String: String]) throws(ConfigurationError) {
+        do {
+            _ = try settings.configuration(handler: ProcessCommand(executable: "/", displayName: "check"))
+        } catch {
+            var located = error
+            located.location = located.location ?? locations[error.setting]
+            throw located
+        }
     }
 
     private static func apply(
@@ -40,7 +58,13 @@ public enum ConfigFile {
             return number
         }
         switch key {
-        case "listen": settings.listen.append(value)
+        case "listen":
+            do {
+                _ = try ServerAddress(parsing: value)
+            } catch {
+                throw ConfigurationError(setting: key, reason: error.description, location: location)
+            }
+            settings.listen.append(value)
         case "handler": settings.handler = value
         case "workers": settings.workers = try integer()
         case "queue-capacity": settings.queueCapacity = try integer()

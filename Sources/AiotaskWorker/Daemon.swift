@@ -1,9 +1,9 @@
 import AiotaskProtocol
 import ArgumentParser
-import Dispatch
 import Foundation
 import Logging
 import NIOCore
+import Systemd
 
 #if canImport(Glibc)
 import Glibc
@@ -11,7 +11,8 @@ import Glibc
 import Musl
 #endif
 
-/// Runs a complete worker daemon: settings, logging, the server, and signal handling.
+/// Runs a complete worker daemon: settings, logging, sockets (its own or systemd's), the server, the
+/// sd_notify lifecycle with its watchdog, and signals (SIGTERM/SIGINT drain and stop, SIGHUP reloads).
 public enum Daemon {
     /// The entry point of an executable whose tasks are handled by a Swift closure.
     ///
@@ -29,12 +30,13 @@ public enum Daemon {
     public static func main(handler: @escaping TaskHandler) async -> Never {
         await runPoolProcessIfRequested(handler: handler)
         let options = DaemonOptions.parseOrExit()
-        let settings = loadSettings(options)
-        if let spec = settings.handler {
-            exitWithError("--handler \(spec): this program runs its own Swift handler; remove the option")
-        }
         let name = URL(fileURLWithPath: CommandLine.arguments[0]).lastPathComponent
-        await run(settings: settings, handler: .currentExecutable(displayName: "swift:\(name)"))
+        await run(options: options) { settings throws(ConfigurationError) in
+            if let spec = settings.handler {
+                throw ConfigurationError(setting: "handler", reason: "\(spec): this program runs its own Swift handler")
+            }
+            return .currentExecutable(displayName: "swift:\(name)")
+        }
     }
 
     /// In a pool process, serves tasks (role `handler`) or becomes the external handler (role `exec`), and
@@ -47,96 +49,198 @@ public enum Daemon {
         }
     }
 
-    /// The config file's settings (if `--config` names one) overridden by the command line's; exits with a
-    /// clear message when either is invalid.
-    public static func loadSettings(_ options: DaemonOptions) -> DaemonSettings {
+    /// The config file's settings (if `--config` names one) overridden by the command line's.
+    public static func readSettings(_ options: DaemonOptions) throws(ConfigurationError) -> DaemonSettings {
         guard let path = options.config else { return options.settings }
         let text: String
         do {
             text = try String(contentsOfFile: path, encoding: .utf8)
         } catch {
-            exitWithError("cannot read config file \(path): \(error.localizedDescription)")
+            throw ConfigurationError(setting: "config", reason: "cannot read \(path): \(error.localizedDescription)")
         }
-        do {
-            return try ConfigFile.parse(text, path: path).overridden(by: options.settings)
-        } catch {
-            exitWithError("invalid config: \(error)")
-        }
+        return try ConfigFile.parse(text, path: path).overridden(by: options.settings)
     }
 
-    /// Runs the worker with `settings`, its pool running `handler`, until SIGTERM or SIGINT; then drains and exits 0.
-    public static func run(settings: DaemonSettings, handler: ProcessCommand) async -> Never {
-        let level = settings.logLevel ?? .info
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
-        let logger = Logger(label: "aiotaskd")
-
+    /// Runs the worker until SIGTERM or SIGINT, then drains and exits 0.
+    ///
+    /// - Parameter resolveHandler: turns the settings' `handler` into the command the pool runs; called again
+    ///   on every reload.
+    public static func run(
+        options: DaemonOptions,
+        resolveHandler: @escaping @Sendable (DaemonSettings) throws(ConfigurationError) -> ProcessCommand
+    ) async -> Never {
+        let notifier = Notifier()
+        let settings: DaemonSettings
         var configuration: WorkerConfiguration
         do {
-            configuration = try settings.configuration(handler: handler)
+            settings = try readSettings(options)
+            configuration = try settings.configuration(handler: try resolveHandler(settings))
         } catch {
-            logger.critical("invalid configuration: \(error)")
-            exitWithError("invalid configuration: \(error)")
+            fail(notifier, EINVAL, "invalid configuration: \(error)", exitCode: 78)
         }
-        if configuration.listenAddresses.isEmpty {
+        let level = settings.logLevel ?? .info
+        LoggingSystem.bootstrap { _ in JournalLogHandler(identifier: "aiotaskd", level: level) }
+        let logger = Logger(label: "aiotaskd")
+
+        let activated: [ActivatedSocket]
+        do {
+            activated = try SocketActivation.takeListeningSockets()
+        } catch {
+            logger.critical("\(error)")
+            fail(notifier, EBADF, error.description, exitCode: 78)
+        }
+        configuration.adoptedSockets = activated.map { AdoptedSocket(descriptor: $0.descriptor, name: $0.name) }
+        if configuration.listenAddresses.isEmpty && activated.isEmpty {
             configuration.listenAddresses = [.unix(path: ServerAddress.defaultUnixPath)]
         }
 
         signal(SIGPIPE, SIG_IGN)
-        let stopSignals = StopSignals()
+        let signals = SignalEvents()
         let server: AiotaskServer
         do {
             server = try await AiotaskServer.start(configuration: configuration, logger: logger)
         } catch {
             logger.critical("cannot start: \(error)")
-            exitWithError("cannot start: \(error)")
+            fail(notifier, EADDRNOTAVAIL, "cannot start: \(error)", exitCode: 1)
         }
+        for socket in activated { SocketActivation.restoreBacklog(of: socket, default: SOMAXCONN) }
         logger.info(
             "ready",
             metadata: ["workers": "\(configuration.workers)", "handler": "\(configuration.handler.displayName)"]
         )
-        let signalNumber = await stopSignals.next()
-        logger.info("received \(signalName(signalNumber)); draining tasks in flight")
+        notifier.ready(status: (try? await server.statusLine()) ?? "Ready")
+
+        let statusUpdates = Task { await refreshStatus(of: server, notifier: notifier) }
+        let watchdog = Task { await feedWatchdog(for: server, notifier: notifier, logger: logger) }
+
+        signalLoop: for await signalNumber in signals.stream {
+            switch signalNumber {
+            case SIGHUP:
+                await reload(server, current: configuration, options: options, resolveHandler: resolveHandler, notifier: notifier, logger: logger)
+                    .map { configuration = $0 }
+            #if DEBUG
+            case SIGUSR2:
+                logger.warning("SIGUSR2: stalling the event loop (debug builds only)")
+                server.debugStallEventLoop()
+            #endif
+            default:
+                logger.info("received \(signalName(signalNumber)); draining tasks in flight")
+                break signalLoop
+            }
+        }
+
+        statusUpdates.cancel()
+        watchdog.cancel()
+        notifier.stopping(status: "Stopping: draining \((try? await server.tasksInFlight()) ?? 0) tasks in flight")
+        let drainProgress = Task { await reportDrain(of: server, notifier: notifier) }
         do {
             try await server.shutdown()
         } catch {
             logger.error("shutdown failed: \(error)")
             exit(1)
         }
+        drainProgress.cancel()
         exit(0)
     }
 
-    static func exitWithError(_ message: String) -> Never {
+    /// Re-reads the settings and rolls the server over to them; a bad new configuration is rejected and the
+    /// running one kept. Returns the configuration now in force, or nil if it did not change.
+    private static func reload(
+        _ server: AiotaskServer,
+        current: WorkerConfiguration,
+        options: DaemonOptions,
+        resolveHandler: (DaemonSettings) throws(ConfigurationError) -> ProcessCommand,
+        notifier: Notifier,
+        logger: Logger
+    ) async -> WorkerConfiguration? {
+        notifier.reloading(status: "Reloading configuration")
+        logger.info("SIGHUP: reloading configuration")
+        var next: WorkerConfiguration
+        do {
+            let settings = try readSettings(options)
+            next = try settings.configuration(handler: try resolveHandler(settings))
+            if !settings.listen.isEmpty && next.listenAddresses != current.listenAddresses {
+                logger.warning("listen addresses cannot change on reload; restart the service to apply them")
+            }
+        } catch {
+            logger.error("reload rejected, keeping the running configuration: \(error)")
+            notifier.ready(status: "Reload rejected: \(error); \((try? await server.statusLine()) ?? "")")
+            return nil
+        }
+        next.listenAddresses = current.listenAddresses
+        next.adoptedSockets = current.adoptedSockets
+        do {
+            try await server.reload(next)
+        } catch {
+            logger.error("reload failed: \(error)")
+            notifier.ready(status: "Reload failed: \(error)")
+            return nil
+        }
+        logger.info("configuration reloaded", metadata: ["workers": "\(next.workers)", "handler": "\(next.handler.displayName)"])
+        notifier.ready(status: (try? await server.statusLine()) ?? "Ready")
+        return next
+    }
+
+    /// Refreshes `STATUS=` every two seconds.
+    private static func refreshStatus(of server: AiotaskServer, notifier: Notifier) async {
+        guard notifier.isEnabled else { return }
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .seconds(2))
+            if let line = try? await server.statusLine() { notifier.status(line) }
+        }
+    }
+
+    /// Sends `WATCHDOG=1` at half the interval systemd asked for, but only while the event loop answers and
+    /// the pool keeps a process alive: a stuck loop or a dead pool stops the pings and systemd restarts us.
+    private static func feedWatchdog(for server: AiotaskServer, notifier: Notifier, logger: Logger) async {
+        guard let interval = Notifier.watchdogInterval() else { return }
+        logger.info("watchdog enabled: pinging every \(interval / 2)")
+        while !Task.isCancelled {
+            if await server.isHealthy(within: interval / 4) {
+                notifier.watchdog()
+            } else {
+                logger.error("unhealthy: the event loop is stuck or no worker process stays alive; not pinging the watchdog")
+            }
+            try? await Task.sleep(for: interval / 2)
+        }
+    }
+
+    /// While draining, asks systemd for more time every few seconds and says how much is left.
+    private static func reportDrain(of server: AiotaskServer, notifier: Notifier) async {
+        guard notifier.isEnabled else { return }
+        while !Task.isCancelled {
+            let left = (try? await server.tasksInFlight()) ?? 0
+            notifier.extendTimeout(by: .seconds(15), status: "Stopping: draining \(left) tasks in flight")
+            try? await Task.sleep(for: .seconds(5))
+        }
+    }
+
+    /// Reports a fatal start-up error to systemd (`ERRNO=`, `STATUS=`) and stderr, then exits.
+    private static func fail(_ notifier: Notifier, _ code: Int32, _ message: String, exitCode: Int32) -> Never {
+        notifier.failed(errno: code, status: "Failed: \(message)")
         StandardError.writeLine("aiotaskd: \(message)")
-        exit(78)  // EX_CONFIG
+        exit(exitCode)
     }
 }
 
-/// Delivers SIGTERM and SIGINT as an async event instead of letting them kill the process.
-final class StopSignals {
+/// Delivers the signals the daemon acts on as an async stream instead of their default actions.
+final class SignalEvents {
     private let sources: [any DispatchSourceSignal]
-    private let stream: AsyncStream<Int32>
-    private let continuation: AsyncStream<Int32>.Continuation
+    let stream: AsyncStream<Int32>
 
     init() {
-        (stream, continuation) = AsyncStream.makeStream(of: Int32.self)
-        var sources: [any DispatchSourceSignal] = []
-        for signalNumber in [SIGTERM, SIGINT] {
+        let (stream, continuation) = AsyncStream.makeStream(of: Int32.self)
+        self.stream = stream
+        var signals = [SIGTERM, SIGINT, SIGHUP]
+        #if DEBUG
+        signals.append(SIGUSR2)
+        #endif
+        sources = signals.map { signalNumber in
             signal(signalNumber, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
-            source.setEventHandler { [continuation] in continuation.yield(signalNumber) }
+            source.setEventHandler { continuation.yield(signalNumber) }
             source.resume()
-            sources.append(source)
+            return source
         }
-        self.sources = sources
-    }
-
-    /// Waits for the next stop signal.
-    func next() async -> Int32 {
-        for await signalNumber in stream { return signalNumber }
-        return SIGTERM
     }
 }

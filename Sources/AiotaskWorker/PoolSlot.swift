@@ -29,6 +29,10 @@ final class PoolSlot {
     private var consecutiveCrashes = 0
     private var restartTimer: Scheduled<Void>?
     private var isStopped = false
+    /// Replace the process once its current task is answered (a reload rolls the pool this way).
+    private var renewAfterTask = false
+    /// Leave the pool once the current task is answered (the pool shrank).
+    private var retireAfterTask = false
 
     init(index: Int, supervisor: Supervisor) {
         self.index = index
@@ -44,6 +48,9 @@ final class PoolSlot {
         case .starting(let process), .idle(let process), .busy(let process, _): process
         }
     }
+
+    /// Whether the slot is leaving the pool after its current task.
+    var isRetiring: Bool { retireAfterTask || isStopped }
 
     var isBusy: Bool {
         if case .busy = state { return true }
@@ -166,7 +173,39 @@ final class PoolSlot {
         supervisor.dispatch()
     }
 
+    /// Replaces the process with one running the current configuration, without disturbing a running task:
+    /// at once if idle, after its task otherwise.
+    func renew() {
+        switch state {
+        case .busy: renewAfterTask = true
+        case .idle, .starting: replaceProcess(graceful: true)
+        case .empty: break
+        }
+    }
+
+    /// Leaves the pool: at once if idle, after its task otherwise. The supervisor is told when it is done.
+    func retire() {
+        if isBusy {
+            retireAfterTask = true
+        } else {
+            stop()
+            supervisor.slotRetired(self)
+        }
+    }
+
     private func becomeIdle(_ process: WorkerProcess) {
+        if retireAfterTask {
+            state = .idle(process)
+            stop()
+            supervisor.slotRetired(self)
+            return
+        }
+        if renewAfterTask {
+            renewAfterTask = false
+            state = .idle(process)
+            replaceProcess(graceful: true)
+            return
+        }
         if let remaining = tasksUntilRecycle, remaining <= 0 {
             logger.debug("recycling worker process", metadata: ["worker_pid": "\(process.pid)"])
             state = .idle(process)

@@ -1,4 +1,5 @@
 import AiotaskProtocol
+import Foundation
 import Logging
 import NIOCore
 
@@ -14,7 +15,7 @@ import Musl
 /// state below needs no lock. The work itself happens in the pool's processes.
 final class Supervisor {
     let loop: any EventLoop
-    let configuration: WorkerConfiguration
+    private(set) var configuration: WorkerConfiguration
     let logger: Logger
     let retiredProcesses: RetiredProcesses
 
@@ -70,6 +71,49 @@ final class Supervisor {
     func unregister(_ session: ClientConnectionHandler) {
         sessions[ObjectIdentifier(session)] = nil
     }
+
+    func slotRetired(_ slot: PoolSlot) {
+        slots.removeAll { $0 === slot }
+        checkDrained()
+    }
+
+    /// Applies a new configuration without losing a task: limits apply to the next task, the pool grows or
+    /// shrinks, and every process is replaced by one running the new handler — idle ones at once, busy ones
+    /// once their task is answered. Listening addresses are not changed by a reload.
+    func reload(_ newConfiguration: WorkerConfiguration) {
+        configuration = newConfiguration
+        let target = max(1, newConfiguration.workers)
+        let active = slots.filter { !$0.isRetiring }
+        if active.count > target {
+            for slot in active[target...] { slot.retire() }
+        }
+        for slot in slots where !slot.isRetiring { slot.renew() }
+        if active.count < target {
+            let nextIndex = (slots.map(\.index).max() ?? -1) + 1
+            let added = (0..<(target - active.count)).map { PoolSlot(index: nextIndex + $0, supervisor: self) }
+            slots.append(contentsOf: added)
+            for slot in added { slot.start() }
+        }
+        dispatch()
+    }
+
+    /// Whether the pool can run tasks: at least one process is alive. A pool whose processes all keep dying
+    /// is not, and the watchdog stops reporting health so that systemd restarts the service.
+    var isHealthy: Bool {
+        slots.contains { $0.process != nil }
+    }
+
+    /// A one-line summary for `systemctl status`.
+    var statusLine: String {
+        let info = info()
+        let idle = info.workers.alive - info.workers.busy
+        return "Workers: \(info.workers.busy) busy, \(idle) idle of \(info.workers.configured); "
+            + "queued: \(info.queue.length); done: \(info.tasks.succeeded), failed: \(info.tasks.failed); "
+            + "\(String(format: "%.1f", info.tasksPerSecond)) tasks/s; connections: \(info.connections)"
+    }
+
+    /// Tasks queued or running.
+    var tasksInFlight: Int { inFlightCount }
 
     func noteRestart() {
         restarts += 1

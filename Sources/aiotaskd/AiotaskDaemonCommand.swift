@@ -46,14 +46,13 @@ struct AiotaskDaemonCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let settings = Daemon.loadSettings(options)
-        let handler: ProcessCommand
-        do {
-            handler = try Self.resolve(settings.handler ?? BuiltinHandler.echo.rawValue)
-        } catch {
-            throw ValidationError(error.description)
+        await Daemon.run(options: options) { settings throws(ConfigurationError) in
+            do {
+                return try Self.resolve(settings.handler ?? BuiltinHandler.echo.rawValue)
+            } catch {
+                throw ConfigurationError(setting: "handler", reason: "\(error)")
+            }
         }
-        await Daemon.run(settings: settings, handler: handler)
     }
 
     /// Turns a `--handler` spec into the command the pool runs.
