@@ -224,6 +224,7 @@ final class Supervisor {
         case .failure(let reason, let message):
             failed += 1
             metadata["reason"] = "\(reason)"
+            metadata["message_id"] = "\(LogMessageID.forFailure(reason))"
             logger.warning("task failed: \(reason): \(message)", metadata: metadata)
         }
         record.session.complete(record, outcome)

@@ -1,0 +1,20 @@
+import AiotaskProtocol
+
+/// Journal `MESSAGE_ID`s of the task lifecycle entries, so `journalctl MESSAGE_ID=…` finds every one of a kind.
+public enum LogMessageID {
+    /// A task failed: handler error, rejected, cancelled, payload too large, shutting down.
+    public static let taskFailed = "95b6fb5ed04e41f8ab19107df004c1f5"
+    /// A task exceeded its timeout and its process group was killed.
+    public static let taskTimedOut = "7e57fdaedaaa47e1b62ffb60b6ce3593"
+    /// A worker process died while it ran a task.
+    public static let workerCrashed = "252003be70ec440dbb6da5207eaeba66"
+
+    /// The message id of a task that failed for `reason`.
+    static func forFailure(_ reason: FailureReason) -> String {
+        switch reason {
+        case .timedOut: taskTimedOut
+        case .workerCrashed: workerCrashed
+        default: taskFailed
+        }
+    }
+}
