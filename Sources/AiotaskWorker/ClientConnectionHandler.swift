@@ -123,7 +123,11 @@ final class ClientConnectionHandler: ChannelInboundHandler {
         let limit = supervisor.configuration.maximumPayloadLength
         let record = TaskRecord(id: id, session: self, payload: ByteBuffer(), timeout: nil)
         inFlight[id] = record
-        supervisor.accept(rejected: record, .payloadTooLarge, "task of \(length) bytes exceeds the limit of \(limit) bytes")
+        supervisor.accept(
+            rejected: record,
+            .payloadTooLarge,
+            "task of \(length) bytes exceeds the limit of \(limit) bytes"
+        )
     }
 
     private func status(of id: TaskID) -> TaskStatus {
@@ -148,6 +152,8 @@ final class ClientConnectionHandler: ChannelInboundHandler {
     /// Sends the outcome of one of this connection's tasks.
     func complete(_ record: TaskRecord, _ outcome: TaskOutcome) {
         guard inFlight.removeValue(forKey: record.id) != nil, context != nil else { return }
+        // Every answer is flushed, including a result refused below for its size.
+        defer { scheduleFlush() }
         switch outcome {
         case .success(let result):
             let limit = isExtended ? clientResultLimit : Self.legacyResultLimit
@@ -161,7 +167,6 @@ final class ClientConnectionHandler: ChannelInboundHandler {
         case .failure(let reason, let message):
             sendFailure(record.id, reason, message)
         }
-        scheduleFlush()
     }
 
     /// Closes the connection once what was written is sent.

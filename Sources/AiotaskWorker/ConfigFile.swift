@@ -20,7 +20,9 @@ public enum ConfigFile {
             }
             let key = String(line[..<equals].trimmingCharacters(in: " \t").map { $0 == "_" ? "-" : $0 })
             let value = line[line.index(after: equals)...].trimmingCharacters(in: " \t")
-            guard !value.isEmpty else { throw ConfigurationError(setting: key, reason: "missing value", location: location) }
+            guard !value.isEmpty else {
+                throw ConfigurationError(setting: key, reason: "missing value", location: location)
+            }
             try apply(key, value, to: &settings, location: location)
             locations[key] = location
         }
@@ -53,7 +55,11 @@ public enum ConfigFile {
         }
         func seconds() throws(ConfigurationError) -> Double {
             guard let number = Double(value), number.isFinite else {
-                throw ConfigurationError(setting: key, reason: "'\(value)' is not a number of seconds", location: location)
+                throw ConfigurationError(
+                    setting: key,
+                    reason: "'\(value)' is not a number of seconds",
+                    location: location
+                )
             }
             return number
         }

@@ -1,0 +1,175 @@
+import AiotaskTestSupport
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Musl)
+    import Musl
+#endif
+
+/// The shipped executables, run as an operator would: `aiotaskd` with a config file or options, `aiotask` against it.
+@Suite("Daemon and CLI")
+struct DaemonTests {
+    @Test("aiotaskd --config serves with the file's settings; SIGTERM stops it with 0 and removes its socket")
+    func configFile() async throws {
+        let daemon = try await RunningDaemon.start(
+            config: """
+                # the handler and size of the pool
+                handler = sha256
+                workers = 1
+                listen = unix:{SOCKET}
+                """
+        )
+        try await daemon.stopAfter {
+            let submit = try await runCLI(["submit", "--server", daemon.server, "abc"])
+            #expect(submit.exit == .exited(0), "stderr: \(submit.standardError)")
+            #expect(submit.standardOutput == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+
+            let status = try await runCLI(["status", "--server", daemon.server, "--json"])
+            #expect(status.exit == .exited(0), "stderr: \(status.standardError)")
+            let json = try JSONSerialization.jsonObject(with: Data(status.standardOutput.utf8)) as? [String: Any]
+            let workers = try #require(json?["workers"] as? [String: Any], "no workers in \(status.standardOutput)")
+            #expect(workers["configured"] as? Int == 1)
+            #expect(json?["handler"] as? String == "sha256")
+        }
+    }
+
+    @Test("aiotask submit of a failing task exits 1 with the reason on stderr")
+    func submitFailure() async throws {
+        let daemon = try await RunningDaemon.start(arguments: ["--handler", "fail", "--workers", "1"])
+        try await daemon.stopAfter {
+            let submit = try await runCLI(["submit", "--server", daemon.server, "disk on fire"])
+            #expect(submit.exit == .exited(1))
+            #expect(submit.standardOutput.isEmpty)
+            #expect(submit.standardError.contains("handler error"))
+            #expect(submit.standardError.contains("disk on fire"))
+        }
+    }
+
+    @Test("aiotask bench runs every task and reports its latency as JSON")
+    func bench() async throws {
+        let daemon = try await RunningDaemon.start(arguments: ["--handler", "echo", "--workers", "2"])
+        try await daemon.stopAfter {
+            let bench = try await runCLI(
+                [
+                    "bench", "--server", daemon.server, "--tasks", "2000", "--concurrency", "32", "--connections", "2",
+                    "--json",
+                ],
+                limit: .seconds(40)
+            )
+            #expect(bench.exit == .exited(0), "stderr: \(bench.standardError)")
+            let json = try JSONSerialization.jsonObject(with: Data(bench.standardOutput.utf8)) as? [String: Any]
+            let report = try #require(json, "not a JSON object: \(bench.standardOutput)")
+            #expect(report["tasks"] as? Int == 2000)
+            #expect(report["failed"] as? Int == 0)
+            #expect(report["mismatched"] as? Int == 0)
+            let latency = try #require(report["latency_us"] as? [String: Any])
+            #expect((latency["p50"] as? Double ?? 0) > 0)
+        }
+    }
+
+    @Test(
+        "an invalid config file makes aiotaskd exit 78, naming the file and line",
+        arguments: [
+            ("workers = 2\nlisten = unix:/tmp/x.sock\ncolour = blue\n", 3, "colour: unknown setting"),
+            ("# pool\nworkers = many\n", 2, "workers: 'many' is not a whole number"),
+            ("\n\n\n\nworkers = 0\n", 5, "workers: must be from 1 to 4096"),
+            ("listen = nowhere\n", 1, "listen: invalid address 'nowhere'"),
+        ]
+    )
+    func invalidConfig(text: String, line: Int, message: String) async throws {
+        let directory = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let path = directory + "/aiotaskd.conf"
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        let daemon = try SpawnedProcess.spawn(Products.aiotaskd, ["--config", path], removing: systemdVariables)
+        #expect(try await daemon.wait() == .exited(78))
+        #expect(daemon.standardError.contains("\(path):\(line): \(message)"), "stderr: \(daemon.standardError)")
+    }
+
+    @Test("aiotaskd refuses a config file it cannot read")
+    func missingConfig() async throws {
+        let daemon = try SpawnedProcess.spawn(
+            Products.aiotaskd,
+            ["--config", "/nonexistent/aiotaskd.conf"],
+            removing: systemdVariables
+        )
+        #expect(try await daemon.wait() == .exited(78))
+        #expect(daemon.standardError.contains("cannot read /nonexistent/aiotaskd.conf"))
+    }
+}
+
+/// Variables through which a service manager talks to aiotaskd; a test's daemon must not see the runner's.
+let systemdVariables: Set<String> = [
+    "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM",
+]
+
+/// What a finished command printed and how it ended.
+struct CommandOutput {
+    var exit: ProcessExit
+    var standardOutput: String
+    var standardError: String
+}
+
+/// Runs the `aiotask` CLI to its end.
+func runCLI(_ arguments: [String], limit: Duration = .seconds(20)) async throws -> CommandOutput {
+    let process = try SpawnedProcess.spawn(Products.aiotask, arguments, removing: ["AIOTASK_SERVER"])
+    let exit = try await process.wait(limit: limit)
+    return CommandOutput(exit: exit, standardOutput: process.standardOutput, standardError: process.standardError)
+}
+
+/// An `aiotaskd` process listening on a Unix socket in a directory of its own.
+struct RunningDaemon {
+    let process: SpawnedProcess
+    let directory: String
+    let socket: String
+
+    /// The address to give `aiotask --server`.
+    var server: String { "unix:\(socket)" }
+
+    /// Starts aiotaskd with `arguments` (and `--config` with `config`, where `{SOCKET}` stands for the socket path,
+    /// or `--listen` on the socket) and waits until it is ready.
+    static func start(arguments: [String] = [], config: String? = nil) async throws -> RunningDaemon {
+        let directory = try makeTemporaryDirectory()
+        let socket = directory + "/aiotask.sock"
+        var arguments = arguments + ["--kill-grace", "0.5"]
+        if let config {
+            let path = directory + "/aiotaskd.conf"
+            try config.replacingOccurrences(of: "{SOCKET}", with: socket).write(
+                toFile: path,
+                atomically: true,
+                encoding: .utf8
+            )
+            arguments += ["--config", path]
+        } else {
+            arguments += ["--listen", "unix:\(socket)"]
+        }
+        let process = try SpawnedProcess.spawn(Products.aiotaskd, arguments, removing: systemdVariables)
+        do {
+            try await process.waitForStandardError(containing: "ready")
+        } catch {
+            process.killGroup()
+            try? FileManager.default.removeItem(atPath: directory)
+            throw error
+        }
+        return RunningDaemon(process: process, directory: directory, socket: socket)
+    }
+
+    /// Runs `body`, then stops the daemon with SIGTERM and checks that it exits 0 and removes its socket.
+    func stopAfter(_ body: () async throws -> Void) async throws {
+        do {
+            try await body()
+        } catch {
+            process.killGroup()
+            try? FileManager.default.removeItem(atPath: directory)
+            throw error
+        }
+        process.signal(SIGTERM)
+        let exit = try await process.wait()
+        #expect(exit == .exited(0), "stderr: \(process.standardError)")
+        #expect(process.standardError.contains("received SIGTERM"))
+        #expect(access(socket, F_OK) != 0, "the socket file is left behind")
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+}
