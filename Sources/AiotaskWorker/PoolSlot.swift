@@ -57,6 +57,12 @@ final class PoolSlot {
         return false
     }
 
+    /// Whether the slot can take a task: it has a process, idle, whose link is sound.
+    var isIdle: Bool {
+        if case .idle(let process) = state { return process.linkFailure == nil }
+        return false
+    }
+
     // MARK: Process lifecycle
 
     /// Starts a process if the slot has none.
@@ -67,10 +73,12 @@ final class PoolSlot {
             let process = try WorkerProcess.spawn(configuration.handler, slot: index, loop: supervisor.loop)
             process.delegate = self
             state = .starting(process)
-            process.attach(maximumReplyLength: configuration.maximumPayloadLength, logger: logger)
+            // Set before attaching: the new process may report ready at once, and must not find the quota of
+            // the process it replaces, used up.
             tasksUntilRecycle = configuration.maximumTasksPerProcess.map {
                 $0 + Int.random(in: 0...max(0, configuration.maximumTasksJitter))
             }
+            process.attach(maximumReplyLength: configuration.maximumPayloadLength, logger: logger)
             logger.debug("worker process started", metadata: ["worker_pid": "\(process.pid)", "slot": "\(index)"])
         } catch {
             logger.error("cannot start a worker process: \(error)", metadata: ["slot": "\(index)"])
@@ -169,7 +177,11 @@ final class PoolSlot {
             metadata: ["task_id": "\(record.id)", "worker_pid": "\(process.pid)", "timeout": "\(timeout)"]
         )
         replaceProcess(graceful: false)
-        supervisor.finish(record, .failure(.timedOut, "task exceeded its timeout of \(timeout)"), workerPID: process.pid)
+        supervisor.finish(
+            record,
+            .failure(.timedOut, "task exceeded its timeout of \(timeout)"),
+            workerPID: process.pid
+        )
         supervisor.dispatch()
     }
 
@@ -225,8 +237,7 @@ extension PoolSlot: WorkerProcessDelegate {
 
     func process(_ process: WorkerProcess, didReply reply: HandlerReply) {
         guard case .busy(let current, let running) = state, current === process else {
-            process.kill()
-            self.process(process, brokeLink: "handler replied while it had no task")
+            process.breakLink("handler replied while it had no task")
             return
         }
         running.timeoutTimer?.cancel()
@@ -242,25 +253,12 @@ extension PoolSlot: WorkerProcessDelegate {
         supervisor.dispatch()
     }
 
+    /// The process is being killed. The slot keeps it, taking no task on it (see ``isIdle``), until its exit is
+    /// reaped: a crashing process closes its link a moment before that, and only the exit status tells why it
+    /// died, so its task is failed and the process replaced in ``process(_:didExit:)``.
     func process(_ process: WorkerProcess, brokeLink reason: String) {
         guard self.process === process else { return }
         logger.error("worker process broke its link: \(reason)", metadata: ["worker_pid": "\(process.pid)"])
-        let failedTask: TaskRecord?
-        if case .busy(_, let running) = state {
-            running.timeoutTimer?.cancel()
-            failedTask = running.record
-        } else {
-            failedTask = nil
-        }
-        consecutiveCrashes += 1
-        detach(process)
-        process.kill()
-        state = .empty
-        if let failedTask {
-            supervisor.finish(failedTask, .failure(.workerCrashed, "worker process \(process.pid): \(reason)"), workerPID: process.pid)
-        }
-        scheduleRestart()
-        supervisor.dispatch()
     }
 
     func process(_ process: WorkerProcess, didExit status: ExitStatus) {
@@ -280,7 +278,9 @@ extension PoolSlot: WorkerProcessDelegate {
         state = .empty
         supervisor.slotFailedToStart(self)
         if let failedTask {
-            supervisor.finish(failedTask, .failure(.workerCrashed, "worker process \(process.pid) \(status)"), workerPID: process.pid)
+            var message = "worker process \(process.pid) \(status)"
+            if let linkFailure = process.linkFailure { message += " (\(linkFailure))" }
+            supervisor.finish(failedTask, .failure(.workerCrashed, message), workerPID: process.pid)
         }
         scheduleRestart()
         supervisor.dispatch()

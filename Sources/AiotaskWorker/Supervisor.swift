@@ -134,18 +134,19 @@ final class Supervisor {
 
     /// Hands waiting tasks to idle processes.
     func dispatch() {
-        while queuedCount > 0, let slot = nextIdleSlot() {
+        while true {
+            // Cancelled tasks are dropped before a slot is taken, so no idle slot is lost on them.
+            dropFinishedHead()
+            guard queuedCount > 0, let slot = nextIdleSlot() else { return }
             let record = queue.removeFirst()
-            guard !record.isFinished else { continue }
             queuedCount -= 1
             slot.run(record)
         }
-        dropFinishedHead()
     }
 
     private func nextIdleSlot() -> PoolSlot? {
         while let slot = idleSlots.popLast() {
-            if case .idle = slot.state { return slot }
+            if slot.isIdle { return slot }
         }
         return nil
     }
@@ -160,12 +161,11 @@ final class Supervisor {
     func accept(_ record: TaskRecord) {
         submitted += 1
         guard isAccepting else {
-            finish(record, .failure(.shuttingDown, "the server is shutting down"))
-            return
+            return refuse(record, .shuttingDown, "the server is shutting down")
         }
         guard queuedCount < configuration.queueCapacity else {
-            finish(record, .failure(.rejected, "queue full: \(queuedCount) tasks waiting (capacity \(configuration.queueCapacity))"))
-            return
+            let message = "queue full: \(queuedCount) tasks waiting (capacity \(configuration.queueCapacity))"
+            return refuse(record, .rejected, message)
         }
         queue.append(record)
         queuedCount += 1
@@ -175,6 +175,12 @@ final class Supervisor {
     /// Counts a task refused before it was queued, and answers it with `reason`.
     func accept(rejected record: TaskRecord, _ reason: FailureReason, _ message: String) {
         submitted += 1
+        refuse(record, reason, message)
+    }
+
+    /// Answers a task that never entered the queue. It is marked finished first, so that ``finish(_:_:workerPID:)``
+    /// does not count it out of a queue it was never in.
+    private func refuse(_ record: TaskRecord, _ reason: FailureReason, _ message: String) {
         record.state = .finished
         finish(record, .failure(reason, message))
     }

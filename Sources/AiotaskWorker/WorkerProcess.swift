@@ -22,8 +22,12 @@ final class WorkerProcess {
     weak var delegate: (any WorkerProcessDelegate)?
     private(set) var link: (any Channel)?
     private(set) var hasExited = false
-    /// Set once the supervisor closed the link on purpose, so its closing is no fault of the process.
+    /// Set once the supervisor closed the link or signalled the process on purpose, so the link's closing is no
+    /// fault of the process.
     private var isRetiring = false
+    /// Why the link broke (framing error, stdout closed, unexpected reply), once it has; the process is then
+    /// being killed.
+    private(set) var linkFailure: String?
     private var killTimer: Scheduled<Void>?
     private let loop: any EventLoop
 
@@ -108,6 +112,7 @@ final class WorkerProcess {
     /// Asks the process group to stop: SIGTERM now, SIGKILL after `gracePeriod`.
     func terminate(gracePeriod: Duration) {
         guard !hasExited else { return }
+        isRetiring = true
         child.signalGroup(SIGTERM)
         scheduleKill(after: gracePeriod)
     }
@@ -138,8 +143,11 @@ final class WorkerProcess {
         delegate?.process(self, didReply: reply)
     }
 
-    fileprivate func breakLink(_ reason: String) {
-        guard !hasExited, !isRetiring else { return }
+    /// Kills the process because its link failed for `reason`; the delegate learns of it now, and of the exit
+    /// later.
+    func breakLink(_ reason: String) {
+        guard !hasExited, !isRetiring, linkFailure == nil else { return }
+        linkFailure = reason
         kill()
         delegate?.process(self, brokeLink: reason)
     }

@@ -1,0 +1,228 @@
+import AiotaskClient
+import AiotaskProtocol
+import AiotaskTestSupport
+import Foundation
+import NIOCore
+import Synchronization
+import Testing
+
+@testable import AiotaskWorker
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Musl)
+    import Musl
+#endif
+
+@Suite("Pool process isolation")
+struct ProcessIsolationTests {
+    @Test("a pool process inherits no socket, not even one left open across exec")
+    func noInheritedSockets() async throws {
+        let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 1)
+        // A listening socket without close-on-exec, as a careless library could leave behind: only the spawn's
+        // own closing of every descriptor above 2 keeps it out of the pool.
+        let leaky = try LeakySocket(path: worker.directory + "/leaky.sock")
+        defer { leaky.close() }
+        try await withTimeout {
+            let client = try await worker.client()
+            let first = try await client.workerPID()
+            // Replace the process now that the server listens, a client is connected and the leaky socket exists.
+            _ = try await client.failure(of: "exit 1")
+            try await worker.waitForFullPool()
+            let pid = try await client.workerPID()
+            #expect(pid != first)
+
+            let descriptors = try openDescriptors(of: pid)
+            #expect(descriptors.count >= 3, "\(descriptors)")
+            let sockets = descriptors.filter { $0.value.hasPrefix("socket:") }
+            #expect(sockets.isEmpty, "pool process \(pid) holds sockets: \(sockets)")
+            try await client.close()
+        }
+        try await worker.stop()
+    }
+
+    @Test("each pool process leads a process group of its own")
+    func ownProcessGroup() async throws {
+        let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 2)
+        try await withTimeout {
+            let started = worker.logs.entries.filter { $0.message == "worker process started" }
+            let pids = started.compactMap(TestServer.workerPID(of:))
+            #expect(pids.count == 2)
+            for pid in pids {
+                #expect(getpgid(pid) == pid, "pool process \(pid) is in group \(getpgid(pid))")
+                #expect(getpgid(pid) != getpgrp())
+            }
+        }
+        try await worker.stop()
+    }
+
+    @Test("pool processes die with the daemon, even when killed with SIGKILL and busy with a task")
+    func dieWithDaemon() async throws {
+        let directory = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let socket = directory + "/aiotask.sock"
+        let daemon = try DaemonProcess.spawn(
+            Products.aiotaskd,
+            ["--listen", "unix:\(socket)", "--workers", "2", "--handler", "chaos"],
+            output: directory + "/aiotaskd.log"
+        )
+        let survivors = Survivors()
+        defer {
+            daemon.killIfRunning()
+            survivors.kill()
+        }
+
+        try await withTimeout {
+            let client = try await Self.connect(to: .unix(path: socket))
+            let pids = childProcesses(of: daemon.pid)
+            #expect(pids.count == 2, "\(pids)")
+            let workers = try pids.map { try ProcessDeathWatch(pid: $0) }
+            survivors.add(workers)
+            #expect(workers.allSatisfy { $0.isAlive })
+
+            // One process blocked in a task that ignores SIGTERM: it cannot notice its link closing; only the
+            // parent-death signal can end it.
+            _ = try await client.enqueue("hang")
+            try await client.waitForInfo { $0.workers.busy == 1 }
+
+            kill(daemon.pid, SIGKILL)
+            #expect(await daemon.wait() == SIGKILL)
+            for worker in workers {
+                #expect(await worker.waitForExit(limit: .seconds(5)), "pool process \(worker.pid) outlived its daemon")
+            }
+            try? await client.close()
+        }
+    }
+
+    /// Connects to a daemon that is starting, trying again until it listens.
+    static func connect(to address: ServerAddress) async throws -> AiotaskClient {
+        while true {
+            do {
+                return try await AiotaskClient.connect(to: address)
+            } catch let error as AiotaskClientError where error.code == .connectFailed {
+                try await Task.sleep(for: .milliseconds(20))
+            }
+        }
+    }
+}
+
+/// A Unix listening socket opened without close-on-exec.
+private struct LeakySocket {
+    let descriptor: Int32
+
+    init(path: String) throws {
+        descriptor = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard descriptor >= 0 else { throw POSIXError(.init(rawValue: errno) ?? .EIO) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { buffer in
+            for (index, byte) in path.utf8.prefix(buffer.count - 1).enumerated() { buffer[index] = byte }
+        }
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
+        }
+        guard bound == 0, listen(descriptor, 1) == 0 else {
+            let error = errno
+            Glibc.close(descriptor)
+            throw POSIXError(.init(rawValue: error) ?? .EIO)
+        }
+    }
+
+    func close() {
+        Glibc.close(descriptor)
+    }
+}
+
+/// A daemon the test started with `posix_spawn` and reaps by its pid alone (never `waitpid(-1)`, which could
+/// steal the exit of an in-process pool's processes).
+private final class DaemonProcess: Sendable {
+    let pid: pid_t
+    private let exit = ReapedStatus()
+
+    private init(pid: pid_t) {
+        self.pid = pid
+        let exit = self.exit
+        Thread.detachNewThread {
+            var status: Int32 = 0
+            while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+            exit.set(status)
+        }
+    }
+
+    /// Starts `executable` with `arguments`, its stdout and stderr appended to the file `output`, stdin empty.
+    static func spawn(_ executable: String, _ arguments: [String], output: String) throws -> DaemonProcess {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, output, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var defaults = sigset_t()
+        sigfillset(&defaults)
+        var mask = sigset_t()
+        sigemptyset(&mask)
+        posix_spawnattr_setsigdefault(&attributes, &defaults)
+        posix_spawnattr_setsigmask(&attributes, &mask)
+        posix_spawnattr_setpgroup(&attributes, 0)
+        posix_spawnattr_setflags(
+            &attributes,
+            Int16(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETPGROUP)
+        )
+
+        let environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("AIOTASK_") }
+        let argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
+        let envp: [UnsafeMutablePointer<CChar>?] = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer {
+            argv.forEach { free($0) }
+            envp.forEach { free($0) }
+        }
+        var pid: pid_t = 0
+        let result = posix_spawn(&pid, executable, &actions, &attributes, argv, envp)
+        guard result == 0 else { throw POSIXError(.init(rawValue: result) ?? .EIO) }
+        return DaemonProcess(pid: pid)
+    }
+
+    /// Waits until the daemon is reaped; returns the signal that ended it, or 0 when it exited.
+    func wait() async -> Int32 {
+        let status = await exit.value()
+        return status & 0x7f
+    }
+
+    /// Kills the daemon unless it is gone already (cleanup after a failed test).
+    func killIfRunning() {
+        if !exit.isSet { kill(pid, SIGKILL) }
+    }
+}
+
+/// A wait status, set once by the reaping thread and awaited by the test.
+private final class ReapedStatus: Sendable {
+    private let state = Mutex<(status: Int32?, waiters: [CheckedContinuation<Int32, Never>])>((nil, []))
+
+    var isSet: Bool { state.withLock { $0.status != nil } }
+
+    func set(_ status: Int32) {
+        let waiters = state.withLock { state in
+            state.status = status
+            defer { state.waiters = [] }
+            return state.waiters
+        }
+        for waiter in waiters { waiter.resume(returning: status) }
+    }
+
+    func value() async -> Int32 {
+        await withCheckedContinuation { continuation in
+            let status = state.withLock { state -> Int32? in
+                if let status = state.status { return status }
+                state.waiters.append(continuation)
+                return nil
+            }
+            if let status { continuation.resume(returning: status) }
+        }
+    }
+}
