@@ -156,17 +156,16 @@ final class ClientConnectionHandler: ChannelInboundHandler {
         defer { scheduleFlush() }
         switch outcome {
         case .success(let result):
-            let limit = isExtended ? clientResultLimit : Self.legacyResultLimit
-            guard result.readableBytes <= limit else {
-                let message = "result of \(result.readableBytes) bytes exceeds the client's limit of \(limit) bytes"
-                logger.warning("task failed: \(message)", metadata: ["task_id": "\(record.id)"])
-                return sendFailure(record.id, .payloadTooLarge, message)
-            }
             finished.record(record.id, .done)
             write(isExtended ? .result(record.id, result) : .done(record.id, result: result))
         case .failure(let reason, let message):
             sendFailure(record.id, reason, message)
         }
+    }
+
+    /// The largest result this client can receive: what its `HELLO` announced, or what fits a legacy `DONE`.
+    var resultLimit: Int {
+        isExtended ? clientResultLimit : Self.legacyResultLimit
     }
 
     /// Closes the connection once what was written is sent.

@@ -16,6 +16,8 @@ struct FinishedTaskLog {
 
     mutating func record(_ id: TaskID, _ status: TaskStatus) {
         guard capacity > 0 else { return }
+        // An id may be reused once its task is answered: it keeps its place and takes the newer status.
+        if statuses.updateValue(status, forKey: id) != nil { return }
         if order.count < capacity {
             order.append(id)
         } else {
@@ -23,7 +25,6 @@ struct FinishedTaskLog {
             order[next] = id
             next = (next + 1) % capacity
         }
-        statuses[id] = status
     }
 
     func status(of id: TaskID) -> TaskStatus? {

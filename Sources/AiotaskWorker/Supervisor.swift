@@ -214,6 +214,11 @@ final class Supervisor {
 
     /// Records the outcome of `record` and passes it to its connection.
     func finish(_ record: TaskRecord, _ outcome: TaskOutcome, workerPID: Int32? = nil) {
+        var outcome = outcome
+        if case .success(let result) = outcome, result.readableBytes > record.session.resultLimit {
+            let limit = record.session.resultLimit
+            outcome = .failure(.payloadTooLarge, "result of \(result.readableBytes) bytes exceeds the client's limit of \(limit) bytes")
+        }
         if case .queued = record.state { queuedCount -= 1 }
         record.state = .finished
         throughput.count(at: .now())

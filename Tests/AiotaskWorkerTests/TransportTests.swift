@@ -125,6 +125,9 @@ struct TransportTests {
             #expect(failure.message.contains("1001 bytes exceeds the client's limit of 1000 bytes"))
             let fits = [UInt8](repeating: 0x62, count: 1000)
             #expect(try await client.submit(fits) == fits)
+            // The refused result is counted as a failure, not as a success.
+            let tasks = try await worker.server.info().tasks
+            #expect(tasks.succeeded == 1 && tasks.failed == 1)
             try await client.close()
         }
         try await worker.stop()
