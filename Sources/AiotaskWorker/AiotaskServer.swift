@@ -5,9 +5,9 @@ import NIOPosix
 import Synchronization
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Musl)
-import Musl
+    import Musl
 #endif
 
 /// A running aiotask worker: its listening sockets and its supervised pool, all on one event loop.
@@ -65,7 +65,12 @@ public final class AiotaskServer: Sendable {
         var listeners: [any Channel] = []
         var ownedSocketPaths: [String] = []
         do {
-            let bootstrap = makeBootstrap(loop: loop, supervisor: supervisor, configuration: configuration, logger: logger)
+            let bootstrap = makeBootstrap(
+                loop: loop,
+                supervisor: supervisor,
+                configuration: configuration,
+                logger: logger
+            )
             for address in configuration.listenAddresses {
                 switch address {
                 case .tcp(let host, let port):
@@ -157,10 +162,10 @@ public final class AiotaskServer: Sendable {
     }
 
     #if DEBUG
-    /// Blocks the event loop for an hour: lets tests prove that a stuck loop stops the watchdog. Debug builds only.
-    public func debugStallEventLoop() {
-        loop.execute { sleep(3600) }
-    }
+        /// Blocks the event loop for an hour: lets tests prove that a stuck loop stops the watchdog. Debug builds only.
+        public func debugStallEventLoop() {
+            loop.execute { sleep(3600) }
+        }
     #endif
 
     /// The number of tasks queued or running.

@@ -2,9 +2,9 @@ import CAiotaskShims
 import Foundation
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Musl)
-import Musl
+    import Musl
 #endif
 
 /// A process started for the pool, with the supervisor's ends of its three standard streams.
@@ -26,7 +26,8 @@ struct ChildProcess: Sendable {
     ]
 
     /// Starts `command` with `extraEnvironment` added to the supervisor's environment.
-    static func spawn(_ command: ProcessCommand, extraEnvironment: [String: String]) throws(SpawnError) -> ChildProcess {
+    static func spawn(_ command: ProcessCommand, extraEnvironment: [String: String]) throws(SpawnError) -> ChildProcess
+    {
         var environment = ProcessInfo.processInfo.environment.filter { !withheldEnvironment.contains($0.key) }
         environment.merge(command.environment) { $1 }
         environment.merge(extraEnvironment) { $1 }
@@ -59,7 +60,12 @@ struct ChildProcess: Sendable {
             closeAll(stdin.writer, stdout.reader, stderr.reader)
             throw SpawnError(executable: command.executable, errno: -pid)
         }
-        return ChildProcess(pid: pid, stdinWriter: stdin.writer, stdoutReader: stdout.reader, stderrReader: stderr.reader)
+        return ChildProcess(
+            pid: pid,
+            stdinWriter: stdin.writer,
+            stdoutReader: stdout.reader,
+            stderrReader: stderr.reader
+        )
     }
 
     /// Sends `signal` to every process of the child's group; errors (the group is gone) are ignored.

@@ -6,9 +6,9 @@ import NIOCore
 import Systemd
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Musl)
-import Musl
+    import Musl
 #endif
 
 /// Runs a complete worker daemon: settings, logging, sockets (its own or systemd's), the server, the
@@ -116,12 +116,19 @@ public enum Daemon {
         signalLoop: for await signalNumber in signals.stream {
             switch signalNumber {
             case SIGHUP:
-                await reload(server, current: configuration, options: options, resolveHandler: resolveHandler, notifier: notifier, logger: logger)
-                    .map { configuration = $0 }
+                await reload(
+                    server,
+                    current: configuration,
+                    options: options,
+                    resolveHandler: resolveHandler,
+                    notifier: notifier,
+                    logger: logger
+                )
+                .map { configuration = $0 }
             #if DEBUG
-            case SIGUSR2:
-                logger.warning("SIGUSR2: stalling the event loop (debug builds only)")
-                server.debugStallEventLoop()
+                case SIGUSR2:
+                    logger.warning("SIGUSR2: stalling the event loop (debug builds only)")
+                    server.debugStallEventLoop()
             #endif
             default:
                 logger.info("received \(signalName(signalNumber)); draining tasks in flight")
@@ -176,7 +183,10 @@ public enum Daemon {
             notifier.ready(status: "Reload failed: \(error)")
             return nil
         }
-        logger.info("configuration reloaded", metadata: ["workers": "\(next.workers)", "handler": "\(next.handler.displayName)"])
+        logger.info(
+            "configuration reloaded",
+            metadata: ["workers": "\(next.workers)", "handler": "\(next.handler.displayName)"]
+        )
         notifier.ready(status: (try? await server.statusLine()) ?? "Ready")
         return next
     }
@@ -199,7 +209,9 @@ public enum Daemon {
             if await server.isHealthy(within: interval / 4) {
                 notifier.watchdog()
             } else {
-                logger.error("unhealthy: the event loop is stuck or no worker process stays alive; not pinging the watchdog")
+                logger.error(
+                    "unhealthy: the event loop is stuck or no worker process stays alive; not pinging the watchdog"
+                )
             }
             try? await Task.sleep(for: interval / 2)
         }
@@ -233,7 +245,7 @@ final class SignalEvents {
         self.stream = stream
         var signals = [SIGTERM, SIGINT, SIGHUP]
         #if DEBUG
-        signals.append(SIGUSR2)
+            signals.append(SIGUSR2)
         #endif
         sources = signals.map { signalNumber in
             signal(signalNumber, SIG_IGN)

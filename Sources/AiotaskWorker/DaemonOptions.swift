@@ -5,7 +5,10 @@ import Logging
 public struct DaemonOptions: ParsableArguments {
     @Option(
         name: .customLong("listen"),
-        help: ArgumentHelp("Address to listen on: tcp://HOST:PORT, tcp://[IPv6]:PORT or unix:/PATH. Repeatable.", valueName: "address")
+        help: ArgumentHelp(
+            "Address to listen on: tcp://HOST:PORT, tcp://[IPv6]:PORT or unix:/PATH. Repeatable.",
+            valueName: "address"
+        )
     )
     public var listen: [String] = []
 
@@ -20,19 +23,36 @@ public struct DaemonOptions: ParsableArguments {
     @Option(help: "Number of pool processes (default: the number of CPUs).")
     public var workers: Int?
 
-    @Option(help: ArgumentHelp("Read settings from this file (key = value lines, keys named like these options).", valueName: "file"))
+    @Option(
+        help: ArgumentHelp(
+            "Read settings from this file (key = value lines, keys named like these options).",
+            valueName: "file"
+        )
+    )
     public var config: String?
 
     @Option(help: "Most tasks waiting for a process; more are rejected at once (default: 65536).")
     public var queueCapacity: Int?
 
-    @Option(help: ArgumentHelp("Largest task or result, in bytes (default: 67108864, i.e. 64 MiB).", valueName: "bytes"))
+    @Option(
+        help: ArgumentHelp("Largest task or result, in bytes (default: 67108864, i.e. 64 MiB).", valueName: "bytes")
+    )
     public var maxPayload: Int?
 
-    @Option(help: ArgumentHelp("Default task timeout in seconds; 0 for none (default: 0). Clients may set their own.", valueName: "seconds"))
+    @Option(
+        help: ArgumentHelp(
+            "Default task timeout in seconds; 0 for none (default: 0). Clients may set their own.",
+            valueName: "seconds"
+        )
+    )
     public var taskTimeout: Double?
 
-    @Option(help: ArgumentHelp("Seconds between SIGTERM and SIGKILL when a process is stopped (default: 2).", valueName: "seconds"))
+    @Option(
+        help: ArgumentHelp(
+            "Seconds between SIGTERM and SIGKILL when a process is stopped (default: 2).",
+            valueName: "seconds"
+        )
+    )
     public var killGrace: Double?
 
     @Option(help: "Replace a process after this many tasks; 0 for never (default: 0).")
@@ -41,7 +61,12 @@ public struct DaemonOptions: ParsableArguments {
     @Option(help: "Add up to this many tasks at random to --max-tasks-per-worker (default: 0).")
     public var maxTasksJitter: Int?
 
-    @Option(help: ArgumentHelp("On shutdown, seconds that tasks in flight may still run (default: 30).", valueName: "seconds"))
+    @Option(
+        help: ArgumentHelp(
+            "On shutdown, seconds that tasks in flight may still run (default: 30).",
+            valueName: "seconds"
+        )
+    )
     public var drainTimeout: Double?
 
     @Option(help: "trace, debug, info, notice, warning, error or critical (default: info).")

@@ -46,16 +46,23 @@ public struct DaemonSettings: Sendable, Equatable {
             throw ConfigurationError(setting: "listen", reason: error.description)
         }
         if let workers {
-            guard (1...4096).contains(workers) else { throw ConfigurationError(setting: "workers", reason: "must be from 1 to 4096, not \(workers)") }
+            guard (1...4096).contains(workers) else {
+                throw ConfigurationError(setting: "workers", reason: "must be from 1 to 4096, not \(workers)")
+            }
             configuration.workers = workers
         }
         if let queueCapacity {
-            guard queueCapacity >= 0 else { throw ConfigurationError(setting: "queue-capacity", reason: "must not be negative") }
+            guard queueCapacity >= 0 else {
+                throw ConfigurationError(setting: "queue-capacity", reason: "must not be negative")
+            }
             configuration.queueCapacity = queueCapacity
         }
         if let maxPayload {
             guard (1...Int(UInt32.max) - 32).contains(maxPayload) else {
-                throw ConfigurationError(setting: "max-payload", reason: "must be from 1 to \(Int(UInt32.max) - 32) bytes")
+                throw ConfigurationError(
+                    setting: "max-payload",
+                    reason: "must be from 1 to \(Int(UInt32.max) - 32) bytes"
+                )
             }
             configuration.maximumPayloadLength = maxPayload
         }
@@ -64,11 +71,15 @@ public struct DaemonSettings: Sendable, Equatable {
         }
         if let killGrace { configuration.killGracePeriod = try Self.duration(killGrace, "kill-grace") }
         if let maxTasksPerWorker {
-            guard maxTasksPerWorker >= 0 else { throw ConfigurationError(setting: "max-tasks-per-worker", reason: "must not be negative") }
+            guard maxTasksPerWorker >= 0 else {
+                throw ConfigurationError(setting: "max-tasks-per-worker", reason: "must not be negative")
+            }
             configuration.maximumTasksPerProcess = maxTasksPerWorker == 0 ? nil : maxTasksPerWorker
         }
         if let maxTasksJitter {
-            guard maxTasksJitter >= 0 else { throw ConfigurationError(setting: "max-tasks-jitter", reason: "must not be negative") }
+            guard maxTasksJitter >= 0 else {
+                throw ConfigurationError(setting: "max-tasks-jitter", reason: "must not be negative")
+            }
             configuration.maximumTasksJitter = maxTasksJitter
         }
         if let drainTimeout { configuration.drainTimeout = try Self.duration(drainTimeout, "drain-timeout") }
@@ -77,7 +88,10 @@ public struct DaemonSettings: Sendable, Equatable {
 
     private static func duration(_ seconds: Double, _ setting: String) throws(ConfigurationError) -> Duration {
         guard seconds.isFinite, seconds >= 0, seconds <= 1e9 else {
-            throw ConfigurationError(setting: setting, reason: "must be a number of seconds from 0 to 1e9, not \(seconds)")
+            throw ConfigurationError(
+                setting: setting,
+                reason: "must be a number of seconds from 0 to 1e9, not \(seconds)"
+            )
         }
         return .nanoseconds(Int64(seconds * 1e9))
     }

@@ -9,7 +9,8 @@ public struct ProcessCommand: Hashable, Sendable {
     /// How logs and `aiotask status` name the handler.
     public var displayName: String
 
-    public init(executable: String, arguments: [String] = [], environment: [String: String] = [:], displayName: String) {
+    public init(executable: String, arguments: [String] = [], environment: [String: String] = [:], displayName: String)
+    {
         self.executable = executable
         self.arguments = arguments
         self.environment = environment
@@ -20,7 +21,11 @@ public struct ProcessCommand: Hashable, Sendable {
     public static func currentExecutable(environment: [String: String] = [:], displayName: String) -> ProcessCommand {
         var environment = environment
         environment[WorkerRole.environmentKey] = WorkerRole.handler.rawValue
-        return ProcessCommand(executable: WorkerRole.currentExecutablePath, environment: environment, displayName: displayName)
+        return ProcessCommand(
+            executable: WorkerRole.currentExecutablePath,
+            environment: environment,
+            displayName: displayName
+        )
     }
 
     /// An external handler program speaking docs/handler-protocol.md on its stdin and stdout.

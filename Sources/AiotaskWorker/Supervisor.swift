@@ -4,9 +4,9 @@ import Logging
 import NIOCore
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Musl)
-import Musl
+    import Musl
 #endif
 
 /// The heart of the worker: the queue, the pool's slots, and every task's way from arrival to answer.
@@ -217,7 +217,10 @@ final class Supervisor {
         var outcome = outcome
         if case .success(let result) = outcome, result.readableBytes > record.session.resultLimit {
             let limit = record.session.resultLimit
-            outcome = .failure(.payloadTooLarge, "result of \(result.readableBytes) bytes exceeds the client's limit of \(limit) bytes")
+            outcome = .failure(
+                .payloadTooLarge,
+                "result of \(result.readableBytes) bytes exceeds the client's limit of \(limit) bytes"
+            )
         }
         if case .queued = record.state { queuedCount -= 1 }
         record.state = .finished

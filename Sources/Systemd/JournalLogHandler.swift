@@ -2,9 +2,9 @@ import CSystemd
 import Logging
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Musl)
-import Musl
+    import Musl
 #endif
 
 /// A swift-log handler for services: structured entries through the native journal protocol when stderr
@@ -85,7 +85,9 @@ public struct JournalLogHandler: LogHandler {
     }
 
     private static func writeLine(level: Logger.Level, message: String, metadata: Logger.Metadata) {
-        let details = metadata.isEmpty ? "" : " " + metadata.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+        let details =
+            metadata.isEmpty
+            ? "" : " " + metadata.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
         let line = "\(timestamp()) \(level): \(message)\(details)\n"
         line.utf8CString.withUnsafeBufferPointer { buffer in
             _ = write(2, buffer.baseAddress, buffer.count - 1)

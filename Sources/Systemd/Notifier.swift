@@ -1,9 +1,9 @@
 import CSystemd
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Musl)
-import Musl
+    import Musl
 #endif
 
 /// Sends service state to systemd through `$NOTIFY_SOCKET` (sd_notify); does nothing when not under systemd.

@@ -1,9 +1,9 @@
 import CSystemd
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Musl)
-import Musl
+    import Musl
 #endif
 
 /// A listening socket passed by systemd (`LISTEN_FDS`), with its `FileDescriptorName=`.

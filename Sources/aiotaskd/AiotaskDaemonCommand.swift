@@ -2,9 +2,9 @@ import AiotaskWorker
 import ArgumentParser
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Musl)
-import Musl
+    import Musl
 #endif
 
 /// `aiotaskd`: the aiotask worker daemon.
@@ -58,9 +58,14 @@ struct AiotaskDaemonCommand: AsyncParsableCommand {
     /// Turns a `--handler` spec into the command the pool runs.
     static func resolve(_ spec: String) throws(HandlerSpecError) -> ProcessCommand {
         if spec.hasPrefix("exec:") {
-            let words = spec.dropFirst("exec:".count).split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
+            let words = spec.dropFirst("exec:".count).split(whereSeparator: { $0 == " " || $0 == "\t" }).map(
+                String.init
+            )
             guard let program = words.first, program.hasPrefix("/") else {
-                throw HandlerSpecError(spec: spec, reason: "exec: needs an absolute program path, as in exec:/usr/bin/handler")
+                throw HandlerSpecError(
+                    spec: spec,
+                    reason: "exec: needs an absolute program path, as in exec:/usr/bin/handler"
+                )
             }
             guard access(program, X_OK) == 0 else {
                 throw HandlerSpecError(spec: spec, reason: "\(program) is not an executable file")

@@ -4,9 +4,9 @@ import Foundation
 import NIOCore
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Musl)
-import Musl
+    import Musl
 #endif
 
 /// The handlers that ship inside aiotaskd, for demos, tests and benchmarks.
@@ -31,7 +31,8 @@ enum BuiltinHandler: String, CaseIterable {
         case .sleep: "sleeps for the milliseconds given as the task text, then echoes it"
         case .burn: "keeps a CPU busy for the milliseconds given as the task text"
         case .fail: "fails every task, with the task text as the error message"
-        case .chaos: "obeys the command in the task: echo TEXT, sleep MS, fail MESSAGE, exit CODE, signal N, stderr TEXT, pid, hang, orphan"
+        case .chaos:
+            "obeys the command in the task: echo TEXT, sleep MS, fail MESSAGE, exit CODE, signal N, stderr TEXT, pid, hang, orphan"
         }
     }
 
@@ -42,7 +43,9 @@ enum BuiltinHandler: String, CaseIterable {
         case .sha256:
             return { task in
                 let digest = task.withUnsafeReadableBytes { SHA256.hash(data: $0) }
-                return ByteBuffer(string: digest.map { byte in (byte < 16 ? "0" : "") + String(byte, radix: 16) }.joined())
+                return ByteBuffer(
+                    string: digest.map { byte in (byte < 16 ? "0" : "") + String(byte, radix: 16) }.joined()
+                )
             }
         case .sleep:
             return { task in

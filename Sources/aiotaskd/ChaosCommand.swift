@@ -2,9 +2,9 @@ import AiotaskWorker
 import NIOCore
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Musl)
-import Musl
+    import Musl
 #endif
 
 /// A command for the `chaos` handler, which misbehaves on request so failure handling can be tried out.
@@ -46,7 +46,9 @@ enum ChaosCommand {
     }
 
     private static func number(_ text: String) throws -> Int {
-        guard let value = Int(text) else { throw HandlerFailure(message: "expected a number, got '\(text.prefix(40))'") }
+        guard let value = Int(text) else {
+            throw HandlerFailure(message: "expected a number, got '\(text.prefix(40))'")
+        }
         return value
     }
 

@@ -1,6 +1,6 @@
-import AiotaskTestSupport
 import AiotaskClient
 import AiotaskProtocol
+import AiotaskTestSupport
 import NIOCore
 import Testing
 

@@ -73,53 +73,27 @@ final class SpawnedProcess: Sendable {
         let stderrPipe = try makePipe()
         let stdinPipe = try standardInput.map { _ in try makePipe() }
 
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        if let stdinPipe {
-            posix_spawn_file_actions_adddup2(&actions, stdinPipe.reader, 0)
-        } else {
-            posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        let spawned = Result { () throws(SpawnFailure) -> pid_t in
+            try spawnInOwnProcessGroup(executable, arguments, environment: variables) { actions in
+                if let stdinPipe {
+                    posix_spawn_file_actions_adddup2(&actions, stdinPipe.reader, 0)
+                } else {
+                    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+                }
+                posix_spawn_file_actions_adddup2(&actions, stdoutPipe.writer, 1)
+                posix_spawn_file_actions_adddup2(&actions, stderrPipe.writer, 2)
+            }
         }
-        posix_spawn_file_actions_adddup2(&actions, stdoutPipe.writer, 1)
-        posix_spawn_file_actions_adddup2(&actions, stderrPipe.writer, 2)
-
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var defaults = sigset_t()
-        sigfillset(&defaults)
-        var mask = sigset_t()
-        sigemptyset(&mask)
-        posix_spawnattr_setsigdefault(&attributes, &defaults)
-        posix_spawnattr_setsigmask(&attributes, &mask)
-        posix_spawnattr_setpgroup(&attributes, 0)
-        posix_spawnattr_setflags(
-            &attributes,
-            Int16(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETPGROUP)
-        )
-
-        let argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
-        let envp: [UnsafeMutablePointer<CChar>?] = variables.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        defer {
-            for pointer in argv { free(pointer) }
-            for pointer in envp { free(pointer) }
-        }
-        var pid: pid_t = 0
-        let result =
-            executable.contains("/")
-            ? posix_spawn(&pid, executable, &actions, &attributes, argv, envp)
-            : posix_spawnp(&pid, executable, &actions, &attributes, argv, envp)
 
         close(stdoutPipe.writer)
         close(stderrPipe.writer)
         if let stdinPipe { close(stdinPipe.reader) }
-        guard result == 0 else {
+        if case .failure = spawned {
             close(stdoutPipe.reader)
             close(stderrPipe.reader)
             if let stdinPipe { close(stdinPipe.writer) }
-            throw SpawnFailure(executable: executable, errno: result)
         }
+        let pid = try spawned.get()
         if let stdinPipe, let standardInput {
             Thread.detachNewThread {
                 standardInput.withUnsafeBytes { bytes in
@@ -330,4 +304,48 @@ private final class ExitWatcher: Sendable {
             if let status { continuation.resume(returning: status) }
         }
     }
+}
+
+/// Starts `executable` the way the tests start every process: in a process group of its own, every signal at
+/// its default disposition and none blocked, `fileActions` arranging its descriptors. Returns the pid, or
+/// throws ``SpawnFailure``.
+func spawnInOwnProcessGroup(
+    _ executable: String,
+    _ arguments: [String],
+    environment: [String: String],
+    fileActions: (inout posix_spawn_file_actions_t) -> Void
+) throws(SpawnFailure) -> pid_t {
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    fileActions(&actions)
+
+    var attributes = posix_spawnattr_t()
+    posix_spawnattr_init(&attributes)
+    defer { posix_spawnattr_destroy(&attributes) }
+    var defaults = sigset_t()
+    sigfillset(&defaults)
+    var mask = sigset_t()
+    sigemptyset(&mask)
+    posix_spawnattr_setsigdefault(&attributes, &defaults)
+    posix_spawnattr_setsigmask(&attributes, &mask)
+    posix_spawnattr_setpgroup(&attributes, 0)
+    posix_spawnattr_setflags(
+        &attributes,
+        Int16(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETPGROUP)
+    )
+
+    let argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
+    let envp: [UnsafeMutablePointer<CChar>?] = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+    defer {
+        for pointer in argv { free(pointer) }
+        for pointer in envp { free(pointer) }
+    }
+    var pid: pid_t = 0
+    let result =
+        executable.contains("/")
+        ? posix_spawn(&pid, executable, &actions, &attributes, argv, envp)
+        : posix_spawnp(&pid, executable, &actions, &attributes, argv, envp)
+    guard result == 0 else { throw SpawnFailure(executable: executable, errno: result) }
+    return pid
 }

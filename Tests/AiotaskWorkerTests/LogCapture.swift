@@ -9,7 +9,12 @@ final class LogCapture: Sendable {
         var metadata: [String: String]
     }
 
-    private let state = Mutex<(entries: [Entry], waiters: [(predicate: @Sendable (Entry) -> Bool, continuation: CheckedContinuation<Entry, Never>)])>(([], []))
+    private let state = Mutex<
+        (
+            entries: [Entry],
+            waiters: [(predicate: @Sendable (Entry) -> Bool, continuation: CheckedContinuation<Entry, Never>)]
+        )
+    >(([], []))
 
     /// A logger that writes into this capture, at every level.
     var logger: Logger {

@@ -363,43 +363,21 @@ final class PassedSocketProcess: Sendable {
         // Close-on-exec, so that no other child of the test process holds the write end open.
         let created = aiotask_pipe(&fds, 1 << 16)
         guard created == 0 else { throw SpawnFailure(executable: "pipe", errno: -created) }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
-        posix_spawn_file_actions_adddup2(&actions, fds[1], 2)
-        // dup2 clears close-on-exec: the socket reaches the program as descriptor 3, like SD_LISTEN_FDS_START.
-        posix_spawn_file_actions_adddup2(&actions, socket, 3)
-
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var defaults = sigset_t()
-        sigfillset(&defaults)
-        var mask = sigset_t()
-        sigemptyset(&mask)
-        posix_spawnattr_setsigdefault(&attributes, &defaults)
-        posix_spawnattr_setsigmask(&attributes, &mask)
-        posix_spawnattr_setpgroup(&attributes, 0)
-        posix_spawnattr_setflags(
-            &attributes,
-            Int16(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETPGROUP)
-        )
-
-        let argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
-        let envp: [UnsafeMutablePointer<CChar>?] = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        defer {
-            for pointer in argv { free(pointer) }
-            for pointer in envp { free(pointer) }
-        }
-        var spawned: pid_t = 0
-        let result = posix_spawn(&spawned, executable, &actions, &attributes, argv, envp)
-        close(fds[1])
-        guard result == 0 else {
+        let spawned: pid_t
+        do {
+            spawned = try spawnInOwnProcessGroup(executable, arguments, environment: environment) { actions in
+                posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+                posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+                posix_spawn_file_actions_adddup2(&actions, fds[1], 2)
+                // dup2 clears close-on-exec: the socket reaches the program as descriptor 3, like SD_LISTEN_FDS_START.
+                posix_spawn_file_actions_adddup2(&actions, socket, 3)
+            }
+        } catch {
             close(fds[0])
-            throw SpawnFailure(executable: executable, errno: result)
+            close(fds[1])
+            throw error
         }
+        close(fds[1])
         let pid = spawned
         self.pid = pid
         let reader = fds[0]

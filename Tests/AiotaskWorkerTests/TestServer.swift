@@ -9,7 +9,8 @@ import NIOCore
 
 /// The executables this package builds, found next to the test binary.
 enum Products {
-    static let directory = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent().path
+    static let directory = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
+        .path
 
     static var aiotaskd: String { directory + "/aiotaskd" }
     static var aiotask: String { directory + "/aiotask" }
