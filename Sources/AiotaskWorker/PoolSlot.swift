@@ -63,6 +63,18 @@ final class PoolSlot {
         return false
     }
 
+    /// Crashes in a row, without a task answered in between, after which a slot counts as crash-looping.
+    static let crashLoopThreshold = 3
+    /// How long a process must live to show that the slot is not crash-looping, even without a task.
+    static let stableLifetime: Duration = .seconds(1)
+
+    /// Whether the slot has a process and is not crash-looping: its last processes did not all die young.
+    var isKeepingProcessAlive: Bool {
+        guard let process else { return false }
+        return consecutiveCrashes < Self.crashLoopThreshold
+            || NIODeadline.now() - process.startedAt >= .init(Self.stableLifetime)
+    }
+
     // MARK: Process lifecycle
 
     /// Starts a process if the slot has none.
@@ -274,6 +286,8 @@ extension PoolSlot: WorkerProcessDelegate {
             "worker process \(status)",
             metadata: ["worker_pid": "\(process.pid)", "task_id": "\(failedTask.map { "\($0.id)" } ?? "none")"]
         )
+        // A process that lived a while before dying is a crash, not a crash loop: restart it at once.
+        if NIODeadline.now() - process.startedAt >= .init(Self.stableLifetime) { consecutiveCrashes = 0 }
         consecutiveCrashes += 1
         state = .empty
         supervisor.slotFailedToStart(self)

@@ -97,10 +97,10 @@ final class Supervisor {
         dispatch()
     }
 
-    /// Whether the pool can run tasks: at least one process is alive. A pool whose processes all keep dying
-    /// is not, and the watchdog stops reporting health so that systemd restarts the service.
+    /// Whether the pool can run tasks: at least one slot keeps a process alive. A pool whose processes all keep
+    /// dying is not, and the watchdog stops reporting health so that systemd restarts the service.
     var isHealthy: Bool {
-        slots.contains { $0.process != nil }
+        slots.contains(where: \.isKeepingProcessAlive)
     }
 
     /// A one-line summary for `systemctl status`.

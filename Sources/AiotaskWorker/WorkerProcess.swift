@@ -31,6 +31,9 @@ final class WorkerProcess {
     private var killTimer: Scheduled<Void>?
     private let loop: any EventLoop
 
+    /// When the process was started.
+    let startedAt = NIODeadline.now()
+
     private init(child: ChildProcess, loop: any EventLoop) {
         self.child = child
         self.loop = loop

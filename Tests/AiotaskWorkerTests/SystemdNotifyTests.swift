@@ -112,4 +112,30 @@ struct SystemdNotifyTests {
         #expect(late.isEmpty, "pinged while the event loop was stuck: \(late.count) pings")
         #expect(daemon.process.standardError.contains("not pinging the watchdog"))
     }
+
+    @Test("WATCHDOG=1 stops when no pool process stays alive")
+    func watchdogStopsWhenThePoolCrashLoops() async throws {
+        let directory = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let socketPath = directory + "/aiotask.sock"
+        let interval = Duration.milliseconds(400)
+        // A handler program that exits at once: every process the pool starts dies young.
+        let daemon = try SocketActivatedDaemon.start(
+            listen: socketPath,
+            environment: ["WATCHDOG_USEC": "400000"],
+            ["--handler", "exec:/bin/false", "--workers", "1"]
+        )
+        defer { daemon.cleanUp() }
+        let notifications = daemon.notifications
+        try await daemon.waitUntilListening()
+        try await SystemdTestKit.connectOnce(to: .unix(path: socketPath))
+
+        _ = try await notifications.next("READY")
+        try await daemon.process.waitForStandardError(containing: "not pinging the watchdog", limit: .seconds(10))
+        let unhealthy = ContinuousClock.now
+        // The one wait for an absence: one interval of grace for datagrams in transit, then three intervals.
+        try await Task.sleep(until: unhealthy + interval * 4)
+        let late = notifications.messages.filter { $0["WATCHDOG"] == "1" && $0.arrival > unhealthy + interval }
+        #expect(late.isEmpty, "pinged while every process kept dying: \(late.count) pings")
+    }
 }
