@@ -130,6 +130,9 @@ public final class AiotaskClient: Sendable {
                 maximumResultLength: maximumResultLength
             )
         } catch {
+            // The server may close the connection before the handshake starts (e.g. over its connection limit):
+            // the promise is then still pending, and must be completed.
+            handshake.fail(error)
             channel.close(promise: nil)
             if error is AiotaskClientError { throw error }
             throw AiotaskClientError(.handshakeFailed, reason: "\(error)")

@@ -40,7 +40,13 @@ final class ClientConnectionHandler: ChannelInboundHandler {
         self.context = context
         peerDescription = context.channel.remoteAddress.map(Self.describe) ?? "unix"
         logger[metadataKey: "client"] = "\(peerDescription)"
-        supervisor.register(self)
+        guard supervisor.register(self) else {
+            let limit = supervisor.configuration.maximumConnections
+            logger.warning("refusing connection: \(limit) connections are open already (max-connections)")
+            isClosing = true
+            context.close(promise: nil)
+            return
+        }
         logger.debug("client connected")
         context.fireChannelActive()
     }
@@ -68,6 +74,19 @@ final class ClientConnectionHandler: ChannelInboundHandler {
             }
             rejectOversized(id, length: length)
         }
+    }
+
+    /// Backpressure: a client that does not read its answers stops being read, so it cannot make the server
+    /// buffer without bound; reading resumes once its answers drain.
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        let writable = context.channel.isWritable
+        context.channel.setOption(.autoRead, value: writable).whenFailure { _ in }
+        if writable {
+            context.read()
+        } else {
+            logger.debug("client is not reading its answers; pausing reads from it")
+        }
+        context.fireChannelWritabilityChanged()
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -112,6 +131,15 @@ final class ClientConnectionHandler: ChannelInboundHandler {
             return violation("task id \(id) is already in use on this connection")
         }
         let record = TaskRecord(id: id, session: self, payload: payload, timeout: timeout)
+        let limit = supervisor.configuration.maximumTasksPerConnection
+        guard inFlight.count < limit else {
+            inFlight[id] = record
+            return supervisor.accept(
+                rejected: record,
+                .rejected,
+                "too many tasks in flight on this connection (limit \(limit))"
+            )
+        }
         inFlight[id] = record
         supervisor.accept(record)
     }

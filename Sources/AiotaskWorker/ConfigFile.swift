@@ -74,6 +74,9 @@ public enum ConfigFile {
         case "handler": settings.handler = value
         case "workers": settings.workers = try integer()
         case "queue-capacity": settings.queueCapacity = try integer()
+        case "max-queued-bytes": settings.maxQueuedBytes = try integer()
+        case "max-tasks-per-connection": settings.maxTasksPerConnection = try integer()
+        case "max-connections": settings.maxConnections = try integer()
         case "max-payload": settings.maxPayload = try integer()
         case "task-timeout": settings.taskTimeout = try seconds()
         case "kill-grace": settings.killGrace = try seconds()

@@ -35,6 +35,20 @@ public struct DaemonOptions: ParsableArguments {
     public var queueCapacity: Int?
 
     @Option(
+        help: ArgumentHelp(
+            "Most bytes of task data waiting; more are rejected at once (default: 1073741824, i.e. 1 GiB).",
+            valueName: "bytes"
+        )
+    )
+    public var maxQueuedBytes: Int?
+
+    @Option(help: "Most tasks one connection may have queued or running; more are rejected (default: 16384).")
+    public var maxTasksPerConnection: Int?
+
+    @Option(help: "Most client connections open at once; more are closed as they arrive (default: 16384).")
+    public var maxConnections: Int?
+
+    @Option(
         help: ArgumentHelp("Largest task or result, in bytes (default: 67108864, i.e. 64 MiB).", valueName: "bytes")
     )
     public var maxPayload: Int?
@@ -81,6 +95,9 @@ public struct DaemonOptions: ParsableArguments {
         settings.handler = handler
         settings.workers = workers
         settings.queueCapacity = queueCapacity
+        settings.maxQueuedBytes = maxQueuedBytes
+        settings.maxTasksPerConnection = maxTasksPerConnection
+        settings.maxConnections = maxConnections
         settings.maxPayload = maxPayload
         settings.taskTimeout = taskTimeout
         settings.killGrace = killGrace

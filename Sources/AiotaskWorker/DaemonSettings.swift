@@ -10,6 +10,9 @@ public struct DaemonSettings: Sendable, Equatable {
     public var handler: String?
     public var workers: Int?
     public var queueCapacity: Int?
+    public var maxQueuedBytes: Int?
+    public var maxTasksPerConnection: Int?
+    public var maxConnections: Int?
     public var maxPayload: Int?
     public var taskTimeout: Double?
     public var killGrace: Double?
@@ -27,6 +30,9 @@ public struct DaemonSettings: Sendable, Equatable {
         merged.handler = other.handler ?? handler
         merged.workers = other.workers ?? workers
         merged.queueCapacity = other.queueCapacity ?? queueCapacity
+        merged.maxQueuedBytes = other.maxQueuedBytes ?? maxQueuedBytes
+        merged.maxTasksPerConnection = other.maxTasksPerConnection ?? maxTasksPerConnection
+        merged.maxConnections = other.maxConnections ?? maxConnections
         merged.maxPayload = other.maxPayload ?? maxPayload
         merged.taskTimeout = other.taskTimeout ?? taskTimeout
         merged.killGrace = other.killGrace ?? killGrace
@@ -56,6 +62,24 @@ public struct DaemonSettings: Sendable, Equatable {
                 throw ConfigurationError(setting: "queue-capacity", reason: "must not be negative")
             }
             configuration.queueCapacity = queueCapacity
+        }
+        if let maxQueuedBytes {
+            guard maxQueuedBytes >= 0 else {
+                throw ConfigurationError(setting: "max-queued-bytes", reason: "must not be negative")
+            }
+            configuration.maximumQueuedBytes = maxQueuedBytes
+        }
+        if let maxTasksPerConnection {
+            guard maxTasksPerConnection >= 1 else {
+                throw ConfigurationError(setting: "max-tasks-per-connection", reason: "must be at least 1")
+            }
+            configuration.maximumTasksPerConnection = maxTasksPerConnection
+        }
+        if let maxConnections {
+            guard maxConnections >= 1 else {
+                throw ConfigurationError(setting: "max-connections", reason: "must be at least 1")
+            }
+            configuration.maximumConnections = maxConnections
         }
         if let maxPayload {
             guard (1...Int(UInt32.max) - 32).contains(maxPayload) else {

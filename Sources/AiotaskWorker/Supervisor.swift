@@ -25,6 +25,8 @@ final class Supervisor {
     private var queue = CircularBuffer<TaskRecord>()
     /// Tasks in `queue` that still wait (not finished while queued).
     private(set) var queuedCount = 0
+    /// Task bytes held by the tasks that wait.
+    private var queuedBytes = 0
 
     private var submitted = 0
     private var succeeded = 0
@@ -64,8 +66,11 @@ final class Supervisor {
         checkDrained()
     }
 
-    func register(_ session: ClientConnectionHandler) {
+    /// Adds a connection; false when the connection limit is reached.
+    func register(_ session: ClientConnectionHandler) -> Bool {
+        guard sessions.count < configuration.maximumConnections else { return false }
         sessions[ObjectIdentifier(session)] = session
+        return true
     }
 
     func unregister(_ session: ClientConnectionHandler) {
@@ -139,7 +144,7 @@ final class Supervisor {
             dropFinishedHead()
             guard queuedCount > 0, let slot = nextIdleSlot() else { return }
             let record = queue.removeFirst()
-            queuedCount -= 1
+            leaveQueue(record)
             slot.run(record)
         }
     }
@@ -167,8 +172,14 @@ final class Supervisor {
             let message = "queue full: \(queuedCount) tasks waiting (capacity \(configuration.queueCapacity))"
             return refuse(record, .rejected, message)
         }
+        let size = record.payload.readableBytes
+        guard queuedBytes + size <= configuration.maximumQueuedBytes else {
+            let limit = configuration.maximumQueuedBytes
+            return refuse(record, .rejected, "queue full: \(queuedBytes) bytes waiting (limit \(limit) bytes)")
+        }
         queue.append(record)
         queuedCount += 1
+        queuedBytes += size
         dispatch()
     }
 
@@ -200,10 +211,16 @@ final class Supervisor {
         checkDrained()
     }
 
+    /// Takes a waiting task out of the queue's counts (the record itself may stay until it reaches the front).
+    private func leaveQueue(_ record: TaskRecord) {
+        queuedCount -= 1
+        queuedBytes -= record.payload.readableBytes
+    }
+
     private func stop(_ record: TaskRecord) {
         switch record.state {
         case .queued:
-            queuedCount -= 1
+            leaveQueue(record)
         case .running:
             for slot in slots where slot.isBusy { slot.interrupt(record) }
         case .finished:
@@ -222,7 +239,7 @@ final class Supervisor {
                 "result of \(result.readableBytes) bytes exceeds the client's limit of \(limit) bytes"
             )
         }
-        if case .queued = record.state { queuedCount -= 1 }
+        if case .queued = record.state { leaveQueue(record) }
         record.state = .finished
         throughput.count(at: .now())
         var metadata: Logger.Metadata = [

@@ -13,6 +13,12 @@ public struct WorkerConfiguration: Sendable {
     public var workers: Int
     /// Most tasks waiting for a process; a task beyond that is rejected at once.
     public var queueCapacity: Int
+    /// Most bytes of task data waiting in the queue; a task beyond that is rejected at once.
+    public var maximumQueuedBytes: Int
+    /// Most tasks one connection may have queued or running; more are rejected at once.
+    public var maximumTasksPerConnection: Int
+    /// Most client connections open at once; more are closed as they arrive, with a log entry.
+    public var maximumConnections: Int
     /// Largest task or result accepted, in bytes.
     public var maximumPayloadLength: Int
     /// Timeout of a task whose client gave none; nil for no timeout.
@@ -36,6 +42,9 @@ public struct WorkerConfiguration: Sendable {
         handler: ProcessCommand,
         workers: Int = System.coreCount,
         queueCapacity: Int = 65_536,
+        maximumQueuedBytes: Int = 1 << 30,
+        maximumTasksPerConnection: Int = 16_384,
+        maximumConnections: Int = 16_384,
         maximumPayloadLength: Int = 64 * 1024 * 1024,
         defaultTaskTimeout: Duration? = nil,
         killGracePeriod: Duration = .seconds(2),
@@ -50,6 +59,9 @@ public struct WorkerConfiguration: Sendable {
         self.handler = handler
         self.workers = workers
         self.queueCapacity = queueCapacity
+        self.maximumQueuedBytes = maximumQueuedBytes
+        self.maximumTasksPerConnection = maximumTasksPerConnection
+        self.maximumConnections = maximumConnections
         self.maximumPayloadLength = maximumPayloadLength
         self.defaultTaskTimeout = defaultTaskTimeout
         self.killGracePeriod = killGracePeriod
