@@ -1,0 +1,80 @@
+import AiotaskClient
+import AiotaskProtocol
+import AiotaskTestSupport
+import Foundation
+import NIOCore
+import Testing
+
+@testable import AiotaskWorker
+
+@Suite("Backpressure")
+struct BackpressureTests {
+    @Test("a client that never reads its answers stops being read, instead of filling the server's memory")
+    func clientThatNeverReads() async throws {
+        let worker = try await TestServer.start(workers: 1)
+        try await withTimeout(.seconds(60)) {
+            guard case .unix(let path) = worker.address else { return }
+            let socket = try connectNonBlocking(toUnixPath: path)
+            defer { close(socket) }
+
+            // 60 KiB echo tasks, written until the server stops taking them, with a ceiling of 256 MiB that a
+            // server reading without bound would accept whole.
+            let payload = ByteBuffer(repeating: 0x61, count: 60 * 1024)
+            func frame() throws -> [UInt8] {
+                var buffer = ByteBuffer()
+                try buffer.writeFrame(.enqueue(.random(), payload: payload))
+                return Array(buffer.readableBytesView)
+            }
+            let ceiling = 256 << 20
+            var written = 0
+            var bytes = try frame()
+            var offset = 0
+            while written < ceiling {
+                let count = bytes.withUnsafeBytes { write(socket, $0.baseAddress! + offset, bytes.count - offset) }
+                if count > 0 {
+                    written += count
+                    offset += count
+                    if offset == bytes.count {
+                        bytes = try frame()
+                        offset = 0
+                    }
+                    continue
+                }
+                let error = errno
+                try #require(count < 0 && (error == EAGAIN || error == EWOULDBLOCK), "write failed: errno \(error)")
+                // Blocked: wait for room; two seconds without any means the server has stopped reading.
+                var descriptor = pollfd(fd: socket, events: Int16(POLLOUT), revents: 0)
+                if poll(&descriptor, 1, 2000) == 0 { break }
+            }
+            #expect(written < ceiling, "the server kept reading a client that never reads its answers")
+
+            // Every other client is still served.
+            let client = try await worker.client()
+            #expect(try await client.submit("still served") == Array("still served".utf8))
+            try await client.close()
+        }
+        try await worker.stop()
+    }
+}
+
+/// A non-blocking stream socket connected to the Unix socket at `path`.
+private func connectNonBlocking(toUnixPath path: String) throws -> Int32 {
+    let socket = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+    guard socket >= 0 else { throw POSIXError(.init(rawValue: errno) ?? .EIO) }
+    var address = sockaddr_un()
+    address.sun_family = sa_family_t(AF_UNIX)
+    withUnsafeMutableBytes(of: &address.sun_path) { buffer in
+        buffer.copyBytes(from: path.utf8.prefix(buffer.count - 1))
+    }
+    let connected = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            connect(socket, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+        }
+    }
+    guard connected == 0 else {
+        close(socket)
+        throw POSIXError(.init(rawValue: errno) ?? .EIO)
+    }
+    _ = fcntl(socket, F_SETFL, fcntl(socket, F_GETFL) | O_NONBLOCK)
+    return socket
+}
