@@ -48,6 +48,9 @@ public struct DaemonOptions: ParsableArguments {
     @Option(help: "Most client connections open at once; more are closed as they arrive (default: 16384).")
     public var maxConnections: Int?
 
+    @Option(help: "Tasks sent ahead to a busy process, behind the one it runs, for throughput (default: 0).")
+    public var prefetch: Int?
+
     @Option(
         help: ArgumentHelp("Largest task or result, in bytes (default: 67108864, i.e. 64 MiB).", valueName: "bytes")
     )
@@ -98,6 +101,7 @@ public struct DaemonOptions: ParsableArguments {
         settings.maxQueuedBytes = maxQueuedBytes
         settings.maxTasksPerConnection = maxTasksPerConnection
         settings.maxConnections = maxConnections
+        settings.prefetch = prefetch
         settings.maxPayload = maxPayload
         settings.taskTimeout = taskTimeout
         settings.killGrace = killGrace

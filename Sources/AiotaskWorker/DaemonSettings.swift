@@ -13,6 +13,7 @@ public struct DaemonSettings: Sendable, Equatable {
     public var maxQueuedBytes: Int?
     public var maxTasksPerConnection: Int?
     public var maxConnections: Int?
+    public var prefetch: Int?
     public var maxPayload: Int?
     public var taskTimeout: Double?
     public var killGrace: Double?
@@ -33,6 +34,7 @@ public struct DaemonSettings: Sendable, Equatable {
         merged.maxQueuedBytes = other.maxQueuedBytes ?? maxQueuedBytes
         merged.maxTasksPerConnection = other.maxTasksPerConnection ?? maxTasksPerConnection
         merged.maxConnections = other.maxConnections ?? maxConnections
+        merged.prefetch = other.prefetch ?? prefetch
         merged.maxPayload = other.maxPayload ?? maxPayload
         merged.taskTimeout = other.taskTimeout ?? taskTimeout
         merged.killGrace = other.killGrace ?? killGrace
@@ -74,6 +76,12 @@ public struct DaemonSettings: Sendable, Equatable {
                 throw ConfigurationError(setting: "max-tasks-per-connection", reason: "must be at least 1")
             }
             configuration.maximumTasksPerConnection = maxTasksPerConnection
+        }
+        if let prefetch {
+            guard (0...64).contains(prefetch) else {
+                throw ConfigurationError(setting: "prefetch", reason: "must be from 0 to 64, not \(prefetch)")
+            }
+            configuration.prefetch = prefetch
         }
         if let maxConnections {
             guard maxConnections >= 1 else {

@@ -33,6 +33,8 @@ final class PoolSlot {
     private var renewAfterTask = false
     /// Leave the pool once the current task is answered (the pool shrank).
     private var retireAfterTask = false
+    /// Tasks sent to the process behind the running one, in the order it will run them.
+    private var pipeline = CircularBuffer<TaskRecord>()
 
     init(index: Int, supervisor: Supervisor) {
         self.index = index
@@ -75,6 +77,21 @@ final class PoolSlot {
             || NIODeadline.now() - process.startedAt >= .init(Self.stableLifetime)
     }
 
+    /// The tasks sent ahead to this slot's process, not started yet.
+    var prefetchedTasks: [TaskRecord] { Array(pipeline) }
+
+    var prefetchedCount: Int { pipeline.count }
+
+    /// Whether a task may be sent ahead to this slot's busy process: it is sound, stays in the pool, and will
+    /// still be there (its recycling quota) by the time it gets to the task.
+    var canPrefetch: Bool {
+        guard case .busy(let process, _) = state, process.linkFailure == nil, !isStopped, !renewAfterTask,
+            !retireAfterTask, pipeline.count < configuration.prefetch
+        else { return false }
+        if let remaining = tasksUntilRecycle { return pipeline.count + 1 < remaining }
+        return true
+    }
+
     // MARK: Process lifecycle
 
     /// Starts a process if the slot has none.
@@ -105,6 +122,7 @@ final class PoolSlot {
         isStopped = true
         restartTimer?.cancel()
         restartTimer = nil
+        requeuePipeline()
         if let process {
             detach(process)
             process.retire(gracePeriod: configuration.killGracePeriod)
@@ -134,6 +152,14 @@ final class PoolSlot {
         return min(.milliseconds(100) * (1 << exponent), maximum)
     }
 
+    /// Gives the tasks sent ahead back to the supervisor, to run on another process.
+    private func requeuePipeline() {
+        guard !pipeline.isEmpty else { return }
+        let records = Array(pipeline)
+        pipeline.removeAll()
+        supervisor.requeue(records)
+    }
+
     /// Hands `process` over to die on its own, so the slot can start another at once.
     private func detach(_ process: WorkerProcess) {
         process.delegate = supervisor.retiredProcesses
@@ -144,6 +170,7 @@ final class PoolSlot {
     private func replaceProcess(graceful: Bool) {
         guard let process else { return }
         supervisor.noteRestart()
+        requeuePipeline()
         detach(process)
         if graceful {
             process.retire(gracePeriod: configuration.killGracePeriod)
@@ -161,7 +188,23 @@ final class PoolSlot {
         guard case .idle(let process) = state else {
             preconditionFailure("PoolSlot.run called on a slot that is not idle")
         }
+        process.send(record.payload)
+        begin(record, on: process)
+    }
+
+    /// Sends `record` to the busy process, to run after the tasks it has.
+    func prefetch(_ record: TaskRecord) {
+        guard case .busy(let process, _) = state else {
+            preconditionFailure("PoolSlot.prefetch called on a slot that is not busy")
+        }
+        pipeline.append(record)
+        process.send(record.payload)
+    }
+
+    /// Marks `record` as running on `process` from now on, and starts its timeout.
+    private func begin(_ record: TaskRecord, on process: WorkerProcess) {
         record.state = .running(pid: process.pid)
+        record.payload = ByteBuffer()
         var running = RunningTask(record: record, startedAt: .now(), timeoutTimer: nil)
         if let timeout = record.timeout ?? configuration.defaultTaskTimeout {
             running.timeoutTimer = supervisor.loop.assumeIsolated().scheduleTask(in: .init(timeout)) {
@@ -170,8 +213,6 @@ final class PoolSlot {
             }
         }
         state = .busy(process, running)
-        process.send(record.payload)
-        record.payload = ByteBuffer()
     }
 
     /// Stops the running `record` without answering it (cancelled, or its client is gone): its process is
@@ -189,11 +230,13 @@ final class PoolSlot {
             metadata: ["task_id": "\(record.id)", "worker_pid": "\(process.pid)", "timeout": "\(timeout)"]
         )
         replaceProcess(graceful: false)
-        supervisor.finish(
-            record,
-            .failure(.timedOut, "task exceeded its timeout of \(timeout)"),
-            workerPID: process.pid
-        )
+        if !record.isFinished {
+            supervisor.finish(
+                record,
+                .failure(.timedOut, "task exceeded its timeout of \(timeout)"),
+                workerPID: process.pid
+            )
+        }
         supervisor.dispatch()
     }
 
@@ -260,8 +303,25 @@ extension PoolSlot: WorkerProcessDelegate {
             case .result(let bytes): .success(bytes)
             case .error(let message): .failure(.handlerError, message)
             }
-        becomeIdle(process)
-        supervisor.finish(running.record, outcome, workerPID: process.pid)
+        let next = pipeline.popFirst()
+        if let next, next.isFinished {
+            // A task sent ahead was cancelled (or its client left) while it waited in the pipe: the process is
+            // starting it now, so it is stopped and replaced, and the rest of the pipe runs elsewhere.
+            logger.debug(
+                "a task sent ahead was cancelled; stopping its process",
+                metadata: ["worker_pid": "\(process.pid)"]
+            )
+            state = .idle(process)
+            replaceProcess(graceful: false)
+        } else if let next {
+            supervisor.prefetchedTaskStarts(next)
+            begin(next, on: process)
+        } else {
+            becomeIdle(process)
+        }
+        if !running.record.isFinished {
+            supervisor.finish(running.record, outcome, workerPID: process.pid)
+        }
         supervisor.dispatch()
     }
 
@@ -290,8 +350,9 @@ extension PoolSlot: WorkerProcessDelegate {
         if NIODeadline.now() - process.startedAt >= .init(Self.stableLifetime) { consecutiveCrashes = 0 }
         consecutiveCrashes += 1
         state = .empty
+        requeuePipeline()
         supervisor.slotFailedToStart(self)
-        if let failedTask {
+        if let failedTask, !failedTask.isFinished {
             var message = "worker process \(process.pid) \(status)"
             if let linkFailure = process.linkFailure { message += " (\(linkFailure))" }
             supervisor.finish(failedTask, .failure(.workerCrashed, message), workerPID: process.pid)

@@ -137,15 +137,44 @@ final class Supervisor {
         }
     }
 
-    /// Hands waiting tasks to idle processes.
+    /// Hands waiting tasks to idle processes, then sends some ahead to busy ones (``WorkerConfiguration/prefetch``)
+    /// so that a process finds its next task waiting instead of waiting a round trip for it.
     func dispatch() {
         while true {
             // Cancelled tasks are dropped before a slot is taken, so no idle slot is lost on them.
             dropFinishedHead()
-            guard queuedCount > 0, let slot = nextIdleSlot() else { return }
-            let record = queue.removeFirst()
-            leaveQueue(record)
-            slot.run(record)
+            guard let record = queue.first else { return }
+            if let slot = nextIdleSlot() {
+                queue.removeFirst()
+                leaveQueue(record)
+                slot.run(record)
+            } else if let slot = slotToPrefetch() {
+                queue.removeFirst()
+                record.state = .prefetched
+                slot.prefetch(record)
+            } else {
+                return
+            }
+        }
+    }
+
+    /// The busy slot with the fewest tasks sent ahead that may take one more, if any.
+    private func slotToPrefetch() -> PoolSlot? {
+        guard configuration.prefetch > 0 else { return nil }
+        return slots.filter(\.canPrefetch).min { $0.prefetchedCount < $1.prefetchedCount }
+    }
+
+    /// A task sent ahead starts running: it leaves the waiting counts.
+    func prefetchedTaskStarts(_ record: TaskRecord) {
+        leaveQueue(record)
+    }
+
+    /// Puts tasks that were sent ahead to a process that is gone back at the front of the queue, in order, to run
+    /// elsewhere. They never left the waiting counts.
+    func requeue(_ records: [TaskRecord]) {
+        for record in records.reversed() where !record.isFinished {
+            record.state = .queued
+            queue.prepend(record)
         }
     }
 
@@ -219,7 +248,7 @@ final class Supervisor {
 
     private func stop(_ record: TaskRecord) {
         switch record.state {
-        case .queued:
+        case .queued, .prefetched:
             leaveQueue(record)
         case .running:
             for slot in slots where slot.isBusy { slot.interrupt(record) }
@@ -239,7 +268,10 @@ final class Supervisor {
                 "result of \(result.readableBytes) bytes exceeds the client's limit of \(limit) bytes"
             )
         }
-        if case .queued = record.state { leaveQueue(record) }
+        switch record.state {
+        case .queued, .prefetched: leaveQueue(record)
+        case .running, .finished: break
+        }
         record.state = .finished
         throughput.count(at: .now())
         var metadata: Logger.Metadata = [
@@ -327,9 +359,11 @@ final class Supervisor {
 
     private func failEverythingInFlight() {
         logger.warning("drain deadline reached; failing \(inFlightCount) tasks still in flight")
-        var records: [TaskRecord] = queue.filter { !$0.isFinished }
+        // Tasks sent ahead first: stopping a running task replaces its process and would requeue them.
+        var records: [TaskRecord] = slots.flatMap(\.prefetchedTasks).filter { !$0.isFinished }
+        records += queue.filter { !$0.isFinished }
         for slot in slots {
-            if case .busy(_, let running) = slot.state { records.append(running.record) }
+            if case .busy(_, let running) = slot.state, !running.record.isFinished { records.append(running.record) }
         }
         for record in records {
             stop(record)

@@ -11,6 +11,8 @@ enum TaskOutcome {
 final class TaskRecord {
     enum State {
         case queued
+        /// Sent to a busy process behind its current task (prefetch); not started yet.
+        case prefetched
         case running(pid: Int32)
         case finished
     }
@@ -41,7 +43,7 @@ final class TaskRecord {
     /// The status a `STATUS` query reports while the task is in flight.
     var status: TaskStatus {
         switch state {
-        case .queued: .inQueue
+        case .queued, .prefetched: .inQueue
         case .running: .processing
         case .finished: .done
         }

@@ -19,6 +19,11 @@ public struct WorkerConfiguration: Sendable {
     public var maximumTasksPerConnection: Int
     /// Most client connections open at once; more are closed as they arrive, with a log entry.
     public var maximumConnections: Int
+    /// Tasks sent ahead to a busy process, behind the one it runs, so it never waits a round trip for its next
+    /// task; their timeouts start when they start. A task sent ahead is committed to that process: if it dies
+    /// first, the task runs elsewhere; if the task is cancelled, the process is stopped as it starts it.
+    /// 0 (the default) sends a task only to an idle process.
+    public var prefetch: Int
     /// Largest task or result accepted, in bytes.
     public var maximumPayloadLength: Int
     /// Timeout of a task whose client gave none; nil for no timeout.
@@ -45,6 +50,7 @@ public struct WorkerConfiguration: Sendable {
         maximumQueuedBytes: Int = 1 << 30,
         maximumTasksPerConnection: Int = 16_384,
         maximumConnections: Int = 16_384,
+        prefetch: Int = 0,
         maximumPayloadLength: Int = 64 * 1024 * 1024,
         defaultTaskTimeout: Duration? = nil,
         killGracePeriod: Duration = .seconds(2),
@@ -62,6 +68,7 @@ public struct WorkerConfiguration: Sendable {
         self.maximumQueuedBytes = maximumQueuedBytes
         self.maximumTasksPerConnection = maximumTasksPerConnection
         self.maximumConnections = maximumConnections
+        self.prefetch = prefetch
         self.maximumPayloadLength = maximumPayloadLength
         self.defaultTaskTimeout = defaultTaskTimeout
         self.killGracePeriod = killGracePeriod
