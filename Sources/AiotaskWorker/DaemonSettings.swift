@@ -53,69 +53,48 @@ public struct DaemonSettings: Sendable, Equatable {
         } catch {
             throw ConfigurationError(setting: "listen", reason: error.description)
         }
-        if let workers {
-            guard (1...4096).contains(workers) else {
-                throw ConfigurationError(setting: "workers", reason: "must be from 1 to 4096, not \(workers)")
-            }
-            configuration.workers = workers
-        }
-        if let queueCapacity {
-            guard queueCapacity >= 0 else {
-                throw ConfigurationError(setting: "queue-capacity", reason: "must not be negative")
-            }
-            configuration.queueCapacity = queueCapacity
-        }
-        if let maxQueuedBytes {
-            guard maxQueuedBytes >= 0 else {
-                throw ConfigurationError(setting: "max-queued-bytes", reason: "must not be negative")
-            }
-            configuration.maximumQueuedBytes = maxQueuedBytes
-        }
-        if let maxTasksPerConnection {
-            guard maxTasksPerConnection >= 1 else {
-                throw ConfigurationError(setting: "max-tasks-per-connection", reason: "must be at least 1")
-            }
-            configuration.maximumTasksPerConnection = maxTasksPerConnection
-        }
-        if let prefetch {
-            guard (0...64).contains(prefetch) else {
-                throw ConfigurationError(setting: "prefetch", reason: "must be from 0 to 64, not \(prefetch)")
-            }
-            configuration.prefetch = prefetch
-        }
-        if let maxConnections {
-            guard maxConnections >= 1 else {
-                throw ConfigurationError(setting: "max-connections", reason: "must be at least 1")
-            }
-            configuration.maximumConnections = maxConnections
-        }
-        if let maxPayload {
-            guard (1...Int(UInt32.max) - 32).contains(maxPayload) else {
-                throw ConfigurationError(
-                    setting: "max-payload",
-                    reason: "must be from 1 to \(Int(UInt32.max) - 32) bytes"
-                )
-            }
-            configuration.maximumPayloadLength = maxPayload
-        }
+        configuration.workers = try Self.checked(workers, "workers", 1...4096) ?? configuration.workers
+        configuration.queueCapacity =
+            try Self.checked(queueCapacity, "queue-capacity", 0...Int.max) ?? configuration.queueCapacity
+        configuration.maximumQueuedBytes =
+            try Self.checked(maxQueuedBytes, "max-queued-bytes", 0...Int.max) ?? configuration.maximumQueuedBytes
+        configuration.maximumTasksPerConnection =
+            try Self.checked(maxTasksPerConnection, "max-tasks-per-connection", 1...Int.max)
+            ?? configuration.maximumTasksPerConnection
+        configuration.maximumConnections =
+            try Self.checked(maxConnections, "max-connections", 1...Int.max) ?? configuration.maximumConnections
+        configuration.prefetch = try Self.checked(prefetch, "prefetch", 0...64) ?? configuration.prefetch
+        configuration.maximumPayloadLength =
+            try Self.checked(maxPayload, "max-payload", 1...Int(UInt32.max) - 32, unit: " bytes")
+            ?? configuration.maximumPayloadLength
         if let taskTimeout {
             configuration.defaultTaskTimeout = taskTimeout == 0 ? nil : try Self.duration(taskTimeout, "task-timeout")
         }
         if let killGrace { configuration.killGracePeriod = try Self.duration(killGrace, "kill-grace") }
-        if let maxTasksPerWorker {
-            guard maxTasksPerWorker >= 0 else {
-                throw ConfigurationError(setting: "max-tasks-per-worker", reason: "must not be negative")
-            }
-            configuration.maximumTasksPerProcess = maxTasksPerWorker == 0 ? nil : maxTasksPerWorker
+        if let quota = try Self.checked(maxTasksPerWorker, "max-tasks-per-worker", 0...Int.max) {
+            configuration.maximumTasksPerProcess = quota == 0 ? nil : quota
         }
-        if let maxTasksJitter {
-            guard maxTasksJitter >= 0 else {
-                throw ConfigurationError(setting: "max-tasks-jitter", reason: "must not be negative")
-            }
-            configuration.maximumTasksJitter = maxTasksJitter
-        }
+        configuration.maximumTasksJitter =
+            try Self.checked(maxTasksJitter, "max-tasks-jitter", 0...Int.max) ?? configuration.maximumTasksJitter
         if let drainTimeout { configuration.drainTimeout = try Self.duration(drainTimeout, "drain-timeout") }
         return configuration
+    }
+
+    /// `value` if it lies in `range`; an error naming `setting` and the range otherwise.
+    private static func checked(
+        _ value: Int?,
+        _ setting: String,
+        _ range: ClosedRange<Int>,
+        unit: String = ""
+    ) throws(ConfigurationError) -> Int? {
+        guard let value, !range.contains(value) else { return value }
+        let reason: String =
+            switch (range.lowerBound, range.upperBound) {
+            case (0, .max): "must not be negative"
+            case (let lower, .max): "must be at least \(lower)"
+            case (let lower, let upper): "must be from \(lower) to \(upper)\(unit), not \(value)"
+            }
+        throw ConfigurationError(setting: setting, reason: reason)
     }
 
     private static func duration(_ seconds: Double, _ setting: String) throws(ConfigurationError) -> Duration {
