@@ -1,0 +1,418 @@
+#!/usr/bin/env bash
+# End-to-end test of the Debian package in a booted systemd container.
+#
+#   packaging/e2e-test.sh [--suite bookworm|trixie|all]... [--deb FILE] [--refresh]
+#
+# For each suite (default: bookworm and trixie) it unpacks a minimal Debian root made by debootstrap
+# (cached in /var/cache/aiotask-e2e/SUITE.tar; --refresh makes it anew), boots it with systemd-nspawn,
+# installs the .deb (default: dist/aiotask_0.1.0-1_amd64.deb, built with packaging/build-deb.sh when
+# missing) with apt-get, and checks socket activation, the CLI, the STATUS line, the journal, reload
+# under load, crash handling, restart, draining, upgrade and purge. Every wait is bounded. It prints a
+# PASS or FAIL line per check and the time of each phase, always tears the container down, and exits
+# non-zero when a check failed. Needs root; installs debootstrap and systemd-container when missing.
+# The container shares the host's network, to fetch the package's dependencies from Debian's mirrors.
+set -uo pipefail
+
+cd "$(dirname "$0")/.."
+REPO=$PWD
+CACHE=${AIOTASK_E2E_CACHE:-/var/cache/aiotask-e2e}
+MIRROR=${AIOTASK_E2E_MIRROR:-http://deb.debian.org/debian}
+DEB=
+SUITES=()
+REFRESH=0
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --suite) SUITES+=("$2"); shift 2 ;;
+        --suite=*) SUITES+=("${1#--suite=}"); shift ;;
+        --deb) DEB=$2; shift 2 ;;
+        --deb=*) DEB=${1#--deb=}; shift ;;
+        --refresh) REFRESH=1; shift ;;
+        -h | --help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "unknown argument: $1" >&2; exit 2 ;;
+    esac
+done
+[ ${#SUITES[@]} -gt 0 ] || SUITES=(bookworm trixie)
+[ "${SUITES[0]}" = all ] && SUITES=(bookworm trixie)
+for suite in "${SUITES[@]}"; do
+    case "$suite" in bookworm | trixie) ;; *) echo "unsupported suite: $suite" >&2; exit 2 ;; esac
+done
+[ "$(id -u)" -eq 0 ] || { echo "error: run as root (debootstrap, systemd-nspawn, nsenter)" >&2; exit 2; }
+
+# ---------------------------------------------------------------------------------------------------
+# Output and timing
+
+FAILED=0
+PASSED=0
+TIMINGS=()
+
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+pass() { PASSED=$((PASSED + 1)); printf 'PASS  [%s] %s\n' "$SUITE" "$*"; }
+fail() { FAILED=$((FAILED + 1)); printf 'FAIL  [%s] %s\n' "$SUITE" "$*"; }
+info() { printf '      [%s] %s\n' "$SUITE" "$*"; }
+# check DESCRIPTION COMMAND...: PASS when the command succeeds.
+check() {
+    local what=$1; shift
+    if "$@"; then pass "$what"; else fail "$what"; return 1; fi
+}
+PHASE=
+PHASE_START=
+phase() {
+    end_phase
+    PHASE=$1
+    PHASE_START=$(now)
+    printf -- '---- [%s] %s\n' "$SUITE" "$PHASE"
+}
+end_phase() {
+    if [ -n "$PHASE" ]; then
+        TIMINGS+=("$(printf '%-9s %-44s %7ss' "$SUITE" "$PHASE" "$(elapsed "$PHASE_START")")")
+    fi
+    PHASE=
+}
+
+# ---------------------------------------------------------------------------------------------------
+# Host tools, the package, the cached root
+
+SUITE=host
+need=()
+command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v systemd-nspawn >/dev/null || need+=(systemd-container)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "==> installing ${need[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null ||
+        { echo "error: cannot install ${need[*]}" >&2; exit 2; }
+fi
+if [ -z "$DEB" ]; then
+    DEB=$REPO/dist/aiotask_0.1.0-1_$(dpkg --print-architecture).deb
+    if [ ! -f "$DEB" ]; then
+        echo "==> $DEB is missing: building it"
+        "$REPO/packaging/build-deb.sh" || { echo "error: packaging/build-deb.sh failed" >&2; exit 2; }
+    fi
+fi
+[ -f "$DEB" ] || { echo "error: no package at $DEB" >&2; exit 2; }
+DEB=$(readlink -f "$DEB")
+
+# ---------------------------------------------------------------------------------------------------
+# The container
+
+WORKDIR=
+ROOTDIR=
+NSPAWN_PID=
+CPID=
+BACKGROUND=()
+
+# in_ct COMMAND...: runs a command inside the container, with a clean environment.
+in_ct() {
+    nsenter -t "$CPID" -a -- /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
+        TERM=dumb SYSTEMD_PAGER= "$@"
+}
+# sh_ct SCRIPT: runs a shell script inside the container.
+sh_ct() { in_ct /bin/sh -c "$1"; }
+
+# wait_until SECONDS COMMAND...: polls the command every 0.2 s until it succeeds; fails after SECONDS.
+wait_until() {
+    local limit=$1; shift
+    local deadline
+    deadline=$(awk -v n="$(now)" -v l="$limit" 'BEGIN { printf "%.3f", n + l }')
+    while :; do
+        "$@" >/dev/null 2>&1 && return 0
+        awk -v n="$(now)" -v d="$deadline" 'BEGIN { exit !(n > d) }' && return 1
+        sleep 0.2
+    done
+}
+
+ensure_cache() {
+    local tar=$CACHE/$SUITE.tar
+    if [ "$REFRESH" = 1 ] || [ ! -s "$tar" ]; then
+        info "debootstrap $SUITE into $tar (once; reused by later runs)"
+        mkdir -p "$CACHE"
+        local tmp=$CACHE/root-$SUITE.tmp
+        rm -rf "$tmp"
+        if ! debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus "$SUITE" "$tmp" "$MIRROR" \
+            >"$CACHE/debootstrap-$SUITE.log" 2>&1; then
+            tail -n 20 "$CACHE/debootstrap-$SUITE.log"
+            rm -rf "$tmp"
+            return 1
+        fi
+        tar -C "$tmp" -cf "$tar.tmp" . && mv "$tar.tmp" "$tar"
+        rm -rf "$tmp"
+    fi
+}
+
+# The init process of the container: the descendant of systemd-nspawn that is pid 1 in its namespace.
+find_init() {
+    local queue=("$NSPAWN_PID") pid child
+    while [ ${#queue[@]} -gt 0 ]; do
+        pid=${queue[0]}; queue=("${queue[@]:1}")
+        for child in $(cat /proc/"$pid"/task/*/children 2>/dev/null); do
+            if awk '/^NSpid:/ { exit !($NF == 1 && NF > 2) }' /proc/"$child"/status 2>/dev/null; then
+                echo "$child"; return 0
+            fi
+            queue+=("$child")
+        done
+    done
+    return 1
+}
+
+teardown() {
+    local pid
+    for pid in "${BACKGROUND[@]}"; do kill "$pid" 2>/dev/null; done
+    BACKGROUND=()
+    if [ -n "$NSPAWN_PID" ] && kill -0 "$NSPAWN_PID" 2>/dev/null; then
+        [ -n "$CPID" ] && in_ct systemctl poweroff >/dev/null 2>&1
+        for _ in $(seq 1 100); do kill -0 "$NSPAWN_PID" 2>/dev/null || break; sleep 0.2; done
+        if kill -0 "$NSPAWN_PID" 2>/dev/null; then
+            kill -TERM "$NSPAWN_PID" 2>/dev/null
+            for _ in $(seq 1 50); do kill -0 "$NSPAWN_PID" 2>/dev/null || break; sleep 0.2; done
+            kill -KILL "$NSPAWN_PID" 2>/dev/null
+        fi
+        wait "$NSPAWN_PID" 2>/dev/null
+    fi
+    NSPAWN_PID=
+    CPID=
+    if [ -n "$WORKDIR" ] && [ -d "$WORKDIR" ]; then
+        # systemd-nspawn mounts in its own namespace: nothing is left mounted under the root.
+        if ! grep -q " ${WORKDIR%/}/" /proc/self/mounts; then rm -rf "$WORKDIR"; fi
+    fi
+    WORKDIR=
+    ROOTDIR=
+}
+trap teardown EXIT
+trap 'echo "interrupted"; exit 130' INT TERM
+
+boot() {
+    WORKDIR=$(mktemp -d /var/tmp/aiotask-e2e-"$SUITE".XXXXXX)
+    ROOTDIR=$WORKDIR/root
+    mkdir "$ROOTDIR"
+    tar -C "$ROOTDIR" -xf "$CACHE/$SUITE.tar" || return 1
+    echo "aiotask-e2e" >"$ROOTDIR/etc/hostname"
+    cp "$DEB" "$ROOTDIR/root/"
+    systemd-nspawn -D "$ROOTDIR" --register=no --keep-unit -b -M "aiotask-e2e-$SUITE" --console=pipe \
+        </dev/null >"$WORKDIR/console.log" 2>&1 &
+    NSPAWN_PID=$!
+    wait_until 30 find_init || { info "no init process; console:"; tail -n 20 "$WORKDIR/console.log"; return 1; }
+    CPID=$(find_init)
+    local state
+    wait_until 90 sh -c "state=\$(nsenter -t $CPID -a systemctl is-system-running 2>/dev/null);
+        [ \"\$state\" = running ] || [ \"\$state\" = degraded ]"
+    state=$(in_ct systemctl is-system-running 2>/dev/null)
+    info "systemd $(in_ct systemctl --version | awk 'NR == 1 { print $2 }'): $state"
+    if [ "$state" = degraded ]; then info "failed units: $(in_ct systemctl --failed --plain --no-legend | awk '{ print $1 }' | tr '\n' ' ')"; fi
+    [ "$state" = running ] || [ "$state" = degraded ]
+}
+
+# ---------------------------------------------------------------------------------------------------
+# Checks inside the container
+
+service_prop() { in_ct systemctl show -P "$1" "${2:-aiotask.service}"; }
+is_active() { [ "$(in_ct systemctl is-active "$1")" = active ]; }
+is_not_running() { ! is_active aiotask.service; }
+status_line_is_live() { service_prop StatusText | grep -q '^Workers: '; }
+set_config() { sh_ct "sed -i -E 's|^#?[[:space:]]*$1[[:space:]]*=.*|$1 = $2|' /etc/aiotask/aiotaskd.conf"; }
+# reload_and_wait: systemctl reload returns once READY=1 follows RELOADING=1; the STATUS line is back then.
+reload_and_wait() { in_ct systemctl reload aiotask && wait_until 20 status_line_is_live; }
+submit_is() {
+    local expected=$1; shift
+    local out
+    out=$(in_ct aiotask submit "$@" 2>&1) && [ "$out" = "$expected" ] || { info "aiotask submit $*: $out"; return 1; }
+}
+main_pid() {
+    local pid
+    pid=$(service_prop MainPID)
+    [[ "$pid" =~ ^[0-9]+$ ]] && [ "$pid" -gt 1 ] && echo "$pid"
+}
+pool_pids() { local main; main=$(main_pid) && in_ct pgrep -P "$main" | sort; }
+journal_tail() { in_ct journalctl -u aiotask.service -u aiotask.socket --no-pager -n "${1:-25}" | sed 's/^/      /'; }
+
+run_suite() {
+    local t0 out rc main restarts
+
+    phase "debootstrap cache"
+    check "minimal $SUITE root with systemd (cached in $CACHE/$SUITE.tar)" ensure_cache || return 1
+
+    phase "boot container"
+    check "container boots: systemctl is-system-running is running or degraded" boot || return 1
+
+    phase "apt-get install ./aiotask.deb"
+    out=$(sh_ct 'cd /root && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q ./aiotask_*.deb' 2>&1)
+    rc=$?
+    printf '%s\n' "$out" | grep -E '^(Setting up|Unpacking|Get:)' | sed 's/^/      /'
+    check "apt-get install -y ./$(basename "$DEB")" [ $rc -eq 0 ] || { printf '%s\n' "$out" | tail -n 20; return 1; }
+    check "postinst created the system group aiotask" sh_ct 'getent group aiotask >/dev/null'
+    check "aiotask.socket is enabled" [ "$(in_ct systemctl is-enabled aiotask.socket)" = enabled ]
+    check "aiotask.socket is active" is_active aiotask.socket
+    check "aiotask.service is not started by the installation" is_not_running
+    check "socket /run/aiotask/aiotask.sock is root:aiotask 0660" \
+        [ "$(in_ct stat -c '%U:%G %a' /run/aiotask/aiotask.sock)" = "root:aiotask 660" ]
+    check "conffile /etc/aiotask/aiotaskd.conf is registered" \
+        sh_ct "dpkg-query -W -f='\${Conffiles}' aiotask | grep -q /etc/aiotask/aiotaskd.conf"
+
+    phase "socket activation, CLI, status, journal"
+    if ! check "aiotask submit hello -> hello (starts the service)" submit_is hello hello; then
+        journal_tail
+        return 1
+    fi
+    check "aiotask submit from stdin" [ "$(sh_ct 'printf "from stdin" | aiotask submit')" = "from stdin" ]
+    check "aiotask.service is active (running) after READY=1" \
+        [ "$(service_prop ActiveState)/$(service_prop SubState)" = active/running ]
+    wait_until 5 status_line_is_live
+    out=$(service_prop StatusText)
+    info "StatusText: $out"
+    check "systemctl show -p StatusText has the live Workers: line" status_line_is_live
+    check "aiotask status answers" sh_ct 'aiotask status >/dev/null'
+    out=$(in_ct aiotask status --json 2>&1)
+    check "aiotask status --json reports the handler echo" grep -q '"handler" *: *"echo"' <<<"$out"
+    check "journalctl -u aiotask has entries" [ "$(in_ct journalctl -u aiotask --no-pager -q -o cat | wc -l)" -gt 0 ]
+    check "a user outside the group aiotask is refused" \
+        sh_ct '! setpriv --reuid=nobody --regid=nogroup --clear-groups aiotask submit x >/dev/null 2>&1'
+    sh_ct 'id e2euser >/dev/null 2>&1 || useradd --no-create-home --groups aiotask e2euser'
+    check "a member of the group aiotask may submit" \
+        [ "$(in_ct setpriv --reuid=e2euser --regid=e2euser --init-groups aiotask submit member)" = member ]
+
+    phase "reload under load (no task lost)"
+    set_config workers 2
+    check "systemctl reload aiotask (workers = 2)" reload_and_wait
+    sh_ct 'aiotask bench --tasks 20000 --concurrency 64 --connections 4 --size 256 --json' >"$WORKDIR/bench.log" 2>&1 &
+    local bench=$!
+    sh_ct 'fail=0; for i in $(seq 1 150); do out=$(aiotask submit "task $i" 2>&1); [ "$out" = "task $i" ] || { echo "task $i: $out"; fail=1; }; done; exit $fail' \
+        >"$WORKDIR/loop.log" 2>&1 &
+    local loop=$!
+    BACKGROUND+=("$bench" "$loop")
+    local reloads=0 n
+    for n in 3 2 3 2 3; do
+        sleep 0.4
+        set_config workers "$n"
+        reload_and_wait && reloads=$((reloads + 1))
+    done
+    check "5 reloads while tasks run" [ $reloads -eq 5 ]
+    wait_until 120 sh -c "! kill -0 $bench 2>/dev/null && ! kill -0 $loop 2>/dev/null"
+    wait "$bench"; rc=$?
+    out=$(cat "$WORKDIR/bench.log")
+    info "bench: $out"
+    check "bench of 20000 tasks across the reloads: all done, none failed" \
+        sh -c "[ $rc -eq 0 ] && grep -q '\"failed\" *: *0[,}]' '$WORKDIR/bench.log' && grep -q '\"tasks\" *: *20000[,}]' '$WORKDIR/bench.log'"
+    wait "$loop"; rc=$?
+    check "150 sequential submits across the reloads all returned their task" [ $rc -eq 0 ] ||
+        head -n 5 "$WORKDIR/loop.log"
+    BACKGROUND=()
+    check "the service kept its main process across reloads" [ "$(service_prop NRestarts)" = 0 ]
+
+    phase "chaos handler: failures, crashes"
+    set_config handler chaos
+    set_config workers 2
+    check "handler = chaos, workers = 2, systemctl reload aiotask" reload_and_wait
+    out=$(in_ct aiotask submit "fail boom" 2>&1); rc=$?
+    info "aiotask submit 'fail boom': exit $rc: $out"
+    check "a failing task exits 1 with 'handler error: boom'" sh -c "[ $rc -eq 1 ] && printf '%s' '$out' | grep -q 'handler error.*boom'"
+    out=$(in_ct journalctl -u aiotask --no-pager -o verbose REASON="handler error")
+    check "journalctl -u aiotask REASON='handler error' shows the failure with TASK_ID=" \
+        sh -c "printf '%s' \"\$1\" | grep -q 'TASK_ID=' && printf '%s' \"\$1\" | grep -q 'MESSAGE=task failed: handler error: boom'" _ "$out"
+    check "journalctl -p warning has the failure" \
+        sh -c "[ -n \"\$(nsenter -t $CPID -a journalctl -u aiotask -p warning --no-pager -q -o cat | grep boom)\" ]"
+
+    main=$(main_pid) || { fail "aiotask.service has no main process"; journal_tail; return 1; }
+    sh_ct 'aiotask submit "sleep 3000"' >"$WORKDIR/crash.log" 2>&1 &
+    local crash=$!
+    BACKGROUND+=("$crash")
+    # The pool process running the sleep is the one of the two that does not answer "pid" meanwhile.
+    wait_until 5 sh -c "nsenter -t $CPID -a aiotask status --json | grep -q '\"busy\" *: *1[,}]'"
+    local all idle busy
+    all=$(pool_pids)
+    idle=$(for _ in 1 2 3 4 5 6; do in_ct aiotask submit pid; echo; done | sort -u)
+    busy=$(comm -23 <(printf '%s\n' "$all") <(printf '%s\n' "$idle"))
+    info "pool processes: $(echo $all); busy: $busy"
+    if [ -n "$busy" ] && [ "$(wc -w <<<"$busy")" = 1 ]; then
+        in_ct kill -9 "$busy"
+        wait_until 10 sh -c "! kill -0 $crash 2>/dev/null"
+        wait "$crash"; rc=$?
+        out=$(cat "$WORKDIR/crash.log")
+        info "aiotask submit 'sleep 3000' after kill -9 $busy: exit $rc: $out"
+        check "kill -9 of the busy pool process fails its task with 'worker crashed' (exit 1)" \
+            sh -c "[ $rc -eq 1 ] && grep -q 'worker crashed' '$WORKDIR/crash.log'"
+    else
+        fail "could not tell the busy pool process ($busy)"
+        kill "$crash" 2>/dev/null
+    fi
+    BACKGROUND=()
+    check "the service keeps running with the same main process" [ "$(service_prop MainPID)" = "$main" ]
+    check "the pool is back to 2 processes" wait_until 10 sh -c "[ \$(nsenter -t $CPID -a pgrep -c -P $main) -eq 2 ]"
+    check "a new task works after the crash" submit_is hi "echo hi"
+    check "journal has the crash with its MESSAGE_ID" \
+        sh -c "nsenter -t $CPID -a journalctl -u aiotask --no-pager -q MESSAGE_ID=252003be70ec440dbb6da5207eaeba66 | grep -q 'worker crashed'"
+
+    phase "kill -9 of the main process"
+    main=$(main_pid) || { fail "aiotask.service has no main process"; journal_tail; return 1; }
+    restarts=$(service_prop NRestarts)
+    t0=$(now)
+    in_ct kill -9 "$main"
+    check "systemd restarts the service (new main process, NRestarts + 1)" \
+        wait_until 30 sh -c "[ \"\$(nsenter -t $CPID -a systemctl show -P NRestarts aiotask)\" = $((restarts + 1)) ] &&
+            [ \"\$(nsenter -t $CPID -a systemctl show -P SubState aiotask)\" = running ]"
+    info "restarted in $(elapsed "$t0") s: main process $main -> $(service_prop MainPID)"
+    check "no pool process of the killed main process is left" sh -c "! nsenter -t $CPID -a pgrep -P $main >/dev/null"
+    check "aiotask.socket stayed active" is_active aiotask.socket
+    check "a new submit works" submit_is "after restart" "echo after restart"
+
+    phase "systemctl stop drains"
+    sh_ct 'aiotask submit "sleep 2000"' >"$WORKDIR/drain.log" 2>&1 &
+    local drain=$!
+    BACKGROUND+=("$drain")
+    wait_until 5 sh -c "nsenter -t $CPID -a aiotask status --json | grep -q '\"busy\" *: *[1-9]'"
+    t0=$(now)
+    in_ct systemctl stop aiotask
+    info "systemctl stop took $(elapsed "$t0") s"
+    wait "$drain"; rc=$?
+    BACKGROUND=()
+    check "the task in flight finished during the stop ('slept 2000', exit 0)" \
+        sh -c "[ $rc -eq 0 ] && grep -q 'slept 2000' '$WORKDIR/drain.log'"
+    check "aiotask.service is inactive" [ "$(in_ct systemctl is-active aiotask.service)" = inactive ]
+    check "the journal shows the drain (STOPPING)" \
+        sh -c "nsenter -t $CPID -a journalctl -u aiotask --no-pager -q -o cat | grep -qi 'drain'"
+    check "aiotask.socket still listens and starts the service again" submit_is again "echo again"
+
+    phase "upgrade (reinstall) keeps the socket"
+    local socket_since main_before
+    socket_since=$(service_prop ActiveEnterTimestampMonotonic aiotask.socket)
+    main_before=$(main_pid) || { fail "aiotask.service has no main process"; journal_tail; return 1; }
+    out=$(sh_ct 'cd /root && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --reinstall ./aiotask_*.deb' 2>&1)
+    check "apt-get install --reinstall" [ $? -eq 0 ] || printf '%s\n' "$out" | tail -n 10
+    check "aiotask.socket was not restarted" \
+        [ "$(service_prop ActiveEnterTimestampMonotonic aiotask.socket)" = "$socket_since" ]
+    check "the running service was restarted onto the new files" \
+        sh -c "[ \"\$(nsenter -t $CPID -a systemctl show -P MainPID aiotask)\" != $main_before ]"
+    check "handler = chaos kept (conffile untouched)" grep -q '^handler = chaos' "$ROOTDIR/etc/aiotask/aiotaskd.conf"
+    check "a submit works after the upgrade" submit_is upgraded "echo upgraded"
+
+    phase "apt-get purge"
+    out=$(in_ct env DEBIAN_FRONTEND=noninteractive apt-get purge -y -q aiotask 2>&1)
+    check "apt-get purge -y aiotask" [ $? -eq 0 ] || printf '%s\n' "$out" | tail -n 10
+    check "no aiotask process is left" wait_until 10 sh -c "! nsenter -t $CPID -a pgrep -x 'aiotaskd|aiotask' >/dev/null"
+    check "/etc/aiotask is gone" [ ! -e "$ROOTDIR/etc/aiotask" ]
+    check "the group aiotask is gone" sh_ct '! getent group aiotask >/dev/null'
+    check "aiotask.socket is gone" sh -c "[ \"\$(nsenter -t $CPID -a systemctl is-active aiotask.socket)\" != active ] &&
+        [ ! -e '$ROOTDIR/run/aiotask/aiotask.sock' ]"
+    check "no unit files are left" sh -c "! ls '$ROOTDIR'/lib/systemd/system/aiotask.* '$ROOTDIR'/etc/systemd/system/*/aiotask.* >/dev/null 2>&1"
+
+    phase "teardown"
+    teardown
+    end_phase
+}
+
+TOTAL_START=$(now)
+for SUITE in "${SUITES[@]}"; do
+    SUITE_START=$(now)
+    FAILED_BEFORE=$FAILED
+    run_suite || fail "suite stopped early"
+    teardown
+    end_phase
+    TIMINGS+=("$(printf '%-9s %-44s %7ss' "$SUITE" "total" "$(elapsed "$SUITE_START")")")
+    [ "$FAILED" -eq "$FAILED_BEFORE" ] && echo "==== [$SUITE] all checks passed" || echo "==== [$SUITE] $((FAILED - FAILED_BEFORE)) checks failed"
+done
+SUITE=all
+echo
+echo "Phase timings:"
+printf '  %s\n' "${TIMINGS[@]}"
+echo "Total: $(elapsed "$TOTAL_START") s"
+echo "e2e: $PASSED passed, $FAILED failed"
+[ "$FAILED" -eq 0 ]
