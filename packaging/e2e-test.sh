@@ -354,6 +354,28 @@ run_suite() {
     check "aiotask.socket stayed active" is_active aiotask.socket
     check "a new submit works" submit_is "after restart" "echo after restart"
 
+    phase "a stalled service is restarted by the watchdog"
+    # A frozen process sends no WATCHDOG=1, like a stuck event loop. A drop-in shortens WatchdogSec= so the
+    # test need not wait the packaged 20 s.
+    sh_ct 'mkdir -p /run/systemd/system/aiotask.service.d &&
+        printf "[Service]\nWatchdogSec=2\n" >/run/systemd/system/aiotask.service.d/watchdog.conf'
+    in_ct systemctl daemon-reload
+    in_ct systemctl restart aiotask
+    check "the service runs with WatchdogSec=2" wait_until 20 sh -c "[ \"\$(nsenter -t $CPID -a systemctl show -P WatchdogUSec aiotask)\" = 2s ] && nsenter -t $CPID -a systemctl is-active -q aiotask"
+    main=$(main_pid) || { fail "aiotask.service has no main process"; journal_tail; return 1; }
+    restarts=$(service_prop NRestarts)
+    t0=$(now)
+    in_ct kill -STOP "$main"
+    check "systemd kills the stalled service on the watchdog and restarts it" \
+        wait_until 30 sh -c "[ \"\$(nsenter -t $CPID -a systemctl show -P NRestarts aiotask)\" = $((restarts + 1)) ] &&
+            [ \"\$(nsenter -t $CPID -a systemctl show -P SubState aiotask)\" = running ]"
+    info "watchdog restart after $(elapsed "$t0") s: main process $main -> $(service_prop MainPID)"
+    check "the journal names the watchdog" \
+        sh -c "nsenter -t $CPID -a journalctl -u aiotask --no-pager -q | grep -qi 'watchdog timeout'"
+    check "a submit works after the watchdog restart" submit_is watched "echo watched"
+    sh_ct 'rm -rf /run/systemd/system/aiotask.service.d'
+    in_ct systemctl daemon-reload
+
     phase "systemctl stop drains"
     sh_ct 'aiotask submit "sleep 2000"' >"$WORKDIR/drain.log" 2>&1 &
     local drain=$!
@@ -375,8 +397,21 @@ run_suite() {
     local socket_since main_before
     socket_since=$(service_prop ActiveEnterTimestampMonotonic aiotask.socket)
     main_before=$(main_pid) || { fail "aiotask.service has no main process"; journal_tail; return 1; }
+    # Clients keep connecting while the package is replaced: none may be refused or lose its task.
+    sh_ct 'n=0; failed=0; while [ ! -e /root/upgrade.done ]; do
+            out=$(aiotask submit "echo during $n" 2>&1) && [ "$out" = "during $n" ] || failed=$((failed + 1))
+            n=$((n + 1)); done; echo "$n $failed" >/root/upgrade.count' &
+    local clients=$!
+    BACKGROUND+=("$clients")
     out=$(sh_ct 'cd /root && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --reinstall ./aiotask_*.deb' 2>&1)
     check "apt-get install --reinstall" [ $? -eq 0 ] || printf '%s\n' "$out" | tail -n 10
+    sh_ct 'touch /root/upgrade.done'
+    wait "$clients"
+    BACKGROUND=()
+    read -r during failed_during <"$ROOTDIR/root/upgrade.count" || true
+    info "tasks submitted during the upgrade: ${during:-0}, failed: ${failed_during:-?}"
+    check "clients that connected during the upgrade were all served (${during:-0} tasks)" \
+        sh -c "[ '${during:-0}' -gt 0 ] && [ '${failed_during:-1}' -eq 0 ]"
     check "aiotask.socket was not restarted" \
         [ "$(service_prop ActiveEnterTimestampMonotonic aiotask.socket)" = "$socket_since" ]
     check "the running service was restarted onto the new files" \
