@@ -127,35 +127,31 @@ final class ClientConnectionHandler: ChannelInboundHandler {
     }
 
     private func submit(_ id: TaskID, payload: ByteBuffer, timeout: Duration?) {
-        guard inFlight[id] == nil else {
-            return violation("task id \(id) is already in use on this connection")
-        }
-        let record = TaskRecord(id: id, session: self, payload: payload, timeout: timeout)
+        guard let record = track(id, payload: payload, timeout: timeout) else { return }
         let limit = supervisor.configuration.maximumTasksPerConnection
-        guard inFlight.count < limit else {
-            inFlight[id] = record
-            return supervisor.accept(
-                rejected: record,
-                .rejected,
-                "too many tasks in flight on this connection (limit \(limit))"
-            )
+        guard inFlight.count <= limit else {
+            let message = "too many tasks in flight on this connection (limit \(limit))"
+            return supervisor.accept(rejected: record, .rejected, message)
         }
-        inFlight[id] = record
         supervisor.accept(record)
     }
 
     private func rejectOversized(_ id: TaskID, length: Int) {
-        guard inFlight[id] == nil else {
-            return violation("task id \(id) is already in use on this connection")
-        }
+        guard let record = track(id, payload: ByteBuffer(), timeout: nil) else { return }
         let limit = supervisor.configuration.maximumPayloadLength
-        let record = TaskRecord(id: id, session: self, payload: ByteBuffer(), timeout: nil)
+        let message = "task of \(length) bytes exceeds the limit of \(limit) bytes"
+        supervisor.accept(rejected: record, .payloadTooLarge, message)
+    }
+
+    /// A record for a new task of this connection, or nil (and the connection closed) when its id is in use.
+    private func track(_ id: TaskID, payload: ByteBuffer, timeout: Duration?) -> TaskRecord? {
+        guard inFlight[id] == nil else {
+            violation("task id \(id) is already in use on this connection")
+            return nil
+        }
+        let record = TaskRecord(id: id, session: self, payload: payload, timeout: timeout)
         inFlight[id] = record
-        supervisor.accept(
-            rejected: record,
-            .payloadTooLarge,
-            "task of \(length) bytes exceeds the limit of \(limit) bytes"
-        )
+        return record
     }
 
     private func status(of id: TaskID) -> TaskStatus {
@@ -180,7 +176,6 @@ final class ClientConnectionHandler: ChannelInboundHandler {
     /// Sends the outcome of one of this connection's tasks.
     func complete(_ record: TaskRecord, _ outcome: TaskOutcome) {
         guard inFlight.removeValue(forKey: record.id) != nil, context != nil else { return }
-        // Every answer is flushed, including a result refused below for its size.
         defer { scheduleFlush() }
         switch outcome {
         case .success(let result):
