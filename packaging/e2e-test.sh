@@ -399,7 +399,8 @@ run_suite() {
     main_before=$(main_pid) || { fail "aiotask.service has no main process"; journal_tail; return 1; }
     # Clients keep connecting while the package is replaced: none may be refused or lose its task.
     sh_ct 'n=0; failed=0; while [ ! -e /root/upgrade.done ]; do
-            out=$(aiotask submit "echo during $n" 2>&1) && [ "$out" = "during $n" ] || failed=$((failed + 1))
+            out=$(aiotask submit "echo during $n" 2>&1) && [ "$out" = "during $n" ] ||
+                { failed=$((failed + 1)); echo "task $n: $out" >>/root/upgrade.failures; }
             n=$((n + 1)); done; echo "$n $failed" >/root/upgrade.count' &
     local clients=$!
     BACKGROUND+=("$clients")
@@ -410,6 +411,7 @@ run_suite() {
     BACKGROUND=()
     read -r during failed_during <"$ROOTDIR/root/upgrade.count" || true
     info "tasks submitted during the upgrade: ${during:-0}, failed: ${failed_during:-?}"
+    [ -s "$ROOTDIR/root/upgrade.failures" ] && sed "s/^/      [$SUITE] /" "$ROOTDIR/root/upgrade.failures"
     check "clients that connected during the upgrade were all served (${during:-0} tasks)" \
         sh -c "[ '${during:-0}' -gt 0 ] && [ '${failed_during:-1}' -eq 0 ]"
     check "aiotask.socket was not restarted" \

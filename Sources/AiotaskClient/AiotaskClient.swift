@@ -67,8 +67,8 @@ public final class AiotaskClient: Sendable {
     ///     connection but never answers `HELLO` (such as one that only speaks the original protocol) makes the
     ///     connect fail with ``AiotaskClientError/Code/handshakeFailed`` after this time.
     ///   - maximumResultLength: The largest result to accept, announced to the server; between 0 and 4 GiB − 1.
-    /// - Throws: ``AiotaskClientError`` with code ``AiotaskClientError/Code/connectFailed`` or
-    ///   ``AiotaskClientError/Code/handshakeFailed`` (or ``AiotaskClientError/Code/serverError`` when the server
+    /// - Throws: ``AiotaskClientError`` with code ``AiotaskClientError/Code/connectFailed``,
+    ///   ``AiotaskClientError/Code/closedBeforeHandshake`` or ``AiotaskClientError/Code/handshakeFailed`` (or ``AiotaskClientError/Code/serverError`` when the server
     ///   refuses the handshake with an `ERROR` frame).
     public static func connect(
         to address: ServerAddress,

@@ -36,6 +36,8 @@ final class ClientChannelHandler: ChannelInboundHandler {
     /// Frames encoded since the last flush.
     private var output = ByteBuffer()
     private var flushScheduled = false
+    /// The server's `GOODBYE` message, once it said it is stopping.
+    private var goodbye: String?
 
     init(maximumResultLength: Int) {
         self.maximumResultLength = maximumResultLength
@@ -54,7 +56,8 @@ final class ClientChannelHandler: ChannelInboundHandler {
             let error = currentError
             promise.fail(
                 error.code == .connectionLost
-                    ? AiotaskClientError(.handshakeFailed, reason: "\(error.reason) before answering HELLO") : error
+                    ? AiotaskClientError(.closedBeforeHandshake, reason: "\(error.reason) before answering HELLO")
+                    : error
             )
             return
         }
@@ -76,6 +79,10 @@ final class ClientChannelHandler: ChannelInboundHandler {
     func submit(_ id: TaskID, timeout: Duration?, payload: ByteBuffer, promise: EventLoopPromise<ByteBuffer>) {
         guard case .ready = state else {
             promise.fail(currentError)
+            return
+        }
+        if let goodbye {
+            promise.fail(TaskFailure(taskID: id, reason: .shuttingDown, message: "not sent: \(goodbye)"))
             return
         }
         if let previous = tasks.updateValue(promise, forKey: id) {
@@ -133,6 +140,20 @@ final class ClientChannelHandler: ChannelInboundHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        if case .ready = state, goodbye != nil {
+            // After GOODBYE the server answers every task it took before it closes; the others it never started.
+            let untaken = tasks
+            tasks = [:]
+            for (id, promise) in untaken {
+                promise.fail(
+                    TaskFailure(
+                        taskID: id,
+                        reason: .shuttingDown,
+                        message: "the server stopped without taking the task"
+                    )
+                )
+            }
+        }
         shutDown(AiotaskClientError(.connectionLost, reason: "the server closed the connection"))
         context.fireChannelInactive()
     }
@@ -183,6 +204,8 @@ final class ClientChannelHandler: ChannelInboundHandler {
             tasks.removeValue(forKey: id)?.succeed(result)
         case (.failed(let id, let reason, let message), .ready):
             tasks.removeValue(forKey: id)?.fail(TaskFailure(taskID: id, reason: reason, message: message))
+        case (.goodbye(let message), .ready):
+            goodbye = message.isEmpty ? "the server is stopping" : message
         case (.update(let id, let status), .ready):
             guard var queue = statusQueries.removeValue(forKey: id) else { return }
             let promise = queue.removeFirst()
@@ -251,7 +274,9 @@ final class ClientChannelHandler: ChannelInboundHandler {
         if case .handshaking(let promise, let timer) = previous {
             timer.cancel()
             if error.code == .connectionLost {
-                promise.fail(AiotaskClientError(.handshakeFailed, reason: "\(error.reason) before answering HELLO"))
+                promise.fail(
+                    AiotaskClientError(.closedBeforeHandshake, reason: "\(error.reason) before answering HELLO")
+                )
             } else {
                 promise.fail(error)
             }

@@ -44,7 +44,7 @@ public struct AiotaskClientError: Error, Hashable, Sendable {
     /// What kind of problem this is.
     public struct Code: Hashable, Sendable {
         private enum Base: Hashable, Sendable {
-            case connectFailed, handshakeFailed, connectionLost, serverError, protocolViolation
+            case connectFailed, closedBeforeHandshake, handshakeFailed, connectionLost, serverError, protocolViolation
         }
 
         private let base: Base
@@ -55,6 +55,9 @@ public struct AiotaskClientError: Error, Hashable, Sendable {
 
         /// No connection could be made (refused, no such socket, unknown host, connect timeout).
         public static let connectFailed = Code(.connectFailed)
+        /// The server closed the connection before answering `HELLO` (it was stopping, or at its connection
+        /// limit). Nothing was sent yet, so connecting again is safe.
+        public static let closedBeforeHandshake = Code(.closedBeforeHandshake)
         /// The connection was made but the server did not answer `HELLO` in time, or refused it.
         public static let handshakeFailed = Code(.handshakeFailed)
         /// The connection ended: the server closed it, an I/O error broke it, or the client was closed.
@@ -82,6 +85,7 @@ extension AiotaskClientError.Code: CustomStringConvertible {
     public var description: String {
         switch base {
         case .connectFailed: "cannot connect"
+        case .closedBeforeHandshake: "connection closed before the handshake"
         case .handshakeFailed: "handshake failed"
         case .connectionLost: "connection lost"
         case .serverError: "server error"

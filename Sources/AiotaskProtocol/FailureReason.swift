@@ -20,8 +20,17 @@ public struct FailureReason: RawRepresentable, Hashable, Sendable {
     public static let rejected = FailureReason(rawValue: 5)
     /// The task or its result is larger than the server or the connection allows.
     public static let payloadTooLarge = FailureReason(rawValue: 6)
-    /// The server shut down before the task could finish.
+    /// The server is stopping and never started the task: it arrived after the server's `GOODBYE`, or was still
+    /// queued when the drain deadline came. Resubmitting it (on a new connection) is safe.
     public static let shuttingDown = FailureReason(rawValue: 7)
+    /// The server stopped while the task was running: the drain deadline came and its process was killed. The
+    /// task may have had some of its effects.
+    public static let interrupted = FailureReason(rawValue: 8)
+
+    /// Whether the server guarantees it never started the task, so that submitting it again cannot run it twice.
+    public var taskWasNotStarted: Bool {
+        self == .shuttingDown || self == .rejected
+    }
 }
 
 extension FailureReason: CustomStringConvertible {
@@ -34,6 +43,7 @@ extension FailureReason: CustomStringConvertible {
         case .rejected: "rejected"
         case .payloadTooLarge: "payload too large"
         case .shuttingDown: "shutting down"
+        case .interrupted: "interrupted"
         default: "failure \(rawValue)"
         }
     }

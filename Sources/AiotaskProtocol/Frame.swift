@@ -27,6 +27,8 @@ public enum Frame: Hashable, Sendable {
     case info(ByteBuffer)
     /// A connection-level error; the sender closes the connection after it.
     case error(String)
+    /// The server is stopping: it takes no more tasks on this connection, answers those it took, then closes it.
+    case goodbye(String)
 
     /// The type byte of this frame.
     public var type: FrameType {
@@ -43,6 +45,7 @@ public enum Frame: Hashable, Sendable {
         case .infoRequest: .infoRequest
         case .info: .info
         case .error: .error
+        case .goodbye: .goodbye
         }
     }
 }

@@ -171,6 +171,8 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder {
             return .info(payload)
         case .error:
             return .error(payload.readString(length: payload.readableBytes) ?? "")
+        case .goodbye:
+            return .goodbye(payload.readString(length: payload.readableBytes) ?? "")
         default:
             throw ProtocolError.unknownFrameType(type.rawValue)
         }

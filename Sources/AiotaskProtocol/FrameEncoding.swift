@@ -52,7 +52,7 @@ extension ByteBuffer {
             break
         case .info(var json):
             writeBuffer(&json)
-        case .error(let message):
+        case .error(let message), .goodbye(let message):
             writeString(message)
         }
     }
@@ -71,7 +71,7 @@ extension Frame {
         case .failed(_, _, let message): TaskID.byteCount + 1 + message.utf8.count
         case .infoRequest: 0
         case .info(let json): json.readableBytes
-        case .error(let message): message.utf8.count
+        case .error(let message), .goodbye(let message): message.utf8.count
         }
     }
 }

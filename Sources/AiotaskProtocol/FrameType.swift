@@ -34,6 +34,9 @@ public struct FrameType: RawRepresentable, Hashable, Sendable {
     public static let info = FrameType(rawValue: 0x86)
     /// Server → client: a connection-level error, sent just before the server closes the connection.
     public static let error = FrameType(rawValue: 0x87)
+    /// Server → client: the server is stopping; tasks sent after it are refused, and the connection closes once
+    /// every task taken before it is answered.
+    public static let goodbye = FrameType(rawValue: 0x88)
 
     /// Whether this is an extension type, framed with a 32-bit length.
     public var isExtension: Bool { rawValue & 0x80 != 0 }
@@ -49,7 +52,7 @@ public struct FrameType: RawRepresentable, Hashable, Sendable {
 
     /// Whether this type is defined by this version of the protocol.
     public var isKnown: Bool {
-        (1...4).contains(rawValue) || (0x80...0x87).contains(rawValue)
+        (1...4).contains(rawValue) || (0x80...0x88).contains(rawValue)
     }
 }
 
@@ -68,6 +71,7 @@ extension FrameType: CustomStringConvertible {
         case .infoRequest: "INFO_REQUEST"
         case .info: "INFO"
         case .error: "ERROR"
+        case .goodbye: "GOODBYE"
         default: "type \(rawValue)"
         }
     }

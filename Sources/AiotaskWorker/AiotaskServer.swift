@@ -173,8 +173,8 @@ public final class AiotaskServer: Sendable {
         try await loop.submit { [supervisor] in supervisor.value.tasksInFlight }.get()
     }
 
-    /// Stops listening, drains the tasks in flight (up to the configured drain timeout), fails what is left
-    /// with `shuttingDown`, and stops every pool process.
+    /// Stops listening, says `GOODBYE` to the extended clients, drains the tasks in flight (up to the configured
+    /// drain timeout), fails what is left with `shuttingDown` or `interrupted`, and stops every pool process.
     public func shutdown() async throws {
         for listener in listeners { try? await listener.close() }
         for path in ownedSocketPaths { unlink(path) }

@@ -27,6 +27,7 @@ final class ClientConnectionHandler: ChannelInboundHandler {
     private var finished: FinishedTaskLog
     private var flushPending = false
     private var isClosing = false
+    private var saidGoodbye = false
 
     init(supervisor: Supervisor, logger: Logger) {
         self.supervisor = supervisor
@@ -111,6 +112,7 @@ final class ClientConnectionHandler: ChannelInboundHandler {
             clientResultLimit = Int(hello.maximumPayloadLength)
             let limit = UInt32(clamping: supervisor.configuration.maximumPayloadLength)
             write(.hello(Hello(maximumPayloadLength: limit)))
+            if !supervisor.isAccepting { sayGoodbye() }
         case .enqueue(let id, let payload):
             submit(id, payload: payload, timeout: nil)
         case .submit(let id, let timeout, let payload):
@@ -121,7 +123,7 @@ final class ClientConnectionHandler: ChannelInboundHandler {
             if let record = inFlight[id] { supervisor.cancel(record) }
         case .infoRequest:
             writeInfo()
-        case .update, .done, .result, .failed, .info, .error:
+        case .update, .done, .result, .failed, .info, .error, .goodbye:
             violation("the client sent a \(frame.type) frame, which only a server sends")
         }
     }
@@ -191,10 +193,28 @@ final class ClientConnectionHandler: ChannelInboundHandler {
         isExtended ? clientResultLimit : Self.legacyResultLimit
     }
 
-    /// Closes the connection once what was written is sent.
-    func close() {
-        context?.writeAndFlush(wrapOutboundOut(ByteBuffer())).assumeIsolated().whenComplete { [weak self] _ in
-            self?.context?.close(promise: nil)
+    /// Tells an extended client that the server is stopping: the tasks it sends from now on are refused with
+    /// `shuttingDown`, and the connection closes once those already taken are answered. A legacy client cannot
+    /// be told; its later tasks are answered `NOT_FOUND`.
+    func sayGoodbye() {
+        guard isExtended, !saidGoodbye else { return }
+        saidGoodbye = true
+        write(.goodbye("the server is stopping; submit new tasks on a new connection"))
+        scheduleFlush()
+    }
+
+    /// Ends the connection once what was written is sent: closes the output first, so the client reads every
+    /// answer and then the end of the stream, and closes the whole connection when the client closes its side
+    /// or after `linger`. Closing at once would make the kernel reset the connection if the client had sent
+    /// more, and a reset can destroy answers the client has not read yet.
+    func close(linger: TimeAmount = .seconds(2)) {
+        guard let context else { return }
+        context.writeAndFlush(wrapOutboundOut(ByteBuffer())).assumeIsolated().whenComplete { _ in
+            context.close(mode: .output).assumeIsolated().whenComplete { _ in
+                context.eventLoop.assumeIsolated().scheduleTask(in: linger) {
+                    context.close(promise: nil)
+                }
+            }
         }
     }
 

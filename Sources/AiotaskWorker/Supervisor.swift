@@ -36,8 +36,10 @@ final class Supervisor {
     private let startedAt = NIODeadline.now()
     private var throughput = ThroughputMeter()
 
-    private var isAccepting = true
+    private(set) var isAccepting = true
     private var drainPromise: EventLoopPromise<Void>?
+    /// Completed when the last connection is gone, once shutdown has closed them all.
+    private var sessionsClosed: EventLoopPromise<Void>?
     private var readyPromise: EventLoopPromise<Void>?
     private var slotsStarted = Set<Int>()
 
@@ -75,6 +77,10 @@ final class Supervisor {
 
     func unregister(_ session: ClientConnectionHandler) {
         sessions[ObjectIdentifier(session)] = nil
+        if sessions.isEmpty, let sessionsClosed {
+            self.sessionsClosed = nil
+            sessionsClosed.succeed()
+        }
     }
 
     func slotRetired(_ slot: PoolSlot) {
@@ -318,10 +324,12 @@ final class Supervisor {
 
     // MARK: Shutdown
 
-    /// Stops taking tasks, lets those in flight finish within `drainTimeout`, fails the rest with
-    /// `shuttingDown`, then stops every process. The future succeeds once all of them are gone.
+    /// Stops taking tasks (telling every extended client so with `GOODBYE`), lets those in flight finish within
+    /// `drainTimeout`, fails the rest with `shuttingDown` (not started) or `interrupted` (running), then stops
+    /// every process and closes the connections. The future succeeds once all of them are gone.
     func shutdown(drainTimeout: Duration) -> EventLoopFuture<Void> {
         isAccepting = false
+        for session in sessions.values { session.sayGoodbye() }
         let drained = loop.makePromise(of: Void.self)
         drainPromise = drained
         let deadline = loop.assumeIsolated().scheduleTask(in: .init(drainTimeout)) { [weak self] in
@@ -340,11 +348,23 @@ final class Supervisor {
             }
             retiredProcesses.whenEmpty { [self] in
                 killer.cancel()
-                for session in sessions.values { session.close() }
-                stopped.succeed()
+                closeAllSessions(then: stopped)
             }
             return stopped.futureResult
         }.nonisolated()
+    }
+
+    /// Closes every connection gracefully and completes `promise` once all are gone, or once the clients had
+    /// `linger` to close their side.
+    private func closeAllSessions(then promise: EventLoopPromise<Void>, linger: TimeAmount = .seconds(2)) {
+        guard !sessions.isEmpty else { return promise.succeed() }
+        sessionsClosed = promise
+        for session in sessions.values { session.close(linger: linger) }
+        loop.assumeIsolated().scheduleTask(in: linger + .milliseconds(100)) { [weak self] in
+            guard let self, let sessionsClosed = self.sessionsClosed else { return }
+            self.sessionsClosed = nil
+            sessionsClosed.succeed()
+        }
     }
 
     private var inFlightCount: Int {
@@ -360,14 +380,19 @@ final class Supervisor {
     private func failEverythingInFlight() {
         logger.warning("drain deadline reached; failing \(inFlightCount) tasks still in flight")
         // Tasks sent ahead first: stopping a running task replaces its process and would requeue them.
-        var records: [TaskRecord] = slots.flatMap(\.prefetchedTasks).filter { !$0.isFinished }
-        records += queue.filter { !$0.isFinished }
+        var waiting: [TaskRecord] = slots.flatMap(\.prefetchedTasks).filter { !$0.isFinished }
+        waiting += queue.filter { !$0.isFinished }
+        var running: [TaskRecord] = []
         for slot in slots {
-            if case .busy(_, let running) = slot.state, !running.record.isFinished { records.append(running.record) }
+            if case .busy(_, let task) = slot.state, !task.record.isFinished { running.append(task.record) }
         }
-        for record in records {
+        for record in waiting {
             stop(record)
-            finish(record, .failure(.shuttingDown, "the server shut down before the task finished"))
+            finish(record, .failure(.shuttingDown, "the server shut down before the task started"))
+        }
+        for record in running {
+            stop(record)
+            finish(record, .failure(.interrupted, "the server shut down while the task was running"))
         }
         queue.removeAll()
         checkDrained()

@@ -36,7 +36,8 @@ public struct WorkerConfiguration: Sendable {
     public var maximumTasksJitter: Int
     /// How many finished tasks per connection `STATUS` remembers.
     public var finishedTasksRemembered: Int
-    /// On shutdown, how long in-flight tasks may still finish before they fail with `shuttingDown`.
+    /// On shutdown, how long in-flight tasks may still finish before they fail with `shuttingDown` (never
+    /// started) or `interrupted` (running).
     public var drainTimeout: Duration
     /// Longest wait between restarts of a process that keeps crashing.
     public var maximumRestartBackoff: Duration

@@ -37,9 +37,29 @@ struct ServerOptions: ParsableArguments {
         return try ServerAddress(parsing: text)
     }
 
-    /// Connects to the server.
+    /// Connects to the server, trying again a few times when it closes the connection before the handshake
+    /// (it is restarting, or at its connection limit): nothing was sent, so that is safe.
     func connect() async throws -> AiotaskClient {
-        try await AiotaskClient.connect(to: address(), connectTimeout: Duration.seconds(connectTimeout))
+        let address = try address()
+        var attempt = 1
+        while true {
+            do {
+                return try await AiotaskClient.connect(to: address, connectTimeout: Duration.seconds(connectTimeout))
+            } catch let error as AiotaskClientError
+                where error.code == .closedBeforeHandshake && attempt < Self.attempts
+            {
+                attempt += 1
+                try await Task.sleep(for: Self.pause(before: attempt))
+            }
+        }
+    }
+
+    /// How many times a command tries a connection, or a task the server did not start because it was stopping.
+    static let attempts = 5
+
+    /// The pause before try number `attempt`: 25 ms, 50 ms, 100 ms, 200 ms.
+    static func pause(before attempt: Int) -> Duration {
+        .milliseconds(25 << min(attempt - 2, 6))
     }
 
     /// Connects, runs `body` with the client, and closes the client whatever `body` does.

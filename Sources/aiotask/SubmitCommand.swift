@@ -1,4 +1,5 @@
 import AiotaskClient
+import AiotaskProtocol
 import ArgumentParser
 import Foundation
 import NIOCore
@@ -11,7 +12,9 @@ struct SubmitCommand: AsyncParsableCommand {
         discussion: """
             The task is TEXT, or all of stdin when TEXT is not given; the result bytes are written to stdout as \
             they are. When the task fails, the reason goes to stderr and the exit status is 1; connection and \
-            server problems exit with 2.
+            server problems exit with 2. A task the server refused because it was stopping (so never started) \
+            is submitted again on a new connection, a few times: a service restarting under systemd's socket \
+            serves it.
             """
     )
 
@@ -36,13 +39,21 @@ struct SubmitCommand: AsyncParsableCommand {
         } else {
             payload = ByteBuffer(bytes: FileHandle.standardInput.readDataToEndOfFile())
         }
-        do {
-            let result = try await options.withClient { client in
-                try await client.submit(payload, timeout: timeout.map { Duration.seconds($0) })
+        var attempt = 1
+        while true {
+            do {
+                let result = try await options.withClient { client in
+                    try await client.submit(payload, timeout: timeout.map { Duration.seconds($0) })
+                }
+                FileHandle.standardOutput.write(Data(result.readableBytesView))
+                return
+            } catch let failure as TaskFailure where failure.reason == .shuttingDown && attempt < ServerOptions.attempts
+            {
+                attempt += 1
+                try await Task.sleep(for: ServerOptions.pause(before: attempt))
+            } catch {
+                throw AiotaskCommand.report(error)
             }
-            FileHandle.standardOutput.write(Data(result.readableBytesView))
-        } catch {
-            throw AiotaskCommand.report(error)
         }
     }
 }

@@ -68,14 +68,14 @@ struct ConnectTests {
         await server.stop()
     }
 
-    @Test("fails with handshakeFailed when the server closes instead of answering HELLO")
+    @Test("fails with closedBeforeHandshake when the server closes instead of answering HELLO")
     func handshakeClosed() async throws {
         let server = try await StubServer.start { connection, _ in connection.close() }
         try await withTimeout {
             let error = await #expect(throws: AiotaskClientError.self) {
                 _ = try await AiotaskClient.connect(to: server.address)
             }
-            #expect(error?.code == .handshakeFailed)
+            #expect(error?.code == .closedBeforeHandshake)
         }
         await server.stop()
     }

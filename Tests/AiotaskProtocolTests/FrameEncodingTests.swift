@@ -94,6 +94,11 @@ struct FrameEncodingTests {
             frame: .error("bad"),
             bytes: [0x87, 0x00, 0x00, 0x00, 0x03, 0x62, 0x61, 0x64]
         ),
+        Case(
+            name: "GOODBYE",
+            frame: .goodbye("bye"),
+            bytes: [0x88, 0x00, 0x00, 0x00, 0x03, 0x62, 0x79, 0x65]
+        ),
     ]
 
     @Test("Encodes to the exact bytes", arguments: cases)
@@ -113,6 +118,7 @@ struct FrameEncodingTests {
             (.enqueue, 1, 3), (.update, 2, 3), (.done, 3, 3), (.status, 4, 3),
             (.hello, 0x80, 5), (.submit, 0x81, 5), (.result, 0x82, 5), (.failed, 0x83, 5),
             (.cancel, 0x84, 5), (.infoRequest, 0x85, 5), (.info, 0x86, 5), (.error, 0x87, 5),
+            (.goodbye, 0x88, 5),
         ]
         for (type, raw, header) in types {
             #expect(type.rawValue == raw)
@@ -122,7 +128,7 @@ struct FrameEncodingTests {
         }
         #expect(!FrameType(rawValue: 0).isKnown)
         #expect(!FrameType(rawValue: 5).isKnown)
-        #expect(!FrameType(rawValue: 0x88).isKnown)
+        #expect(!FrameType(rawValue: 0x89).isKnown)
         #expect(FrameType(rawValue: 0x99).description == "type 153")
         #expect(Set(types.map { $0.0.description }).count == types.count)
     }
@@ -138,8 +144,9 @@ struct FrameEncodingTests {
         #expect(TaskStatus(rawValue: 9).description == "unknown status 9")
         let reasons: [FailureReason] = [
             .handlerError, .workerCrashed, .timedOut, .cancelled, .rejected, .payloadTooLarge, .shuttingDown,
+            .interrupted,
         ]
-        #expect(reasons.map(\.rawValue) == [1, 2, 3, 4, 5, 6, 7])
+        #expect(reasons.map(\.rawValue) == [1, 2, 3, 4, 5, 6, 7, 8])
         #expect(FailureReason(rawValue: 99).description == "failure 99")
         #expect(FailureReason.payloadTooLarge.description == "payload too large")
     }

@@ -165,6 +165,7 @@ let sampleFrames: [Frame] = [
     .failed(knownID, .rejected, message: "queue full"),
     .failed(knownID, .payloadTooLarge, message: "70000000 bytes"),
     .failed(knownID, .shuttingDown, message: "bye"),
+    .failed(knownID, .interrupted, message: "killed at the drain deadline"),
     .failed(knownID, FailureReason(rawValue: 200), message: "naïve — ünïcödé ✓"),
     .cancel(knownID),
     .infoRequest,
@@ -172,4 +173,6 @@ let sampleFrames: [Frame] = [
     .info(ByteBuffer()),
     .error("unknown frame type 9"),
     .error(""),
+    .goodbye("the server is stopping"),
+    .goodbye(""),
 ]

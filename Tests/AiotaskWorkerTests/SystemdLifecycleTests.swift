@@ -59,7 +59,7 @@ struct SystemdLifecycleTests {
         }
     }
 
-    @Test("SIGTERM with a short --drain-timeout: the task still running fails with reason shuttingDown, exit 0")
+    @Test("SIGTERM with a short --drain-timeout: the running task fails as interrupted, the queued one as shuttingDown")
     func drainDeadlineFailsTheRest() async throws {
         let directory = try makeTemporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
@@ -78,9 +78,9 @@ struct SystemdLifecycleTests {
             try await Self.waitUntilRunning(running)
 
             daemon.process.signal(SIGTERM)
-            for handle in [running, queued] {
+            for (handle, reason) in [(running, FailureReason.interrupted), (queued, .shuttingDown)] {
                 let failure = await #expect(throws: TaskFailure.self) { try await handle.result() }
-                #expect(failure?.reason == .shuttingDown, "\(String(describing: failure))")
+                #expect(failure?.reason == reason, "\(String(describing: failure))")
             }
             #expect(try await daemon.process.wait() == .exited(0))
         }
