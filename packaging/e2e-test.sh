@@ -298,6 +298,39 @@ run_suite() {
     BACKGROUND=()
     check "the service kept its main process across reloads" [ "$(service_prop NRestarts)" = 0 ]
 
+    phase "restart under load (no task lost)"
+    # Three clients submit one task per connection without pause while the service restarts three times:
+    # the socket unit holds the listening socket, so each connection is served by one instance or the next.
+    rm -f "$ROOTDIR"/root/restart.*
+    local client
+    for client in 1 2 3; do
+        sh_ct "n=0; failed=0; while [ ! -e /root/restart.done ]; do
+                out=\$(aiotask submit \"$client-\$n\" 2>&1) && [ \"\$out\" = \"$client-\$n\" ] ||
+                    { failed=\$((failed + 1)); echo \"client $client task \$n: \$out\" >>/root/restart.failures; }
+                n=\$((n + 1)); done; echo \"\$n \$failed\" >/root/restart.count.$client" &
+        BACKGROUND+=($!)
+    done
+    local restarts=0 before
+    for n in 1 2 3; do
+        sleep 0.5
+        before=$(main_pid)
+        in_ct systemctl restart aiotask && wait_until 20 sh -c "[ \"\$(nsenter -t $CPID -a systemctl show -P MainPID aiotask)\" != '$before' ]" &&
+            restarts=$((restarts + 1))
+    done
+    sleep 0.5
+    sh_ct 'touch /root/restart.done'
+    for pid in "${BACKGROUND[@]}"; do wait "$pid"; done
+    BACKGROUND=()
+    check "3 restarts while clients submit" [ $restarts -eq 3 ]
+    local total=0 lost=0 count failures
+    for client in 1 2 3; do
+        read -r count failures <"$ROOTDIR/root/restart.count.$client" || { count=0; failures=1; }
+        total=$((total + count)); lost=$((lost + failures))
+    done
+    info "tasks submitted across the restarts: $total, failed: $lost"
+    [ -s "$ROOTDIR/root/restart.failures" ] && head -n 5 "$ROOTDIR/root/restart.failures" | sed "s/^/      [$SUITE] /"
+    check "clients submitting across 3 restarts got every result ($total tasks)" sh -c "[ $total -gt 0 ] && [ $lost -eq 0 ]"
+
     phase "chaos handler: failures, crashes"
     set_config handler chaos
     set_config workers 2

@@ -77,12 +77,13 @@ final class ClientChannelHandler: ChannelInboundHandler {
 
     /// Sends a task; `promise` receives its result or fails with a ``TaskFailure``.
     func submit(_ id: TaskID, timeout: Duration?, payload: ByteBuffer, promise: EventLoopPromise<ByteBuffer>) {
-        guard case .ready = state else {
-            promise.fail(currentError)
+        if let goodbye {
+            // Also once the connection is gone: the task was never sent, and the server said why.
+            promise.fail(TaskFailure(taskID: id, reason: .shuttingDown, message: "not sent: \(goodbye)"))
             return
         }
-        if let goodbye {
-            promise.fail(TaskFailure(taskID: id, reason: .shuttingDown, message: "not sent: \(goodbye)"))
+        guard case .ready = state else {
+            promise.fail(currentError)
             return
         }
         if let previous = tasks.updateValue(promise, forKey: id) {

@@ -37,6 +37,9 @@ struct GoodbyeTests {
             let failure = await #expect(throws: TaskFailure.self) { _ = try await untaken.result() }
             #expect(failure?.reason == .shuttingDown, "\(String(describing: failure))")
             #expect(failure?.reason.taskWasNotStarted == true)
+            // A task submitted once the connection is gone was never sent either, and says why.
+            let afterClose = await #expect(throws: TaskFailure.self) { _ = try await client.submit("after") }
+            #expect(afterClose?.reason == .shuttingDown, "\(String(describing: afterClose))")
             try await client.close()
         }
         await server.stop()
