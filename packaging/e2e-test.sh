@@ -223,6 +223,21 @@ main_pid() {
     [[ "$pid" =~ ^[0-9]+$ ]] && [ "$pid" -gt 1 ] && echo "$pid"
 }
 pool_pids() { local main; main=$(main_pid) && in_ct pgrep -P "$main" | sort; }
+# pool_is_unprivileged: every pool process has the main process's non-root uid, CapEff 0 and NoNewPrivs 1.
+pool_is_unprivileged() {
+    local main uid pids pid
+    main=$(main_pid) || return 1
+    uid=$(in_ct awk '/^Uid:/ { print $2 }' "/proc/$main/status")
+    [ -n "$uid" ] && [ "$uid" != 0 ] || return 1
+    pids=$(pool_pids) && [ -n "$pids" ] || return 1
+    for pid in $pids; do
+        in_ct awk -v uid="$uid" '
+            /^Uid:/ { ok_uid = ($2 == uid && $3 == uid && $4 == uid) }
+            /^CapEff:/ { ok_cap = ($2 ~ /^0+$/) }
+            /^NoNewPrivs:/ { ok_nnp = ($2 == 1) }
+            END { exit !(ok_uid && ok_cap && ok_nnp) }' "/proc/$pid/status" || return 1
+    done
+}
 journal_tail() { in_ct journalctl -u aiotask.service -u aiotask.socket --no-pager -n "${1:-25}" | sed 's/^/      /'; }
 
 run_suite() {
@@ -269,6 +284,9 @@ run_suite() {
     sh_ct 'id e2euser >/dev/null 2>&1 || useradd --no-create-home --groups aiotask e2euser'
     check "a member of the group aiotask may submit" \
         [ "$(in_ct setpriv --reuid=e2euser --regid=e2euser --init-groups aiotask submit member)" = member ]
+    # A handler gets no more privilege than the daemon: same unprivileged user, no capabilities, no_new_privs.
+    check "pool processes run as the daemon's unprivileged user, with no capabilities and NoNewPrivs" \
+        pool_is_unprivileged
 
     phase "reload under load (no task lost)"
     set_config workers 2

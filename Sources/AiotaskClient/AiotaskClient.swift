@@ -135,6 +135,10 @@ public final class AiotaskClient: Sendable {
             handshake.fail(error)
             channel.close(promise: nil)
             if error is AiotaskClientError { throw error }
+            if error as? ChannelPipelineError == .notFound {
+                // A channel loses its handlers as it closes: the server closed it before the handshake began.
+                throw AiotaskClientError(.closedBeforeHandshake, reason: "the server closed the connection at once")
+            }
             throw AiotaskClientError(.handshakeFailed, reason: "\(error)")
         }
     }

@@ -2,6 +2,7 @@ import AiotaskClient
 import AiotaskProtocol
 import AiotaskTestSupport
 import NIOCore
+import NIOPosix
 import Testing
 
 @Suite("Connecting and the HELLO handshake")
@@ -78,6 +79,22 @@ struct ConnectTests {
             #expect(error?.code == .closedBeforeHandshake)
         }
         await server.stop()
+    }
+
+    @Test("a server that closes every connection as it accepts it always gives closedBeforeHandshake")
+    func closedAtAccept() async throws {
+        let listener = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .childChannelInitializer { channel in channel.close() }
+            .bind(host: "127.0.0.1", port: 0).get()
+        try await withTimeout {
+            for _ in 0..<50 {
+                let error = await #expect(throws: AiotaskClientError.self) {
+                    _ = try await AiotaskClient.connect(to: .tcp(host: "127.0.0.1", port: listener.localAddress!.port!))
+                }
+                #expect(error?.code == .closedBeforeHandshake, "\(String(describing: error))")
+            }
+        }
+        try await listener.close()
     }
 
     @Test("reports the server's ERROR answer to HELLO")
