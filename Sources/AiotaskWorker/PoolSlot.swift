@@ -5,8 +5,9 @@ import NIOCore
 /// One place in the pool: keeps one process alive and runs one task at a time on it.
 ///
 /// A process that must go — its task timed out or was cancelled, it reached its task quota or its memory limit,
-/// it broke the framing — is handed to the supervisor's ``RetiredProcesses`` to die, and the slot starts a replacement at
-/// once. A process that dies by itself is restarted with exponential backoff while it keeps crashing.
+/// it broke the framing — is handed to the supervisor's ``RetiredProcesses`` to die, and the slot starts a
+/// replacement at once. A process that dies by itself is restarted with exponential backoff while it keeps
+/// crashing.
 final class PoolSlot {
     enum State {
         /// No process: before start, after shutdown, or waiting out a restart backoff.
@@ -282,6 +283,7 @@ final class PoolSlot {
         return true
     }
 
+    /// `exceeded the memory limit: N MiB > M MiB`, with the resident size rounded up.
     static func memoryLimitMessage(resident: Int, limit: Int) -> String {
         let resident = ProcessMemory.mebibytesRoundedUp(resident)
         return "exceeded the memory limit: \(resident) MiB > \(limit / ProcessMemory.mebibyte) MiB"

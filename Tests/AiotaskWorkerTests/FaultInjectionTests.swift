@@ -85,6 +85,7 @@ struct FaultInjectionTests {
         let clientTasks = 200
         let rawTasks = 120
         let killer = Killer(daemon: daemonPID)
+        defer { killer.stop() }
         let killerRun = Task { if killing { await killer.run(for: .seconds(60)) } }
         let (settled, settle) = AsyncStream<Void>.makeStream()
         async let raw = Self.runRawClient(
