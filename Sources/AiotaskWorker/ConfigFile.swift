@@ -83,6 +83,7 @@ public enum ConfigFile {
         case "kill-grace": settings.killGrace = try seconds()
         case "max-tasks-per-worker": settings.maxTasksPerWorker = try integer()
         case "max-tasks-jitter": settings.maxTasksJitter = try integer()
+        case "max-worker-rss": settings.maxWorkerRSS = try integer()
         case "drain-timeout": settings.drainTimeout = try seconds()
         case "log-level":
             guard let level = Logger.Level(rawValue: value) else {

@@ -80,6 +80,15 @@ public struct DaemonOptions: ParsableArguments {
 
     @Option(
         help: ArgumentHelp(
+            "Largest resident memory of a pool process, in MiB; 0 for no limit (default: 0). Checked after each "
+                + "task (the process is replaced) and while a task runs (the process is killed, the task fails).",
+            valueName: "MiB"
+        )
+    )
+    public var maxWorkerRss: Int?
+
+    @Option(
+        help: ArgumentHelp(
             "On shutdown, seconds that tasks in flight may still run (default: 30).",
             valueName: "seconds"
         )
@@ -107,6 +116,7 @@ public struct DaemonOptions: ParsableArguments {
         settings.killGrace = killGrace
         settings.maxTasksPerWorker = maxTasksPerWorker
         settings.maxTasksJitter = maxTasksJitter
+        settings.maxWorkerRSS = maxWorkerRss
         settings.drainTimeout = drainTimeout
         settings.logLevel = logLevel
         return settings

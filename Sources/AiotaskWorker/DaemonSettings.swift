@@ -19,6 +19,8 @@ public struct DaemonSettings: Sendable, Equatable {
     public var killGrace: Double?
     public var maxTasksPerWorker: Int?
     public var maxTasksJitter: Int?
+    /// The resident-set limit of a pool process, in MiB; 0 for none.
+    public var maxWorkerRSS: Int?
     public var drainTimeout: Double?
     public var logLevel: Logger.Level?
 
@@ -40,6 +42,7 @@ public struct DaemonSettings: Sendable, Equatable {
         merged.killGrace = other.killGrace ?? killGrace
         merged.maxTasksPerWorker = other.maxTasksPerWorker ?? maxTasksPerWorker
         merged.maxTasksJitter = other.maxTasksJitter ?? maxTasksJitter
+        merged.maxWorkerRSS = other.maxWorkerRSS ?? maxWorkerRSS
         merged.drainTimeout = other.drainTimeout ?? drainTimeout
         merged.logLevel = other.logLevel ?? logLevel
         return merged
@@ -76,9 +79,15 @@ public struct DaemonSettings: Sendable, Equatable {
         }
         configuration.maximumTasksJitter =
             try Self.checked(maxTasksJitter, "max-tasks-jitter", 0...Int.max) ?? configuration.maximumTasksJitter
+        if let limit = try Self.checked(maxWorkerRSS, "max-worker-rss", 0...Self.largestWorkerRSS, unit: " MiB") {
+            configuration.maximumProcessRSS = limit == 0 ? nil : limit * ProcessMemory.mebibyte
+        }
         if let drainTimeout { configuration.drainTimeout = try Self.duration(drainTimeout, "drain-timeout") }
         return configuration
     }
+
+    /// The largest memory limit of a pool process, in MiB (1 PiB).
+    static let largestWorkerRSS = 1 << 30
 
     /// `value` if it lies in `range`; an error naming `setting` and the range otherwise.
     private static func checked(

@@ -4,9 +4,10 @@ import NIOCore
 
 /// One place in the pool: keeps one process alive and runs one task at a time on it.
 ///
-/// A process that must go — its task timed out or was cancelled, it reached its task quota, it broke the
-/// framing — is handed to the supervisor's ``RetiredProcesses`` to die, and the slot starts a replacement at
-/// once. A process that dies by itself is restarted with exponential backoff while it keeps crashing.
+/// A process that must go — its task timed out or was cancelled, it reached its task quota or its memory limit,
+/// it broke the framing — is handed to the supervisor's ``RetiredProcesses`` to die, and the slot starts a
+/// replacement at once. A process that dies by itself is restarted with exponential backoff while it keeps
+/// crashing.
 final class PoolSlot {
     enum State {
         /// No process: before start, after shutdown, or waiting out a restart backoff.
@@ -35,6 +36,8 @@ final class PoolSlot {
     private var retireAfterTask = false
     /// Tasks sent to the process behind the running one, in the order it will run them.
     private var pipeline = CircularBuffer<TaskRecord>()
+    /// The next reading of the busy process's memory, while a memory limit is set.
+    private var memoryCheck: Scheduled<Void>?
 
     init(index: Int, supervisor: Supervisor) {
         self.index = index
@@ -61,7 +64,7 @@ final class PoolSlot {
 
     /// Whether the slot can take a task: it has a process, idle, whose link is sound.
     var isIdle: Bool {
-        if case .idle(let process) = state { return process.linkFailure == nil }
+        if case .idle(let process) = state { return process.isSound }
         return false
     }
 
@@ -85,7 +88,7 @@ final class PoolSlot {
     /// Whether a task may be sent ahead to this slot's busy process: it is sound, stays in the pool, and will
     /// still be there (its recycling quota) by the time it gets to the task.
     var canPrefetch: Bool {
-        guard case .busy(let process, _) = state, process.linkFailure == nil, !isStopped, !renewAfterTask,
+        guard case .busy(let process, _) = state, process.isSound, !isStopped, !renewAfterTask,
             !retireAfterTask, pipeline.count < configuration.prefetch
         else { return false }
         if let remaining = tasksUntilRecycle { return pipeline.count + 1 < remaining }
@@ -122,6 +125,8 @@ final class PoolSlot {
         isStopped = true
         restartTimer?.cancel()
         restartTimer = nil
+        memoryCheck?.cancel()
+        memoryCheck = nil
         requeuePipeline()
         if let process {
             detach(process)
@@ -166,16 +171,26 @@ final class PoolSlot {
         supervisor.retiredProcesses.adopt(process)
     }
 
-    /// Replaces the current process: the old one is terminated (or retired gracefully) in the background.
-    private func replaceProcess(graceful: Bool) {
+    /// How a process being replaced is made to go.
+    private enum Ending {
+        /// Its link is closed, its cue to exit by itself.
+        case retire
+        /// SIGTERM to its group, SIGKILL after the grace period.
+        case terminate
+        /// SIGKILL to its group at once.
+        case kill
+    }
+
+    /// Replaces the current process: the old one ends as `ending` says, in the background.
+    private func replaceProcess(_ ending: Ending) {
         guard let process else { return }
         supervisor.noteRestart()
         requeuePipeline()
         detach(process)
-        if graceful {
-            process.retire(gracePeriod: configuration.killGracePeriod)
-        } else {
-            process.terminate(gracePeriod: configuration.killGracePeriod)
+        switch ending {
+        case .retire: process.retire(gracePeriod: configuration.killGracePeriod)
+        case .terminate: process.terminate(gracePeriod: configuration.killGracePeriod)
+        case .kill: process.kill()
         }
         state = .empty
         start()
@@ -213,6 +228,65 @@ final class PoolSlot {
             }
         }
         state = .busy(process, running)
+        scheduleMemoryCheck()
+    }
+
+    // MARK: Memory limit
+
+    /// Reads the busy process's memory after ``WorkerConfiguration/memoryCheckInterval``, if a limit is set. One
+    /// reading is pending at a time; the chain ends when the slot is not busy at reading time.
+    private func scheduleMemoryCheck() {
+        guard memoryCheck == nil, configuration.maximumProcessRSS != nil, !isStopped else { return }
+        memoryCheck = supervisor.loop.assumeIsolated().scheduleTask(in: .init(configuration.memoryCheckInterval)) {
+            [weak self] in
+            self?.memoryCheck = nil
+            self?.checkMemoryWhileBusy()
+        }
+    }
+
+    /// Kills the busy process if it holds more memory than the limit, failing its task; reads again later if not.
+    private func checkMemoryWhileBusy() {
+        guard case .busy(let process, let running) = state, let limit = configuration.maximumProcessRSS else { return }
+        guard let resident = process.residentBytes, resident > limit else {
+            scheduleMemoryCheck()
+            return
+        }
+        let record = running.record
+        running.timeoutTimer?.cancel()
+        let message = "worker process \(process.pid) \(Self.memoryLimitMessage(resident: resident, limit: limit))"
+        logger.error(
+            "\(message); killing its process group",
+            metadata: [
+                "task_id": "\(record.id)", "worker_pid": "\(process.pid)", "rss_bytes": "\(resident)",
+                "limit_bytes": "\(limit)", "message_id": "\(LogMessageID.memoryLimitExceeded)",
+            ]
+        )
+        replaceProcess(.kill)
+        if !record.isFinished {
+            supervisor.finish(record, .failure(.workerCrashed, message), workerPID: process.pid)
+        }
+        supervisor.dispatch()
+    }
+
+    /// Whether `process`, having answered a task, is over the memory limit; logged if so.
+    private func isOverMemoryLimit(_ process: WorkerProcess) -> Bool {
+        guard let limit = configuration.maximumProcessRSS, let resident = process.residentBytes, resident > limit
+        else { return false }
+        let message = Self.memoryLimitMessage(resident: resident, limit: limit)
+        logger.notice(
+            "worker process \(process.pid) \(message) after a task; replacing it",
+            metadata: [
+                "worker_pid": "\(process.pid)", "rss_bytes": "\(resident)", "limit_bytes": "\(limit)",
+                "message_id": "\(LogMessageID.memoryLimitExceeded)",
+            ]
+        )
+        return true
+    }
+
+    /// `exceeded the memory limit: N MiB > M MiB`, with the resident size rounded up.
+    static func memoryLimitMessage(resident: Int, limit: Int) -> String {
+        let resident = ProcessMemory.mebibytesRoundedUp(resident)
+        return "exceeded the memory limit: \(resident) MiB > \(limit / ProcessMemory.mebibyte) MiB"
     }
 
     /// Stops the running `record` without answering it (cancelled, or its client is gone): its process is
@@ -220,7 +294,7 @@ final class PoolSlot {
     func interrupt(_ record: TaskRecord) {
         guard case .busy(_, let running) = state, running.record === record else { return }
         running.timeoutTimer?.cancel()
-        replaceProcess(graceful: false)
+        replaceProcess(.terminate)
     }
 
     private func timeOut(_ record: TaskRecord, after timeout: Duration) {
@@ -229,7 +303,7 @@ final class PoolSlot {
             "task timed out; terminating its worker process",
             metadata: ["task_id": "\(record.id)", "worker_pid": "\(process.pid)", "timeout": "\(timeout)"]
         )
-        replaceProcess(graceful: false)
+        replaceProcess(.terminate)
         if !record.isFinished {
             supervisor.finish(
                 record,
@@ -245,7 +319,7 @@ final class PoolSlot {
     func renew() {
         switch state {
         case .busy: renewAfterTask = true
-        case .idle, .starting: replaceProcess(graceful: true)
+        case .idle, .starting: replaceProcess(.retire)
         case .empty: break
         }
     }
@@ -270,13 +344,13 @@ final class PoolSlot {
         if renewAfterTask {
             renewAfterTask = false
             state = .idle(process)
-            replaceProcess(graceful: true)
+            replaceProcess(.retire)
             return
         }
         if let remaining = tasksUntilRecycle, remaining <= 0 {
             logger.debug("recycling worker process", metadata: ["worker_pid": "\(process.pid)"])
             state = .idle(process)
-            replaceProcess(graceful: true)
+            replaceProcess(.retire)
             return
         }
         state = .idle(process)
@@ -298,6 +372,9 @@ extension PoolSlot: WorkerProcessDelegate {
         running.timeoutTimer?.cancel()
         consecutiveCrashes = 0
         if let remaining = tasksUntilRecycle { tasksUntilRecycle = remaining - 1 }
+        // A process left over the memory limit is replaced once it is idle: the tasks already sent ahead to it
+        // still run there (moving them could run one twice), and no more are sent (see canPrefetch).
+        if !renewAfterTask, isOverMemoryLimit(process) { renewAfterTask = true }
         let outcome: TaskOutcome =
             switch reply {
             case .result(let bytes): .success(bytes)
@@ -312,7 +389,7 @@ extension PoolSlot: WorkerProcessDelegate {
                 metadata: ["worker_pid": "\(process.pid)"]
             )
             state = .idle(process)
-            replaceProcess(graceful: false)
+            replaceProcess(.terminate)
         } else if let next {
             supervisor.prefetchedTaskStarts(next)
             begin(next, on: process)

@@ -34,6 +34,12 @@ public struct WorkerConfiguration: Sendable {
     public var maximumTasksPerProcess: Int?
     /// Up to this many tasks are added at random to `maximumTasksPerProcess`, so processes don't all recycle at once.
     public var maximumTasksJitter: Int
+    /// Largest resident set a pool process may have, in bytes; nil for no limit. Checked after each task (a process
+    /// over it is replaced once its tasks sent ahead are done) and every ``memoryCheckInterval`` while a task runs
+    /// (its process group is killed at once and the task fails with `workerCrashed`).
+    public var maximumProcessRSS: Int?
+    /// How often the resident set of a busy process is read, while ``maximumProcessRSS`` is set.
+    public var memoryCheckInterval: Duration
     /// How many finished tasks per connection `STATUS` remembers.
     public var finishedTasksRemembered: Int
     /// On shutdown, how long in-flight tasks may still finish before they fail with `shuttingDown` (never
@@ -57,6 +63,8 @@ public struct WorkerConfiguration: Sendable {
         killGracePeriod: Duration = .seconds(2),
         maximumTasksPerProcess: Int? = nil,
         maximumTasksJitter: Int = 0,
+        maximumProcessRSS: Int? = nil,
+        memoryCheckInterval: Duration = .milliseconds(100),
         finishedTasksRemembered: Int = 1024,
         drainTimeout: Duration = .seconds(30),
         maximumRestartBackoff: Duration = .seconds(10)
@@ -75,6 +83,8 @@ public struct WorkerConfiguration: Sendable {
         self.killGracePeriod = killGracePeriod
         self.maximumTasksPerProcess = maximumTasksPerProcess
         self.maximumTasksJitter = maximumTasksJitter
+        self.maximumProcessRSS = maximumProcessRSS
+        self.memoryCheckInterval = memoryCheckInterval
         self.finishedTasksRemembered = finishedTasksRemembered
         self.drainTimeout = drainTimeout
         self.maximumRestartBackoff = maximumRestartBackoff

@@ -21,7 +21,18 @@ final class WorkerProcess {
     var pid: Int32 { child.pid }
     weak var delegate: (any WorkerProcessDelegate)?
     private(set) var link: (any Channel)?
+    /// Set once the process is reaped: from then on its pid may name another process, so it is never signalled.
     private(set) var hasExited = false
+    /// Whether the process can take a task: its link is sound and it has not exited.
+    var isSound: Bool { linkFailure == nil && !hasExited }
+    /// The exit status, held back until the link has been read to its end (see ``exited(_:)``).
+    private var pendingExit: ExitStatus?
+    private var drainTimer: Scheduled<Void>?
+    private var isLinkEnded = false
+    private var hasReportedExit = false
+    /// How long an exit is held back waiting for the end of the link; only a process that escaped the group
+    /// and still holds the pipe makes it wait that long.
+    static let drainLimit: Duration = .seconds(1)
     /// Set once the supervisor closed the link or signalled the process on purpose, so the link's closing is no
     /// fault of the process.
     private var isRetiring = false
@@ -99,7 +110,7 @@ final class WorkerProcess {
 
         child.watchExit { status in
             loop.execute {
-                bound.value.didExit(status)
+                bound.value.exited(status)
             }
         }
     }
@@ -123,7 +134,13 @@ final class WorkerProcess {
     /// Kills the process group at once.
     func kill() {
         guard !hasExited else { return }
+        isRetiring = true
         child.signalGroup(SIGKILL)
+    }
+
+    /// The process's resident set in bytes, or nil once it has exited.
+    var residentBytes: Int? {
+        hasExited ? nil : ProcessMemory.residentBytes(of: pid)
     }
 
     /// Closes the link, which a well-behaved handler takes as its cue to exit; kills it if it is still there
@@ -155,9 +172,35 @@ final class WorkerProcess {
         delegate?.process(self, brokeLink: reason)
     }
 
-    private func didExit(_ status: ExitStatus) {
+    /// The process is reaped. Its last replies may still be in the pipe, unread: the exit is reported once the
+    /// link has been read to its end, so a task answered just before the process died counts as answered, and
+    /// only the task it was running fails.
+    private func exited(_ status: ExitStatus) {
         hasExited = true
         killTimer?.cancel()
+        guard let link, link.isActive, !isLinkEnded else { return reportExit(status) }
+        pendingExit = status
+        drainTimer = loop.assumeIsolated().scheduleTask(in: .init(Self.drainLimit)) { [weak self] in
+            self?.reportExit(status)
+        }
+    }
+
+    /// The link reached its end (or failed): an exit held back is reported now; otherwise the process closed its
+    /// stdout while alive, which breaks the link.
+    fileprivate func linkEnded() {
+        isLinkEnded = true
+        if let pendingExit {
+            reportExit(pendingExit)
+        } else {
+            breakLink("handler closed its stdout")
+        }
+    }
+
+    private func reportExit(_ status: ExitStatus) {
+        guard !hasReportedExit else { return }
+        hasReportedExit = true
+        pendingExit = nil
+        drainTimer?.cancel()
         link?.close(promise: nil)
         delegate?.process(self, didExit: status)
     }
@@ -183,6 +226,6 @@ private final class ProcessLinkHandler: ChannelInboundHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        process.breakLink("handler closed its stdout")
+        process.linkEnded()
     }
 }

@@ -93,7 +93,8 @@ public enum WorkerRole: String, Sendable {
                     return try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
                 }
             }
-        try await channel.executeThenClose { requests, replies in
+        let link = channel.channel
+        try await channel.executeThenClose { requests, _ in
             for try await task in requests {
                 let reply: HandlerReply
                 do {
@@ -103,7 +104,11 @@ public enum WorkerRole: String, Sendable {
                 }
                 var buffer = ByteBuffer()
                 buffer.writeHandlerReply(reply)
-                try await replies.write(buffer)
+                // The reply is in the pipe before the next task starts: should that task kill the process, the
+                // supervisor has the answer to this one and fails only the task that was running.
+                let written = link.eventLoop.makePromise(of: Void.self)
+                link.writeAndFlush(buffer, promise: written)
+                try await written.futureResult.get()
             }
         }
     }

@@ -25,8 +25,17 @@ enum ChaosCommand {
     case pid
     /// `hang`: ignore SIGTERM and never answer, so only SIGKILL ends it.
     case hang
-    /// `orphan`: start a child in the process group that sleeps for an hour, then hang.
-    case orphan
+    /// `orphan`: start a child in the process group that sleeps for an hour, then hang; `orphan exit`: start it,
+    /// then exit at once, leaving the child behind.
+    case orphan(exitsAfter: Bool)
+    /// `garbage`: write bytes that are no reply into the link to the supervisor, then hang.
+    case garbage
+    /// `flood-stderr BYTES`: write that many bytes to stderr, in lines of 100, then return `flooded BYTES`.
+    case floodStandardError(Int)
+    /// `leak MB`: allocate that many MiB, touch every page, never free them, then return `leaked MB`.
+    case leak(Int)
+    /// `hog MB`: allocate and touch that many MiB, then hang without answering.
+    case hog(Int)
 
     init(parsing text: String) throws {
         let parts = text.split(separator: " ", maxSplits: 1).map(String.init)
@@ -40,14 +49,22 @@ enum ChaosCommand {
         case "stderr": self = .stderr(argument)
         case "pid": self = .pid
         case "hang": self = .hang
-        case "orphan": self = .orphan
+        case "orphan":
+            guard argument.isEmpty || argument == "exit" else {
+                throw HandlerFailure(message: "expected 'orphan' or 'orphan exit', got '\(text.prefix(40))'")
+            }
+            self = .orphan(exitsAfter: argument == "exit")
+        case "garbage": self = .garbage
+        case "flood-stderr": self = .floodStandardError(try Self.number(argument))
+        case "leak": self = .leak(try Self.number(argument))
+        case "hog": self = .hog(try Self.number(argument))
         default: throw HandlerFailure(message: "unknown chaos command '\(text.prefix(40))'")
         }
     }
 
     private static func number(_ text: String) throws -> Int {
-        guard let value = Int(text) else {
-            throw HandlerFailure(message: "expected a number, got '\(text.prefix(40))'")
+        guard let value = Int(text), value >= 0 else {
+            throw HandlerFailure(message: "expected a whole number, got '\(text.prefix(40))'")
         }
         return value
     }
@@ -75,12 +92,61 @@ enum ChaosCommand {
         case .hang:
             Glibc.signal(SIGTERM, SIG_IGN)
             while true { Glibc.sleep(3600) }
-        case .orphan:
+        case .orphan(let exitsAfter):
             var pid: pid_t = 0
             let argv: [UnsafeMutablePointer<CChar>?] = [strdup("sleep"), strdup("3600"), nil]
             _ = posix_spawnp(&pid, "sleep", nil, nil, argv, environ)
             StandardError.writeLine("orphan pid \(pid)")
+            if exitsAfter { Glibc.exit(0) }
+            while true { Glibc.sleep(3600) }
+        case .garbage:
+            guard let link = Self.replyDescriptor() else {
+                throw HandlerFailure(message: "cannot find the link to the supervisor")
+            }
+            // Kind 0xFF is neither a result nor an error: the supervisor must take this as a broken link.
+            let bytes: [UInt8] = [0xFF, 0xDE, 0xAD, 0xBE, 0xEF, 0x00, 0x01, 0x02]
+            _ = bytes.withUnsafeBytes { write(link, $0.baseAddress, $0.count) }
+            while true { Glibc.sleep(3600) }
+        case .floodStandardError(let count):
+            let line = String(repeating: "x", count: 99) + "\n"
+            var left = count
+            while left > 0 {
+                let chunk = line.utf8.prefix(left)
+                _ = Array(chunk).withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+                left -= chunk.count
+            }
+            return ByteBuffer(string: "flooded \(count)")
+        case .leak(let megabytes):
+            Self.allocateAndTouch(megabytes: megabytes)
+            return ByteBuffer(string: "leaked \(megabytes)")
+        case .hog(let megabytes):
+            Self.allocateAndTouch(megabytes: megabytes)
             while true { Glibc.sleep(3600) }
         }
+    }
+
+    /// Allocates `megabytes` MiB that are never freed, and writes to every page so they count as resident.
+    private static func allocateAndTouch(megabytes: Int) {
+        let size = megabytes << 20
+        guard size > 0, let memory = malloc(size) else { return }
+        let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let bytes = memory.assumingMemoryBound(to: UInt8.self)
+        for offset in stride(from: 0, to: size, by: pageSize) { bytes[offset] = 1 }
+    }
+
+    /// The descriptor on which this handler process writes its replies: the one pipe open for writing only,
+    /// besides stdout and stderr (which the handler role points at the log).
+    private static func replyDescriptor() -> Int32? {
+        for descriptor in Int32(3)..<1024 {
+            let target = UnsafeMutablePointer<CChar>.allocate(capacity: 256)
+            defer { target.deallocate() }
+            let length = readlink("/proc/self/fd/\(descriptor)", target, 255)
+            guard length > 0 else { continue }
+            target[length] = 0
+            guard String(cString: target).hasPrefix("pipe:") else { continue }
+            let flags = fcntl(descriptor, F_GETFL)
+            if flags >= 0, flags & O_ACCMODE == O_WRONLY { return descriptor }
+        }
+        return nil
     }
 }

@@ -26,6 +26,7 @@ struct ConfigTests {
             kill-grace = 1
             max_tasks_per_worker = 1000
             max-tasks-jitter = 50
+            max_worker_rss = 512
             drain_timeout = 10
             log-level = debug\r
             """,
@@ -41,6 +42,7 @@ struct ConfigTests {
         expected.killGrace = 1
         expected.maxTasksPerWorker = 1000
         expected.maxTasksJitter = 50
+        expected.maxWorkerRSS = 512
         expected.drainTimeout = 10
         expected.logLevel = .debug
         #expect(settings == expected)
@@ -92,12 +94,14 @@ struct ConfigTests {
         commandLine.listen = ["tcp://[::1]:2"]
         commandLine.workers = 2
         commandLine.drainTimeout = 1
+        commandLine.maxWorkerRSS = 64
         let merged = file.overridden(by: commandLine)
         #expect(merged.listen == ["tcp://[::1]:2"])
         #expect(merged.handler == "sha256")
         #expect(merged.workers == 2)
         #expect(merged.taskTimeout == 3)
         #expect(merged.drainTimeout == 1)
+        #expect(merged.maxWorkerRSS == 64)
         #expect(merged.logLevel == .warning)
     }
 
@@ -112,6 +116,7 @@ struct ConfigTests {
         settings.killGrace = 0.25
         settings.maxTasksPerWorker = 0
         settings.maxTasksJitter = 5
+        settings.maxWorkerRSS = 0
         settings.drainTimeout = 7
         let configuration = try settings.configuration(handler: Self.handler)
         #expect(configuration.listenAddresses == [.unix(path: "/tmp/a.sock"), .tcp(host: "::1", port: 4242)])
@@ -123,13 +128,16 @@ struct ConfigTests {
         #expect(configuration.killGracePeriod == .milliseconds(250))
         #expect(configuration.maximumTasksPerProcess == nil)
         #expect(configuration.maximumTasksJitter == 5)
+        #expect(configuration.maximumProcessRSS == nil)
         #expect(configuration.drainTimeout == .seconds(7))
 
         settings.taskTimeout = 1.5
         settings.maxTasksPerWorker = 10
+        settings.maxWorkerRSS = 256
         let limited = try settings.configuration(handler: Self.handler)
         #expect(limited.defaultTaskTimeout == .milliseconds(1500))
         #expect(limited.maximumTasksPerProcess == 10)
+        #expect(limited.maximumProcessRSS == 256 * 1024 * 1024)
     }
 
     @Test(
@@ -137,6 +145,7 @@ struct ConfigTests {
         arguments: [
             ("workers", 0), ("workers", 4097), ("queue-capacity", -1), ("max-payload", 0),
             ("max-payload", Int(UInt32.max)), ("max-tasks-per-worker", -1), ("max-tasks-jitter", -1),
+            ("max-worker-rss", -1), ("max-worker-rss", 1 << 31),
         ]
     )
     func integerOutOfRange(name: String, value: Int) throws {
@@ -146,6 +155,7 @@ struct ConfigTests {
         case "queue-capacity": settings.queueCapacity = value
         case "max-payload": settings.maxPayload = value
         case "max-tasks-per-worker": settings.maxTasksPerWorker = value
+        case "max-worker-rss": settings.maxWorkerRSS = value
         default: settings.maxTasksJitter = value
         }
         do {

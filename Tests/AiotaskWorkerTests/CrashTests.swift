@@ -80,6 +80,32 @@ struct CrashTests {
     }
 
     @Test(
+        "a task answered just before its process dies keeps its result: only the task the process was running fails"
+    )
+    func answeredBeforeDeath() async throws {
+        // With tasks sent ahead, the process starts `exit 3` right after writing the reply to the task before it:
+        // that reply must reach the supervisor, and be read, before the exit is taken as a crash.
+        let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 1) { $0.prefetch = 2 }
+        try await withTimeout {
+            let client = try await worker.client()
+            // A large reply takes the supervisor several reads, so the exit is seen before the reply is all read.
+            let large = String(repeating: "x", count: 512 * 1024)
+            for round in 0..<20 {
+                let before = try await client.enqueue("echo \(round) \(large)")
+                let crash = try await client.enqueue("exit 3")
+                let after = try await client.enqueue("echo after \(round)")
+                #expect(try await before.text() == "\(round) \(large)")
+                let failure = await crash.failure()
+                #expect(failure?.reason == .workerCrashed)
+                #expect(failure?.message.contains("exited with code 3") == true, "\(String(describing: failure))")
+                #expect(try await after.text() == "after \(round)")
+            }
+            try await client.close()
+        }
+        try await worker.stop()
+    }
+
+    @Test(
         "restarts back off exponentially while crashes go on, up to the maximum",
         arguments: [
             (0, 0), (1, 0), (2, 100), (3, 200), (4, 400), (5, 800), (6, 1600), (7, 3000), (50, 3000), (Int.max, 3000),

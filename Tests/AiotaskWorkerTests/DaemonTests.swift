@@ -129,8 +129,12 @@ struct RunningDaemon {
     var server: String { "unix:\(socket)" }
 
     /// Starts aiotaskd with `arguments` (and `--config` with `config`, where `{SOCKET}` stands for the socket path,
-    /// or `--listen` on the socket) and waits until it is ready.
-    static func start(arguments: [String] = [], config: String? = nil) async throws -> RunningDaemon {
+    /// or `--listen` on the socket) and `environment` added to the test's, and waits until it is ready.
+    static func start(
+        arguments: [String] = [],
+        config: String? = nil,
+        environment: [String: String] = [:]
+    ) async throws -> RunningDaemon {
         let directory = try makeTemporaryDirectory()
         let socket = directory + "/aiotask.sock"
         var arguments = arguments + ["--kill-grace", "0.5"]
@@ -145,7 +149,12 @@ struct RunningDaemon {
         } else {
             arguments += ["--listen", "unix:\(socket)"]
         }
-        let process = try SpawnedProcess.spawn(Products.aiotaskd, arguments, removing: systemdVariables)
+        let process = try SpawnedProcess.spawn(
+            Products.aiotaskd,
+            arguments,
+            environment: environment,
+            removing: systemdVariables
+        )
         do {
             try await process.waitForStandardError(containing: "ready")
         } catch {
