@@ -1,7 +1,6 @@
 import AiotaskProtocol
 import CAiotaskShims
 import NIOCore
-import NIOPosix
 
 #if canImport(Glibc)
     import Glibc
@@ -83,28 +82,17 @@ public enum WorkerRole: String, Sendable {
         }
     }
 
+    /// Answers tasks one at a time until the supervisor closes the link.
     private static func serve(handler: @escaping TaskHandler, input: CInt, output: CInt) async throws {
-        let channel = try await NIOPipeBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .takingOwnershipOfDescriptors(input: input, output: output) { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(
-                        ByteToMessageHandler(HandlerRequestDecoder(maximumLength: Int(UInt32.max)))
-                    )
-                    return try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
-                }
+        var link = HandlerLink(input: input, output: output, maximumLength: Int(UInt32.max))
+        while let task = try link.nextTask() {
+            let reply: HandlerReply
+            do {
+                reply = .result(try await handler(task))
+            } catch {
+                reply = .error(String(describing: error))
             }
-        try await channel.executeThenClose { requests, replies in
-            for try await task in requests {
-                let reply: HandlerReply
-                do {
-                    reply = .result(try await handler(task))
-                } catch {
-                    reply = .error(String(describing: error))
-                }
-                var buffer = ByteBuffer()
-                buffer.writeHandlerReply(reply)
-                try await replies.write(buffer)
-            }
+            try link.send(reply)
         }
     }
 }

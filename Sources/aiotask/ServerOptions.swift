@@ -2,6 +2,7 @@ import AiotaskClient
 import AiotaskProtocol
 import ArgumentParser
 import Foundation
+import NIOCore
 
 /// The options every subcommand shares: which server, and how long connecting may take.
 struct ServerOptions: ParsableArguments {
@@ -37,9 +38,13 @@ struct ServerOptions: ParsableArguments {
         return try ServerAddress(parsing: text)
     }
 
-    /// Connects to the server.
-    func connect() async throws -> AiotaskClient {
-        try await AiotaskClient.connect(to: address(), connectTimeout: Duration.seconds(connectTimeout))
+    /// Connects to the server, on `eventLoop` if given.
+    func connect(on eventLoop: (any EventLoop)? = nil) async throws -> AiotaskClient {
+        try await AiotaskClient.connect(
+            to: address(),
+            eventLoopGroup: eventLoop,
+            connectTimeout: Duration.seconds(connectTimeout)
+        )
     }
 
     /// Connects, runs `body` with the client, and closes the client whatever `body` does.
