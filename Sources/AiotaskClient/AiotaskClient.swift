@@ -35,7 +35,9 @@ public final class AiotaskClient: Sendable {
     private let channel: any Channel
     private let handler: NIOLoopBound<ClientChannelHandler>
 
-    private var eventLoop: any EventLoop { handler.eventLoop }
+    /// The event loop the connection runs on. Code that submits many tasks can run on it (as a task executor)
+    /// to hand tasks over and receive results without a thread switch.
+    public var eventLoop: any EventLoop { handler.eventLoop }
 
     private init(
         address: ServerAddress,
@@ -85,6 +87,12 @@ public final class AiotaskClient: Sendable {
         let deadline = clock.now.advanced(by: connectTimeout)
         let bootstrap = ClientBootstrap(group: group)
             .connectTimeout(TimeAmount(connectTimeout))
+            // Reads grow up to 1 MiB while they keep filling the buffer (NIO's default stops at 64 KiB), so large
+            // results arrive in a few system calls.
+            .channelOption(
+                .recvAllocator,
+                value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 2048, maximum: 1 << 20)
+            )
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let operations = channel.pipeline.syncOperations

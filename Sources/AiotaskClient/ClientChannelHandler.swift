@@ -90,8 +90,30 @@ final class ClientChannelHandler: ChannelInboundHandler {
             // Random 122-bit ids do not collide in practice; keep both callers' promises completed anyway.
             previous.fail(TaskFailure(taskID: id, reason: .rejected, message: "task id reused on this connection"))
         }
-        append(.submit(id, timeout: timeout, payload: payload))
+        let frame = Frame.submit(id, timeout: timeout, payload: payload)
+        guard payload.readableBytes > Self.copyLimit, frame.type.isExtension, frame.payloadLength <= UInt32.max,
+            let context
+        else {
+            return append(frame)
+        }
+        // A large task is not copied into the output buffer: its header joins the buffered frames, and its bytes
+        // follow as they are, in the same gathering write.
+        let headerOnly = Frame.submit(id, timeout: timeout, payload: ByteBuffer())
+        output.writeMultipleIntegers(FrameType.submit.rawValue, UInt32(frame.payloadLength))
+        var header = ByteBuffer()
+        try? header.writeFrame(headerOnly)
+        // The encoded fields after the type and length (id and timeout) are those of the header-only frame.
+        header.moveReaderIndex(forwardBy: FrameType.submit.headerLength)
+        output.writeBuffer(&header)
+        let bytes = output
+        output = ByteBuffer()
+        context.write(wrapOutboundOut(bytes), promise: nil)
+        context.write(wrapOutboundOut(payload), promise: nil)
+        scheduleFlush()
     }
+
+    /// Largest task copied into the output buffer; a larger one is written as it is, after its header.
+    private static let copyLimit = 16 * 1024
 
     /// Asks for the status of a task; `promise` receives the server's `UPDATE` answer.
     func status(of id: TaskID, promise: EventLoopPromise<TaskStatus>) {
@@ -245,10 +267,14 @@ final class ClientChannelHandler: ChannelInboundHandler {
 
     private func flushOutput() {
         flushScheduled = false
-        guard output.readableBytes > 0, let context else { return }
-        let bytes = output
-        output = ByteBuffer()
-        context.writeAndFlush(wrapOutboundOut(bytes), promise: nil)
+        guard let context else { return }
+        if output.readableBytes > 0 {
+            let bytes = output
+            output = ByteBuffer()
+            context.write(wrapOutboundOut(bytes), promise: nil)
+        }
+        // Also flushes a large task written past the buffer (see `submit`).
+        context.flush()
     }
 
     // MARK: Ending the connection

@@ -112,6 +112,7 @@ public final class AiotaskServer: Sendable {
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.allowRemoteHalfClosure, value: false)
+            .childChannelOption(.recvAllocator, value: LargeReads.allocator)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     if channel.localAddress?.protocol != .unix {

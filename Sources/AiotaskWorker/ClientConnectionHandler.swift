@@ -26,6 +26,8 @@ final class ClientConnectionHandler: ChannelInboundHandler {
     private var inFlight: [TaskID: TaskRecord] = [:]
     private var finished: FinishedTaskLog
     private var flushPending = false
+    /// Frames encoded since the last flush; they leave together in one write.
+    private var output = ByteBuffer()
     private var isClosing = false
     private var saidGoodbye = false
 
@@ -92,7 +94,7 @@ final class ClientConnectionHandler: ChannelInboundHandler {
 
     func channelReadComplete(context: ChannelHandlerContext) {
         flushPending = false
-        context.flush()
+        flushOutput()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
@@ -209,6 +211,7 @@ final class ClientConnectionHandler: ChannelInboundHandler {
     /// more, and a reset can destroy answers the client has not read yet.
     func close(linger: TimeAmount = .seconds(2)) {
         guard let context else { return }
+        pushOutput()
         context.writeAndFlush(wrapOutboundOut(ByteBuffer())).assumeIsolated().whenComplete { _ in
             context.close(mode: .output).assumeIsolated().whenComplete { _ in
                 context.eventLoop.assumeIsolated().scheduleTask(in: linger) {
@@ -243,16 +246,41 @@ final class ClientConnectionHandler: ChannelInboundHandler {
         return String(decoding: utf8[..<end], as: UTF8.self) + note
     }
 
+    /// Largest result copied into the output buffer; a larger one is written as it is, after its header.
+    private static let copyLimit = 16 * 1024
+
     private func write(_ frame: Frame) {
         guard let context else { return }
-        var buffer = context.channel.allocator.buffer(capacity: frame.type.headerLength + frame.payloadLength)
-        do {
-            try buffer.writeFrame(frame)
-        } catch {
-            logger.error("cannot encode \(frame.type) frame: \(error)")
+        if case .result(let id, let result) = frame, result.readableBytes > Self.copyLimit,
+            frame.payloadLength <= UInt32.max
+        {
+            // The header (whose length covers the result) joins the buffered frames; the result follows as is.
+            output.writeMultipleIntegers(frame.type.rawValue, UInt32(frame.payloadLength))
+            output.writeTaskID(id)
+            pushOutput()
+            context.write(wrapOutboundOut(result), promise: nil)
             return
         }
-        context.write(wrapOutboundOut(buffer), promise: nil)
+        let start = output.writerIndex
+        do {
+            try output.writeFrame(frame)
+        } catch {
+            output.moveWriterIndex(to: start)
+            logger.error("cannot encode \(frame.type) frame: \(error)")
+        }
+    }
+
+    /// Hands the frames encoded so far to the channel, unflushed.
+    private func pushOutput() {
+        guard output.readableBytes > 0, let context else { return }
+        let bytes = output
+        output = context.channel.allocator.buffer(capacity: 0)
+        context.write(wrapOutboundOut(bytes), promise: nil)
+    }
+
+    private func flushOutput() {
+        pushOutput()
+        context?.flush()
     }
 
     /// Flushes once at the end of the current event loop tick, so answers finished together go out together.
@@ -262,7 +290,7 @@ final class ClientConnectionHandler: ChannelInboundHandler {
         context.eventLoop.assumeIsolated().execute { [self] in
             guard flushPending else { return }
             flushPending = false
-            self.context?.flush()
+            flushOutput()
         }
     }
 
@@ -272,6 +300,7 @@ final class ClientConnectionHandler: ChannelInboundHandler {
         isClosing = true
         logger.warning("closing connection: protocol violation: \(reason)")
         if isExtended { write(.error("protocol violation: \(reason)")) }
+        pushOutput()
         context.writeAndFlush(wrapOutboundOut(ByteBuffer())).assumeIsolated().whenComplete { _ in
             context.close(promise: nil)
         }

@@ -69,6 +69,7 @@ public enum Daemon {
         options: DaemonOptions,
         resolveHandler: @escaping @Sendable (DaemonSettings) throws(ConfigurationError) -> ProcessCommand
     ) async -> Never {
+        MemoryTuning.keepLargeBuffersInHeap()
         let notifier = Notifier()
         let settings: DaemonSettings
         var configuration: WorkerConfiguration

@@ -280,24 +280,32 @@ final class Supervisor {
         }
         record.state = .finished
         throughput.count(at: .now())
-        var metadata: Logger.Metadata = [
-            "task_id": "\(record.id)",
-            "client": "\(record.session.peerDescription)",
-            "duration_usec": "\((NIODeadline.now() - record.acceptedAt).nanoseconds / 1000)",
-        ]
-        if let workerPID { metadata["worker_pid"] = "\(workerPID)" }
         switch outcome {
         case .success:
             succeeded += 1
-            logger.debug("task done", metadata: metadata)
+            // The metadata of a success is built only when it is logged: this runs once per task.
+            if logger.logLevel <= .debug {
+                logger.debug("task done", metadata: metadata(of: record, workerPID: workerPID))
+            }
         case .failure(let reason, let message):
             failed += 1
+            var metadata = metadata(of: record, workerPID: workerPID)
             metadata["reason"] = "\(reason)"
             metadata["message_id"] = "\(LogMessageID.forFailure(reason))"
             logger.warning("task failed: \(reason): \(message)", metadata: metadata)
         }
         record.session.complete(record, outcome)
         checkDrained()
+    }
+
+    private func metadata(of record: TaskRecord, workerPID: Int32?) -> Logger.Metadata {
+        var metadata: Logger.Metadata = [
+            "task_id": "\(record.id)",
+            "client": "\(record.session.peerDescription)",
+            "duration_usec": "\((NIODeadline.now() - record.acceptedAt).nanoseconds / 1000)",
+        ]
+        if let workerPID { metadata["worker_pid"] = "\(workerPID)" }
+        return metadata
     }
 
     // MARK: Statistics

@@ -69,6 +69,7 @@ final class WorkerProcess {
         let bound = NIOLoopBound(self, eventLoop: loop)
 
         NIOPipeBootstrap(group: loop)
+            .channelOption(.recvAllocator, value: LargeReads.allocator)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandlers(
@@ -115,12 +116,34 @@ final class WorkerProcess {
         }
     }
 
-    /// Sends a task down the link.
+    /// Sends a task down the link. Tasks sent in the same event-loop tick leave in one write, at its end.
     func send(_ task: ByteBuffer) {
-        var frame = ByteBuffer()
-        frame.reserveCapacity(4 + task.readableBytes)
-        frame.writeHandlerRequest(task)
-        link?.writeAndFlush(frame, promise: nil)
+        guard let link else { return }
+        if task.readableBytes <= Self.copyLimit {
+            var frame = link.allocator.buffer(capacity: 4 + task.readableBytes)
+            frame.writeHandlerRequest(task)
+            link.write(frame, promise: nil)
+        } else {
+            // A large task is not copied: its header and bytes go out together in one gathering write.
+            var header = link.allocator.buffer(capacity: 4)
+            header.writeInteger(UInt32(task.readableBytes))
+            link.write(header, promise: nil)
+            link.write(task, promise: nil)
+        }
+        scheduleFlush()
+    }
+
+    /// Largest task copied into one buffer with its header; larger ones are written as they are.
+    private static let copyLimit = 16 * 1024
+    private var flushPending = false
+
+    private func scheduleFlush() {
+        guard !flushPending else { return }
+        flushPending = true
+        loop.assumeIsolated().execute { [self] in
+            flushPending = false
+            link?.flush()
+        }
     }
 
     /// Asks the process group to stop: SIGTERM now, SIGKILL after `gracePeriod`.

@@ -1,7 +1,6 @@
 import AiotaskProtocol
 import CAiotaskShims
 import NIOCore
-import NIOPosix
 
 #if canImport(Glibc)
     import Glibc
@@ -83,33 +82,19 @@ public enum WorkerRole: String, Sendable {
         }
     }
 
+    /// Answers tasks one at a time until the supervisor closes the link.
     private static func serve(handler: @escaping TaskHandler, input: CInt, output: CInt) async throws {
-        let channel = try await NIOPipeBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .takingOwnershipOfDescriptors(input: input, output: output) { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(
-                        ByteToMessageHandler(HandlerRequestDecoder(maximumLength: Int(UInt32.max)))
-                    )
-                    return try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
-                }
+        var link = HandlerLink(input: input, output: output, maximumLength: Int(UInt32.max))
+        while let task = try link.nextTask() {
+            let reply: HandlerReply
+            do {
+                reply = .result(try await handler(task))
+            } catch {
+                reply = .error(String(describing: error))
             }
-        let link = channel.channel
-        try await channel.executeThenClose { requests, _ in
-            for try await task in requests {
-                let reply: HandlerReply
-                do {
-                    reply = .result(try await handler(task))
-                } catch {
-                    reply = .error(String(describing: error))
-                }
-                var buffer = ByteBuffer()
-                buffer.writeHandlerReply(reply)
-                // The reply is in the pipe before the next task starts: should that task kill the process, the
-                // supervisor has the answer to this one and fails only the task that was running.
-                let written = link.eventLoop.makePromise(of: Void.self)
-                link.writeAndFlush(buffer, promise: written)
-                try await written.futureResult.get()
-            }
+            // A blocking write: the reply is in the pipe before the next task starts, so should that task kill
+            // the process, the supervisor has this answer and fails only the task that was running.
+            try link.send(reply)
         }
     }
 }

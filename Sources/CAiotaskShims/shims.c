@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <unistd.h>
 #include <signal.h>
 #include <spawn.h>
@@ -48,4 +49,16 @@ int aiotask_pipe(int fds[2], int size) {
     if (pipe2(fds, O_CLOEXEC) != 0) return -errno;
     (void)fcntl(fds[1], F_SETPIPE_SZ, size);
     return 0;
+}
+
+int aiotask_set_malloc_thresholds(int mmap_threshold, int trim_threshold) {
+#ifdef __GLIBC__
+    if (mallopt(M_MMAP_THRESHOLD, mmap_threshold) != 1) return -1;
+    if (mallopt(M_TRIM_THRESHOLD, trim_threshold) != 1) return -1;
+    return 0;
+#else
+    (void)mmap_threshold;
+    (void)trim_threshold;
+    return -1;
+#endif
 }

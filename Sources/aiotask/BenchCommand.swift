@@ -2,6 +2,7 @@ import AiotaskClient
 import ArgumentParser
 import Foundation
 import NIOCore
+import NIOPosix
 import Synchronization
 
 /// `aiotask bench`: a load generator that measures throughput and latency.
@@ -41,7 +42,39 @@ struct BenchCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "Print the report as one JSON object.")
     var json = false
 
+    @Flag(
+        name: .long,
+        inversion: .prefixedNo,
+        help: """
+            Run each connection's tasks on the connection's own event loop thread, so that submitting and \
+            resuming need no thread switch (--no-tasks-on-event-loop: on Swift's global executor).
+            """
+    )
+    var tasksOnEventLoop = true
+
+    @Flag(
+        name: .long,
+        help: """
+            Measure every performance figure against aiotaskd processes started for the purpose (the other load \
+            options and --server are ignored), and print one table.
+            """
+    )
+    var suite = false
+
+    @Option(name: .long, help: "With --suite: how many rounds of measurements the table summarises.")
+    var `repeat` = 5
+
+    @Flag(name: .long, help: "With --suite: one quick round with few tasks, to check that the suite works.")
+    var smoke = false
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp("With --suite: the aiotaskd to start (default: the one next to aiotask).", valueName: "path")
+    )
+    var daemon: String?
+
     func validate() throws {
+        guard `repeat` >= 1 else { throw ValidationError("--repeat must be at least 1") }
         guard tasks >= 1 else { throw ValidationError("--tasks must be at least 1") }
         guard concurrency >= 1 else { throw ValidationError("--concurrency must be at least 1") }
         guard connections >= 1 else { throw ValidationError("--connections must be at least 1") }
@@ -57,6 +90,7 @@ struct BenchCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        if suite || smoke { return try await runSuite() }
         let report: BenchReport
         do {
             report = try await measure()
@@ -75,12 +109,74 @@ struct BenchCommand: AsyncParsableCommand {
         }
     }
 
+    private func runSuite() async throws {
+        let executable = daemon ?? Self.siblingDaemonPath()
+        guard FileManager.default.isExecutableFile(atPath: executable) else {
+            Terminal.writeError("aiotask: cannot find aiotaskd at \(executable) (give --daemon PATH)")
+            throw AiotaskCommand.problemExitCode
+        }
+        let repeats = smoke ? 1 : `repeat`
+        let suite = BenchSuite(daemon: executable, repeats: repeats, smoke: smoke)
+        let figures: [BenchSuite.Figure]
+        do {
+            figures = try await suite.run { Terminal.writeError("aiotask: bench suite: \($0)") }
+        } catch {
+            Terminal.writeError("aiotask: bench suite failed: \(error)")
+            throw AiotaskCommand.problemExitCode
+        }
+        print(BenchSuite.table(figures, repeats: repeats))
+    }
+
+    /// `aiotaskd` in the directory of the running `aiotask`.
+    private static func siblingDaemonPath() -> String {
+        let executable = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+        return executable.deletingLastPathComponent().appendingPathComponent("aiotaskd").path
+    }
+
     /// Connects, runs all tasks, closes, and summarises.
     private func measure() async throws -> BenchReport {
-        let clients = try await connectAll()
+        let load = BenchLoad(
+            tasks: tasks,
+            concurrency: concurrency,
+            size: size,
+            connections: connections,
+            timeout: timeout.map { Duration.seconds($0) },
+            verify: verify,
+            tasksOnEventLoop: tasksOnEventLoop
+        )
+        let options = self.options
+        return try await load.run(
+            connect: { try await options.connect(on: $0) },
+            showProgress: Terminal.stderrIsTerminal,
+            reportFirstFailure: !json
+        )
+    }
+}
+
+/// One benchmark load: how many tasks of what size, how many in flight over how many connections.
+struct BenchLoad: Sendable {
+    var tasks: Int
+    var concurrency: Int
+    var size: Int
+    var connections: Int
+    var timeout: Duration? = nil
+    var verify = true
+    /// Run each connection's tasks on its event loop (see ``EventLoopTaskExecutor``).
+    var tasksOnEventLoop = true
+
+    /// Connects `connections` clients with `connect`, runs all tasks, closes, and summarises.
+    func run(
+        connect: @escaping @Sendable (any EventLoop) async throws -> AiotaskClient,
+        showProgress: Bool = false,
+        reportFirstFailure: Bool = false
+    ) async throws -> BenchReport {
+        let clients = try await connectAll(connect)
         do {
-            let report = try await measure(with: clients)
+            let report = try await measure(with: clients, showProgress: showProgress)
             for client in clients { try? await client.close() }
+            if reportFirstFailure, let failure = report.firstFailure {
+                Terminal.writeError("aiotask: first failure: \(failure)")
+            }
             return report
         } catch {
             for client in clients { try? await client.close() }
@@ -88,7 +184,7 @@ struct BenchCommand: AsyncParsableCommand {
         }
     }
 
-    private func measure(with clients: [AiotaskClient]) async throws -> BenchReport {
+    private func measure(with clients: [AiotaskClient], showProgress: Bool) async throws -> BenchReport {
         let limit = clients[0].serverMaximumPayloadLength
         guard size <= limit else {
             throw ValidationError("--size \(size) exceeds the server's task limit of \(limit) bytes")
@@ -97,14 +193,14 @@ struct BenchCommand: AsyncParsableCommand {
         let base = Self.pseudoRandomBytes(count: size + Self.payloadOffsets)
         let progress = Progress()
         let start = Terminal.monotonicNanoseconds()
-        let progressTask = Terminal.stderrIsTerminal ? Self.showProgress(progress, of: tasks, since: start) : nil
+        let progressTask = showProgress ? Self.showProgress(progress, of: tasks, since: start) : nil
 
-        let (tasks, concurrency, size, verify) = (self.tasks, self.concurrency, self.size, self.verify)
-        let timeout = self.timeout.map { Duration.seconds($0) }
+        let (tasks, concurrency, size, verify, timeout) = (self.tasks, self.concurrency, self.size, verify, timeout)
+        let executors = clients.map { tasksOnEventLoop ? EventLoopTaskExecutor($0.eventLoop) : nil }
         let outcome = try await withThrowingTaskGroup(of: WorkerOutcome.self) { group in
             for worker in 0..<concurrency {
                 let client = clients[worker % clients.count]
-                group.addTask {
+                group.addTask(executorPreference: executors[worker % clients.count]) {
                     try await Self.runWorker(
                         worker,
                         of: concurrency,
@@ -129,9 +225,6 @@ struct BenchCommand: AsyncParsableCommand {
             await progressTask.value
             Terminal.writeErrorRaw("\r\u{1B}[K")
         }
-        if let failure = outcome.firstFailure, !json {
-            Terminal.writeError("aiotask: first failure: \(failure)")
-        }
         return BenchReport(
             outcome: outcome,
             nanoseconds: elapsed,
@@ -141,10 +234,13 @@ struct BenchCommand: AsyncParsableCommand {
         )
     }
 
-    private func connectAll() async throws -> [AiotaskClient] {
+    private func connectAll(
+        _ connect: @escaping @Sendable (any EventLoop) async throws -> AiotaskClient
+    ) async throws -> [AiotaskClient] {
         try await withThrowingTaskGroup(of: AiotaskClient.self) { group in
             for _ in 0..<connections {
-                group.addTask { try await options.connect() }
+                let loop = MultiThreadedEventLoopGroup.singleton.next()
+                group.addTask { try await connect(loop) }
             }
             var clients: [AiotaskClient] = []
             do {
@@ -264,6 +360,8 @@ struct BenchReport: Encodable {
     var concurrency: Int
     var connections: Int
     var size: Int
+    /// The first task that failed, for the text report.
+    var firstFailure: TaskFailure?
 
     enum CodingKeys: String, CodingKey {
         case tasks, failed, mismatched, seconds, concurrency, connections, size
@@ -292,6 +390,7 @@ struct BenchReport: Encodable {
         self.concurrency = concurrency
         self.connections = connections
         self.size = size
+        firstFailure = outcome.firstFailure
     }
 
     /// The human-readable report.

@@ -2,6 +2,7 @@ import AiotaskClient
 import AiotaskProtocol
 import ArgumentParser
 import Foundation
+import NIOCore
 
 /// The options every subcommand shares: which server, and how long connecting may take.
 struct ServerOptions: ParsableArguments {
@@ -38,13 +39,18 @@ struct ServerOptions: ParsableArguments {
     }
 
     /// Connects to the server, trying again a few times when it closes the connection before the handshake
-    /// (it is restarting, or at its connection limit): nothing was sent, so that is safe.
-    func connect() async throws -> AiotaskClient {
+    /// (it is restarting, or at its connection limit): nothing was sent, so that is safe. The connection runs on
+    /// `eventLoop` if given.
+    func connect(on eventLoop: (any EventLoop)? = nil) async throws -> AiotaskClient {
         let address = try address()
         var attempt = 1
         while true {
             do {
-                return try await AiotaskClient.connect(to: address, connectTimeout: Duration.seconds(connectTimeout))
+                return try await AiotaskClient.connect(
+                    to: address,
+                    eventLoopGroup: eventLoop,
+                    connectTimeout: Duration.seconds(connectTimeout)
+                )
             } catch let error as AiotaskClientError
                 where error.code == .closedBeforeHandshake && attempt < Self.attempts
             {

@@ -18,4 +18,25 @@ struct EchoTests {
         }
         try await worker.stop()
     }
+
+    @Test("large tasks (written without copying, read in pieces) and small ones in flight together come back intact")
+    func largeAndSmallTasksTogether() async throws {
+        let worker = try await TestServer.start { $0.prefetch = 2 }
+        try await withTimeout {
+            let client = try await worker.client()
+            // Larger than the 16 KiB copy limit and than the 1 MiB pipe, so every large path is taken.
+            let sizes = [2 * 1024 * 1024 + 3, 17, 20_000, 0, 1024 * 1024 + 1, 5]
+            try await withThrowingTaskGroup(of: Bool.self) { group in
+                for (index, size) in sizes.enumerated() {
+                    group.addTask {
+                        let payload = ByteBuffer(bytes: (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ index) })
+                        return try await client.submit(payload) == payload
+                    }
+                }
+                for try await intact in group { #expect(intact) }
+            }
+            try await client.close()
+        }
+        try await worker.stop()
+    }
 }

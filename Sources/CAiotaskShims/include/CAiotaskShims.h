@@ -17,4 +17,7 @@ int aiotask_set_parent_death_signal(int signal);
 /// Returns 0, or -errno on failure.
 int aiotask_pipe(int fds[2], int size);
 
+/// Sets glibc's mmap and trim thresholds (mallopt M_MMAP_THRESHOLD, M_TRIM_THRESHOLD); 0 on success.
+int aiotask_set_malloc_thresholds(int mmap_threshold, int trim_threshold);
+
 #endif

@@ -1,0 +1,135 @@
+import AiotaskProtocol
+import NIOCore
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Musl)
+    import Musl
+#endif
+
+/// The handler process's side of its link to the supervisor: plain blocking reads and writes on the two pipe
+/// descriptors.
+///
+/// A pool process runs one task at a time, so it needs no event loop: it reads as many bytes as the pipe holds
+/// (several tasks at once when the supervisor sends tasks ahead), answers each task with a single `writev`
+/// as soon as it is done, and only blocks in `read` when it has no whole task buffered.
+struct HandlerLink {
+    /// Why the link failed.
+    struct Failure: Error, CustomStringConvertible {
+        let description: String
+    }
+
+    private let input: CInt
+    private let output: CInt
+    private var buffer: ByteBuffer
+    private var decoder: HandlerRequestDecoder
+    /// Smallest read attempted, so that many small tasks arrive in one `read`.
+    private static let minimumRead = 64 * 1024
+
+    init(input: CInt, output: CInt, maximumLength: Int) {
+        self.input = input
+        self.output = output
+        self.buffer = ByteBufferAllocator().buffer(capacity: Self.minimumRead)
+        self.decoder = HandlerRequestDecoder(maximumLength: maximumLength)
+    }
+
+    /// The next task, or nil when the supervisor closed the link between tasks.
+    ///
+    /// - Throws: ``Failure`` when reading fails, or ``HandlerFramingError`` when the stream breaks the framing.
+    mutating func nextTask() throws -> ByteBuffer? {
+        while true {
+            if let task = try decoder.decode(buffer: &buffer) { return task }
+            // Room for the rest of the frame being read (a large task arrives in few reads), at least 64 KiB.
+            var wanted = Self.minimumRead
+            if let length = buffer.getInteger(at: buffer.readerIndex, as: UInt32.self) {
+                wanted = max(wanted, 4 + Int(length) - buffer.readableBytes)
+            }
+            if buffer.readableBytes == 0 {
+                buffer.clear()
+            } else if buffer.writableBytes < wanted {
+                buffer.discardReadBytes()
+            }
+            buffer.reserveCapacity(minimumWritableBytes: wanted)
+            let count = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: 0) { bytes in
+                while true {
+                    let count = read(input, bytes.baseAddress, bytes.count)
+                    if count < 0, errno == EINTR { continue }
+                    return count
+                }
+            }
+            if count < 0 {
+                throw Failure(description: "cannot read a task: \(String(cString: strerror(errno)))")
+            }
+            if count == 0 {
+                if let task = try decoder.decodeLast(buffer: &buffer, seenEOF: true) { return task }
+                return nil
+            }
+        }
+    }
+
+    /// Sends `reply` in one `writev` (more only if the pipe takes it in parts).
+    ///
+    /// - Throws: ``Failure`` when writing fails (the supervisor closed the link).
+    func send(_ reply: HandlerReply) throws {
+        var header: (UInt8, UInt8, UInt8, UInt8, UInt8) = (0, 0, 0, 0, 0)
+        switch reply {
+        case .result(let bytes):
+            try bytes.withUnsafeReadableBytes { body in
+                try Self.fill(&header, kind: 0, length: body.count)
+                try withUnsafeBytes(of: &header) { head in
+                    try writeAll(UnsafeRawBufferPointer(rebasing: head[0..<5]), body)
+                }
+            }
+        case .error(let message):
+            var text = message
+            try text.withUTF8 { body in
+                try Self.fill(&header, kind: 1, length: body.count)
+                try withUnsafeBytes(of: &header) { head in
+                    try writeAll(UnsafeRawBufferPointer(rebasing: head[0..<5]), UnsafeRawBufferPointer(body))
+                }
+            }
+        }
+    }
+
+    private static func fill(
+        _ header: inout (UInt8, UInt8, UInt8, UInt8, UInt8),
+        kind: UInt8,
+        length: Int
+    ) throws {
+        guard let length = UInt32(exactly: length) else {
+            throw Failure(description: "a reply of \(length) bytes does not fit the handler framing")
+        }
+        header = (
+            kind, UInt8(length >> 24), UInt8(truncatingIfNeeded: length >> 16),
+            UInt8(truncatingIfNeeded: length >> 8), UInt8(truncatingIfNeeded: length)
+        )
+    }
+
+    /// Writes `head` then `body`, resuming after partial writes.
+    private func writeAll(_ head: UnsafeRawBufferPointer, _ body: UnsafeRawBufferPointer) throws {
+        var headDone = 0
+        var bodyDone = 0
+        while headDone < head.count || bodyDone < body.count {
+            var vectors = (
+                iovec(
+                    iov_base: UnsafeMutableRawPointer(mutating: head.baseAddress.map { $0 + headDone }),
+                    iov_len: head.count - headDone
+                ),
+                iovec(
+                    iov_base: UnsafeMutableRawPointer(mutating: body.baseAddress.map { $0 + bodyDone }),
+                    iov_len: body.count - bodyDone
+                )
+            )
+            let written = withUnsafeMutablePointer(to: &vectors) { pointer in
+                pointer.withMemoryRebound(to: iovec.self, capacity: 2) { writev(output, $0, 2) }
+            }
+            if written < 0 {
+                if errno == EINTR { continue }
+                throw Failure(description: "cannot write a reply: \(String(cString: strerror(errno)))")
+            }
+            let fromHead = min(written, head.count - headDone)
+            headDone += fromHead
+            bodyDone += written - fromHead
+        }
+    }
+}

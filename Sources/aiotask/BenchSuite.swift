@@ -1,0 +1,260 @@
+import AiotaskClient
+import AiotaskProtocol
+import Foundation
+import NIOCore
+
+/// `aiotask bench --suite`: measures every performance figure aiotask aims at, each `repeat` times, against
+/// `aiotaskd` processes it starts itself, and prints one table of min / median / max.
+struct BenchSuite {
+    /// The path of the `aiotaskd` to start.
+    var daemon: String
+    var repeats: Int
+    /// Few tasks and connections per measurement: proves the suite works, measures nothing reliably.
+    var smoke: Bool
+
+    /// One line of the table.
+    struct Figure {
+        var name: String
+        var unit: String
+        /// The target as text, and whether a value meets it.
+        var target: String
+        var meets: (Double) -> Bool
+        var values: [Double] = []
+        /// Digits after the decimal point.
+        var precision = 0
+    }
+
+    /// Runs every measurement and returns the table.
+    func run(log: (String) -> Void) async throws -> [Figure] {
+        raiseOpenFileLimit()
+        let tinyTasks = smoke ? 2_000 : 100_000
+        let latencyTasks = smoke ? 500 : 10_000
+        let largeTasks = smoke ? 20 : 500
+        let shaTasks = smoke ? 20 : 300
+        let idleCount = smoke ? 500 : 10_000
+
+        var throughput1 = Figure(
+            name: "echo 100 B, 256 in flight, 1 connection",
+            unit: "tasks/s",
+            target: ">= 100000",
+            meets: { $0 >= 100_000 }
+        )
+        var throughput4 = Figure(
+            name: "echo 100 B, 256 in flight, 4 connections",
+            unit: "tasks/s",
+            target: ">= 100000",
+            meets: { $0 >= 100_000 }
+        )
+        var throughputPrefetch = Figure(
+            name: "echo 100 B, 256 in flight, 1 connection, --prefetch 4",
+            unit: "tasks/s",
+            target: ">= 100000",
+            meets: { $0 >= 100_000 }
+        )
+        var p50 = Figure(name: "echo 100 B, 1 in flight: p50", unit: "µs", target: "<= 100", meets: { $0 <= 100 })
+        var p99 = Figure(name: "echo 100 B, 1 in flight: p99", unit: "µs", target: "<= 300", meets: { $0 <= 300 })
+        var large = Figure(
+            name: "echo 1 MiB, 4 in flight: task payload",
+            unit: "GB/s",
+            target: ">= 1.0",
+            meets: { $0 >= 1.0 },
+            precision: 2
+        )
+        var sha1 = Figure(
+            name: "sha256 1 MiB, pool of 1, 8 in flight",
+            unit: "tasks/s",
+            target: "",
+            meets: { _ in true }
+        )
+        var sha2 = Figure(
+            name: "sha256 1 MiB, pool of 2, 8 in flight",
+            unit: "tasks/s",
+            target: "",
+            meets: { _ in true }
+        )
+        var shaRatio = Figure(
+            name: "sha256 1 MiB: pool of 2 / pool of 1",
+            unit: "×",
+            target: ">= 1.8",
+            meets: { $0 >= 1.8 },
+            precision: 2
+        )
+        var rssIdle = Figure(name: "aiotaskd RSS, idle", unit: "MB", target: "<= 30", meets: { $0 <= 30 }, precision: 1)
+        var rssConnections = Figure(
+            name: "aiotaskd RSS, \(idleCount) idle connections",
+            unit: "MB",
+            target: smoke ? "" : "<= 200",
+            meets: { smoke ? true : $0 <= 200 },
+            precision: 1
+        )
+        var stub = Figure(
+            name: "client library alone (stub server), 256 in flight",
+            unit: "tasks/s",
+            target: ">= 100000",
+            meets: { $0 >= 100_000 }
+        )
+
+        let stubServer = try await StubTaskServer.start()
+        defer { Task { await stubServer.stop() } }
+
+        for round in 1...repeats {
+            log("round \(round) of \(repeats)")
+            let echo = try await DaemonUnderTest.start(
+                executable: daemon,
+                arguments: ["--handler", "echo", "--workers", "2", "--log-level", "warning"]
+            )
+            do {
+                let address = echo.address
+                let connect: @Sendable (any EventLoop) async throws -> AiotaskClient = {
+                    try await AiotaskClient.connect(to: address, eventLoopGroup: $0)
+                }
+                // Memory first, before any task has grown the buffers.
+                try await Task.sleep(for: .milliseconds(200))
+                rssIdle.values.append(Double(try echo.residentBytes()) / 1e6)
+
+                throughput1.values.append(
+                    try await BenchLoad(tasks: tinyTasks, concurrency: 256, size: 100, connections: 1)
+                        .checkedRun(connect: connect).tasksPerSecond
+                )
+                throughput4.values.append(
+                    try await BenchLoad(tasks: tinyTasks, concurrency: 256, size: 100, connections: 4)
+                        .checkedRun(connect: connect).tasksPerSecond
+                )
+                let latency = try await BenchLoad(tasks: latencyTasks, concurrency: 1, size: 100, connections: 1)
+                    .checkedRun(connect: connect)
+                p50.values.append(latency.latencyUs.p50)
+                p99.values.append(latency.latencyUs.p99)
+                let largeRun = try await BenchLoad(tasks: largeTasks, concurrency: 4, size: 1 << 20, connections: 1)
+                    .checkedRun(connect: connect)
+                large.values.append(largeRun.tasksPerSecond * Double(1 << 20) / 1e9)
+
+                rssConnections.values.append(try await residentBytes(of: echo, withIdleConnections: idleCount) / 1e6)
+                echo.stop()
+            } catch {
+                echo.stop()
+                throw error
+            }
+
+            let prefetching = try await DaemonUnderTest.start(
+                executable: daemon,
+                arguments: ["--handler", "echo", "--workers", "2", "--prefetch", "4", "--log-level", "warning"]
+            )
+            let prefetchingAddress = prefetching.address
+            do {
+                throughputPrefetch.values.append(
+                    try await BenchLoad(tasks: tinyTasks, concurrency: 256, size: 100, connections: 1)
+                        .checkedRun(connect: {
+                            try await AiotaskClient.connect(to: prefetchingAddress, eventLoopGroup: $0)
+                        })
+                        .tasksPerSecond
+                )
+                prefetching.stop()
+            } catch {
+                prefetching.stop()
+                throw error
+            }
+
+            var shaRates: [Double] = []
+            for workers in [1, 2] {
+                let sha = try await DaemonUnderTest.start(
+                    executable: daemon,
+                    arguments: ["--handler", "sha256", "--workers", "\(workers)", "--log-level", "warning"]
+                )
+                let address = sha.address
+                do {
+                    let report = try await BenchLoad(
+                        tasks: shaTasks,
+                        concurrency: 8,
+                        size: 1 << 20,
+                        connections: 1,
+                        verify: false
+                    ).checkedRun(connect: { try await AiotaskClient.connect(to: address, eventLoopGroup: $0) })
+                    shaRates.append(report.tasksPerSecond)
+                    sha.stop()
+                } catch {
+                    sha.stop()
+                    throw error
+                }
+            }
+            sha1.values.append(shaRates[0])
+            sha2.values.append(shaRates[1])
+            shaRatio.values.append(shaRates[0] > 0 ? shaRates[1] / shaRates[0] : 0)
+
+            let stubPort = stubServer.port
+            stub.values.append(
+                try await BenchLoad(tasks: tinyTasks, concurrency: 256, size: 100, connections: 1)
+                    .checkedRun(connect: {
+                        try await AiotaskClient.connect(to: .tcp(host: "127.0.0.1", port: stubPort), eventLoopGroup: $0)
+                    })
+                    .tasksPerSecond
+            )
+        }
+        return [
+            throughput1, throughput4, throughputPrefetch, p50, p99, large, sha1, sha2, shaRatio, rssIdle,
+            rssConnections, stub,
+        ]
+    }
+
+    /// The daemon's RSS once `count` idle connections are open to it (and it has accepted all of them).
+    private func residentBytes(of daemon: DaemonUnderTest, withIdleConnections count: Int) async throws -> Double {
+        let idle = try IdleConnections(count: count, port: daemon.port)
+        let client = try await daemon.connect()
+        defer { Task { try? await client.close() } }
+        let deadline = ContinuousClock.now + .seconds(60)
+        while try await client.serverInfo().connections < idle.count + 1 {
+            guard ContinuousClock.now < deadline else {
+                throw DaemonUnderTest.Failure(description: "aiotaskd did not accept \(count) connections within 60 s")
+            }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        let bytes = try daemon.residentBytes()
+        withExtendedLifetime(idle) {}
+        return Double(bytes)
+    }
+
+    /// The table as text: one line per figure with its target, min, median, max over the rounds, and whether the
+    /// median meets the target.
+    static func table(_ figures: [Figure], repeats: Int) -> String {
+        func format(_ value: Double, _ precision: Int) -> String { String(format: "%.\(precision)f", value) }
+        var rows: [[String]] = [["figure", "unit", "target", "min", "median", "max", "met"]]
+        for figure in figures {
+            let sorted = figure.values.sorted()
+            guard !sorted.isEmpty else { continue }
+            let median =
+                sorted.count % 2 == 1
+                ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
+            let met = figure.target.isEmpty ? "" : (figure.meets(median) ? "yes" : "NO")
+            rows.append([
+                figure.name, figure.unit, figure.target.isEmpty ? "-" : figure.target,
+                format(sorted.first!, figure.precision), format(median, figure.precision),
+                format(sorted.last!, figure.precision), met,
+            ])
+        }
+        let widths = (0..<rows[0].count).map { column in rows.map { $0[column].count }.max() ?? 0 }
+        let lines = rows.map { row in
+            row.enumerated().map { column, cell in
+                let padding = String(repeating: " ", count: widths[column] - cell.count)
+                return column == 0 || column == 1 || column == 2 ? cell + padding : padding + cell
+            }.joined(separator: "  ")
+        }
+        return (lines + ["(\(repeats) round\(repeats == 1 ? "" : "s"); met = the median meets the target)"])
+            .joined(separator: "\n")
+    }
+}
+
+extension BenchLoad {
+    /// Runs the load and fails when a task failed or returned the wrong result: the suite measures only
+    /// correct runs.
+    func checkedRun(
+        connect: @escaping @Sendable (any EventLoop) async throws -> AiotaskClient
+    ) async throws -> BenchReport {
+        let report = try await run(connect: connect)
+        guard report.failed == 0, report.mismatched == 0 else {
+            throw DaemonUnderTest.Failure(
+                description: "\(report.failed) tasks failed and \(report.mismatched) returned a wrong result "
+                    + "(first failure: \(report.firstFailure.map { "\($0)" } ?? "none"))"
+            )
+        }
+        return report
+    }
+}

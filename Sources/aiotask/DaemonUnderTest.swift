@@ -1,0 +1,172 @@
+import AiotaskClient
+import AiotaskProtocol
+import Foundation
+import NIOCore
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Musl)
+    import Musl
+#endif
+
+/// An `aiotaskd` started by the benchmark suite, listening on a free loopback TCP port.
+final class DaemonUnderTest {
+    /// Why the daemon could not be started or reached.
+    struct Failure: Error, CustomStringConvertible {
+        let description: String
+    }
+
+    let process: Process
+    let port: Int
+    let logPath: String
+    var address: ServerAddress { .tcp(host: "127.0.0.1", port: port) }
+    var pid: Int32 { process.processIdentifier }
+
+    private init(process: Process, port: Int, logPath: String) {
+        self.process = process
+        self.port = port
+        self.logPath = logPath
+    }
+
+    /// Starts `executable` with `--listen` on a free port plus `arguments`, and waits until it answers `HELLO`.
+    static func start(executable: String, arguments: [String]) async throws -> DaemonUnderTest {
+        let port = try freePort()
+        let logPath = NSTemporaryDirectory() + "aiotask-bench-\(getpid())-\(port).log"
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = ["--listen", "tcp://127.0.0.1:\(port)"] + arguments
+        process.standardInput = FileHandle.nullDevice
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle(forWritingAtPath: logPath)
+        do {
+            try process.run()
+        } catch {
+            throw Failure(description: "cannot start \(executable): \(error)")
+        }
+        let daemon = DaemonUnderTest(process: process, port: port, logPath: logPath)
+        let deadline = ContinuousClock.now + .seconds(20)
+        while true {
+            if !process.isRunning {
+                throw Failure(
+                    description: "\(executable) exited with status \(process.terminationStatus) (log: \(logPath))"
+                )
+            }
+            if let client = try? await AiotaskClient.connect(to: daemon.address, connectTimeout: .seconds(2)) {
+                try? await client.close()
+                return daemon
+            }
+            if ContinuousClock.now > deadline {
+                daemon.stop()
+                throw Failure(description: "\(executable) did not answer within 20 s (log: \(logPath))")
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+    }
+
+    /// Connects a client to the daemon, on `eventLoop` if given.
+    func connect(on eventLoop: (any EventLoop)? = nil) async throws -> AiotaskClient {
+        try await AiotaskClient.connect(to: address, eventLoopGroup: eventLoop)
+    }
+
+    /// The daemon's resident set size in bytes, from `/proc/PID/status` (`VmRSS`).
+    func residentBytes() throws -> Int {
+        let text = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
+        for line in text.split(separator: "\n") where line.hasPrefix("VmRSS:") {
+            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+            if fields.count >= 2, let kilobytes = Int(fields[1]) { return kilobytes * 1024 }
+        }
+        throw Failure(description: "no VmRSS in /proc/\(pid)/status")
+    }
+
+    /// Stops the daemon (SIGTERM) and waits for it, then removes its log.
+    func stop() {
+        if process.isRunning {
+            process.terminate()
+            process.waitUntilExit()
+        }
+        try? FileManager.default.removeItem(atPath: logPath)
+    }
+
+    /// A TCP port on 127.0.0.1 that nothing listens on at the moment.
+    static func freePort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw Failure(description: "socket: \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        var address = loopback(port: 0)
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
+        guard bound == 0 else { throw Failure(description: "bind: \(String(cString: strerror(errno)))") }
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    static func loopback(port: Int) -> sockaddr_in {
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = UInt16(port).bigEndian
+        address.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+        return address
+    }
+}
+
+/// Plain TCP connections that connect and then do nothing, for the memory cost of idle clients.
+final class IdleConnections {
+    private var descriptors: [CInt] = []
+
+    /// Opens `count` connections to 127.0.0.1:`port`.
+    init(count: Int, port: Int) throws {
+        descriptors.reserveCapacity(count)
+        var address = DaemonUnderTest.loopback(port: port)
+        for _ in 0..<count {
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            guard fd >= 0 else {
+                let reason = String(cString: strerror(errno))
+                closeAll()
+                throw DaemonUnderTest.Failure(
+                    description: "cannot open idle connection \(descriptors.count + 1): \(reason)"
+                )
+            }
+            descriptors.append(fd)
+            let connected = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                }
+            }
+            guard connected == 0 else {
+                let reason = String(cString: strerror(errno))
+                closeAll()
+                throw DaemonUnderTest.Failure(
+                    description: "cannot connect idle connection \(descriptors.count): \(reason)"
+                )
+            }
+        }
+    }
+
+    var count: Int { descriptors.count }
+
+    private func closeAll() {
+        for fd in descriptors { close(fd) }
+        descriptors.removeAll()
+    }
+
+    deinit {
+        for fd in descriptors { close(fd) }
+    }
+}
+
+/// Raises this process's open-file limit to its hard limit (children inherit it); returns the new limit.
+@discardableResult
+func raiseOpenFileLimit() -> Int {
+    var limit = rlimit()
+    guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return 0 }
+    limit.rlim_cur = limit.rlim_max
+    _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+    return Int(limit.rlim_cur)
+}
