@@ -27,6 +27,8 @@ struct ConfigTests {
             max_tasks_per_worker = 1000
             max-tasks-jitter = 50
             drain_timeout = 10
+            idle-timeout = 120
+            write_timeout = 0.5
             log-level = debug\r
             """,
             path: Self.path
@@ -42,6 +44,8 @@ struct ConfigTests {
         expected.maxTasksPerWorker = 1000
         expected.maxTasksJitter = 50
         expected.drainTimeout = 10
+        expected.idleTimeout = 120
+        expected.writeTimeout = 0.5
         expected.logLevel = .debug
         #expect(settings == expected)
     }
@@ -113,6 +117,8 @@ struct ConfigTests {
         settings.maxTasksPerWorker = 0
         settings.maxTasksJitter = 5
         settings.drainTimeout = 7
+        settings.idleTimeout = 0
+        settings.writeTimeout = 2.5
         let configuration = try settings.configuration(handler: Self.handler)
         #expect(configuration.listenAddresses == [.unix(path: "/tmp/a.sock"), .tcp(host: "::1", port: 4242)])
         #expect(configuration.handler == Self.handler)
@@ -124,6 +130,10 @@ struct ConfigTests {
         #expect(configuration.maximumTasksPerProcess == nil)
         #expect(configuration.maximumTasksJitter == 5)
         #expect(configuration.drainTimeout == .seconds(7))
+        #expect(configuration.idleTimeout == nil)
+        #expect(configuration.writeTimeout == .milliseconds(2500))
+        #expect(try DaemonSettings().configuration(handler: Self.handler).idleTimeout == .seconds(300))
+        #expect(try DaemonSettings().configuration(handler: Self.handler).writeTimeout == .seconds(60))
 
         settings.taskTimeout = 1.5
         settings.maxTasksPerWorker = 10
@@ -162,7 +172,7 @@ struct ConfigTests {
         arguments: [-1, Double.nan, Double.infinity, 2e9]
     )
     func durationOutOfRange(seconds: Double) {
-        for setting in [\DaemonSettings.taskTimeout, \.killGrace, \.drainTimeout] {
+        for setting in [\DaemonSettings.taskTimeout, \.killGrace, \.drainTimeout, \.idleTimeout, \.writeTimeout] {
             var settings = DaemonSettings()
             settings[keyPath: setting] = seconds
             #expect(throws: ConfigurationError.self) { try settings.configuration(handler: Self.handler) }
