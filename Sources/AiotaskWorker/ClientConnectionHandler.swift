@@ -324,7 +324,15 @@ final class ClientConnectionHandler: ChannelInboundHandler {
         context.writeAndFlush(wrapOutboundOut(ByteBuffer())).assumeIsolated().whenComplete { _ in
             context.close(promise: nil)
         }
+        // A client that reads nothing may never take what is still unsent: close regardless after a grace period.
+        let channel = context.channel
+        context.eventLoop.assumeIsolated().scheduleTask(in: Self.closingGracePeriod) {
+            channel.close(promise: nil)
+        }
     }
+
+    /// How long a connection being closed may take to send its last answers and `ERROR`.
+    static let closingGracePeriod = TimeAmount.seconds(2)
 
     private static func describe(_ address: SocketAddress) -> String {
         switch address {

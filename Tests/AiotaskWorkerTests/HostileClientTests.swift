@@ -111,6 +111,31 @@ struct HostileClientTests {
         try await worker.stop()
     }
 
+    @Test("a connection closed while its client reads nothing is closed even though its last bytes cannot be sent")
+    func closeWhileNotReading() async throws {
+        let worker = try await TestServer.start(workers: 1) {
+            $0.idleTimeout = .milliseconds(300)
+            $0.writeTimeout = nil
+        }
+        try await withTimeout {
+            let socket = try UnixSocket(path: worker.socketPath)
+            // STATUS queries, answered by the connection itself, until the server stops reading because the answers
+            // fill the socket; then the connection is idle, but nothing more can be sent to it.
+            let batch = Array(repeating: RawConnection.legacyFrame(type: 4, TaskID.random().bytes), count: 1000)
+                .flatMap { $0 }
+            var sent = 0
+            while socket.sendWithin(seconds: 1, batch) {
+                sent += 1
+                try #require(sent < 10_000, "the server kept reading a client that reads nothing")
+            }
+            let observer = try await worker.client()
+            _ = await worker.logs.first { $0.message.hasPrefix("closing connection: idle timeout") }
+            try await observer.waitForInfo { $0.connections == 1 }
+            try await observer.close()
+        }
+        try await worker.stop()
+    }
+
     /// The frames of a whole stream the server sent.
     private static func decodeFrames(_ bytes: [UInt8]) throws -> [Frame] {
         let processor = NIOSingleStepByteToMessageProcessor(FrameDecoder(maximumPayloadLength: 1 << 20))

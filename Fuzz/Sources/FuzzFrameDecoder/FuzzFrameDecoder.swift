@@ -20,7 +20,7 @@ public func fuzzFrameDecoder(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32
         var start = 0
         while start < bytes.count {
             let end = min(bytes.count, start + chunk)
-            buffer.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[start..<end]))
+            buffer.writeBytes(UnsafeBufferPointer(rebasing: bytes[start..<end]))
             start = end
             while let frame = try decoder.decode(buffer: &buffer) {
                 frames.append(frame)
@@ -50,4 +50,24 @@ public func fuzzFrameDecoder(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32
         precondition(decoded == .frame(frame), "\(frame) re-decodes as \(String(describing: decoded))")
     }
     return 0
+}
+
+/// libFuzzer's driver, which parses its options, then runs the inputs or the fuzzing loop.
+@_silgen_name("LLVMFuzzerRunDriver")
+private func runFuzzerDriver(
+    _ argc: UnsafeMutablePointer<Int32>,
+    _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
+    _ callback: @convention(c) (UnsafePointer<UInt8>, Int) -> Int32
+) -> Int32
+
+/// The program's entry point. SwiftPM links an executable target's `main` to `<target>_main`, so libFuzzer's own
+/// `main` is not used; this starts its driver instead.
+@_cdecl("FuzzFrameDecoder_main")
+public func fuzzerMain(
+    _ argc: Int32,
+    _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?
+) -> Int32 {
+    var argc = argc
+    var argv = argv
+    return runFuzzerDriver(&argc, &argv) { data, size in fuzzFrameDecoder(data, size) }
 }
