@@ -29,7 +29,8 @@ final class ClientConnectionHandler: ChannelInboundHandler {
     private var isClosing = false
     /// When the connection last showed life: a complete frame arrived, or its last task was answered.
     private var lastActivity = NIODeadline.now()
-    /// The pending check for an idle connection; nil while tasks are in flight or with no idle timeout.
+    /// The pending check for an idle connection; nil with no idle timeout, or once a check found tasks in flight
+    /// (it is armed again when the last of them is answered).
     private var idleCheck: Scheduled<Void>?
     /// Fires if the client leaves its answers unread too long; set while the channel is not writable.
     private var writeStall: Scheduled<Void>?
