@@ -98,7 +98,15 @@ let package = Package(
         ),
         .testTarget(
             name: "AiotaskProtocolTests",
-            dependencies: ["AiotaskProtocol"],
+            dependencies: [
+                "AiotaskProtocol",
+                "AiotaskTestSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOTestUtils", package: "swift-nio"),
+            ],
+            // Inputs replayed by FrameDecoderMutationTests, read from the source tree.
+            exclude: ["FuzzCorpus"],
             swiftSettings: upcomingFeatures
         ),
         .testTarget(

@@ -30,6 +30,13 @@ final class ClientConnectionHandler: ChannelInboundHandler {
     private var output = ByteBuffer()
     private var isClosing = false
     private var saidGoodbye = false
+    /// When the connection last showed life: a complete frame arrived, or its last task was answered.
+    private var lastActivity = NIODeadline.now()
+    /// The pending check for an idle connection; nil with no idle timeout, or once a check found tasks in flight
+    /// (it is armed again when the last of them is answered).
+    private var idleCheck: Scheduled<Void>?
+    /// Fires if the client leaves its answers unread too long; set while the channel is not writable.
+    private var writeStall: Scheduled<Void>?
 
     init(supervisor: Supervisor, logger: Logger) {
         self.supervisor = supervisor
@@ -51,10 +58,13 @@ final class ClientConnectionHandler: ChannelInboundHandler {
             return
         }
         logger.debug("client connected")
+        scheduleIdleCheck()
         context.fireChannelActive()
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        idleCheck?.cancel()
+        writeStall?.cancel()
         supervisor.unregister(self)
         let abandoned = inFlight.values
         inFlight.removeAll()
@@ -66,6 +76,7 @@ final class ClientConnectionHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !isClosing else { return }
+        lastActivity = .now()
         switch unwrapInboundIn(data) {
         case .frame(let frame):
             if frame.type.isExtension { isExtended = true }
@@ -85,11 +96,61 @@ final class ClientConnectionHandler: ChannelInboundHandler {
         let writable = context.channel.isWritable
         context.channel.setOption(.autoRead, value: writable).whenFailure { _ in }
         if writable {
+            writeStall?.cancel()
+            writeStall = nil
             context.read()
         } else {
             logger.debug("client is not reading its answers; pausing reads from it")
+            if writeStall == nil, let timeout = supervisor.configuration.writeTimeout {
+                writeStall = context.eventLoop.assumeIsolated().scheduleTask(in: TimeAmount(timeout)) { [self] in
+                    writeStall = nil
+                    writeTimedOut(after: timeout)
+                }
+            }
         }
         context.fireChannelWritabilityChanged()
+    }
+
+    // MARK: Timeouts
+
+    /// Arms the idle check, unless it is armed already or the idle timeout is off.
+    private func scheduleIdleCheck() {
+        guard idleCheck == nil, let context, let timeout = supervisor.configuration.idleTimeout else { return }
+        idleCheck = context.eventLoop.assumeIsolated().scheduleTask(deadline: lastActivity + TimeAmount(timeout)) {
+            [self] in
+            idleCheck = nil
+            checkIdle()
+        }
+    }
+
+    /// Closes the connection if it has had nothing in flight and sent no complete frame for the idle timeout;
+    /// otherwise checks again when it next could be idle that long.
+    private func checkIdle() {
+        // Tasks in flight keep the connection open; the check is armed again when the last is answered.
+        guard inFlight.isEmpty, !isClosing, let timeout = supervisor.configuration.idleTimeout else { return }
+        guard NIODeadline.now() >= lastActivity + TimeAmount(timeout) else { return scheduleIdleCheck() }
+        end(
+            "idle timeout: no request for \(Self.describe(timeout)) and no task in flight (idle-timeout)",
+            level: .info
+        )
+    }
+
+    /// Disconnects a client that has left its answers unread for the write timeout; its tasks are cancelled.
+    private func writeTimedOut(after timeout: Duration) {
+        guard let context, !isClosing, !context.channel.isWritable else { return }
+        isClosing = true
+        logger.warning(
+            "closing connection: the client has not read its answers for \(Self.describe(timeout)) (write-timeout)",
+            metadata: ["cancelled_tasks": "\(inFlight.count)"]
+        )
+        // Its send buffer is full, so nothing more can reach it: close at once, dropping what is unsent.
+        // Closing abandons its tasks in `channelInactive`, which stops the running ones.
+        context.close(promise: nil)
+    }
+
+    private static func describe(_ duration: Duration) -> String {
+        let seconds = Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+        return seconds == seconds.rounded() ? "\(Int(seconds)) s" : "\(seconds) s"
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -180,6 +241,10 @@ final class ClientConnectionHandler: ChannelInboundHandler {
     /// Sends the outcome of one of this connection's tasks.
     func complete(_ record: TaskRecord, _ outcome: TaskOutcome) {
         guard inFlight.removeValue(forKey: record.id) != nil, context != nil else { return }
+        if inFlight.isEmpty {
+            lastActivity = .now()
+            scheduleIdleCheck()
+        }
         defer { scheduleFlush() }
         switch outcome {
         case .success(let result):
@@ -296,15 +361,28 @@ final class ClientConnectionHandler: ChannelInboundHandler {
 
     /// Ends the connection because the client broke the protocol.
     private func violation(_ reason: String) {
+        end("protocol violation: \(reason)", level: .warning)
+    }
+
+    /// Ends the connection for `reason`, which is logged and, to an extended client, sent in an `ERROR` first.
+    private func end(_ reason: String, level: Logger.Level) {
         guard !isClosing, let context else { return }
         isClosing = true
-        logger.warning("closing connection: protocol violation: \(reason)")
-        if isExtended { write(.error("protocol violation: \(reason)")) }
+        logger.log(level: level, "closing connection: \(reason)")
+        if isExtended { write(.error(reason)) }
         pushOutput()
         context.writeAndFlush(wrapOutboundOut(ByteBuffer())).assumeIsolated().whenComplete { _ in
             context.close(promise: nil)
         }
+        // A client that reads nothing may never take what is still unsent: close regardless after a grace period.
+        let channel = context.channel
+        context.eventLoop.assumeIsolated().scheduleTask(in: Self.closingGracePeriod) {
+            channel.close(promise: nil)
+        }
     }
+
+    /// How long a connection being closed may take to send its last answers and `ERROR`.
+    static let closingGracePeriod = TimeAmount.seconds(2)
 
     private static func describe(_ address: SocketAddress) -> String {
         switch address {

@@ -77,6 +77,8 @@ public enum ConfigFile {
         case "max-queued-bytes": settings.maxQueuedBytes = try integer()
         case "max-tasks-per-connection": settings.maxTasksPerConnection = try integer()
         case "max-connections": settings.maxConnections = try integer()
+        case "idle-timeout": settings.idleTimeout = try seconds()
+        case "write-timeout": settings.writeTimeout = try seconds()
         case "prefetch": settings.prefetch = try integer()
         case "max-payload": settings.maxPayload = try integer()
         case "task-timeout": settings.taskTimeout = try seconds()

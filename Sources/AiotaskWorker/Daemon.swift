@@ -82,6 +82,7 @@ public enum Daemon {
         let level = settings.logLevel ?? .info
         LoggingSystem.bootstrap { _ in JournalLogHandler(identifier: "aiotaskd", level: level) }
         let logger = Logger(label: "aiotaskd")
+        raiseOpenFileLimit(for: configuration, logger: logger)
 
         let activated: [ActivatedSocket]
         do {
@@ -190,6 +191,24 @@ public enum Daemon {
         )
         notifier.ready(status: (try? await server.statusLine()) ?? "Ready")
         return next
+    }
+
+    /// Raises the soft limit on open files to the hard limit, so that `max-connections` clients can be served,
+    /// and warns when even that is too low for it.
+    private static func raiseOpenFileLimit(for configuration: WorkerConfiguration, logger: Logger) {
+        do {
+            let (before, after) = try OpenFileLimit.raiseSoftLimitToHard()
+            if after != before { logger.info("raised the open-file limit (RLIMIT_NOFILE) from \(before) to \(after)") }
+        } catch {
+            logger.warning("\(error)")
+        }
+        guard let soft = OpenFileLimit.current?.soft else { return }
+        let needed = UInt64(configuration.maximumConnections) + UInt64(OpenFileLimit.reserved)
+        if soft < needed {
+            logger.warning(
+                "the open-file limit \(soft) is below max-connections (\(configuration.maximumConnections)) plus \(OpenFileLimit.reserved): connections past about \(soft - min(soft, UInt64(OpenFileLimit.reserved))) may fail to be accepted; raise LimitNOFILE= or lower max-connections"
+            )
+        }
     }
 
     /// Refreshes `STATUS=` every two seconds.

@@ -48,6 +48,22 @@ public struct DaemonOptions: ParsableArguments {
     @Option(help: "Most client connections open at once; more are closed as they arrive (default: 16384).")
     public var maxConnections: Int?
 
+    @Option(
+        help: ArgumentHelp(
+            "Close a connection with no task in flight after this many seconds without a complete frame; 0 for never (default: 300).",
+            valueName: "seconds"
+        )
+    )
+    public var idleTimeout: Double?
+
+    @Option(
+        help: ArgumentHelp(
+            "Disconnect a client that leaves its answers unread this many seconds, cancelling its tasks; 0 for never (default: 60).",
+            valueName: "seconds"
+        )
+    )
+    public var writeTimeout: Double?
+
     @Option(help: "Tasks sent ahead to a busy process, behind the one it runs, for throughput (default: 0).")
     public var prefetch: Int?
 
@@ -110,6 +126,8 @@ public struct DaemonOptions: ParsableArguments {
         settings.maxQueuedBytes = maxQueuedBytes
         settings.maxTasksPerConnection = maxTasksPerConnection
         settings.maxConnections = maxConnections
+        settings.idleTimeout = idleTimeout
+        settings.writeTimeout = writeTimeout
         settings.prefetch = prefetch
         settings.maxPayload = maxPayload
         settings.taskTimeout = taskTimeout

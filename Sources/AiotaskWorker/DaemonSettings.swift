@@ -13,6 +13,8 @@ public struct DaemonSettings: Sendable, Equatable {
     public var maxQueuedBytes: Int?
     public var maxTasksPerConnection: Int?
     public var maxConnections: Int?
+    public var idleTimeout: Double?
+    public var writeTimeout: Double?
     public var prefetch: Int?
     public var maxPayload: Int?
     public var taskTimeout: Double?
@@ -36,6 +38,8 @@ public struct DaemonSettings: Sendable, Equatable {
         merged.maxQueuedBytes = other.maxQueuedBytes ?? maxQueuedBytes
         merged.maxTasksPerConnection = other.maxTasksPerConnection ?? maxTasksPerConnection
         merged.maxConnections = other.maxConnections ?? maxConnections
+        merged.idleTimeout = other.idleTimeout ?? idleTimeout
+        merged.writeTimeout = other.writeTimeout ?? writeTimeout
         merged.prefetch = other.prefetch ?? prefetch
         merged.maxPayload = other.maxPayload ?? maxPayload
         merged.taskTimeout = other.taskTimeout ?? taskTimeout
@@ -66,6 +70,12 @@ public struct DaemonSettings: Sendable, Equatable {
             ?? configuration.maximumTasksPerConnection
         configuration.maximumConnections =
             try Self.checked(maxConnections, "max-connections", 1...Int.max) ?? configuration.maximumConnections
+        if let idleTimeout {
+            configuration.idleTimeout = idleTimeout == 0 ? nil : try Self.duration(idleTimeout, "idle-timeout")
+        }
+        if let writeTimeout {
+            configuration.writeTimeout = writeTimeout == 0 ? nil : try Self.duration(writeTimeout, "write-timeout")
+        }
         configuration.prefetch = try Self.checked(prefetch, "prefetch", 0...64) ?? configuration.prefetch
         configuration.maximumPayloadLength =
             try Self.checked(maxPayload, "max-payload", 1...Int(UInt32.max) - 32, unit: " bytes")

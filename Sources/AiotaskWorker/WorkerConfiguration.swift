@@ -19,6 +19,13 @@ public struct WorkerConfiguration: Sendable {
     public var maximumTasksPerConnection: Int
     /// Most client connections open at once; more are closed as they arrive, with a log entry.
     public var maximumConnections: Int
+    /// A connection with no task in flight that sends no complete frame for this long is closed, with a log
+    /// entry (an extended client is first sent an `ERROR` saying why); nil never. This also ends a client that
+    /// trickles a frame slower than that, or never finishes it.
+    public var idleTimeout: Duration?
+    /// A client whose answers fill the server's send buffer (it has stopped reading them) is disconnected if
+    /// it takes none of them for this long, with a log entry, and its tasks are cancelled; nil never.
+    public var writeTimeout: Duration?
     /// Tasks sent ahead to a busy process, behind the one it runs, so it never waits a round trip for its next
     /// task; their timeouts start when they start. A task sent ahead is committed to that process: if it dies
     /// first, the task runs elsewhere; if the task is cancelled, the process is stopped as it starts it.
@@ -57,6 +64,8 @@ public struct WorkerConfiguration: Sendable {
         maximumQueuedBytes: Int = 1 << 30,
         maximumTasksPerConnection: Int = 16_384,
         maximumConnections: Int = 16_384,
+        idleTimeout: Duration? = .seconds(300),
+        writeTimeout: Duration? = .seconds(60),
         prefetch: Int = 0,
         maximumPayloadLength: Int = 64 * 1024 * 1024,
         defaultTaskTimeout: Duration? = nil,
@@ -77,6 +86,8 @@ public struct WorkerConfiguration: Sendable {
         self.maximumQueuedBytes = maximumQueuedBytes
         self.maximumTasksPerConnection = maximumTasksPerConnection
         self.maximumConnections = maximumConnections
+        self.idleTimeout = idleTimeout
+        self.writeTimeout = writeTimeout
         self.prefetch = prefetch
         self.maximumPayloadLength = maximumPayloadLength
         self.defaultTaskTimeout = defaultTaskTimeout

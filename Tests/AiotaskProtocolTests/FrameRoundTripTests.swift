@@ -1,4 +1,5 @@
 import AiotaskProtocol
+import AiotaskTestSupport
 import NIOCore
 import Testing
 

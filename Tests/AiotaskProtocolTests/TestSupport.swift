@@ -1,4 +1,5 @@
 import AiotaskProtocol
+import AiotaskTestSupport
 import NIOCore
 import Testing
 
@@ -34,29 +35,6 @@ func encode(_ frames: [Frame]) throws -> [UInt8] {
     var buffer = ByteBuffer()
     for frame in frames { try buffer.writeFrame(frame) }
     return buffer.bytes
-}
-
-/// A small, fast, seedable generator (SplitMix64), so that random tests are reproducible.
-struct SplitMix64: RandomNumberGenerator {
-    private var state: UInt64
-
-    init(seed: UInt64) {
-        state = seed
-    }
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
-extension RandomNumberGenerator {
-    mutating func bytes(count: Int) -> [UInt8] {
-        (0..<count).map { _ in UInt8.random(in: .min ... .max, using: &self) }
-    }
 }
 
 /// Splits `bytes` into consecutive chunks whose sizes come from `sizes` (cycled); the last chunk takes the rest.

@@ -28,6 +28,8 @@ struct ConfigTests {
             max-tasks-jitter = 50
             max_worker_rss = 512
             drain_timeout = 10
+            idle-timeout = 120
+            write_timeout = 0.5
             log-level = debug\r
             """,
             path: Self.path
@@ -44,6 +46,8 @@ struct ConfigTests {
         expected.maxTasksJitter = 50
         expected.maxWorkerRSS = 512
         expected.drainTimeout = 10
+        expected.idleTimeout = 120
+        expected.writeTimeout = 0.5
         expected.logLevel = .debug
         #expect(settings == expected)
     }
@@ -118,6 +122,8 @@ struct ConfigTests {
         settings.maxTasksJitter = 5
         settings.maxWorkerRSS = 0
         settings.drainTimeout = 7
+        settings.idleTimeout = 0
+        settings.writeTimeout = 2.5
         let configuration = try settings.configuration(handler: Self.handler)
         #expect(configuration.listenAddresses == [.unix(path: "/tmp/a.sock"), .tcp(host: "::1", port: 4242)])
         #expect(configuration.handler == Self.handler)
@@ -130,6 +136,10 @@ struct ConfigTests {
         #expect(configuration.maximumTasksJitter == 5)
         #expect(configuration.maximumProcessRSS == nil)
         #expect(configuration.drainTimeout == .seconds(7))
+        #expect(configuration.idleTimeout == nil)
+        #expect(configuration.writeTimeout == .milliseconds(2500))
+        #expect(try DaemonSettings().configuration(handler: Self.handler).idleTimeout == .seconds(300))
+        #expect(try DaemonSettings().configuration(handler: Self.handler).writeTimeout == .seconds(60))
 
         settings.taskTimeout = 1.5
         settings.maxTasksPerWorker = 10
@@ -172,7 +182,7 @@ struct ConfigTests {
         arguments: [-1, Double.nan, Double.infinity, 2e9]
     )
     func durationOutOfRange(seconds: Double) {
-        for setting in [\DaemonSettings.taskTimeout, \.killGrace, \.drainTimeout] {
+        for setting in [\DaemonSettings.taskTimeout, \.killGrace, \.drainTimeout, \.idleTimeout, \.writeTimeout] {
             var settings = DaemonSettings()
             settings[keyPath: setting] = seconds
             #expect(throws: ConfigurationError.self) { try settings.configuration(handler: Self.handler) }

@@ -217,7 +217,11 @@ struct SocketActivatedDaemon: Sendable {
         var activatorArguments = ["-l", listen]
         if datagram { activatorArguments.append("--datagram") }
         if let fdname { activatorArguments.append("--fdname=\(fdname)") }
-        let variables = ["NOTIFY_SOCKET": notifications.path].merging(environment) { $1 }
+        // systemd-socket-activate passes on only the variables given with -E: forward the sanitizers' options too,
+        // so that a sanitized daemon runs as the rest of a sanitized test run does (scripts/test-sanitizers).
+        let sanitizerOptions = ProcessInfo.processInfo.environment.filter { $0.key.hasSuffix("SAN_OPTIONS") }
+        let variables = sanitizerOptions.merging(["NOTIFY_SOCKET": notifications.path]) { $1 }
+            .merging(environment) { $1 }
         for (key, value) in variables.sorted(by: { $0.key < $1.key }) {
             activatorArguments += ["-E", "\(key)=\(value)"]
         }
