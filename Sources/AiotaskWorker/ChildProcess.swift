@@ -10,7 +10,8 @@ import Foundation
 /// A process started for the pool, with the supervisor's ends of its three standard streams.
 ///
 /// The child runs in its own process group (its pid is the group id), with every signal at its default
-/// disposition and no descriptor but 0, 1 and 2: listening sockets never leak into it.
+/// disposition and no descriptor but 0, 1, 2 and, if given, its task claims as 3: listening sockets never leak
+/// into it.
 struct ChildProcess: Sendable {
     let pid: pid_t
     /// Write end of the child's stdin.
@@ -25,9 +26,13 @@ struct ChildProcess: Sendable {
         "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID",
     ]
 
-    /// Starts `command` with `extraEnvironment` added to the supervisor's environment.
-    static func spawn(_ command: ProcessCommand, extraEnvironment: [String: String]) throws(SpawnError) -> ChildProcess
-    {
+    /// Starts `command` with `extraEnvironment` added to the supervisor's environment, and `claimsDescriptor`
+    /// (unless nil) as its descriptor 3.
+    static func spawn(
+        _ command: ProcessCommand,
+        extraEnvironment: [String: String],
+        claimsDescriptor: CInt? = nil
+    ) throws(SpawnError) -> ChildProcess {
         var environment = ProcessInfo.processInfo.environment.filter { !withheldEnvironment.contains($0.key) }
         environment.merge(command.environment) { $1 }
         environment.merge(extraEnvironment) { $1 }
@@ -52,7 +57,15 @@ struct ChildProcess: Sendable {
         let envp = environment.map { "\($0.key)=\($0.value)" }
         let pid = withCStringArray(argv) { argvPointer in
             withCStringArray(envp) { envpPointer in
-                aiotask_spawn(command.executable, argvPointer, envpPointer, stdin.reader, stdout.writer, stderr.writer)
+                aiotask_spawn(
+                    command.executable,
+                    argvPointer,
+                    envpPointer,
+                    stdin.reader,
+                    stdout.writer,
+                    stderr.writer,
+                    claimsDescriptor ?? -1
+                )
             }
         }
         closeAll(stdin.reader, stdout.writer, stderr.writer)

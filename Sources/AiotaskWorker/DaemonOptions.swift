@@ -64,7 +64,12 @@ public struct DaemonOptions: ParsableArguments {
     )
     public var writeTimeout: Double?
 
-    @Option(help: "Tasks sent ahead to a busy process, behind the one it runs, for throughput (default: 0).")
+    @Option(
+        help: """
+            Tasks sent ahead to a busy process, behind the one it runs, for throughput (default: automatic — \
+            up to 32 for Swift handlers, whose tasks sent ahead move to an idle process; 0 for handler programs).
+            """
+    )
     public var prefetch: Int?
 
     @Option(

@@ -12,7 +12,8 @@ import NIOCore
 ///
 /// A pool process runs one task at a time, so it needs no event loop: it reads as many bytes as the pipe holds
 /// (several tasks at once when the supervisor sends tasks ahead), answers each task with a single `writev`
-/// as soon as it is done, and only blocks in `read` when it has no whole task buffered.
+/// as soon as it is done, and only blocks in `read` when it has no whole task buffered. With ``TaskClaims``, it
+/// claims each task before returning it, and skips those the supervisor withdrew.
 struct HandlerLink {
     /// Why the link failed.
     struct Failure: Error, CustomStringConvertible {
@@ -23,20 +24,35 @@ struct HandlerLink {
     private let output: CInt
     private var buffer: ByteBuffer
     private var decoder: HandlerRequestDecoder
+    private let claims: TaskClaims?
+    /// The stream index of the next task read.
+    private var nextIndex: UInt32 = 0
     /// Smallest read attempted, so that many small tasks arrive in one `read`.
     private static let minimumRead = 64 * 1024
 
-    init(input: CInt, output: CInt, maximumLength: Int) {
+    init(input: CInt, output: CInt, maximumLength: Int, claims: TaskClaims? = nil) {
         self.input = input
         self.output = output
         self.buffer = ByteBufferAllocator().buffer(capacity: Self.minimumRead)
         self.decoder = HandlerRequestDecoder(maximumLength: maximumLength)
+        self.claims = claims
     }
 
-    /// The next task, or nil when the supervisor closed the link between tasks.
+    /// The next task to run, claimed, or nil when the supervisor closed the link between tasks.
     ///
     /// - Throws: ``Failure`` when reading fails, or ``HandlerFramingError`` when the stream breaks the framing.
     mutating func nextTask() throws -> ByteBuffer? {
+        while let task = try nextFrame() {
+            let index = nextIndex
+            nextIndex &+= 1
+            if let claims, !claims.claim(index) { continue }
+            return task
+        }
+        return nil
+    }
+
+    /// The next task in the stream, withdrawn or not.
+    private mutating func nextFrame() throws -> ByteBuffer? {
         while true {
             if let task = try decoder.decode(buffer: &buffer) { return task }
             // Room for the rest of the frame being read (a large task arrives in few reads), at least 64 KiB.

@@ -19,9 +19,26 @@ final class PoolSlot {
 
     struct RunningTask {
         let record: TaskRecord
+        /// Its index in the process's stream of tasks.
+        let index: UInt32
         let startedAt: NIODeadline
         var timeoutTimer: Scheduled<Void>?
+        /// Set when tasks sent ahead were withdrawn while it ran: it is slow, so no more are sent ahead behind it.
+        var isHoldingUp = false
     }
+
+    /// A task sent ahead, with its index in the process's stream of tasks.
+    struct SentTask {
+        let record: TaskRecord
+        let index: UInt32
+    }
+
+    /// How many tasks are sent ahead to a process that claims its tasks, when ``WorkerConfiguration/prefetch`` is
+    /// automatic: enough for replies and tasks to move in batches; they cost nothing should the process stall,
+    /// since they are withdrawn.
+    static let automaticPrefetch = 32
+    /// Task bytes sent ahead to one process beyond which no more are (one task is always allowed).
+    static let prefetchByteLimit = 1 << 20
 
     let index: Int
     private unowned let supervisor: Supervisor
@@ -35,7 +52,9 @@ final class PoolSlot {
     /// Leave the pool once the current task is answered (the pool shrank).
     private var retireAfterTask = false
     /// Tasks sent to the process behind the running one, in the order it will run them.
-    private var pipeline = CircularBuffer<TaskRecord>()
+    private var pipeline = CircularBuffer<SentTask>()
+    /// Task bytes in `pipeline`.
+    private var pipelineBytes = 0
     /// The next reading of the busy process's memory, while a memory limit is set.
     private var memoryCheck: Scheduled<Void>?
 
@@ -81,18 +100,66 @@ final class PoolSlot {
     }
 
     /// The tasks sent ahead to this slot's process, not started yet.
-    var prefetchedTasks: [TaskRecord] { Array(pipeline) }
+    var prefetchedTasks: [TaskRecord] { pipeline.map(\.record) }
 
     var prefetchedCount: Int { pipeline.count }
 
-    /// Whether a task may be sent ahead to this slot's busy process: it is sound, stays in the pool, and will
-    /// still be there (its recycling quota) by the time it gets to the task.
-    var canPrefetch: Bool {
-        guard case .busy(let process, _) = state, process.isSound, !isStopped, !renewAfterTask,
-            !retireAfterTask, pipeline.count < configuration.prefetch
+    /// Whether a task of `size` bytes may be sent ahead to this slot's busy process: it is sound, stays in the
+    /// pool, will still be there (its recycling quota) by the time it gets to the task, has room for it, and its
+    /// current task has not run for long.
+    func canPrefetch(size: Int, at now: NIODeadline) -> Bool {
+        guard case .busy(let process, let running) = state, process.isSound, !isStopped, !renewAfterTask,
+            !retireAfterTask, !running.isHoldingUp, pipeline.count < prefetchDepth(of: process),
+            pipeline.isEmpty || pipelineBytes + size <= Self.prefetchByteLimit,
+            now - running.startedAt <= .init(configuration.prefetchStallLimit)
         else { return false }
         if let remaining = tasksUntilRecycle { return pipeline.count + 1 < remaining }
         return true
+    }
+
+    private func prefetchDepth(of process: WorkerProcess) -> Int {
+        configuration.prefetch ?? (process.claimsTasks ? Self.automaticPrefetch : 0)
+    }
+
+    /// Whether the slot holds tasks sent ahead that can be withdrawn (its process claims its tasks).
+    var canWithdraw: Bool {
+        guard !pipeline.isEmpty, let process else { return false }
+        return process.claimsTasks
+    }
+
+    /// Whether `record` is one of the tasks sent ahead to this slot.
+    func holds(_ record: TaskRecord) -> Bool {
+        pipeline.contains { $0.record === record }
+    }
+
+    /// Takes back the tasks sent ahead that the process has not started, and gives those not finished back to the
+    /// supervisor's queue. Returns whether any went back; false too when the process does not claim its tasks.
+    ///
+    /// - Parameter forIdleProcess: the tasks go to a process that is idle; the running task is then taken as
+    ///   slow, and no more tasks are sent ahead behind it.
+    @discardableResult
+    func withdrawSentAhead(forIdleProcess: Bool = false) -> Bool {
+        guard !pipeline.isEmpty, case .busy(let process, var running) = state,
+            let firstWithdrawn = process.withdrawUnclaimed(from: running.index &+ 1)
+        else { return false }
+        if forIdleProcess {
+            running.isHoldingUp = true
+            state = .busy(process, running)
+        }
+        var withdrawn: [TaskRecord] = []
+        while let last = pipeline.last, TaskClaims.index(last.index, isAtOrAfter: firstWithdrawn) {
+            pipeline.removeLast()
+            pipelineBytes -= last.record.payload.readableBytes
+            withdrawn.append(last.record)
+        }
+        guard !withdrawn.isEmpty else { return false }
+        withdrawn.reverse()
+        logger.debug(
+            "withdrew \(withdrawn.count) tasks sent ahead and not started",
+            metadata: ["worker_pid": "\(process.pid)", "slot": "\(index)"]
+        )
+        supervisor.requeue(withdrawn)
+        return withdrawn.contains { !$0.isFinished }
     }
 
     // MARK: Process lifecycle
@@ -160,8 +227,9 @@ final class PoolSlot {
     /// Gives the tasks sent ahead back to the supervisor, to run on another process.
     private func requeuePipeline() {
         guard !pipeline.isEmpty else { return }
-        let records = Array(pipeline)
+        let records = pipeline.map(\.record)
         pipeline.removeAll()
+        pipelineBytes = 0
         supervisor.requeue(records)
     }
 
@@ -203,8 +271,7 @@ final class PoolSlot {
         guard case .idle(let process) = state else {
             preconditionFailure("PoolSlot.run called on a slot that is not idle")
         }
-        process.send(record.payload)
-        begin(record, on: process)
+        begin(record, index: process.send(record.payload), on: process)
     }
 
     /// Sends `record` to the busy process, to run after the tasks it has.
@@ -212,15 +279,16 @@ final class PoolSlot {
         guard case .busy(let process, _) = state else {
             preconditionFailure("PoolSlot.prefetch called on a slot that is not busy")
         }
-        pipeline.append(record)
-        process.send(record.payload)
+        let index = process.send(record.payload)
+        pipeline.append(SentTask(record: record, index: index))
+        pipelineBytes += record.payload.readableBytes
     }
 
     /// Marks `record` as running on `process` from now on, and starts its timeout.
-    private func begin(_ record: TaskRecord, on process: WorkerProcess) {
+    private func begin(_ record: TaskRecord, index: UInt32, on process: WorkerProcess) {
         record.state = .running(pid: process.pid)
         record.payload = ByteBuffer()
-        var running = RunningTask(record: record, startedAt: .now(), timeoutTimer: nil)
+        var running = RunningTask(record: record, index: index, startedAt: .now(), timeoutTimer: nil)
         if let timeout = record.timeout ?? configuration.defaultTaskTimeout {
             running.timeoutTimer = supervisor.loop.assumeIsolated().scheduleTask(in: .init(timeout)) {
                 [weak self] in
@@ -380,8 +448,11 @@ extension PoolSlot: WorkerProcessDelegate {
             case .result(let bytes): .success(bytes)
             case .error(let message): .failure(.handlerError, message)
             }
+        // A task sent ahead and cancelled since is withdrawn now if the process has not started it.
+        if pipeline.first?.record.isFinished == true { withdrawSentAhead() }
         let next = pipeline.popFirst()
-        if let next, next.isFinished {
+        if let next { pipelineBytes -= next.record.payload.readableBytes }
+        if let next, next.record.isFinished {
             // A task sent ahead was cancelled (or its client left) while it waited in the pipe: the process is
             // starting it now, so it is stopped and replaced, and the rest of the pipe runs elsewhere.
             logger.debug(
@@ -391,8 +462,8 @@ extension PoolSlot: WorkerProcessDelegate {
             state = .idle(process)
             replaceProcess(.terminate)
         } else if let next {
-            supervisor.prefetchedTaskStarts(next)
-            begin(next, on: process)
+            supervisor.prefetchedTaskStarts(next.record)
+            begin(next.record, index: next.index, on: process)
         } else {
             becomeIdle(process)
         }

@@ -17,6 +17,12 @@ public struct ProcessCommand: Hashable, Sendable {
         self.displayName = displayName
     }
 
+    /// Whether the process runs a Swift handler of this library (``WorkerRole/handler``), which claims its tasks
+    /// (see ``TaskClaims``); an external program does not.
+    var runsLibraryHandler: Bool {
+        environment[WorkerRole.environmentKey] == WorkerRole.handler.rawValue
+    }
+
     /// The running executable, re-executed as a pool process that runs its Swift handler.
     public static func currentExecutable(environment: [String: String] = [:], displayName: String) -> ProcessCommand {
         var environment = environment

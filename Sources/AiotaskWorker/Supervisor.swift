@@ -144,17 +144,24 @@ final class Supervisor {
     }
 
     /// Hands waiting tasks to idle processes, then sends some ahead to busy ones (``WorkerConfiguration/prefetch``)
-    /// so that a process finds its next task waiting instead of waiting a round trip for it.
+    /// so that a process finds its next task waiting instead of waiting a round trip for it. When the queue is
+    /// empty and a process idle, tasks sent ahead to a busy process and not started yet are withdrawn to run on
+    /// it (``TaskClaims``).
     func dispatch() {
+        var now: NIODeadline?
         while true {
             // Cancelled tasks are dropped before a slot is taken, so no idle slot is lost on them.
             dropFinishedHead()
-            guard let record = queue.first else { return }
+            guard let record = queue.first else {
+                if hasIdleSlot, withdrawFromBusiestSlot() { continue }
+                return
+            }
             if let slot = nextIdleSlot() {
                 queue.removeFirst()
                 leaveQueue(record)
                 slot.run(record)
-            } else if let slot = slotToPrefetch() {
+            } else if let slot = slotToPrefetch(size: record.payload.readableBytes, at: now ?? .now()) {
+                now = now ?? .now()
                 queue.removeFirst()
                 record.state = .prefetched
                 slot.prefetch(record)
@@ -164,10 +171,27 @@ final class Supervisor {
         }
     }
 
-    /// The busy slot with the fewest tasks sent ahead that may take one more, if any.
-    private func slotToPrefetch() -> PoolSlot? {
-        guard configuration.prefetch > 0 else { return nil }
-        return slots.filter(\.canPrefetch).min { $0.prefetchedCount < $1.prefetchedCount }
+    /// The busy slot with the fewest tasks sent ahead that may take one more of `size` bytes, if any.
+    private func slotToPrefetch(size: Int, at now: NIODeadline) -> PoolSlot? {
+        guard configuration.prefetch != 0 else { return nil }
+        var best: PoolSlot?
+        for slot in slots where slot.canPrefetch(size: size, at: now) {
+            if best.map({ slot.prefetchedCount < $0.prefetchedCount }) ?? true { best = slot }
+        }
+        return best
+    }
+
+    private var hasIdleSlot: Bool {
+        idleSlots.contains { $0.isIdle }
+    }
+
+    /// Withdraws the tasks not started from the slot holding the most tasks sent ahead; whether any came back.
+    private func withdrawFromBusiestSlot() -> Bool {
+        var busiest: PoolSlot?
+        for slot in slots where slot.canWithdraw {
+            if busiest.map({ slot.prefetchedCount > $0.prefetchedCount }) ?? true { busiest = slot }
+        }
+        return busiest?.withdrawSentAhead(forIdleProcess: true) ?? false
     }
 
     /// A task sent ahead starts running: it leaves the waiting counts.
@@ -235,6 +259,7 @@ final class Supervisor {
     func cancel(_ record: TaskRecord) {
         stop(record)
         finish(record, .failure(.cancelled, "cancelled by the client"))
+        dispatch()
     }
 
     /// Stops a task whose client is gone; nobody is answered.
@@ -244,6 +269,7 @@ final class Supervisor {
         failed += 1
         logger.debug("task abandoned: its client disconnected", metadata: ["task_id": "\(record.id)"])
         checkDrained()
+        dispatch()
     }
 
     /// Takes a waiting task out of the queue's counts (the record itself may stay until it reaches the front).
@@ -252,10 +278,16 @@ final class Supervisor {
         queuedBytes -= record.payload.readableBytes
     }
 
+    /// Marks `record` finished wherever it is: out of the queue's counts; withdrawn, with the rest not started,
+    /// if it was sent ahead to a process that claims its tasks; its process stopped if it runs.
     private func stop(_ record: TaskRecord) {
         switch record.state {
-        case .queued, .prefetched:
+        case .queued:
             leaveQueue(record)
+        case .prefetched:
+            leaveQueue(record)
+            record.state = .finished
+            slots.first { $0.holds(record) }?.withdrawSentAhead()
         case .running:
             for slot in slots where slot.isBusy { slot.interrupt(record) }
         case .finished:

@@ -27,10 +27,16 @@ public struct WorkerConfiguration: Sendable {
     /// it takes none of them for this long, with a log entry, and its tasks are cancelled; nil never.
     public var writeTimeout: Duration?
     /// Tasks sent ahead to a busy process, behind the one it runs, so it never waits a round trip for its next
-    /// task; their timeouts start when they start. A task sent ahead is committed to that process: if it dies
-    /// first, the task runs elsewhere; if the task is cancelled, the process is stopped as it starts it.
-    /// 0 (the default) sends a task only to an idle process.
-    public var prefetch: Int
+    /// task; their timeouts start when they start. nil (the default) is automatic: up to
+    /// ``PoolSlot/automaticPrefetch`` for a Swift handler of this library, whose processes claim each task as
+    /// they start it, so tasks not started yet are withdrawn to run elsewhere as soon as another process is
+    /// idle (see ``TaskClaims``); none for an external handler program. To an external program, a task sent
+    /// ahead is committed: if the process dies first, the task runs elsewhere; if the task is cancelled, the
+    /// process is stopped as it starts it. 0 sends a task only to an idle process. No task is sent ahead to a
+    /// process whose task has run for over a millisecond.
+    public var prefetch: Int?
+    /// No task is sent ahead to a process whose current task has run longer than this: it may run for long.
+    var prefetchStallLimit: Duration = .milliseconds(1)
     /// Largest task or result accepted, in bytes.
     public var maximumPayloadLength: Int
     /// Timeout of a task whose client gave none; nil for no timeout.
@@ -66,7 +72,7 @@ public struct WorkerConfiguration: Sendable {
         maximumConnections: Int = 16_384,
         idleTimeout: Duration? = .seconds(300),
         writeTimeout: Duration? = .seconds(60),
-        prefetch: Int = 0,
+        prefetch: Int? = nil,
         maximumPayloadLength: Int = 64 * 1024 * 1024,
         defaultTaskTimeout: Duration? = nil,
         killGracePeriod: Duration = .seconds(2),

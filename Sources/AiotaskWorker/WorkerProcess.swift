@@ -41,25 +41,47 @@ final class WorkerProcess {
     private(set) var linkFailure: String?
     private var killTimer: Scheduled<Void>?
     private let loop: any EventLoop
+    /// The memory through which the process claims its tasks, for a process running a library handler.
+    private let claims: TaskClaims?
+    /// Tasks sent so far; the next task's index in the process's stream (wrapping).
+    private(set) var sentCount: UInt32 = 0
 
     /// When the process was started.
     let startedAt = NIODeadline.now()
 
-    private init(child: ChildProcess, loop: any EventLoop) {
+    private init(child: ChildProcess, claims: TaskClaims?, loop: any EventLoop) {
         self.child = child
+        self.claims = claims
         self.loop = loop
     }
 
     /// Starts a process running `command`. Call ``attach(maximumReplyLength:logger:)`` next.
     static func spawn(_ command: ProcessCommand, slot: Int, loop: any EventLoop) throws -> WorkerProcess {
+        var environment = [
+            WorkerRole.supervisorPIDKey: String(getpid()),
+            WorkerRole.workerIndexKey: String(slot),
+        ]
+        // Without the shared memory (memfd unavailable) the process simply takes no withdrawable prefetch.
+        let claims = command.runsLibraryHandler ? TaskClaims.create() : nil
+        if claims != nil { environment[TaskClaims.descriptorKey] = String(TaskClaims.childDescriptor) }
+        defer { if let claims { close(claims.descriptor) } }
         let child = try ChildProcess.spawn(
             command,
-            extraEnvironment: [
-                WorkerRole.supervisorPIDKey: String(getpid()),
-                WorkerRole.workerIndexKey: String(slot),
-            ]
+            extraEnvironment: environment,
+            claimsDescriptor: claims?.descriptor
         )
-        return WorkerProcess(child: child, loop: loop)
+        return WorkerProcess(child: child, claims: claims?.claims, loop: loop)
+    }
+
+    /// Whether tasks sent to the process can be withdrawn until it starts them: it announced that it claims them.
+    var claimsTasks: Bool { claims?.isAnnounced ?? false }
+
+    /// Withdraws every task sent that the process has not claimed yet, and returns the stream index of the first
+    /// one withdrawn (tasks before it were claimed); nil when the process does not claim its tasks, or has not
+    /// claimed every task before index `from` yet.
+    func withdrawUnclaimed(from: UInt32) -> UInt32? {
+        guard let claims, claims.isAnnounced else { return nil }
+        return claims.withdraw(from: from, sent: sentCount)
     }
 
     /// Wires the process's link, stderr and exit to the loop; events then reach the delegate.
@@ -116,9 +138,13 @@ final class WorkerProcess {
         }
     }
 
-    /// Sends a task down the link. Tasks sent in the same event-loop tick leave in one write, at its end.
-    func send(_ task: ByteBuffer) {
-        guard let link else { return }
+    /// Sends a task down the link and returns its index in the process's stream of tasks. Tasks sent in the same
+    /// event-loop tick leave in one write, at its end.
+    @discardableResult
+    func send(_ task: ByteBuffer) -> UInt32 {
+        let index = sentCount
+        guard let link else { return index }
+        sentCount &+= 1
         if task.readableBytes <= Self.copyLimit {
             var frame = link.allocator.buffer(capacity: 4 + task.readableBytes)
             frame.writeHandlerRequest(task)
@@ -131,6 +157,7 @@ final class WorkerProcess {
             link.write(task, promise: nil)
         }
         scheduleFlush()
+        return index
     }
 
     /// Largest task copied into one buffer with its header; larger ones are written as they are.

@@ -84,7 +84,12 @@ public enum WorkerRole: String, Sendable {
 
     /// Answers tasks one at a time until the supervisor closes the link.
     private static func serve(handler: @escaping TaskHandler, input: CInt, output: CInt) async throws {
-        var link = HandlerLink(input: input, output: output, maximumLength: Int(UInt32.max))
+        var link = HandlerLink(
+            input: input,
+            output: output,
+            maximumLength: Int(UInt32.max),
+            claims: TaskClaims.inherited()
+        )
         while let task = try link.nextTask() {
             let reply: HandlerReply
             do {

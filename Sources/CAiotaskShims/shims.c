@@ -7,10 +7,11 @@
 #include <unistd.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 
 pid_t aiotask_spawn(const char *path, char *const argv[], char *const envp[],
-                    int stdin_fd, int stdout_fd, int stderr_fd) {
+                    int stdin_fd, int stdout_fd, int stderr_fd, int extra_fd) {
     posix_spawn_file_actions_t actions;
     posix_spawnattr_t attributes;
     sigset_t all_signals, no_signals;
@@ -27,7 +28,8 @@ pid_t aiotask_spawn(const char *path, char *const argv[], char *const envp[],
     if ((error = posix_spawn_file_actions_adddup2(&actions, stdin_fd, 0)) != 0) goto done;
     if ((error = posix_spawn_file_actions_adddup2(&actions, stdout_fd, 1)) != 0) goto done;
     if ((error = posix_spawn_file_actions_adddup2(&actions, stderr_fd, 2)) != 0) goto done;
-    if ((error = posix_spawn_file_actions_addclosefrom_np(&actions, 3)) != 0) goto done;
+    if (extra_fd >= 0 && (error = posix_spawn_file_actions_adddup2(&actions, extra_fd, 3)) != 0) goto done;
+    if ((error = posix_spawn_file_actions_addclosefrom_np(&actions, extra_fd >= 0 ? 4 : 3)) != 0) goto done;
     if ((error = posix_spawnattr_setpgroup(&attributes, 0)) != 0) goto done;
     if ((error = posix_spawnattr_setsigdefault(&attributes, &all_signals)) != 0) goto done;
     if ((error = posix_spawnattr_setsigmask(&attributes, &no_signals)) != 0) goto done;
@@ -61,4 +63,74 @@ int aiotask_set_malloc_thresholds(int mmap_threshold, int trim_threshold) {
     (void)trim_threshold;
     return -1;
 #endif
+}
+
+/*
+ * Task claims. One 64-bit word holds two stream indexes: the high half is `withdrawn_below` (tasks before it
+ * that were not claimed are withdrawn), the low half `next` (one past the last task claimed). The process
+ * claims task i only while i >= withdrawn_below, by moving `next` to i + 1; the supervisor withdraws by moving
+ * `withdrawn_below` to the number of tasks sent, once every task before the first it may withdraw is claimed
+ * (so that none it still awaits an answer to is withdrawn). Both are compare-and-swap on the same word, so
+ * exactly one of them wins each task. Indexes wrap around; they are compared as serial numbers (tasks in flight to one process
+ * are far fewer than 2^31).
+ */
+struct aiotask_claims {
+    uint64_t word;
+    uint32_t announced;
+};
+
+static const uint32_t claims_magic = 0x61696f74; /* "aiot" */
+
+int aiotask_claims_create(void) {
+    int fd = memfd_create("aiotask-claims", MFD_CLOEXEC);
+    if (fd < 0) return -errno;
+    if (ftruncate(fd, AIOTASK_CLAIMS_SIZE) != 0) {
+        int error = errno;
+        close(fd);
+        return -error;
+    }
+    return fd;
+}
+
+void *aiotask_claims_map(int fd) {
+    void *memory = mmap(NULL, AIOTASK_CLAIMS_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    return memory == MAP_FAILED ? NULL : memory;
+}
+
+void aiotask_claims_unmap(void *claims) {
+    munmap(claims, AIOTASK_CLAIMS_SIZE);
+}
+
+void aiotask_claims_announce(void *claims) {
+    __atomic_store_n(&((struct aiotask_claims *)claims)->announced, claims_magic, __ATOMIC_RELEASE);
+}
+
+bool aiotask_claims_announced(void *claims) {
+    return __atomic_load_n(&((struct aiotask_claims *)claims)->announced, __ATOMIC_ACQUIRE) == claims_magic;
+}
+
+bool aiotask_claims_claim(void *claims, uint32_t index) {
+    uint64_t *word = &((struct aiotask_claims *)claims)->word;
+    uint64_t current = __atomic_load_n(word, __ATOMIC_ACQUIRE);
+    while (1) {
+        uint32_t withdrawn_below = (uint32_t)(current >> 32);
+        if ((int32_t)(index - withdrawn_below) < 0) return false;
+        uint64_t claimed = ((uint64_t)withdrawn_below << 32) | (uint32_t)(index + 1);
+        if (__atomic_compare_exchange_n(word, &current, claimed, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            return true;
+    }
+}
+
+bool aiotask_claims_withdraw(void *claims, uint32_t from, uint32_t sent, uint32_t *first_withdrawn) {
+    uint64_t *word = &((struct aiotask_claims *)claims)->word;
+    uint64_t current = __atomic_load_n(word, __ATOMIC_ACQUIRE);
+    while (1) {
+        uint32_t next = (uint32_t)current;
+        if ((int32_t)(next - from) < 0) return false;
+        uint64_t withdrawn = ((uint64_t)sent << 32) | next;
+        if (__atomic_compare_exchange_n(word, &current, withdrawn, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+            *first_withdrawn = next;
+            return true;
+        }
+    }
 }

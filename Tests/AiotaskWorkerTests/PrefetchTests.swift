@@ -2,14 +2,37 @@ import AiotaskClient
 import AiotaskProtocol
 import AiotaskTestSupport
 import Glibc
+import Logging
 import NIOCore
 import Testing
 
 @testable import AiotaskWorker
 
-/// One process, with one task sent ahead behind the running one.
-private func prefetchingWorker() async throws -> TestServer {
-    try await TestServer.start(handler: .builtin("chaos"), workers: 1) { $0.prefetch = 1 }
+/// One process, with one task sent ahead behind the running one, however long that one runs.
+private func prefetchingWorker(handler: ProcessCommand = .builtin("chaos")) async throws -> TestServer {
+    try await TestServer.start(handler: handler, workers: 1) {
+        $0.prefetch = 1
+        $0.prefetchStallLimit = .seconds(3600)
+    }
+}
+
+/// A handler program (which does not claim its tasks) answering `sleep MS`, `pid` and anything else as echo.
+private func sleepyScript() throws -> HandlerScript {
+    try HandlerScript(
+        """
+        import os
+        import time
+
+        for task in tasks():
+            if task.startswith(b"sleep "):
+                time.sleep(int(task[6:]) / 1000)
+                reply(0, b"slept")
+            elif task == b"pid":
+                reply(0, str(os.getpid()).encode())
+            else:
+                reply(0, task)
+        """
+    )
 }
 
 @Suite("Prefetch: tasks sent ahead to busy processes", .serialized)
@@ -67,8 +90,8 @@ struct PrefetchTests {
         try await worker.stop()
     }
 
-    @Test("cancelling a task sent ahead answers it at once; its process is replaced when it would start it")
-    func cancelAhead() async throws {
+    @Test("cancelling a task sent ahead to a Swift handler withdraws it: answered at once, the process carries on")
+    func cancelAheadWithdraws() async throws {
         let worker = try await prefetchingWorker()
         try await withTimeout {
             let client = try await worker.client()
@@ -76,11 +99,92 @@ struct PrefetchTests {
             let running = try await client.enqueue("sleep 300")
             _ = try await client.waitForInfo { $0.tasks.running == 1 }
             let ahead = try await client.enqueue("echo never answered")
+            _ = try await client.waitForInfo { $0.queue.length == 1 }
             ahead.cancel()
             #expect(await ahead.failure()?.reason == .cancelled)
             #expect(try await running.text() == "slept 300")
+            #expect(try await client.workerPID() == firstPID)
+            #expect(try await client.serverInfo().workers.restarts == 0)
+            try await client.close()
+        }
+        try await worker.stop()
+    }
+
+    @Test(
+        "cancelling a task sent ahead to a handler program answers it at once; its process is replaced as it starts it"
+    )
+    func cancelAheadOfProgram() async throws {
+        let script = try sleepyScript()
+        defer { script.remove() }
+        let worker = try await prefetchingWorker(handler: script.command)
+        try await withTimeout {
+            let client = try await worker.client()
+            let firstPID = try await client.workerPID()
+            let running = try await client.enqueue("sleep 300")
+            _ = try await client.waitForInfo { $0.tasks.running == 1 }
+            let ahead = try await client.enqueue("never answered")
+            _ = try await client.waitForInfo { $0.queue.length == 1 }
+            ahead.cancel()
+            #expect(await ahead.failure()?.reason == .cancelled)
+            #expect(try await running.text() == "slept")
             try await worker.waitForFullPool()
             #expect(try await client.workerPID() != firstPID)
+            try await client.close()
+        }
+        try await worker.stop()
+    }
+
+    @Test(
+        "by default nothing is sent ahead to a handler program: a task cancelled while it waits leaves the process be"
+    )
+    func noAutomaticPrefetchToPrograms() async throws {
+        let script = try sleepyScript()
+        defer { script.remove() }
+        let worker = try await TestServer.start(handler: script.command, workers: 1) {
+            $0.prefetchStallLimit = .seconds(3600)
+        }
+        try await withTimeout {
+            let client = try await worker.client()
+            let firstPID = try await client.workerPID()
+            let running = try await client.enqueue("sleep 300")
+            _ = try await client.waitForInfo { $0.tasks.running == 1 }
+            let waiting = try await client.enqueue("never answered")
+            _ = try await client.waitForInfo { $0.queue.length == 1 }
+            waiting.cancel()
+            #expect(await waiting.failure()?.reason == .cancelled)
+            #expect(try await running.text() == "slept")
+            #expect(try await client.workerPID() == firstPID)
+            #expect(try await client.serverInfo().workers.restarts == 0)
+            try await client.close()
+        }
+        try await worker.stop()
+    }
+
+    @Test("tasks sent ahead to a process busy with a long task are withdrawn and run on the process that is idle")
+    func withdrawnToIdleProcess() async throws {
+        let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 2) {
+            $0.prefetchStallLimit = .seconds(3600)
+        }
+        try await withTimeout {
+            let client = try await worker.client()
+            // Both processes have started serving (and so claim their tasks) once both answered a task.
+            let warmUp = [try await client.enqueue("sleep 100"), try await client.enqueue("sleep 100")]
+            for task in warmUp { #expect(try await task.text() == "slept 100") }
+            let long = try await client.enqueue("sleep 60000")
+            _ = try await client.waitForInfo { $0.tasks.running == 1 }
+            let short = try await client.enqueue("sleep 300")
+            _ = try await client.waitForInfo { $0.tasks.running == 2 }
+            // Both processes are busy: the tasks are sent ahead to both in turn.
+            var handles: [TaskHandle] = []
+            for _ in 0..<20 { handles.append(try await client.enqueue("pid")) }
+            #expect(try await short.text() == "slept 300")
+            var pids = Set<String>()
+            for handle in handles { pids.insert(try await handle.text()) }
+            #expect(pids.count == 1, "every task ran on the process that became idle, not behind the long task")
+            #expect(try await long.status() == .processing)
+            let withdrawal = await worker.logs.first { $0.message.contains("withdrew") }
+            #expect(withdrawal.level == .debug)
+            long.cancel()
             try await client.close()
         }
         try await worker.stop()

@@ -1,13 +1,15 @@
 #ifndef C_AIOTASK_SHIMS_H
 #define C_AIOTASK_SHIMS_H
 
+#include <stdbool.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 /// Starts `path` with `argv` and `envp` in a new process group, its standard streams set to the given
-/// descriptors, every other descriptor closed, every signal at its default disposition and none blocked.
-/// Returns the child's pid, or -errno on failure.
+/// descriptors, `extra_fd` (unless negative) as descriptor 3, every other descriptor closed, every signal at
+/// its default disposition and none blocked. Returns the child's pid, or -errno on failure.
 pid_t aiotask_spawn(const char *path, char *const argv[], char *const envp[],
-                    int stdin_fd, int stdout_fd, int stderr_fd);
+                    int stdin_fd, int stdout_fd, int stderr_fd, int extra_fd);
 
 /// Asks the kernel to send `signal` to the calling process when its parent thread exits.
 /// Returns 0, or -errno on failure.
@@ -19,5 +21,33 @@ int aiotask_pipe(int fds[2], int size);
 
 /// Sets glibc's mmap and trim thresholds (mallopt M_MMAP_THRESHOLD, M_TRIM_THRESHOLD); 0 on success.
 int aiotask_set_malloc_thresholds(int mmap_threshold, int trim_threshold);
+
+/// Size of the memory a pool process shares with the supervisor for task claims.
+#define AIOTASK_CLAIMS_SIZE 4096
+
+/// Creates the anonymous memory of a pool process's task claims (memfd, close-on-exec, zeroed).
+/// Returns the descriptor, or -errno on failure.
+int aiotask_claims_create(void);
+
+/// Maps task-claims memory created by `aiotask_claims_create` (shared, read-write). NULL on failure.
+void *aiotask_claims_map(int fd);
+
+/// Unmaps task-claims memory.
+void aiotask_claims_unmap(void *claims);
+
+/// The pool process: says that it claims every task before starting it (see `aiotask_claims_claim`).
+void aiotask_claims_announce(void *claims);
+
+/// The supervisor: whether the process announced that it claims its tasks.
+bool aiotask_claims_announced(void *claims);
+
+/// The pool process: claims the task at `index` (its position in the stream of tasks it was sent), which it
+/// may start only if this returns true; false when the supervisor withdrew it.
+bool aiotask_claims_claim(void *claims, uint32_t index);
+
+/// The supervisor: withdraws every task not claimed yet, of the `sent` tasks sent so far, provided that every
+/// task before index `from` is claimed; false, changing nothing, if not. On success `first_withdrawn` is the
+/// index of the first task withdrawn: tasks before it were claimed (or withdrawn before).
+bool aiotask_claims_withdraw(void *claims, uint32_t from, uint32_t sent, uint32_t *first_withdrawn);
 
 #endif
