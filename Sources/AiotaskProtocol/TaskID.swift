@@ -1,4 +1,5 @@
 import NIOCore
+import Synchronization
 
 /// The 16-byte identifier of a task, unique among the in-flight tasks of one connection.
 ///
@@ -16,10 +17,8 @@ public struct TaskID: Hashable, Sendable {
 
     /// A random version 4 UUID, as the original client makes for each task.
     public static func random() -> TaskID {
-        var generator = SystemRandomNumberGenerator()
-        let high = (generator.next() & ~0xF000) | 0x4000
-        let low = (generator.next() & ~(0xC000 << 48)) | (0x8000 << 48)
-        return TaskID(high: high, low: low)
+        let (high, low) = RandomPool.shared.withLock { ($0.nextValue(), $0.nextValue()) }
+        return TaskID(high: (high & ~0xF000) | 0x4000, low: (low & ~(0xC000 << 48)) | (0x8000 << 48))
     }
 
     /// Encoded length on the wire.

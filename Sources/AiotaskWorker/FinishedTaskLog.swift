@@ -1,12 +1,19 @@
 import AiotaskProtocol
 
-/// The most recent finished tasks of a connection and how they ended, so that `STATUS` can answer for them.
+/// The most recent answers of a connection, so that `STATUS` can answer for tasks that are finished.
 ///
-/// Bounded: past its capacity the oldest entries are forgotten and their ids answer `NOT_FOUND`, so the memory
-/// for finished tasks stays constant however long a connection lives.
+/// Bounded: it keeps the last `capacity` answers, so the memory for finished tasks stays constant however long a
+/// connection lives; an older task's id answers `NOT_FOUND`. Recording costs no hashing (it runs once per task);
+/// a `STATUS` lookup, which is rare, reads the answers newest first, so an id reused on the connection reports
+/// its newest status.
 struct FinishedTaskLog {
-    private var statuses: [TaskID: TaskStatus] = [:]
-    private var order: [TaskID] = []
+    private struct Answer {
+        let id: TaskID
+        let status: TaskStatus
+    }
+
+    private var answers: [Answer] = []
+    /// Where the next answer goes once `answers` is full: the oldest one.
     private var next = 0
     let capacity: Int
 
@@ -16,18 +23,20 @@ struct FinishedTaskLog {
 
     mutating func record(_ id: TaskID, _ status: TaskStatus) {
         guard capacity > 0 else { return }
-        // An id may be reused once its task is answered: it keeps its place and takes the newer status.
-        if statuses.updateValue(status, forKey: id) != nil { return }
-        if order.count < capacity {
-            order.append(id)
+        if answers.count < capacity {
+            answers.append(Answer(id: id, status: status))
         } else {
-            statuses[order[next]] = nil
-            order[next] = id
+            answers[next] = Answer(id: id, status: status)
             next = (next + 1) % capacity
         }
     }
 
     func status(of id: TaskID) -> TaskStatus? {
-        statuses[id]
+        // Newest first: from just before `next` back to the start, then from the end back to `next`.
+        for index in answers.indices[..<next].reversed() + answers.indices[next...].reversed()
+        where answers[index].id == id {
+            return answers[index].status
+        }
+        return nil
     }
 }

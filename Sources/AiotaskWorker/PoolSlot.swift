@@ -139,27 +139,55 @@ final class PoolSlot {
     ///   slow, and no more tasks are sent ahead behind it.
     @discardableResult
     func withdrawSentAhead(forIdleProcess: Bool = false) -> Bool {
-        guard !pipeline.isEmpty, case .busy(let process, var running) = state,
-            let firstWithdrawn = process.withdrawUnclaimed(from: running.index &+ 1)
-        else { return false }
-        if forIdleProcess {
+        guard let withdrawn = withdrawUnclaimed(), !withdrawn.isEmpty else { return false }
+        if forIdleProcess, case .busy(let process, var running) = state {
             running.isHoldingUp = true
             state = .busy(process, running)
         }
+        supervisor.requeue(withdrawn)
+        return withdrawn.contains { !$0.isFinished }
+    }
+
+    /// Withdraws the tasks sent ahead, one of which was cancelled, so that the process does not start it (and need
+    /// not be stopped for it). While the process has not claimed its running task yet (it has not read it), the
+    /// withdrawal waits, and is tried again a little later, for up to ``cancelWithdrawalAttempts`` times.
+    func withdrawCancelled(attempt: Int = 1) {
+        if let withdrawn = withdrawUnclaimed() {
+            supervisor.requeue(withdrawn)
+            // The first attempt runs within the cancel, which dispatches afterwards.
+            if attempt > 1 { supervisor.dispatch() }
+            return
+        }
+        guard attempt < Self.cancelWithdrawalAttempts, pipeline.contains(where: { $0.record.isFinished }) else {
+            return
+        }
+        supervisor.loop.assumeIsolated().scheduleTask(in: .microseconds(200)) { [weak self] in
+            self?.withdrawCancelled(attempt: attempt + 1)
+        }
+    }
+
+    static let cancelWithdrawalAttempts = 50
+
+    /// Takes the tasks sent ahead and not claimed out of the pipeline, in order; nil, changing nothing, when they
+    /// cannot be withdrawn: the process does not claim its tasks or has not claimed its running one yet.
+    private func withdrawUnclaimed() -> [TaskRecord]? {
+        guard !pipeline.isEmpty, case .busy(let process, let running) = state,
+            let firstWithdrawn = process.withdrawUnclaimed(from: running.index &+ 1)
+        else { return nil }
         var withdrawn: [TaskRecord] = []
         while let last = pipeline.last, TaskClaims.index(last.index, isAtOrAfter: firstWithdrawn) {
             pipeline.removeLast()
             pipelineBytes -= last.record.payload.readableBytes
             withdrawn.append(last.record)
         }
-        guard !withdrawn.isEmpty else { return false }
         withdrawn.reverse()
-        logger.debug(
-            "withdrew \(withdrawn.count) tasks sent ahead and not started",
-            metadata: ["worker_pid": "\(process.pid)", "slot": "\(index)"]
-        )
-        supervisor.requeue(withdrawn)
-        return withdrawn.contains { !$0.isFinished }
+        if !withdrawn.isEmpty {
+            logger.debug(
+                "withdrew \(withdrawn.count) tasks sent ahead and not started",
+                metadata: ["worker_pid": "\(process.pid)", "slot": "\(index)"]
+            )
+        }
+        return withdrawn
     }
 
     // MARK: Process lifecycle

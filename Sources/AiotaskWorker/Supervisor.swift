@@ -287,7 +287,7 @@ final class Supervisor {
         case .prefetched:
             leaveQueue(record)
             record.state = .finished
-            slots.first { $0.holds(record) }?.withdrawSentAhead()
+            slots.first { $0.holds(record) }?.withdrawCancelled()
         case .running:
             for slot in slots where slot.isBusy { slot.interrupt(record) }
         case .finished:

@@ -146,22 +146,23 @@ final class WorkerProcess {
         guard let link else { return index }
         sentCount &+= 1
         if task.readableBytes <= Self.copyLimit {
-            var frame = link.allocator.buffer(capacity: 4 + task.readableBytes)
-            frame.writeHandlerRequest(task)
-            link.write(frame, promise: nil)
+            output.writeHandlerRequest(task)
         } else {
-            // A large task is not copied: its header and bytes go out together in one gathering write.
-            var header = link.allocator.buffer(capacity: 4)
-            header.writeInteger(UInt32(task.readableBytes))
-            link.write(header, promise: nil)
+            // A large task is not copied: its header joins the tasks before it, and its bytes follow as they are,
+            // in the same gathering write.
+            output.writeInteger(UInt32(task.readableBytes))
+            link.write(output, promise: nil)
+            output = ByteBuffer()
             link.write(task, promise: nil)
         }
         scheduleFlush()
         return index
     }
 
-    /// Largest task copied into one buffer with its header; larger ones are written as they are.
+    /// Largest task copied into the output buffer with its header; larger ones are written as they are.
     private static let copyLimit = 16 * 1024
+    /// Tasks encoded since the last flush.
+    private var output = ByteBuffer()
     private var flushPending = false
 
     private func scheduleFlush() {
@@ -169,7 +170,12 @@ final class WorkerProcess {
         flushPending = true
         loop.assumeIsolated().execute { [self] in
             flushPending = false
-            link?.flush()
+            guard let link else { return }
+            if output.readableBytes > 0 { link.write(output, promise: nil) }
+            link.flush()
+            // The pipe has normally taken the bytes by now, so the buffer's memory is reused (copied on write if
+            // the write is still pending).
+            output.clear()
         }
     }
 

@@ -17,14 +17,18 @@ struct FinishedTaskLogTests {
         #expect(log.status(of: third) == .done)
     }
 
-    @Test("a reused id keeps its newest status and is not forgotten early")
+    @Test("a reused id reports its newest status, also once the log has wrapped around")
     func reusedID() {
-        var log = FinishedTaskLog(capacity: 2)
+        var log = FinishedTaskLog(capacity: 3)
         let (reused, other) = (TaskID.random(), TaskID.random())
         log.record(reused, .failed)
         log.record(reused, .done)
         log.record(other, .done)
         #expect(log.status(of: reused) == .done)
+        #expect(log.status(of: other) == .done)
+        log.record(reused, .failed)
+        log.record(TaskID.random(), .done)
+        #expect(log.status(of: reused) == .failed)
         #expect(log.status(of: other) == .done)
     }
 
