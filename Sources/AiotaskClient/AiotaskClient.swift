@@ -95,11 +95,9 @@ public final class AiotaskClient: Sendable {
             )
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    let operations = channel.pipeline.syncOperations
-                    try operations.addHandler(
-                        ByteToMessageHandler(FrameDecoder(maximumPayloadLength: maximumResultLength))
+                    try channel.pipeline.syncOperations.addHandler(
+                        ClientChannelHandler(maximumResultLength: maximumResultLength)
                     )
-                    try operations.addHandler(ClientChannelHandler(maximumResultLength: maximumResultLength))
                 }
             }
 

@@ -9,7 +9,7 @@ import NIOCore
 /// the promises: results and failures by task id, status answers per id in order, info answers in order. When the
 /// connection ends for any reason, every pending promise fails with the same ``AiotaskClientError``.
 final class ClientChannelHandler: ChannelInboundHandler {
-    typealias InboundIn = InboundFrame
+    typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
     private enum State {
@@ -38,9 +38,14 @@ final class ClientChannelHandler: ChannelInboundHandler {
     private var flushScheduled = false
     /// The server's `GOODBYE` message, once it said it is stopping.
     private var goodbye: String?
+    /// Cuts the bytes read into frames.
+    private var frames: StreamDecoder<FrameDecoder>
+    /// Set while frames are being handled, one of which may close the channel.
+    private var isDecoding = false
 
     init(maximumResultLength: Int) {
         self.maximumResultLength = maximumResultLength
+        self.frames = StreamDecoder(FrameDecoder(maximumPayloadLength: maximumResultLength))
     }
 
     // MARK: Requests (called on the event loop)
@@ -163,6 +168,14 @@ final class ClientChannelHandler: ChannelInboundHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        if !isDecoding {
+            // Frames that arrived just before the end, and a stream that ends inside a frame.
+            do {
+                try frames.decodeLast { receive($0) }
+            } catch {
+                errorCaught(context: context, error: error)
+            }
+        }
         if case .ready = state, goodbye != nil {
             // After GOODBYE the server answers every task it took before it closes; the others it never started.
             let untaken = tasks
@@ -190,7 +203,18 @@ final class ClientChannelHandler: ChannelInboundHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch unwrapInboundIn(data) {
+        if case .closed = state { return }
+        isDecoding = true
+        defer { isDecoding = false }
+        do {
+            try frames.decode(unwrapInboundIn(data)) { receive($0) }
+        } catch {
+            errorCaught(context: context, error: error)
+        }
+    }
+
+    private func receive(_ inbound: InboundFrame) {
+        switch inbound {
         case .frame(let frame):
             receive(frame)
         case .oversized(let type, let id, let length):

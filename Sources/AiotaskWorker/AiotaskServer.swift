@@ -118,9 +118,7 @@ public final class AiotaskServer: Sendable {
                     if channel.localAddress?.protocol != .unix {
                         try channel.syncOptions?.setOption(.socketOption(.tcp_nodelay), value: 1)
                     }
-                    let decoder = FrameDecoder(maximumPayloadLength: configuration.maximumPayloadLength)
-                    try channel.pipeline.syncOperations.addHandlers(
-                        ByteToMessageHandler(decoder),
+                    try channel.pipeline.syncOperations.addHandler(
                         ClientConnectionHandler(supervisor: supervisor.value, logger: logger)
                     )
                 }

@@ -8,7 +8,7 @@ import NIOCore
 /// A connection speaks the original protocol until the client sends an extension frame (normally `HELLO`);
 /// only then does it receive extension frames, so a legacy client never sees a frame it cannot parse.
 final class ClientConnectionHandler: ChannelInboundHandler {
-    typealias InboundIn = InboundFrame
+    typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
     /// Largest result a legacy client can receive: a `DONE` payload is at most 65,535 bytes, id included.
@@ -38,9 +38,15 @@ final class ClientConnectionHandler: ChannelInboundHandler {
     /// Fires if the client leaves its answers unread too long; set while the channel is not writable.
     private var writeStall: Scheduled<Void>?
 
+    /// Cuts the bytes read into frames.
+    private var frames: StreamDecoder<FrameDecoder>
+    /// Set while frames are being handled, one of which may close the channel.
+    private var isDecoding = false
+
     init(supervisor: Supervisor, logger: Logger) {
         self.supervisor = supervisor
         self.logger = logger
+        self.frames = StreamDecoder(FrameDecoder(maximumPayloadLength: supervisor.configuration.maximumPayloadLength))
         self.finished = FinishedTaskLog(capacity: supervisor.configuration.finishedTasksRemembered)
     }
 
@@ -63,6 +69,14 @@ final class ClientConnectionHandler: ChannelInboundHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        if !isDecoding, !isClosing {
+            // Frames that arrived just before the end, and a stream that ends inside a frame.
+            do {
+                try frames.decodeLast { receive($0) }
+            } catch {
+                errorCaught(context: context, error: error)
+            }
+        }
         idleCheck?.cancel()
         writeStall?.cancel()
         supervisor.unregister(self)
@@ -76,8 +90,23 @@ final class ClientConnectionHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !isClosing else { return }
-        lastActivity = .now()
-        switch unwrapInboundIn(data) {
+        isDecoding = true
+        defer { isDecoding = false }
+        var receivedFrame = false
+        do {
+            try frames.decode(unwrapInboundIn(data)) {
+                receivedFrame = true
+                receive($0)
+            }
+        } catch {
+            errorCaught(context: context, error: error)
+        }
+        if receivedFrame { lastActivity = .now() }
+    }
+
+    private func receive(_ inbound: InboundFrame) {
+        guard !isClosing else { return }
+        switch inbound {
         case .frame(let frame):
             if frame.type.isExtension { isExtended = true }
             handle(frame)

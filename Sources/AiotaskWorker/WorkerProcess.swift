@@ -94,9 +94,8 @@ final class WorkerProcess {
             .channelOption(.recvAllocator, value: LargeReads.allocator)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandlers(
-                        ByteToMessageHandler(HandlerReplyDecoder(maximumLength: maximumReplyLength)),
-                        ProcessLinkHandler(process: bound.value)
+                    try channel.pipeline.syncOperations.addHandler(
+                        ProcessLinkHandler(process: bound.value, maximumReplyLength: maximumReplyLength)
                     )
                 }
             }
@@ -262,26 +261,53 @@ final class WorkerProcess {
     }
 }
 
-/// Passes a process's replies and link failures to its ``WorkerProcess``.
+/// Decodes a process's replies and passes them, and link failures, to its ``WorkerProcess``.
 private final class ProcessLinkHandler: ChannelInboundHandler {
-    typealias InboundIn = HandlerReply
+    typealias InboundIn = ByteBuffer
 
     private let process: WorkerProcess
+    private var replies: StreamDecoder<HandlerReplyDecoder>
+    /// Set once the framing is broken: nothing more is decoded.
+    private var isBroken = false
+    /// Set while replies are being passed on: one of them may close the link, and its closing must not decode
+    /// the same bytes again.
+    private var isDecoding = false
 
-    init(process: WorkerProcess) {
+    init(process: WorkerProcess, maximumReplyLength: Int) {
         self.process = process
+        self.replies = StreamDecoder(HandlerReplyDecoder(maximumLength: maximumReplyLength))
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        process.received(unwrapInboundIn(data))
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        process.breakLink("handler broke the reply framing: \(error)")
-        context.close(promise: nil)
+        guard !isBroken else { return }
+        isDecoding = true
+        defer { isDecoding = false }
+        do {
+            try replies.decode(unwrapInboundIn(data)) { process.received($0) }
+        } catch {
+            brokeFraming(error, context: context)
+        }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        if !isBroken, !isDecoding {
+            // Replies written just before the process closed its stdout (or died) are still answers.
+            do {
+                try replies.decodeLast { process.received($0) }
+            } catch {
+                brokeFraming(error, context: context)
+            }
+        }
         process.linkEnded()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        brokeFraming(error, context: context)
+    }
+
+    private func brokeFraming(_ error: any Error, context: ChannelHandlerContext) {
+        isBroken = true
+        process.breakLink("handler broke the reply framing: \(error)")
+        context.close(promise: nil)
     }
 }
