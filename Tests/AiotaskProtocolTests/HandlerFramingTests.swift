@@ -36,13 +36,33 @@ struct HandlerFramingTests {
         var bytes = ByteBuffer()
         for reply in Self.replies { bytes.writeHandlerReply(reply) }
         for sizes in [[1, 1, 1, 997], [bytes.readableBytes], [3, 5000, 7]] {
-            let processor = NIOSingleStepByteToMessageProcessor(HandlerReplyDecoder(maximumLength: 100_000))
+            // As the supervisor's link handler reads them.
+            var stream = StreamDecoder(HandlerReplyDecoder(maximumLength: 100_000))
             var decoded: [HandlerReply] = []
             for chunk in chunks(of: bytes.bytes, sizes: sizes) {
-                try processor.process(buffer: ByteBuffer(chunk)) { decoded.append($0) }
+                try stream.decode(ByteBuffer(chunk)) { decoded.append($0) }
             }
-            try processor.finishProcessing(seenEOF: true) { decoded.append($0) }
+            try stream.decodeLast { decoded.append($0) }
             #expect(decoded == Self.replies)
+        }
+    }
+
+    @Test("A reply stream that ends inside a reply throws at its end, after the whole replies before it")
+    func truncatedReplyStream() throws {
+        var bytes = ByteBuffer()
+        bytes.writeHandlerReply(.result(ByteBuffer(ascii("whole"))))
+        bytes.writeHandlerReply(.result(ByteBuffer(ascii("cut short"))))
+        for sizes in [[1], [bytes.readableBytes - 3]] {
+            var stream = StreamDecoder(HandlerReplyDecoder(maximumLength: 100_000))
+            var decoded: [HandlerReply] = []
+            for chunk in chunks(of: Array(bytes.bytes.dropLast(3)), sizes: sizes) {
+                try stream.decode(ByteBuffer(chunk)) { decoded.append($0) }
+            }
+            #expect(decoded == [.result(ByteBuffer(ascii("whole")))])
+            #expect(stream.pendingBytes == 5 + "cut short".utf8.count - 3)
+            #expect(throws: HandlerFramingError.truncated(bytesLeft: 11)) {
+                try stream.decodeLast { decoded.append($0) }
+            }
         }
     }
 

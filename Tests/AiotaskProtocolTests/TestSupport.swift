@@ -70,7 +70,8 @@ func randomChunks(
     return result
 }
 
-/// Feeds chunks through a `NIOSingleStepByteToMessageProcessor`, as a channel handler would, then signals EOF.
+/// Feeds chunks through a ``StreamDecoder``, as the server's and the client's channel handlers do, then signals
+/// EOF.
 ///
 /// - Returns: every frame decoded, in order.
 func decodeAll(
@@ -78,13 +79,13 @@ func decodeAll(
     decoder: FrameDecoder = FrameDecoder(maximumPayloadLength: 64 * 1024 * 1024),
     finish: Bool = true
 ) throws -> [InboundFrame] {
-    let processor = NIOSingleStepByteToMessageProcessor(decoder)
+    var stream = StreamDecoder(decoder)
     var frames: [InboundFrame] = []
     for chunk in chunks {
-        try processor.process(buffer: ByteBuffer(chunk)) { frames.append($0) }
+        try stream.decode(ByteBuffer(chunk)) { frames.append($0) }
     }
     if finish {
-        try processor.finishProcessing(seenEOF: true) { frames.append($0) }
+        try stream.decodeLast { frames.append($0) }
     }
     return frames
 }
