@@ -180,8 +180,18 @@ public final class AiotaskClient: Sendable {
     ///   connection fails.
     public func submit(_ payload: ByteBuffer, timeout: Duration? = nil) async throws -> ByteBuffer {
         let id = TaskID.random()
-        let future = try send(id, payload: payload, timeout: timeout)
-        return try await awaitResult(of: id, future)
+        try check(id, payload: payload)
+        // The event loop resumes this caller directly with the answer: no promise and future in between.
+        return try await withTaskCancellationHandler {
+            try await withUnsafeThrowingContinuation { continuation in
+                onEventLoop { $0.submit(id, timeout: timeout, payload: payload, promise: .continuation(continuation)) }
+                // A cancellation that came before the task reached the event loop cancelled nothing: the CANCEL
+                // below follows the task. (Cancelling twice is harmless.)
+                if Task.isCancelled { onEventLoop { $0.cancel(id, failingLocally: true) } }
+            }
+        } onCancel: {
+            self.onEventLoop { $0.cancel(id, failingLocally: true) }
+        }
     }
 
     /// Runs a task given as bytes and returns the result bytes; see ``submit(_:timeout:)-(ByteBuffer,_)``.
@@ -208,6 +218,14 @@ public final class AiotaskClient: Sendable {
 
     /// Checks the payload, then hands the task to the event loop.
     private func send(_ id: TaskID, payload: ByteBuffer, timeout: Duration?) throws -> EventLoopFuture<ByteBuffer> {
+        try check(id, payload: payload)
+        let promise = eventLoop.makePromise(of: ByteBuffer.self)
+        onEventLoop { $0.submit(id, timeout: timeout, payload: payload, promise: .promise(promise)) }
+        return promise.futureResult
+    }
+
+    /// Fails a task that must not be sent: too large for the server, or its caller cancelled already.
+    private func check(_ id: TaskID, payload: ByteBuffer) throws {
         guard payload.readableBytes <= serverMaximumPayloadLength else {
             throw TaskFailure(
                 taskID: id,
@@ -217,9 +235,6 @@ public final class AiotaskClient: Sendable {
             )
         }
         guard !Task.isCancelled else { throw TaskFailure.cancelledByClient(id) }
-        let promise = eventLoop.makePromise(of: ByteBuffer.self)
-        onEventLoop { $0.submit(id, timeout: timeout, payload: payload, promise: promise) }
-        return promise.futureResult
     }
 
     /// Awaits a task's result; cancelling the awaiting Swift task cancels the task.

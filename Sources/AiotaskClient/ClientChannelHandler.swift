@@ -28,7 +28,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
     private var state = State.connected
     private var context: ChannelHandlerContext?
     /// Tasks awaiting a `RESULT` or `FAILED`.
-    private var tasks: [TaskID: EventLoopPromise<ByteBuffer>] = [:]
+    private var tasks: [TaskID: PendingTask] = [:]
     /// Status queries awaiting an `UPDATE`, oldest first per task.
     private var statusQueries: [TaskID: CircularBuffer<EventLoopPromise<TaskStatus>>] = [:]
     /// Info requests awaiting an `INFO`, oldest first.
@@ -81,7 +81,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
     }
 
     /// Sends a task; `promise` receives its result or fails with a ``TaskFailure``.
-    func submit(_ id: TaskID, timeout: Duration?, payload: ByteBuffer, promise: EventLoopPromise<ByteBuffer>) {
+    func submit(_ id: TaskID, timeout: Duration?, payload: ByteBuffer, promise: PendingTask) {
         if let goodbye {
             // Also once the connection is gone: the task was never sent, and the server said why.
             promise.fail(TaskFailure(taskID: id, reason: .shuttingDown, message: "not sent: \(goodbye)"))
