@@ -51,8 +51,20 @@ struct BenchSuite {
             target: "",
             meets: { _ in true }
         )
-        var p50 = Figure(name: "echo 100 B, 1 in flight: p50", unit: "µs", target: "<= 100", meets: { $0 <= 100 })
-        var p99 = Figure(name: "echo 100 B, 1 in flight: p99", unit: "µs", target: "<= 300", meets: { $0 <= 300 })
+        var p50 = Figure(name: "echo 100 B, 1 in flight, TCP: p50", unit: "µs", target: "<= 100", meets: { $0 <= 100 })
+        var p99 = Figure(name: "echo 100 B, 1 in flight, TCP: p99", unit: "µs", target: "<= 300", meets: { $0 <= 300 })
+        var unixP50 = Figure(
+            name: "echo 100 B, 1 in flight, Unix socket: p50",
+            unit: "µs",
+            target: "<= 100",
+            meets: { $0 <= 100 }
+        )
+        var unixP99 = Figure(
+            name: "echo 100 B, 1 in flight, Unix socket: p99",
+            unit: "µs",
+            target: "<= 300",
+            meets: { $0 <= 300 }
+        )
         var large = Figure(
             name: "echo 1 MiB, 4 in flight: task payload",
             unit: "GB/s",
@@ -124,6 +136,11 @@ struct BenchSuite {
                     .checkedRun(connect: connect)
                 p50.values.append(latency.latencyUs.p50)
                 p99.values.append(latency.latencyUs.p99)
+                let unixAddress = echo.unixAddress
+                let unixLatency = try await BenchLoad(tasks: latencyTasks, concurrency: 1, size: 100, connections: 1)
+                    .checkedRun(connect: { try await AiotaskClient.connect(to: unixAddress, eventLoopGroup: $0) })
+                unixP50.values.append(unixLatency.latencyUs.p50)
+                unixP99.values.append(unixLatency.latencyUs.p99)
                 let largeRun = try await BenchLoad(tasks: largeTasks, concurrency: 4, size: 1 << 20, connections: 1)
                     .checkedRun(connect: connect)
                 large.values.append(largeRun.tasksPerSecond * Double(1 << 20) / 1e9)
@@ -190,7 +207,8 @@ struct BenchSuite {
             )
         }
         return [
-            throughput1, throughput4, throughputNoPrefetch, p50, p99, large, sha1, sha2, shaRatio, rssIdle,
+            throughput1, throughput4, throughputNoPrefetch, p50, p99, unixP50, unixP99, large, sha1, sha2, shaRatio,
+            rssIdle,
             rssConnections, stub,
         ]
     }

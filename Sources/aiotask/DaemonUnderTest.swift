@@ -9,7 +9,7 @@ import NIOCore
     import Musl
 #endif
 
-/// An `aiotaskd` started by the benchmark suite, listening on a free loopback TCP port.
+/// An `aiotaskd` started by the benchmark suite, listening on a free loopback TCP port and on a Unix socket.
 final class DaemonUnderTest {
     /// Why the daemon could not be started or reached.
     struct Failure: Error, CustomStringConvertible {
@@ -19,23 +19,27 @@ final class DaemonUnderTest {
     let process: Process
     let port: Int
     let logPath: String
+    let socketPath: String
     var address: ServerAddress { .tcp(host: "127.0.0.1", port: port) }
+    var unixAddress: ServerAddress { .unix(path: socketPath) }
     var pid: Int32 { process.processIdentifier }
 
-    private init(process: Process, port: Int, logPath: String) {
+    private init(process: Process, port: Int, logPath: String, socketPath: String) {
         self.process = process
         self.port = port
         self.logPath = logPath
+        self.socketPath = socketPath
     }
 
     /// Starts `executable` with `--listen` on a free port plus `arguments`, and waits until it answers `HELLO`.
     static func start(executable: String, arguments: [String]) async throws -> DaemonUnderTest {
         let port = try freePort()
         let logPath = NSTemporaryDirectory() + "aiotask-bench-\(getpid())-\(port).log"
+        let socketPath = NSTemporaryDirectory() + "aiotask-bench-\(getpid())-\(port).sock"
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = ["--listen", "tcp://127.0.0.1:\(port)"] + arguments
+        process.arguments = ["--listen", "tcp://127.0.0.1:\(port)", "--listen", "unix:\(socketPath)"] + arguments
         process.standardInput = FileHandle.nullDevice
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle(forWritingAtPath: logPath)
@@ -44,7 +48,7 @@ final class DaemonUnderTest {
         } catch {
             throw Failure(description: "cannot start \(executable): \(error)")
         }
-        let daemon = DaemonUnderTest(process: process, port: port, logPath: logPath)
+        let daemon = DaemonUnderTest(process: process, port: port, logPath: logPath, socketPath: socketPath)
         let deadline = ContinuousClock.now + .seconds(20)
         while true {
             if !process.isRunning {
@@ -86,6 +90,7 @@ final class DaemonUnderTest {
             process.waitUntilExit()
         }
         try? FileManager.default.removeItem(atPath: logPath)
+        try? FileManager.default.removeItem(atPath: socketPath)
     }
 
     /// A TCP port on 127.0.0.1 that nothing listens on at the moment.
