@@ -24,10 +24,7 @@ final class StubTaskServer: Sendable {
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandlers(
-                        ByteToMessageHandler(FrameDecoder(maximumPayloadLength: Int(UInt32.max))),
-                        StubConnectionHandler()
-                    )
+                    try channel.pipeline.syncOperations.addHandler(StubConnectionHandler())
                 }
             }
             .bind(host: "127.0.0.1", port: 0)
@@ -44,13 +41,22 @@ final class StubTaskServer: Sendable {
 /// Answers `HELLO` with `HELLO` and every `SUBMIT` or `ENQUEUE` with a `RESULT` of the task's bytes; the answers
 /// to one read leave in one write.
 private final class StubConnectionHandler: ChannelInboundHandler {
-    typealias InboundIn = InboundFrame
+    typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
     private var output = ByteBuffer()
+    private var frames = StreamDecoder(FrameDecoder(maximumPayloadLength: Int(UInt32.max)))
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard case .frame(let frame) = unwrapInboundIn(data) else {
+        do {
+            try frames.decode(unwrapInboundIn(data)) { answer($0, context: context) }
+        } catch {
+            context.close(promise: nil)
+        }
+    }
+
+    private func answer(_ inbound: InboundFrame, context: ChannelHandlerContext) {
+        guard case .frame(let frame) = inbound else {
             context.close(promise: nil)
             return
         }
