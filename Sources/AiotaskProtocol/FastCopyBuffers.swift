@@ -47,6 +47,18 @@ public enum FastCopyBuffers {
         }
     )
 
+    /// An empty buffer of exactly `capacity` bytes (`ByteBufferAllocator.buffer(capacity:)` rounds up to a power of
+    /// two, which would double the memory a large frame holds).
+    public static func buffer(exactCapacity capacity: Int) -> ByteBuffer {
+        guard capacity > 0, let memory = allocate(capacity) else { return allocator.buffer(capacity: capacity) }
+        return ByteBuffer(
+            takingOwnershipOf: UnsafeMutableRawBufferPointer(start: memory, count: capacity),
+            allocator: allocator,
+            readerIndex: 0,
+            writerIndex: 0
+        )
+    }
+
     static func allocate(_ size: Int) -> UnsafeMutableRawPointer? {
         if size < threshold {
             guard let block = malloc(size + prefix) else { return nil }
