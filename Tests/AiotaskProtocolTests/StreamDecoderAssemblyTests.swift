@@ -53,7 +53,7 @@ private func feed<Message>(
 
 /// Decodes `chunks` with a ``StreamDecoder``, as the connection and pool-link handlers do, then ends the stream:
 /// the messages, or the first error.
-private func stream<Decoder: LengthPrefixedDecoder>(
+private func decodeStream<Decoder: LengthPrefixedDecoder>(
     _ chunks: [[UInt8]],
     _ decoder: Decoder,
     allocator: ByteBufferAllocator? = nil
@@ -76,7 +76,7 @@ private func assemble(
     _ decoder: FrameDecoder,
     allocator: ByteBufferAllocator? = nil
 ) -> Result<[InboundFrame], any Error> {
-    stream(chunks, decoder, allocator: allocator)
+    decodeStream(chunks, decoder, allocator: allocator)
 }
 
 /// A payload whose bytes all differ from their neighbours, so any misplaced byte shows.
@@ -222,11 +222,11 @@ struct StreamDecoderAssemblyTests {
         stream.writeHandlerReply(.result(pattern(10)))
         let bytes = stream.bytes
         let decoder = HandlerReplyDecoder(maximumLength: 2 * 1024 * 1024)
-        let replies = try stream(chunks(of: bytes, sizes: [1, 4, 65536, 333]), decoder).get()
+        let replies = try decodeStream(chunks(of: bytes, sizes: [1, 4, 65536, 333]), decoder).get()
         #expect(replies == [.result(result), .error("no"), .result(pattern(10))])
 
         largestAllocation.withLock { $0 = 0 }
-        let tooLarge = stream(
+        let tooLarge = decodeStream(
             chunks(of: bytes, sizes: [3, 4096]),
             HandlerReplyDecoder(maximumLength: 1000),
             allocator: trackingAllocator
