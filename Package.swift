@@ -78,6 +78,7 @@ let package = Package(
             dependencies: [
                 "AiotaskClient",
                 "AiotaskProtocol",
+                "CAiotaskShims",
                 "AiotaskTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -93,6 +93,8 @@ public final class AiotaskClient: Sendable {
                 .recvAllocator,
                 value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 2048, maximum: 1 << 20)
             )
+            // Large reads land where the kernel copies fast (see FastCopyBuffers).
+            .channelOption(.allocator, value: FastCopyBuffers.allocator)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(

@@ -14,7 +14,7 @@ public enum InboundFrame: Hashable, Sendable {
 /// Task-carrying frames (`ENQUEUE`, `SUBMIT`, `DONE`, `RESULT`) are limited by ``maximumPayloadLength``, all
 /// others by ``maximumControlFrameLength``. An oversized task-carrying frame is reported as
 /// ``InboundFrame/oversized(_:_:length:)`` and skipped; any other violation throws a ``ProtocolError``.
-public struct FrameDecoder: NIOSingleStepByteToMessageDecoder {
+public struct FrameDecoder: LengthPrefixedDecoder {
     public typealias InboundOut = InboundFrame
 
     /// Largest accepted task or result, in bytes (excluding the task id and other fields).
@@ -80,6 +80,24 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder {
             throw ProtocolError.truncatedStream(bytesLeft: left)
         }
         return nil
+    }
+
+    public func frameLength(at buffer: ByteBuffer) -> Int? {
+        guard bytesToSkip == 0, let rawType = buffer.getInteger(at: buffer.readerIndex, as: UInt8.self) else {
+            return nil
+        }
+        let type = FrameType(rawValue: rawType)
+        guard type.isKnown else { return nil }
+        let length: Int
+        if type.isExtension {
+            guard let value = buffer.getInteger(at: buffer.readerIndex + 1, as: UInt32.self) else { return nil }
+            length = Int(value)
+        } else {
+            guard let value = buffer.getInteger(at: buffer.readerIndex + 1, as: UInt16.self) else { return nil }
+            length = Int(value)
+        }
+        guard length <= limit(for: type) else { return nil }
+        return type.headerLength + length
     }
 
     private func limit(for type: FrameType) -> Int {

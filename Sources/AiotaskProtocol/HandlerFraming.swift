@@ -57,7 +57,7 @@ extension ByteBuffer {
 }
 
 /// Decodes replies on the supervisor's side of a handler link.
-public struct HandlerReplyDecoder: NIOSingleStepByteToMessageDecoder {
+public struct HandlerReplyDecoder: LengthPrefixedDecoder {
     public typealias InboundOut = HandlerReply
 
     /// Largest accepted reply, in bytes.
@@ -84,6 +84,15 @@ public struct HandlerReplyDecoder: NIOSingleStepByteToMessageDecoder {
         var bytes = buffer.readSlice(length: length)!
         if kind == HandlerReply.resultKind { return .result(bytes) }
         return .error(bytes.readString(length: length) ?? "")
+    }
+
+    public func frameLength(at buffer: ByteBuffer) -> Int? {
+        guard let kind = buffer.getInteger(at: buffer.readerIndex, as: UInt8.self),
+            kind == HandlerReply.resultKind || kind == HandlerReply.errorKind,
+            let length = buffer.getInteger(at: buffer.readerIndex + 1, as: UInt32.self),
+            Int(length) <= maximumLength
+        else { return nil }
+        return 5 + Int(length)
     }
 
     public mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> HandlerReply? {

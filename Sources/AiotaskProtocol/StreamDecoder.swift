@@ -1,20 +1,42 @@
 import NIOCore
 
-/// Cuts the bytes a channel handler reads into messages with a `NIOSingleStepByteToMessageDecoder`, handing each
-/// message straight to the handler.
+/// Cuts the bytes a channel handler reads into messages with a ``LengthPrefixedDecoder``, handing each message
+/// straight to the handler, and copying each byte at most once.
 ///
 /// This is what NIO's `ByteToMessageHandler` does, minus a pipeline step per message: there, each decoded message
 /// is wrapped in an `NIOAny`, passed down the pipeline and unwrapped with a dynamic cast — a measurable share of
-/// the server's time when a read holds dozens of small frames. Bytes of an incomplete message are kept until the
-/// rest arrives.
-public struct StreamDecoder<Decoder: NIOSingleStepByteToMessageDecoder> {
+/// the server's time when a read holds dozens of small frames.
+///
+/// It also copies less. `ByteToMessageHandler` appends every read to one accumulation buffer until a frame is
+/// complete: a megabyte-sized frame arriving in many reads is copied as the buffer grows (and grows again), and
+/// the bytes of the next frame behind it are copied along. Here, messages are decoded straight from each read
+/// buffer; when a frame straddles reads, only the bytes that frame lacks are copied, into a buffer sized for it
+/// from its header (after the decoder's limits are checked); whatever follows the frame in the read is decoded
+/// from the read buffer again. Memory reserved ahead of the bytes that arrived is bounded (``reserveAhead``).
+public struct StreamDecoder<Decoder: LengthPrefixedDecoder> {
     @usableFromInline var decoder: Decoder
-    /// Bytes read and not decoded yet: the start of an incomplete message.
+    /// Bytes read and not decoded yet: a slice of a read buffer, or a buffer assembling one frame.
     @usableFromInline var pending = ByteBuffer()
+    /// Whether `pending` is a buffer of this decoder's own that no decoded message shares, so bytes can be appended
+    /// in place.
+    @usableFromInline var pendingIsAssembly = false
+    /// Allocates assembly buffers; nil for ``FastCopyBuffers`` of the exact size needed.
+    @usableFromInline let allocator: ByteBufferAllocator?
 
+    /// Most bytes reserved for a frame beyond those received so far (or as many as received, if more): a frame up
+    /// to this size gets one buffer of its exact size; a larger one grows by doubling.
+    public static var reserveAhead: Int { 2 << 20 }
+    /// Bytes copied at a time while a frame's header is incomplete.
+    @usableFromInline static var headerProbe: Int { 64 }
+
+    /// - Parameters:
+    ///   - decoder: The framing.
+    ///   - allocator: Allocates the buffers frames are assembled in. By default they are ``FastCopyBuffers`` of the
+    ///     exact size needed; a `ByteBufferAllocator` rounds sizes up to a power of two.
     @inlinable
-    public init(_ decoder: Decoder) {
+    public init(_ decoder: Decoder, allocator: ByteBufferAllocator? = nil) {
         self.decoder = decoder
+        self.allocator = allocator
     }
 
     /// Bytes received and not decoded yet.
@@ -29,17 +51,57 @@ public struct StreamDecoder<Decoder: NIOSingleStepByteToMessageDecoder> {
         _ bytes: ByteBuffer,
         _ body: (Decoder.InboundOut) throws -> Void
     ) throws {
-        if pending.readableBytes == 0 {
-            pending = bytes
-        } else {
-            var bytes = bytes
-            if pending.writableBytes < bytes.readableBytes, pending.readerIndex > 0 { pending.discardReadBytes() }
-            pending.writeBuffer(&bytes)
+        var incoming = bytes
+        while incoming.readableBytes > 0 {
+            if pending.readableBytes == 0 {
+                // Nothing pending: decode straight from the read buffer.
+                pending = incoming
+                pendingIsAssembly = false
+                try decodeAvailable(body)
+                return
+            }
+            // Complete the frame at the front with just the bytes it lacks (or a few, while its header is
+            // incomplete); what follows it in this read is decoded from the read buffer, not copied.
+            let frameLength = decoder.frameLength(at: pending)
+            let wanted = frameLength.map { $0 - pending.readableBytes } ?? Self.headerProbe
+            let take = min(max(wanted, 1), incoming.readableBytes)
+            if !pendingIsAssembly || pending.writableBytes < take {
+                pending = makeAssembly(adding: take, frameLength: frameLength)
+                pendingIsAssembly = true
+            }
+            var slice = incoming.readSlice(length: take)!
+            pending.writeBuffer(&slice)
+            try decodeAvailable(body)
         }
+    }
+
+    /// A buffer of this decoder's own holding the pending bytes, with room for `adding` more, and — when the frame's
+    /// length is known — for the rest of the frame, within ``reserveAhead`` of what has arrived.
+    @inlinable
+    mutating func makeAssembly(adding: Int, frameLength: Int?) -> ByteBuffer {
+        let received = pending.readableBytes + adding
+        var capacity = received
+        if let frameLength {
+            capacity = max(received, min(frameLength, received + max(received, Self.reserveAhead)))
+        }
+        var assembly = allocator?.buffer(capacity: capacity) ?? FastCopyBuffers.buffer(exactCapacity: capacity)
+        assembly.writeBuffer(&pending)
+        pending = ByteBuffer()
+        return assembly
+    }
+
+    /// Delivers every message complete in `pending`.
+    @inlinable
+    mutating func decodeAvailable(_ body: (Decoder.InboundOut) throws -> Void) throws {
         while let message = try decoder.decode(buffer: &pending) {
+            // The message may share the buffer's storage: never append to it in place again.
+            pendingIsAssembly = false
             try body(message)
         }
-        if pending.readableBytes == 0 { pending = ByteBuffer() }
+        if pending.readableBytes == 0 {
+            pending = ByteBuffer()
+            pendingIsAssembly = false
+        }
     }
 
     /// At the end of the stream: decodes what is left, calling `body` with each message.
@@ -51,5 +113,6 @@ public struct StreamDecoder<Decoder: NIOSingleStepByteToMessageDecoder> {
             try body(message)
         }
         pending = ByteBuffer()
+        pendingIsAssembly = false
     }
 }

@@ -113,6 +113,7 @@ public final class AiotaskServer: Sendable {
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.allowRemoteHalfClosure, value: false)
             .childChannelOption(.recvAllocator, value: LargeReads.allocator)
+            .childChannelOption(.allocator, value: FastCopyBuffers.allocator)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     if channel.localAddress?.protocol != .unix {

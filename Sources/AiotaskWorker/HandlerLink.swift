@@ -33,7 +33,8 @@ struct HandlerLink {
     init(input: CInt, output: CInt, maximumLength: Int, claims: TaskClaims? = nil) {
         self.input = input
         self.output = output
-        self.buffer = ByteBufferAllocator().buffer(capacity: Self.minimumRead)
+        // Large tasks land where the kernel copies fast (see FastCopyBuffers).
+        self.buffer = FastCopyBuffers.allocator.buffer(capacity: Self.minimumRead)
         self.decoder = HandlerRequestDecoder(maximumLength: maximumLength)
         self.claims = claims
     }

@@ -92,6 +92,7 @@ final class WorkerProcess {
 
         NIOPipeBootstrap(group: loop)
             .channelOption(.recvAllocator, value: LargeReads.allocator)
+            .channelOption(.allocator, value: FastCopyBuffers.allocator)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(

@@ -90,6 +90,7 @@ struct BenchCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        LargeBufferTuning.keepLargeBuffersInHeap()
         if suite || smoke { return try await runSuite() }
         let report: BenchReport
         do {
