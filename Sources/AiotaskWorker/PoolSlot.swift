@@ -152,6 +152,7 @@ final class PoolSlot {
     /// not be stopped for it). While the process has not claimed its running task yet (it has not read it), the
     /// withdrawal waits, and is tried again a little later, for up to ``cancelWithdrawalAttempts`` times.
     func withdrawCancelled(attempt: Int = 1) {
+        guard canWithdraw else { return }
         if let withdrawn = withdrawUnclaimed() {
             supervisor.requeue(withdrawn)
             // The first attempt runs within the cancel, which dispatches afterwards.
