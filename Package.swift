@@ -104,6 +104,7 @@ let package = Package(
                 "AiotaskTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOTestUtils", package: "swift-nio"),
             ],
             // Inputs replayed by FrameDecoderMutationTests, read from the source tree.

@@ -87,18 +87,15 @@ public final class AiotaskClient: Sendable {
         let deadline = clock.now.advanced(by: connectTimeout)
         let bootstrap = ClientBootstrap(group: group)
             .connectTimeout(TimeAmount(connectTimeout))
-            // Reads grow up to 1 MiB while they keep filling the buffer (NIO's default stops at 64 KiB), so large
-            // results arrive in a few system calls.
-            .channelOption(
-                .recvAllocator,
-                value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 2048, maximum: 1 << 20)
-            )
             // Large reads land where the kernel copies fast (see FastCopyBuffers).
             .channelOption(.allocator, value: FastCopyBuffers.allocator)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    // Reads grow up to 1 MiB, and large results are read straight into their buffers.
+                    let reads = DirectFrameReads()
+                    try reads.install(on: channel)
                     try channel.pipeline.syncOperations.addHandler(
-                        ClientChannelHandler(maximumResultLength: maximumResultLength)
+                        ClientChannelHandler(maximumResultLength: maximumResultLength, readWindow: reads.window)
                     )
                 }
             }

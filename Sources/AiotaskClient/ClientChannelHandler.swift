@@ -43,9 +43,9 @@ final class ClientChannelHandler: ChannelInboundHandler {
     /// Set while frames are being handled, one of which may close the channel.
     private var isDecoding = false
 
-    init(maximumResultLength: Int) {
+    init(maximumResultLength: Int, readWindow: ReadWindow? = nil) {
         self.maximumResultLength = maximumResultLength
-        self.frames = StreamDecoder(FrameDecoder(maximumPayloadLength: maximumResultLength))
+        self.frames = StreamDecoder(FrameDecoder(maximumPayloadLength: maximumResultLength), readWindow: readWindow)
     }
 
     // MARK: Requests (called on the event loop)

@@ -13,6 +13,9 @@ import NIOCore
 /// buffer; when a frame straddles reads, only the bytes that frame lacks are copied, into a buffer sized for it
 /// from its header (after the decoder's limits are checked); whatever follows the frame in the read is decoded
 /// from the read buffer again. Memory reserved ahead of the bytes that arrived is bounded (``reserveAhead``).
+///
+/// With a ``ReadWindow`` (the channel reading through ``DirectFrameReads``), the rest of a large frame is not even
+/// copied once: the channel reads it straight into the frame's buffer.
 public struct StreamDecoder<Decoder: LengthPrefixedDecoder> {
     @usableFromInline var decoder: Decoder
     /// Bytes read and not decoded yet: a slice of a read buffer, or a buffer assembling one frame.
@@ -22,21 +25,28 @@ public struct StreamDecoder<Decoder: LengthPrefixedDecoder> {
     @usableFromInline var pendingIsAssembly = false
     /// Allocates assembly buffers; nil for ``FastCopyBuffers`` of the exact size needed.
     @usableFromInline let allocator: ByteBufferAllocator?
+    /// Where the channel reads the rest of a large frame, if it reads through ``DirectFrameReads``.
+    @usableFromInline let readWindow: ReadWindow?
 
     /// Most bytes reserved for a frame beyond those received so far (or as many as received, if more): a frame up
     /// to this size gets one buffer of its exact size; a larger one grows by doubling.
     public static var reserveAhead: Int { 2 << 20 }
     /// Bytes copied at a time while a frame's header is incomplete.
     @usableFromInline static var headerProbe: Int { 64 }
+    /// Fewest bytes a frame must lack for its rest to be read straight into its buffer: below that, a copy costs
+    /// less than the extra reads of stopping at the frame's end.
+    @usableFromInline static var directReadMinimum: Int { 64 * 1024 }
 
     /// - Parameters:
     ///   - decoder: The framing.
     ///   - allocator: Allocates the buffers frames are assembled in. By default they are ``FastCopyBuffers`` of the
     ///     exact size needed; a `ByteBufferAllocator` rounds sizes up to a power of two.
+    ///   - readWindow: The window of the channel's ``DirectFrameReads``, if it reads through them.
     @inlinable
-    public init(_ decoder: Decoder, allocator: ByteBufferAllocator? = nil) {
+    public init(_ decoder: Decoder, allocator: ByteBufferAllocator? = nil, readWindow: ReadWindow? = nil) {
         self.decoder = decoder
         self.allocator = allocator
+        self.readWindow = readWindow
     }
 
     /// Bytes received and not decoded yet.
@@ -48,6 +58,23 @@ public struct StreamDecoder<Decoder: LengthPrefixedDecoder> {
     /// - Throws: what the decoder or `body` throws; the stream is then broken, and nothing more is decoded.
     @inlinable
     public mutating func decode(
+        _ bytes: ByteBuffer,
+        _ body: (Decoder.InboundOut) throws -> Void
+    ) throws {
+        if let readWindow, readWindow.retract(after: bytes) {
+            // The bytes are in place already, behind those pending.
+            pending.moveWriterIndex(forwardBy: bytes.readableBytes)
+            try decodeAvailable(body)
+            offerReadWindow()
+            return
+        }
+        try decodeCopying(bytes, body)
+        offerReadWindow()
+    }
+
+    /// Decodes what was pending followed by `bytes`, a buffer of the channel's own.
+    @inlinable
+    mutating func decodeCopying(
         _ bytes: ByteBuffer,
         _ body: (Decoder.InboundOut) throws -> Void
     ) throws {
@@ -73,6 +100,25 @@ public struct StreamDecoder<Decoder: LengthPrefixedDecoder> {
             pending.writeBuffer(&slice)
             try decodeAvailable(body)
         }
+    }
+
+    /// When a large frame lacks enough bytes, offers the empty end of its buffer to the channel's next read (making
+    /// that buffer now if the frame's start is still in a read buffer).
+    @inlinable
+    mutating func offerReadWindow() {
+        guard let readWindow, let frameLength = decoder.frameLength(at: pending),
+            frameLength - pending.readableBytes >= Self.directReadMinimum
+        else { return }
+        if !pendingIsAssembly {
+            pending = makeAssembly(adding: 0, frameLength: frameLength)
+            pendingIsAssembly = true
+        }
+        let count = min(frameLength - pending.readableBytes, pending.writableBytes)
+        guard count >= Self.directReadMinimum else { return }
+        // The buffer is this decoder's alone (no message shares it), so this is its own memory, which stays put:
+        // nothing is appended to the buffer until the window is retracted.
+        let start = pending.withUnsafeMutableWritableBytes { $0.baseAddress! }
+        readWindow.offer(count, at: start, in: pending)
     }
 
     /// A buffer of this decoder's own holding the pending bytes, with room for `adding` more, and — when the frame's
@@ -109,6 +155,7 @@ public struct StreamDecoder<Decoder: LengthPrefixedDecoder> {
     /// - Throws: what the decoder throws, typically because the stream ended inside a message.
     @inlinable
     public mutating func decodeLast(_ body: (Decoder.InboundOut) throws -> Void) throws {
+        readWindow?.retract()
         while let message = try decoder.decodeLast(buffer: &pending, seenEOF: true) {
             try body(message)
         }

@@ -112,15 +112,16 @@ public final class AiotaskServer: Sendable {
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.allowRemoteHalfClosure, value: false)
-            .childChannelOption(.recvAllocator, value: LargeReads.allocator)
             .childChannelOption(.allocator, value: FastCopyBuffers.allocator)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     if channel.localAddress?.protocol != .unix {
                         try channel.syncOptions?.setOption(.socketOption(.tcp_nodelay), value: 1)
                     }
+                    let reads = DirectFrameReads()
+                    try reads.install(on: channel)
                     try channel.pipeline.syncOperations.addHandler(
-                        ClientConnectionHandler(supervisor: supervisor.value, logger: logger)
+                        ClientConnectionHandler(supervisor: supervisor.value, logger: logger, readWindow: reads.window)
                     )
                 }
             }

@@ -43,10 +43,14 @@ final class ClientConnectionHandler: ChannelInboundHandler {
     /// Set while frames are being handled, one of which may close the channel.
     private var isDecoding = false
 
-    init(supervisor: Supervisor, logger: Logger) {
+    /// - Parameter readWindow: The window of the channel's ``DirectFrameReads``.
+    init(supervisor: Supervisor, logger: Logger, readWindow: ReadWindow? = nil) {
         self.supervisor = supervisor
         self.logger = logger
-        self.frames = StreamDecoder(FrameDecoder(maximumPayloadLength: supervisor.configuration.maximumPayloadLength))
+        self.frames = StreamDecoder(
+            FrameDecoder(maximumPayloadLength: supervisor.configuration.maximumPayloadLength),
+            readWindow: readWindow
+        )
         self.finished = FinishedTaskLog(capacity: supervisor.configuration.finishedTasksRemembered)
     }
 

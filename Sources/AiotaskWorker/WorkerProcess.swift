@@ -91,12 +91,17 @@ final class WorkerProcess {
         let bound = NIOLoopBound(self, eventLoop: loop)
 
         NIOPipeBootstrap(group: loop)
-            .channelOption(.recvAllocator, value: LargeReads.allocator)
             .channelOption(.allocator, value: FastCopyBuffers.allocator)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    let reads = DirectFrameReads()
+                    try reads.install(on: channel)
                     try channel.pipeline.syncOperations.addHandler(
-                        ProcessLinkHandler(process: bound.value, maximumReplyLength: maximumReplyLength)
+                        ProcessLinkHandler(
+                            process: bound.value,
+                            maximumReplyLength: maximumReplyLength,
+                            readWindow: reads.window
+                        )
                     )
                 }
             }
@@ -274,9 +279,9 @@ private final class ProcessLinkHandler: ChannelInboundHandler {
     /// the same bytes again.
     private var isDecoding = false
 
-    init(process: WorkerProcess, maximumReplyLength: Int) {
+    init(process: WorkerProcess, maximumReplyLength: Int, readWindow: ReadWindow) {
         self.process = process
-        self.replies = StreamDecoder(HandlerReplyDecoder(maximumLength: maximumReplyLength))
+        self.replies = StreamDecoder(HandlerReplyDecoder(maximumLength: maximumReplyLength), readWindow: readWindow)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
