@@ -102,7 +102,8 @@ public struct DaemonOptions: ParsableArguments {
     @Option(
         help: ArgumentHelp(
             "Largest resident memory of a pool process, in MiB; 0 for no limit (default: 0). Checked after each "
-                + "task (the process is replaced) and while a task runs (the process is killed, the task fails).",
+                + "task (the process is replaced) and while a task runs, counting the processes the handler started "
+                + "(the process group is killed, the task fails).",
             valueName: "MiB"
         )
     )

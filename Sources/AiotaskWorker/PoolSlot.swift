@@ -344,13 +344,15 @@ final class PoolSlot {
     /// Kills the busy process if it holds more memory than the limit, failing its task; reads again later if not.
     private func checkMemoryWhileBusy() {
         guard case .busy(let process, let running) = state, let limit = configuration.maximumProcessRSS else { return }
-        guard let resident = process.residentBytes, resident > limit else {
+        // The processes the handler started count too: the limit is on what the task makes the pool hold.
+        guard let (resident, descendants) = process.treeResidentBytes, resident > limit else {
             scheduleMemoryCheck()
             return
         }
         let record = running.record
         running.timeoutTimer?.cancel()
-        let message = "worker process \(process.pid) \(Self.memoryLimitMessage(resident: resident, limit: limit))"
+        let who = descendants == 0 ? "worker process \(process.pid)" : "worker process \(process.pid) with its children"
+        let message = "\(who) \(Self.memoryLimitMessage(resident: resident, limit: limit))"
         logger.error(
             "\(message); killing its process group",
             metadata: [

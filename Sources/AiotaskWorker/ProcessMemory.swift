@@ -14,13 +14,66 @@ enum ProcessMemory {
     /// The resident set size of `pid` in bytes, or nil when it is gone, a zombie, or not a child of this process
     /// (its pid was reused): only a live child of ours is ever measured, and so only ever killed for its size.
     static func residentBytes(of pid: pid_t) -> Int? {
-        let descriptor = open("/proc/\(pid)/stat", O_RDONLY | O_CLOEXEC)
-        guard descriptor >= 0 else { return nil }
-        defer { close(descriptor) }
+        residentBytes(of: pid, parent: getpid())
+    }
+
+    /// The memory of `pid` (a live child of ours) and of the processes it started: the sum of the resident sets of
+    /// `pid` and of every live descendant, found through `/proc/PID/task/TID/children`, and how many descendants
+    /// were counted; nil when `pid` itself cannot be measured. Pages shared between them count once per process.
+    /// A descendant whose parent died was reparented elsewhere, and is not counted.
+    static func treeResidentBytes(of pid: pid_t) -> (bytes: Int, descendants: Int)? {
+        guard var total = residentBytes(of: pid) else { return nil }
+        var descendants = 0
+        var parents = [pid]
+        while let parent = parents.popLast(), descendants < maximumDescendants {
+            for child in children(of: parent) {
+                // Checked against its parent, so a pid reused since the listing is not counted.
+                guard let resident = residentBytes(of: child, parent: parent) else { continue }
+                total += resident
+                descendants += 1
+                parents.append(child)
+            }
+        }
+        return (total, descendants)
+    }
+
+    /// Most descendants of one process read by ``treeResidentBytes(of:)``: a fork bomb is not walked to its end.
+    static let maximumDescendants = 1000
+
+    private static func residentBytes(of pid: pid_t, parent: pid_t) -> Int? {
         var buffer = [UInt8](repeating: 0, count: 1024)
-        let count = buffer.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
+        let count = readStart(of: "/proc/\(pid)/stat", into: &buffer)
         guard count > 0 else { return nil }
-        return residentBytes(parsingStat: buffer[0..<count], parent: getpid())
+        return residentBytes(parsingStat: buffer[0..<count], parent: parent)
+    }
+
+    /// The children of `pid`, from the `children` file of each of its threads (a child belongs to the thread that
+    /// started it).
+    private static func children(of pid: pid_t) -> [pid_t] {
+        guard let directory = opendir("/proc/\(pid)/task") else { return [] }
+        defer { closedir(directory) }
+        var children: [pid_t] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while let entry = readdir(directory) {
+            let thread = withUnsafeBytes(of: entry.pointee.d_name) {
+                String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
+            }
+            guard pid_t(thread) != nil else { continue }
+            let count = readStart(of: "/proc/\(pid)/task/\(thread)/children", into: &buffer)
+            guard count > 0 else { continue }
+            children += buffer[0..<count].split { $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\n") }.compactMap {
+                pid_t(String(decoding: $0, as: UTF8.self))
+            }
+        }
+        return children
+    }
+
+    /// Reads the start of the file at `path` into `buffer`: the byte count, or -1.
+    private static func readStart(of path: String, into buffer: inout [UInt8]) -> Int {
+        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else { return -1 }
+        defer { close(descriptor) }
+        return buffer.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
     }
 
     /// The resident bytes from the text of a `/proc/PID/stat` file, nil unless it describes a live child of

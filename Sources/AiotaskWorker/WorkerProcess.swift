@@ -204,6 +204,12 @@ final class WorkerProcess {
         hasExited ? nil : ProcessMemory.residentBytes(of: pid)
     }
 
+    /// The resident sets of the process and of the live processes it started, and how many of those there are; nil
+    /// once it has exited.
+    var treeResidentBytes: (bytes: Int, descendants: Int)? {
+        hasExited ? nil : ProcessMemory.treeResidentBytes(of: pid)
+    }
+
     /// Closes the link, which a well-behaved handler takes as its cue to exit; kills it if it is still there
     /// after `gracePeriod`.
     func retire(gracePeriod: Duration) {

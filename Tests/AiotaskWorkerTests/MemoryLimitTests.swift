@@ -1,6 +1,7 @@
 import AiotaskClient
 import AiotaskProtocol
 import AiotaskTestSupport
+import Foundation
 import Logging
 import Testing
 
@@ -45,6 +46,52 @@ struct MemoryLimitTests {
             try await worker.waitForFullPool()
             #expect(try await client.workerPID() != before)
             #expect(try await client.submit("echo after") == Array("after".utf8))
+            try await client.close()
+        }
+        try await worker.stop()
+    }
+
+    @Test(
+        "while a task runs, the processes its handler started count too: a child over the limit fails the task and dies"
+    )
+    func childrenCountWhileRunning() async throws {
+        // The pool process stays small; the child it starts (which first waits for a byte, so that its pid is on
+        // file before it grows) holds 150 MiB.
+        let script = try HandlerScript(
+            """
+            import os
+            import subprocess
+
+            grow = "import sys, time; sys.stdin.read(1); x = bytearray(b'a') * (150 << 20); time.sleep(600)"
+            for task in tasks():
+                child = subprocess.Popen([sys.executable, "-c", grow], stdin=subprocess.PIPE)
+                with open(os.path.join(os.path.dirname(__file__), "child.pid"), "w") as file:
+                    file.write(str(child.pid))
+                child.stdin.write(b"g")
+                child.stdin.flush()
+                child.wait()
+                reply(0, b"the child ended")
+            """
+        )
+        defer { script.remove() }
+        let worker = try await TestServer.start(handler: script.command, workers: 1) {
+            $0.maximumProcessRSS = Self.limit
+            $0.memoryCheckInterval = .milliseconds(20)
+        }
+        try await withTimeout {
+            let client = try await worker.client()
+            let failure = try #require(try await client.failure(of: "grow", timeout: .seconds(15)))
+            #expect(failure.reason == .workerCrashed)
+            #expect(failure.message.contains(" with its children exceeded the memory limit: "), "\(failure.message)")
+            #expect(failure.message.hasSuffix(" MiB > 64 MiB"), "\(failure.message)")
+
+            // The child died with its process group.
+            let recorded = try String(contentsOfFile: script.directory + "/child.pid", encoding: .utf8)
+            let child = try #require(pid_t(recorded))
+            if let watch = try? ProcessDeathWatch(pid: child) {
+                #expect(await watch.waitForExit(limit: .seconds(10)), "the child over the limit is still alive")
+            }
+            try await worker.waitForFullPool()
             try await client.close()
         }
         try await worker.stop()
