@@ -1,3 +1,5 @@
+import Synchronization
+
 #if canImport(Glibc)
     import Glibc
 #elseif canImport(Musl)
@@ -12,6 +14,31 @@ public enum OpenFileLimit {
     /// Descriptors the daemon needs besides its client connections: listening sockets, pipes to its pool
     /// processes, the journal, and some room.
     public static let reserved = 64
+
+    /// The environment variable through which pool processes learn the soft limit to return to.
+    static let childSoftLimitKey = "AIOTASK_NOFILE_SOFT"
+    /// The soft limit before ``raiseSoftLimitToHard()`` raised it; 0 while it has not.
+    private static let softLimitBeforeRaise = Atomic<UInt64>(0)
+
+    /// The soft limit the processes this process starts should run with: the one it had itself before raising it
+    /// for its connections, so handlers see the limit they would have anywhere else (programs that `select(2)` or
+    /// close every descriptor up to the limit rely on it); nil when it was not raised.
+    static var softLimitForChildren: UInt64? {
+        let limit = softLimitBeforeRaise.load(ordering: .relaxed)
+        return limit == 0 ? nil : limit
+    }
+
+    /// In a pool process: lowers the soft limit back to the one the supervisor passed (see
+    /// ``softLimitForChildren``), and clears the variable.
+    static func restoreChildSoftLimit() {
+        guard let value = getenv(childSoftLimitKey) else { return }
+        let wanted = rlim_t(String(cString: value))
+        unsetenv(childSoftLimitKey)
+        var limit = rlimit()
+        guard let wanted, getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, wanted < limit.rlim_cur else { return }
+        limit.rlim_cur = wanted
+        _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+    }
 
     /// The current soft and hard limits, or nil if they cannot be read.
     public static var current: (soft: UInt64, hard: UInt64)? {
@@ -40,7 +67,10 @@ public enum OpenFileLimit {
         for target in targets where target > limit.rlim_cur {
             var raised = limit
             raised.rlim_cur = target
-            if setrlimit(Int32(RLIMIT_NOFILE.rawValue), &raised) == 0 { return (before, UInt64(target)) }
+            if setrlimit(Int32(RLIMIT_NOFILE.rawValue), &raised) == 0 {
+                softLimitBeforeRaise.store(before, ordering: .relaxed)
+                return (before, UInt64(target))
+            }
             lastError = errno
         }
         throw LimitError(

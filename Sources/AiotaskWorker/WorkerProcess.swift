@@ -61,6 +61,9 @@ final class WorkerProcess {
             WorkerRole.supervisorPIDKey: String(getpid()),
             WorkerRole.workerIndexKey: String(slot),
         ]
+        if let limit = OpenFileLimit.softLimitForChildren {
+            environment[OpenFileLimit.childSoftLimitKey] = String(limit)
+        }
         // Without the shared memory (memfd unavailable) the process simply takes no withdrawable prefetch.
         let claims = command.runsLibraryHandler ? TaskClaims.create() : nil
         if claims != nil { environment[TaskClaims.descriptorKey] = String(TaskClaims.childDescriptor) }

@@ -32,8 +32,9 @@ public enum WorkerRole: String, Sendable {
         return WorkerRole(rawValue: String(cString: value))
     }
 
-    /// Ties this process's life to the supervisor's and clears the role from the environment, so that programs
-    /// the handler starts are not mistaken for pool processes.
+    /// Ties this process's life to the supervisor's, returns to the open-file limit the supervisor started with,
+    /// and clears the role from the environment, so that programs the handler starts are not mistaken for pool
+    /// processes.
     ///
     /// The kernel kills this process when the supervisor's spawning thread exits; the parent pid check closes
     /// the window in which the supervisor died before the signal was armed.
@@ -42,6 +43,7 @@ public enum WorkerRole: String, Sendable {
         if let expected = getenv(supervisorPIDKey).flatMap({ pid_t(String(cString: $0)) }), getppid() != expected {
             exit(0)
         }
+        OpenFileLimit.restoreChildSoftLimit()
         unsetenv(environmentKey)
         unsetenv(supervisorPIDKey)
     }

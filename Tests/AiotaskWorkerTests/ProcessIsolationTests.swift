@@ -41,6 +41,56 @@ struct ProcessIsolationTests {
         try await worker.stop()
     }
 
+    @Test(
+        "pool processes run with the open-file limit aiotaskd started with, not the one it raised for its clients",
+        .enabled(if: (OpenFileLimit.current?.hard ?? 0) > 1024),
+        arguments: ["echo", "exec:/bin/sleep 3600"]
+    )
+    func openFileLimitOfPoolProcesses(handler: String) async throws {
+        let hard = try #require(OpenFileLimit.current?.hard)
+        let directory = try makeTemporaryDirectory()
+        let daemon = try SpawnedProcess.spawn(
+            "/bin/sh",
+            [
+                "-c", "ulimit -Sn 1024 && exec \"$0\" \"$@\"", Products.aiotaskd, "--listen",
+                "unix:\(directory)/aiotask.sock", "--workers", "1", "--handler", handler,
+            ],
+            removing: systemdVariables
+        )
+        defer {
+            daemon.killGroup()
+            try? FileManager.default.removeItem(atPath: directory)
+        }
+        try await withTimeout {
+            try await daemon.waitForStandardError(containing: "ready")
+            #expect(try ConnectionScaleTests.openFileLimits(of: daemon.pid) == (hard, hard))
+            // The limit is lowered by the pool process itself as it starts: wait until it has done so — it answered
+            // a task (the Swift handler), or it became the program (which happens after).
+            if handler == "echo" {
+                let client = try await AiotaskClient.connect(to: .unix(path: directory + "/aiotask.sock"))
+                #expect(try await client.submit(ByteBuffer(string: "x")) == ByteBuffer(string: "x"))
+                try await client.close()
+            }
+            var pool = childProcesses(of: daemon.pid)
+            while handler != "echo", pool.isEmpty || !pool.allSatisfy({ Self.command(of: $0) == "sleep" }) {
+                try await Task.sleep(for: .milliseconds(5))
+                pool = childProcesses(of: daemon.pid)
+            }
+            #expect(pool.count == 1)
+            for pid in pool {
+                let limits = try ConnectionScaleTests.openFileLimits(of: pid)
+                #expect(limits == (1024, hard), "pool process \(pid): \(limits)")
+            }
+        }
+        daemon.signal(SIGTERM)
+        #expect(try await daemon.wait() == .exited(0))
+    }
+
+    /// The command name of `pid`, from `/proc/PID/comm`.
+    private static func command(of pid: pid_t) -> String? {
+        (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8))?.trimmingCharacters(in: .newlines)
+    }
+
     @Test("each pool process leads a process group of its own")
     func ownProcessGroup() async throws {
         let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 2)
