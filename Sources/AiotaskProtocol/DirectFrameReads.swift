@@ -38,6 +38,7 @@ public struct DirectFrameReads: RecvByteBufferAllocator {
     }
 
     /// Makes `self` the channel's receive allocator. Call it on the channel's event loop, before the channel reads.
+    /// A channel without synchronous options is left as it is: its reads are copied into frames as before.
     public func install(on channel: any Channel) throws {
         guard let options = channel.syncOptions else { return }
         try options.setOption(.maxMessagesPerRead, value: 1)
