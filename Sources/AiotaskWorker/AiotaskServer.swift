@@ -169,6 +169,12 @@ public final class AiotaskServer: Sendable {
         }
     #endif
 
+    /// How many tasks went to the current pool processes through shared memory, and how many arena regions they
+    /// hold now.
+    func sharedPayloadUsage() async throws -> (tasks: Int, regionsInUse: Int) {
+        try await loop.submit { [supervisor] in supervisor.value.sharedPayloadUsage }.get()
+    }
+
     /// The number of tasks queued or running.
     public func tasksInFlight() async throws -> Int {
         try await loop.submit { [supervisor] in supervisor.value.tasksInFlight }.get()

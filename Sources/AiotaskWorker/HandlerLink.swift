@@ -13,7 +13,8 @@ import NIOCore
 /// A pool process runs one task at a time, so it needs no event loop: it reads as many bytes as the pipe holds
 /// (several tasks at once when the supervisor sends tasks ahead), answers each task with a single `writev`
 /// as soon as it is done, and only blocks in `read` when it has no whole task buffered. With ``TaskClaims``, it
-/// claims each task before returning it, and skips those the supervisor withdrew.
+/// claims each task before returning it, and skips those the supervisor withdrew. With a ``SharedPayloadArena``, it
+/// takes large tasks from the arena, and puts results that fit back in their task's region.
 struct HandlerLink {
     /// Why the link failed.
     struct Failure: Error, CustomStringConvertible {
@@ -23,43 +24,69 @@ struct HandlerLink {
     private let input: CInt
     private let output: CInt
     private var buffer: ByteBuffer
-    private var decoder: HandlerRequestDecoder
+    private var decoder: PoolRequestDecoder
     private let claims: TaskClaims?
+    private let arena: SharedPayloadArena?
+    /// The arena region of the task being run, where its result goes if it fits.
+    private var currentRegion: Range<Int>?
     /// The stream index of the next task read.
     private var nextIndex: UInt32 = 0
     /// Smallest read attempted, so that many small tasks arrive in one `read`.
     private static let minimumRead = 64 * 1024
 
-    init(input: CInt, output: CInt, maximumLength: Int, claims: TaskClaims? = nil) {
+    /// - Parameter sharedPayloads: whether the link uses ``SharedPayloadFraming`` (the supervisor offered an
+    ///   arena), and the arena, unless it could not be mapped.
+    init(
+        input: CInt,
+        output: CInt,
+        maximumLength: Int,
+        claims: TaskClaims? = nil,
+        sharedPayloads: (isOffered: Bool, arena: SharedPayloadArena?) = (false, nil)
+    ) {
         self.input = input
         self.output = output
         // Large tasks land where the kernel copies fast (see FastCopyBuffers).
         self.buffer = FastCopyBuffers.allocator.buffer(capacity: Self.minimumRead)
-        self.decoder = HandlerRequestDecoder(maximumLength: maximumLength)
+        self.decoder = PoolRequestDecoder(maximumLength: maximumLength, hasKinds: sharedPayloads.isOffered)
         self.claims = claims
+        self.arena = sharedPayloads.arena
     }
 
     /// The next task to run, claimed, or nil when the supervisor closed the link between tasks.
     ///
     /// - Throws: ``Failure`` when reading fails, or ``HandlerFramingError`` when the stream breaks the framing.
     mutating func nextTask() throws -> ByteBuffer? {
-        while let task = try nextFrame() {
+        while let request = try nextFrame() {
             let index = nextIndex
             nextIndex &+= 1
+            // A withdrawn task's region may already hold another task: it is never read.
             if let claims, !claims.claim(index) { continue }
-            return task
+            switch request {
+            case .inline(let task):
+                currentRegion = nil
+                return task
+            case .shared(let offset, let length):
+                guard let arena, arena.contains(offset: offset, length: length) else {
+                    throw Failure(
+                        description:
+                            "the supervisor placed a task of \(length) bytes at offset \(offset) of shared memory this process does not have"
+                    )
+                }
+                currentRegion = offset..<(offset + length)
+                return arena.read(offset: offset, length: length)
+            }
         }
         return nil
     }
 
     /// The next task in the stream, withdrawn or not.
-    private mutating func nextFrame() throws -> ByteBuffer? {
+    private mutating func nextFrame() throws -> PoolRequest? {
         while true {
             if let task = try decoder.decode(buffer: &buffer) { return task }
             // Room for the rest of the frame being read (a large task arrives in few reads), at least 64 KiB.
             var wanted = Self.minimumRead
-            if let length = buffer.getInteger(at: buffer.readerIndex, as: UInt32.self) {
-                wanted = max(wanted, 4 + Int(length) - buffer.readableBytes)
+            if let length = decoder.frameLength(at: buffer) {
+                wanted = max(wanted, length - buffer.readableBytes)
             }
             if buffer.readableBytes == 0 {
                 buffer.clear()
@@ -84,10 +111,23 @@ struct HandlerLink {
         }
     }
 
-    /// Sends `reply` in one `writev` (more only if the pipe takes it in parts).
+    /// Sends `reply` in one `writev` (more only if the pipe takes it in parts); a result that fits its task's region
+    /// in the arena goes there, and only its place on the link.
     ///
     /// - Throws: ``Failure`` when writing fails (the supervisor closed the link).
     func send(_ reply: HandlerReply) throws {
+        if case .result(let bytes) = reply, let arena, let region = currentRegion, bytes.readableBytes <= region.count {
+            arena.write(bytes, at: region.lowerBound)
+            var reference = ByteBuffer()
+            reference.writeMultipleIntegers(
+                SharedPayloadFraming.sharedResultKind,
+                UInt32(bytes.readableBytes),
+                UInt32(region.lowerBound)
+            )
+            return try reference.withUnsafeReadableBytes {
+                try writeAll($0, UnsafeRawBufferPointer(start: nil, count: 0))
+            }
+        }
         var header: (UInt8, UInt8, UInt8, UInt8, UInt8) = (0, 0, 0, 0, 0)
         switch reply {
         case .result(let bytes):

@@ -126,6 +126,14 @@ final class Supervisor {
     /// Tasks queued or running.
     var tasksInFlight: Int { inFlightCount }
 
+    /// Over the current pool processes: tasks sent through shared memory, and arena regions in use.
+    var sharedPayloadUsage: (tasks: Int, regionsInUse: Int) {
+        slots.compactMap(\.process).reduce(into: (0, 0)) { usage, process in
+            usage.tasks += process.sharedTaskCount
+            usage.regionsInUse += process.sharedRegionsInUse
+        }
+    }
+
     func noteRestart() {
         restarts += 1
     }

@@ -45,13 +45,26 @@ final class WorkerProcess {
     private let claims: TaskClaims?
     /// Tasks sent so far; the next task's index in the process's stream (wrapping).
     private(set) var sentCount: UInt32 = 0
+    /// The memory through which large tasks and results travel, for a process running a library handler; its link
+    /// then uses ``SharedPayloadFraming``.
+    private let arena: SharedPayloadArena?
+    private var arenaSpace: SharedPayloadSpace
+    /// With an arena: the arena region of each task sent and not yet answered or withdrawn (nil for one sent
+    /// inline), in the order sent.
+    private var sentRegions = CircularBuffer<Range<Int>?>()
+    /// Tasks sent through the arena so far.
+    private(set) var sharedTaskCount = 0
+    /// Arena regions holding a task now.
+    var sharedRegionsInUse: Int { arenaSpace.regions.count }
 
     /// When the process was started.
     let startedAt = NIODeadline.now()
 
-    private init(child: ChildProcess, claims: TaskClaims?, loop: any EventLoop) {
+    private init(child: ChildProcess, claims: TaskClaims?, arena: SharedPayloadArena?, loop: any EventLoop) {
         self.child = child
         self.claims = claims
+        self.arena = arena
+        self.arenaSpace = SharedPayloadSpace(capacity: arena?.capacity ?? 0)
         self.loop = loop
     }
 
@@ -68,12 +81,15 @@ final class WorkerProcess {
         let claims = command.runsLibraryHandler ? TaskClaims.create() : nil
         if claims != nil { environment[TaskClaims.descriptorKey] = String(TaskClaims.childDescriptor) }
         defer { if let claims { close(claims.descriptor) } }
+        // Likewise, without the arena every task and result simply travels through the link.
+        let arena = claims.flatMap { SharedPayloadArena.create(on: $0.descriptor) }
+        if let arena { environment[SharedPayloadArena.capacityKey] = String(arena.capacity) }
         let child = try ChildProcess.spawn(
             command,
             extraEnvironment: environment,
             claimsDescriptor: claims?.descriptor
         )
-        return WorkerProcess(child: child, claims: claims?.claims, loop: loop)
+        return WorkerProcess(child: child, claims: claims?.claims, arena: arena, loop: loop)
     }
 
     /// Whether tasks sent to the process can be withdrawn until it starts them: it announced that it claims them.
@@ -83,8 +99,16 @@ final class WorkerProcess {
     /// one withdrawn (tasks before it were claimed); nil when the process does not claim its tasks, or has not
     /// claimed every task before index `from` yet.
     func withdrawUnclaimed(from: UInt32) -> UInt32? {
-        guard let claims, claims.isAnnounced else { return nil }
-        return claims.withdraw(from: from, sent: sentCount)
+        guard let claims, claims.isAnnounced, let first = claims.withdraw(from: from, sent: sentCount) else {
+            return nil
+        }
+        // The process never reads a withdrawn task, so its region is free at once.
+        if arena != nil {
+            for _ in 0..<Int(sentCount &- first) {
+                if let region = sentRegions.popLast() ?? nil { arenaSpace.release(region) }
+            }
+        }
+        return first
     }
 
     /// Wires the process's link, stderr and exit to the loop; events then reach the delegate.
@@ -102,7 +126,10 @@ final class WorkerProcess {
                     try channel.pipeline.syncOperations.addHandler(
                         ProcessLinkHandler(
                             process: bound.value,
-                            maximumReplyLength: maximumReplyLength,
+                            replies: PoolReplyDecoder(
+                                maximumLength: maximumReplyLength,
+                                acceptsSharedResults: bound.value.arena != nil
+                            ),
                             readWindow: reads.window
                         )
                     )
@@ -153,7 +180,9 @@ final class WorkerProcess {
         let index = sentCount
         guard let link else { return index }
         sentCount &+= 1
-        if task.readableBytes <= Self.copyLimit {
+        if let arena {
+            sendWithKind(task, arena: arena, on: link)
+        } else if task.readableBytes <= Self.copyLimit {
             output.writeHandlerRequest(task)
         } else {
             // A large task is not copied: its header joins the tasks before it, and its bytes follow as they are,
@@ -165,6 +194,28 @@ final class WorkerProcess {
         }
         scheduleFlush()
         return index
+    }
+
+    /// Sends `task` in ``SharedPayloadFraming``: through the arena if it is large, the process mapped the arena and
+    /// a region is free; inline otherwise.
+    private func sendWithKind(_ task: ByteBuffer, arena: SharedPayloadArena, on link: any Channel) {
+        let length = task.readableBytes
+        if length >= SharedPayloadArena.threshold, arena.isAnnounced, let region = arenaSpace.allocate(length) {
+            arena.write(task, at: region.lowerBound)
+            output.writeSharedRequest(offset: region.lowerBound, length: length)
+            sentRegions.append(region)
+            sharedTaskCount += 1
+            return
+        }
+        sentRegions.append(nil)
+        output.writeInlineRequestHeader(length: length)
+        if length <= Self.copyLimit {
+            output.writeImmutableBuffer(task)
+        } else {
+            link.write(output, promise: nil)
+            output = ByteBuffer()
+            link.write(task, promise: nil)
+        }
     }
 
     /// Largest task copied into the output buffer with its header; larger ones are written as they are.
@@ -229,8 +280,29 @@ final class WorkerProcess {
         }
     }
 
-    fileprivate func received(_ reply: HandlerReply) {
-        delegate?.process(self, didReply: reply)
+    fileprivate func received(_ reply: PoolReply) {
+        guard arena != nil else {
+            if case .handler(let reply) = reply { delegate?.process(self, didReply: reply) }
+            return
+        }
+        // Replies answer the tasks in the order sent (withdrawn ones aside, which get none).
+        let region = sentRegions.popFirst() ?? nil
+        switch reply {
+        case .handler(let reply):
+            if let region { arenaSpace.release(region) }
+            delegate?.process(self, didReply: reply)
+        case .sharedResult(let offset, let length):
+            guard let arena, let region, region.lowerBound == offset, length <= region.count else {
+                let given = region.map { "\($0.count) bytes at offset \($0.lowerBound)" } ?? "no region"
+                breakLink(
+                    "handler placed a result of \(length) bytes at offset \(offset) of shared memory; its task has \(given)"
+                )
+                return
+            }
+            let bytes = arena.read(offset: offset, length: length)
+            arenaSpace.release(region)
+            delegate?.process(self, didReply: .result(bytes))
+        }
     }
 
     /// Kills the process because its link failed for `reason`; the delegate learns of it now, and of the exit
@@ -281,16 +353,16 @@ private final class ProcessLinkHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
 
     private let process: WorkerProcess
-    private var replies: StreamDecoder<HandlerReplyDecoder>
+    private var replies: StreamDecoder<PoolReplyDecoder>
     /// Set once the framing is broken: nothing more is decoded.
     private var isBroken = false
     /// Set while replies are being passed on: one of them may close the link, and its closing must not decode
     /// the same bytes again.
     private var isDecoding = false
 
-    init(process: WorkerProcess, maximumReplyLength: Int, readWindow: ReadWindow) {
+    init(process: WorkerProcess, replies: PoolReplyDecoder, readWindow: ReadWindow) {
         self.process = process
-        self.replies = StreamDecoder(HandlerReplyDecoder(maximumLength: maximumReplyLength), readWindow: readWindow)
+        self.replies = StreamDecoder(replies, readWindow: readWindow)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {

@@ -69,6 +69,8 @@ public enum WorkerRole: String, Sendable {
     /// handler code land in the supervisor's log instead of corrupting the framing.
     static func serveTasks(with handler: @escaping TaskHandler) async -> Never {
         attachToSupervisor()
+        // Each large task and result gets a buffer of its own: reuse freed ones rather than map fresh pages.
+        MemoryTuning.keepLargeBuffersInHeap()
         let input = fcntl(0, F_DUPFD_CLOEXEC, 3)
         let output = fcntl(1, F_DUPFD_CLOEXEC, 3)
         let devNull = open("/dev/null", O_RDONLY)
@@ -86,11 +88,14 @@ public enum WorkerRole: String, Sendable {
 
     /// Answers tasks one at a time until the supervisor closes the link.
     private static func serve(handler: @escaping TaskHandler, input: CInt, output: CInt) async throws {
+        // The arena is mapped from the claims' descriptor, which taking the claims closes.
+        let sharedPayloads = SharedPayloadArena.inherited()
         var link = HandlerLink(
             input: input,
             output: output,
             maximumLength: Int(UInt32.max),
-            claims: TaskClaims.inherited()
+            claims: TaskClaims.inherited(),
+            sharedPayloads: sharedPayloads
         )
         while let task = try link.nextTask() {
             let reply: HandlerReply

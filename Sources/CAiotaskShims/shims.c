@@ -134,3 +134,11 @@ bool aiotask_claims_withdraw(void *claims, uint32_t from, uint32_t sent, uint32_
         }
     }
 }
+
+void aiotask_store_release(uint32_t *word, uint32_t value) {
+    __atomic_store_n(word, value, __ATOMIC_RELEASE);
+}
+
+uint32_t aiotask_load_acquire(const uint32_t *word) {
+    return __atomic_load_n(word, __ATOMIC_ACQUIRE);
+}

@@ -50,4 +50,10 @@ bool aiotask_claims_claim(void *claims, uint32_t index);
 /// index of the first task withdrawn: tasks before it were claimed (or withdrawn before).
 bool aiotask_claims_withdraw(void *claims, uint32_t from, uint32_t sent, uint32_t *first_withdrawn);
 
+/// Stores `value` at `word` with release ordering (a flag in memory shared with another process).
+void aiotask_store_release(uint32_t *word, uint32_t value);
+
+/// Loads the value at `word` with acquire ordering.
+uint32_t aiotask_load_acquire(const uint32_t *word);
+
 #endif

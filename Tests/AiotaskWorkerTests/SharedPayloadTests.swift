@@ -1,0 +1,142 @@
+import AiotaskClient
+import AiotaskProtocol
+import AiotaskTestSupport
+import Glibc
+import NIOCore
+import Testing
+
+@testable import AiotaskWorker
+
+/// `count` pseudo-random bytes, different for each `seed`.
+private func payload(_ count: Int, seed: UInt64) -> ByteBuffer {
+    var generator = seed &* 0x9E37_79B9_7F4A_7C15 | 1
+    var buffer = ByteBuffer()
+    buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: count) { bytes in
+        for index in 0..<count {
+            generator ^= generator << 13
+            generator ^= generator >> 7
+            generator ^= generator << 17
+            bytes[index] = UInt8(truncatingIfNeeded: generator)
+        }
+        return count
+    }
+    return buffer
+}
+
+@Suite("Shared memory: large tasks and results travel between aiotaskd and its pool processes", .serialized)
+struct SharedPayloadTests {
+    @Test("tasks from just under the threshold to past the arena's size come back byte for byte; large ones used it")
+    func echoAcrossSizes() async throws {
+        let worker = try await TestServer.start(workers: 1)
+        try await withTimeout {
+            let client = try await worker.client()
+            let sizes = [
+                0, 100, SharedPayloadArena.threshold - 1, SharedPayloadArena.threshold, 1 << 20, 3 << 20 + 7,
+                SharedPayloadArena.defaultCapacity + 1,
+            ]
+            for (seed, size) in sizes.enumerated() {
+                let task = payload(size, seed: UInt64(seed))
+                #expect(try await client.submit(task) == task, "\(size) bytes")
+            }
+            let usage = try await worker.server.sharedPayloadUsage()
+            // The three between the threshold and the arena's size; the one larger than the arena went inline.
+            #expect(usage.tasks == 3)
+            #expect(usage.regionsInUse == 0)
+            try await client.close()
+        }
+        try await worker.stop()
+    }
+
+    @Test("many large tasks in flight, sent ahead and answered in turn, leave no region behind")
+    func regionsAreReturned() async throws {
+        let worker = try await TestServer.start(workers: 2)
+        try await withTimeout {
+            let client = try await worker.client()
+            let tasks = (0..<24).map { payload(256 * 1024 + $0, seed: UInt64($0)) }
+            try await withThrowingTaskGroup(of: Bool.self) { group in
+                for task in tasks {
+                    group.addTask { try await client.submit(task) == task }
+                }
+                for try await matched in group { #expect(matched) }
+            }
+            let usage = try await worker.server.sharedPayloadUsage()
+            #expect(usage.tasks >= 2)
+            #expect(usage.regionsInUse == 0)
+            try await client.close()
+        }
+        try await worker.stop()
+    }
+
+    @Test("large tasks sent ahead to a busy process and withdrawn run on another one, and free their regions")
+    func withdrawnTasksFreeTheirRegions() async throws {
+        let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 2) {
+            $0.prefetchStallLimit = .seconds(3600)
+        }
+        try await withTimeout {
+            let client = try await worker.client()
+            // Both processes busy, so the large tasks are sent ahead behind these two.
+            let long = try await client.enqueue("sleep 1500")
+            let short = try await client.enqueue("sleep 200")
+            _ = try await client.waitForInfo { $0.tasks.running == 2 }
+            let texts = (0..<4).map { String(repeating: Character(UnicodeScalar(UInt8(97 + $0))), count: 100_000) }
+            var handles: [TaskHandle] = []
+            for text in texts { handles.append(try await client.enqueue("echo " + text)) }
+            // The short task ends first: its process takes back the tasks still waiting behind the long one.
+            for (handle, text) in zip(handles, texts) { #expect(try await handle.text() == text) }
+            #expect(try await short.text() == "slept 200")
+            #expect(try await long.text() == "slept 1500")
+            let usage = try await worker.server.sharedPayloadUsage()
+            #expect(usage.tasks >= 4)
+            #expect(usage.regionsInUse == 0)
+            let withdrawals = worker.logs.entries.filter { $0.message.contains("withdrew") }
+            #expect(!withdrawals.isEmpty)
+            try await client.close()
+        }
+        try await worker.stop()
+    }
+
+    @Test("a process that points at shared memory outside its task's region fails that task, and the pool goes on")
+    func resultOutsideItsRegion() async throws {
+        // A stand-in for a library handler that maps the arena and then answers with a wrong offset.
+        let script = try HandlerScript(
+            """
+            import mmap
+            import os
+
+            size = int(os.environ["AIOTASK_SHARED_PAYLOAD_BYTES"])
+            arena = mmap.mmap(int(os.environ["AIOTASK_CLAIMS_FD"]), 8192 + size)
+            arena[4096:4100] = struct.pack("<I", 0x61696F70)
+            while True:
+                header = read_exactly(5)
+                if header is None:
+                    break
+                kind, length = struct.unpack(">BI", header)
+                if kind == 1:
+                    (offset,) = struct.unpack(">I", read_exactly(4))
+                    stdout.write(struct.pack(">BII", 2, length, offset + 64))
+                    stdout.flush()
+                else:
+                    reply(0, read_exactly(length))
+            """
+        )
+        let command = ProcessCommand(
+            executable: HandlerScript.python,
+            arguments: [script.path],
+            environment: [WorkerRole.environmentKey: WorkerRole.handler.rawValue],
+            displayName: "lying"
+        )
+        let worker = try await TestServer.start(handler: command, workers: 1)
+        try await withTimeout {
+            let client = try await worker.client()
+            #expect(try await client.submit("small") == Array("small".utf8))
+            let failure = try await client.enqueue(payload(100_000, seed: 1)).failure()
+            #expect(failure?.reason == .workerCrashed)
+            #expect(failure?.message.contains("at offset 64 of shared memory") == true)
+            #expect(try await client.submit("after") == Array("after".utf8))
+            let broken = worker.logs.entries.filter { $0.message.contains("broke its link") }
+            #expect(broken.contains { $0.message.contains("100000 bytes at offset 0") })
+            try await client.close()
+        }
+        try await worker.stop()
+    }
+}
