@@ -86,6 +86,7 @@ public enum ConfigFile {
         case "max-tasks-per-worker": settings.maxTasksPerWorker = try integer()
         case "max-tasks-jitter": settings.maxTasksJitter = try integer()
         case "max-worker-rss": settings.maxWorkerRSS = try integer()
+        case "worker-shared-memory": settings.workerSharedMemory = try integer()
         case "drain-timeout": settings.drainTimeout = try seconds()
         case "log-level":
             guard let level = Logger.Level(rawValue: value) else {

@@ -111,6 +111,15 @@ public struct DaemonOptions: ParsableArguments {
 
     @Option(
         help: ArgumentHelp(
+            "Memory each Swift-handler pool process shares with aiotaskd, in MiB, through which tasks and results of "
+                + "64 KiB or more travel instead of its pipes; 0 for none (default: 4).",
+            valueName: "MiB"
+        )
+    )
+    public var workerSharedMemory: Int?
+
+    @Option(
+        help: ArgumentHelp(
             "On shutdown, seconds that tasks in flight may still run (default: 30).",
             valueName: "seconds"
         )
@@ -141,6 +150,7 @@ public struct DaemonOptions: ParsableArguments {
         settings.maxTasksPerWorker = maxTasksPerWorker
         settings.maxTasksJitter = maxTasksJitter
         settings.maxWorkerRSS = maxWorkerRss
+        settings.workerSharedMemory = workerSharedMemory
         settings.drainTimeout = drainTimeout
         settings.logLevel = logLevel
         return settings

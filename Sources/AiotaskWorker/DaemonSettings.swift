@@ -23,6 +23,8 @@ public struct DaemonSettings: Sendable, Equatable {
     public var maxTasksJitter: Int?
     /// The resident-set limit of a pool process, in MiB; 0 for none.
     public var maxWorkerRSS: Int?
+    /// The memory each Swift-handler pool process shares with aiotaskd for large payloads, in MiB; 0 for none.
+    public var workerSharedMemory: Int?
     public var drainTimeout: Double?
     public var logLevel: Logger.Level?
 
@@ -47,6 +49,7 @@ public struct DaemonSettings: Sendable, Equatable {
         merged.maxTasksPerWorker = other.maxTasksPerWorker ?? maxTasksPerWorker
         merged.maxTasksJitter = other.maxTasksJitter ?? maxTasksJitter
         merged.maxWorkerRSS = other.maxWorkerRSS ?? maxWorkerRSS
+        merged.workerSharedMemory = other.workerSharedMemory ?? workerSharedMemory
         merged.drainTimeout = other.drainTimeout ?? drainTimeout
         merged.logLevel = other.logLevel ?? logLevel
         return merged
@@ -91,6 +94,9 @@ public struct DaemonSettings: Sendable, Equatable {
             try Self.checked(maxTasksJitter, "max-tasks-jitter", 0...Int.max) ?? configuration.maximumTasksJitter
         if let limit = try Self.checked(maxWorkerRSS, "max-worker-rss", 0...Self.largestWorkerRSS, unit: " MiB") {
             configuration.maximumProcessRSS = limit == 0 ? nil : limit * ProcessMemory.mebibyte
+        }
+        if let size = try Self.checked(workerSharedMemory, "worker-shared-memory", 0...1024, unit: " MiB") {
+            configuration.sharedPayloadBytes = size * ProcessMemory.mebibyte
         }
         if let drainTimeout { configuration.drainTimeout = try Self.duration(drainTimeout, "drain-timeout") }
         return configuration

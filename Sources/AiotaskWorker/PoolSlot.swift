@@ -198,7 +198,12 @@ final class PoolSlot {
         guard case .empty = state, !isStopped else { return }
         restartTimer = nil
         do {
-            let process = try WorkerProcess.spawn(configuration.handler, slot: index, loop: supervisor.loop)
+            let process = try WorkerProcess.spawn(
+                configuration.handler,
+                slot: index,
+                sharedPayloadBytes: configuration.sharedPayloadBytes,
+                loop: supervisor.loop
+            )
             process.delegate = self
             state = .starting(process)
             // Set before attaching: the new process may report ready at once, and must not find the quota of
@@ -208,6 +213,14 @@ final class PoolSlot {
             }
             process.attach(maximumReplyLength: configuration.maximumPayloadLength, logger: logger)
             logger.debug("worker process started", metadata: ["worker_pid": "\(process.pid)", "slot": "\(index)"])
+            if configuration.handler.runsLibraryHandler,
+                !process.sharesMemory(arenaWanted: configuration.sharedPayloadBytes > 0)
+            {
+                logger.warning(
+                    "worker process got no memory shared with aiotaskd (memfd_create or mmap failed): tasks sent ahead to it cannot be withdrawn, and large payloads travel through its pipes",
+                    metadata: ["worker_pid": "\(process.pid)", "slot": "\(index)"]
+                )
+            }
         } catch {
             logger.error("cannot start a worker process: \(error)", metadata: ["slot": "\(index)"])
             supervisor.slotFailedToStart(self)

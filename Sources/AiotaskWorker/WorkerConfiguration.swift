@@ -53,6 +53,9 @@ public struct WorkerConfiguration: Sendable {
     public var maximumProcessRSS: Int?
     /// How often the resident set of a busy process is read, while ``maximumProcessRSS`` is set.
     public var memoryCheckInterval: Duration
+    /// Bytes of memory each Swift-handler pool process shares with the supervisor for large tasks and results (see
+    /// `SharedPayloadArena`); 0 sends every payload through the process's pipes.
+    public var sharedPayloadBytes: Int
     /// How many finished tasks per connection `STATUS` remembers.
     public var finishedTasksRemembered: Int
     /// On shutdown, how long in-flight tasks may still finish before they fail with `shuttingDown` (never
@@ -80,6 +83,7 @@ public struct WorkerConfiguration: Sendable {
         maximumTasksJitter: Int = 0,
         maximumProcessRSS: Int? = nil,
         memoryCheckInterval: Duration = .milliseconds(100),
+        sharedPayloadBytes: Int = 4 << 20,
         finishedTasksRemembered: Int = 1024,
         drainTimeout: Duration = .seconds(30),
         maximumRestartBackoff: Duration = .seconds(10)
@@ -102,6 +106,7 @@ public struct WorkerConfiguration: Sendable {
         self.maximumTasksJitter = maximumTasksJitter
         self.maximumProcessRSS = maximumProcessRSS
         self.memoryCheckInterval = memoryCheckInterval
+        self.sharedPayloadBytes = sharedPayloadBytes
         self.finishedTasksRemembered = finishedTasksRemembered
         self.drainTimeout = drainTimeout
         self.maximumRestartBackoff = maximumRestartBackoff

@@ -54,6 +54,9 @@ final class WorkerProcess {
     private var sentRegions = CircularBuffer<Range<Int>?>()
     /// Tasks sent through the arena so far.
     private(set) var sharedTaskCount = 0
+    /// Whether the process was given its task claims, and its payload arena if one was asked for (a library
+    /// handler's process normally is).
+    func sharesMemory(arenaWanted: Bool) -> Bool { claims != nil && (arena != nil || !arenaWanted) }
     /// Arena regions holding a task now.
     var sharedRegionsInUse: Int { arenaSpace.regions.count }
 
@@ -69,7 +72,14 @@ final class WorkerProcess {
     }
 
     /// Starts a process running `command`. Call ``attach(maximumReplyLength:logger:)`` next.
-    static func spawn(_ command: ProcessCommand, slot: Int, loop: any EventLoop) throws -> WorkerProcess {
+    ///
+    /// - Parameter sharedPayloadBytes: the payload arena of a process running a library handler; 0 for none.
+    static func spawn(
+        _ command: ProcessCommand,
+        slot: Int,
+        sharedPayloadBytes: Int = SharedPayloadArena.defaultCapacity,
+        loop: any EventLoop
+    ) throws -> WorkerProcess {
         var environment = [
             WorkerRole.supervisorPIDKey: String(getpid()),
             WorkerRole.workerIndexKey: String(slot),
@@ -82,7 +92,9 @@ final class WorkerProcess {
         if claims != nil { environment[TaskClaims.descriptorKey] = String(TaskClaims.childDescriptor) }
         defer { if let claims { close(claims.descriptor) } }
         // Likewise, without the arena every task and result simply travels through the link.
-        let arena = claims.flatMap { SharedPayloadArena.create(on: $0.descriptor) }
+        let arena =
+            sharedPayloadBytes > 0
+            ? claims.flatMap { SharedPayloadArena.create(on: $0.descriptor, capacity: sharedPayloadBytes) } : nil
         if let arena { environment[SharedPayloadArena.capacityKey] = String(arena.capacity) }
         let child = try ChildProcess.spawn(
             command,

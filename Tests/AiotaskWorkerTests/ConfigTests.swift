@@ -27,6 +27,7 @@ struct ConfigTests {
             max_tasks_per_worker = 1000
             max-tasks-jitter = 50
             max_worker_rss = 512
+            worker-shared-memory = 16
             drain_timeout = 10
             idle-timeout = 120
             write_timeout = 0.5
@@ -45,6 +46,7 @@ struct ConfigTests {
         expected.maxTasksPerWorker = 1000
         expected.maxTasksJitter = 50
         expected.maxWorkerRSS = 512
+        expected.workerSharedMemory = 16
         expected.drainTimeout = 10
         expected.idleTimeout = 120
         expected.writeTimeout = 0.5
@@ -144,10 +146,12 @@ struct ConfigTests {
         settings.taskTimeout = 1.5
         settings.maxTasksPerWorker = 10
         settings.maxWorkerRSS = 256
+        settings.workerSharedMemory = 0
         let limited = try settings.configuration(handler: Self.handler)
         #expect(limited.defaultTaskTimeout == .milliseconds(1500))
         #expect(limited.maximumTasksPerProcess == 10)
         #expect(limited.maximumProcessRSS == 256 * 1024 * 1024)
+        #expect(limited.sharedPayloadBytes == 0)
     }
 
     @Test(
@@ -155,7 +159,8 @@ struct ConfigTests {
         arguments: [
             ("workers", 0), ("workers", 4097), ("queue-capacity", -1), ("max-payload", 0),
             ("max-payload", Int(UInt32.max)), ("max-tasks-per-worker", -1), ("max-tasks-jitter", -1),
-            ("max-worker-rss", -1), ("max-worker-rss", 1 << 31),
+            ("max-worker-rss", -1), ("max-worker-rss", 1 << 31), ("worker-shared-memory", -1),
+            ("worker-shared-memory", 1025),
         ]
     )
     func integerOutOfRange(name: String, value: Int) throws {
@@ -166,6 +171,7 @@ struct ConfigTests {
         case "max-payload": settings.maxPayload = value
         case "max-tasks-per-worker": settings.maxTasksPerWorker = value
         case "max-worker-rss": settings.maxWorkerRSS = value
+        case "worker-shared-memory": settings.workerSharedMemory = value
         default: settings.maxTasksJitter = value
         }
         do {

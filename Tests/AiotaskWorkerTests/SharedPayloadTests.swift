@@ -47,6 +47,25 @@ struct SharedPayloadTests {
         try await worker.stop()
     }
 
+    @Test("with a smaller arena, a task larger than it travels inline; with none, every task does")
+    func configuredSize() async throws {
+        for megabytes in [1, 0] {
+            let worker = try await TestServer.start(workers: 1) { $0.sharedPayloadBytes = megabytes << 20 }
+            try await withTimeout {
+                let client = try await worker.client()
+                // Answered once the process has mapped its arena: tasks sent before that travel inline.
+                #expect(try await client.submit("ready") == Array("ready".utf8))
+                for (seed, size) in [512 * 1024, 2 << 20].enumerated() {
+                    let task = payload(size, seed: UInt64(seed))
+                    #expect(try await client.submit(task) == task, "\(size) bytes")
+                }
+                #expect(try await worker.server.sharedPayloadUsage().tasks == megabytes)
+                try await client.close()
+            }
+            try await worker.stop()
+        }
+    }
+
     @Test("many large tasks in flight, sent ahead and answered in turn, leave no region behind")
     func regionsAreReturned() async throws {
         let worker = try await TestServer.start(workers: 2)
