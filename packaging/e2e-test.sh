@@ -238,6 +238,15 @@ pool_is_unprivileged() {
             END { exit !(ok_uid && ok_cap && ok_nnp) }' "/proc/$pid/status" || return 1
     done
 }
+# Every pool process maps its payload arena: the part of its claims memfd after the first page.
+pool_maps_shared_payloads() {
+    local pids pid
+    pids=$(pool_pids) && [ -n "$pids" ] || return 1
+    for pid in $pids; do
+        in_ct grep -q ' rw-s 00001000 .*memfd:aiotask-claims' "/proc/$pid/maps" || return 1
+    done
+}
+journal_lacks() { ! in_ct journalctl -u aiotask --no-pager -q -o cat | grep -q "$1"; }
 journal_tail() { in_ct journalctl -u aiotask.service -u aiotask.socket --no-pager -n "${1:-25}" | sed 's/^/      /'; }
 
 run_suite() {
@@ -287,6 +296,11 @@ run_suite() {
     # A handler gets no more privilege than the daemon: same unprivileged user, no capabilities, no_new_privs.
     check "pool processes run as the daemon's unprivileged user, with no capabilities and NoNewPrivs" \
         pool_is_unprivileged
+    # Large payloads travel through memory the pool processes share with the daemon, sandbox and all.
+    check "pool processes map the memory they share with the daemon for large payloads" pool_maps_shared_payloads
+    out=$(sh_ct 'aiotask bench --tasks 200 --concurrency 4 --size 1048576 --json' 2>&1); rc=$?
+    check "aiotask bench: 200 tasks of 1 MiB all came back whole" [ $rc -eq 0 ] || printf '%s\n' "$out" | tail -n 5
+    check "the journal has no pool process without shared memory" journal_lacks 'no memory shared'
 
     phase "reload under load (no task lost)"
     set_config workers 2
