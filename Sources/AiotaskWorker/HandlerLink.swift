@@ -29,6 +29,8 @@ struct HandlerLink {
     private let arena: SharedPayloadArena?
     /// The arena region of the task being run, where its result goes if it fits.
     private var currentRegion: Range<Int>?
+    /// Where tasks from the arena are copied: the same memory for each, once the handler let go of the last one.
+    private var sharedTask = FastCopyBuffers.allocator.buffer(capacity: 0)
     /// The stream index of the next task read.
     private var nextIndex: UInt32 = 0
     /// Smallest read attempted, so that many small tasks arrive in one `read`.
@@ -73,7 +75,8 @@ struct HandlerLink {
                     )
                 }
                 currentRegion = offset..<(offset + length)
-                return arena.read(offset: offset, length: length)
+                arena.read(offset: offset, length: length, into: &sharedTask)
+                return sharedTask
             }
         }
         return nil

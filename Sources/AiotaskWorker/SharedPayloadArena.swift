@@ -107,9 +107,16 @@ final class SharedPayloadArena {
 
     /// A copy of the `length` bytes at `offset` of the payload space, in a buffer the kernel copies from fast.
     func read(offset: Int, length: Int) -> ByteBuffer {
-        precondition(contains(offset: offset, length: length))
         var buffer = FastCopyBuffers.buffer(exactCapacity: length)
-        buffer.writeBytes(UnsafeRawBufferPointer(start: space + offset, count: length))
+        read(offset: offset, length: length, into: &buffer)
         return buffer
+    }
+
+    /// Replaces the contents of `buffer` with the `length` bytes at `offset` of the payload space, reusing its memory
+    /// when no one else holds it.
+    func read(offset: Int, length: Int, into buffer: inout ByteBuffer) {
+        precondition(contains(offset: offset, length: length))
+        buffer.clear(minimumCapacity: length)
+        buffer.writeBytes(UnsafeRawBufferPointer(start: space + offset, count: length))
     }
 }

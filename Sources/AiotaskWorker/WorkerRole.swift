@@ -69,8 +69,6 @@ public enum WorkerRole: String, Sendable {
     /// handler code land in the supervisor's log instead of corrupting the framing.
     static func serveTasks(with handler: @escaping TaskHandler) async -> Never {
         attachToSupervisor()
-        // Each large task and result gets a buffer of its own: reuse freed ones rather than map fresh pages.
-        MemoryTuning.keepLargeBuffersInHeap()
         let input = fcntl(0, F_DUPFD_CLOEXEC, 3)
         let output = fcntl(1, F_DUPFD_CLOEXEC, 3)
         let devNull = open("/dev/null", O_RDONLY)
