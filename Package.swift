@@ -26,7 +26,10 @@ let package = Package(
     targets: [
         .target(
             name: "AiotaskProtocol",
-            dependencies: [.product(name: "NIOCore", package: "swift-nio")],
+            dependencies: [
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
             swiftSettings: upcomingFeatures
         ),
         .target(
@@ -58,6 +61,7 @@ let package = Package(
                 "AiotaskProtocol",
                 "CAiotaskShims",
                 "Systemd",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -94,6 +98,7 @@ let package = Package(
         ),
         .target(
             name: "AiotaskTestSupport",
+            dependencies: [.product(name: "NIOConcurrencyHelpers", package: "swift-nio")],
             path: "Tests/AiotaskTestSupport",
             swiftSettings: upcomingFeatures
         ),
@@ -102,6 +107,7 @@ let package = Package(
             dependencies: [
                 "AiotaskProtocol",
                 "AiotaskTestSupport",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -117,6 +123,7 @@ let package = Package(
                 "AiotaskClient",
                 "AiotaskProtocol",
                 "AiotaskTestSupport",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
@@ -129,6 +136,7 @@ let package = Package(
                 "AiotaskClient",
                 "AiotaskTestSupport",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 "aiotaskd",

@@ -1,4 +1,4 @@
-import Synchronization
+import NIOConcurrencyHelpers
 
 #if canImport(Glibc)
     import Glibc
@@ -12,13 +12,15 @@ import Synchronization
 ///
 /// `SystemRandomNumberGenerator` makes one `getrandom` system call per 64-bit value, two per task id: at tens of
 /// thousands of tasks a second, a measurable share of a client's time. The pool makes one call per 256 ids.
-struct RandomPool: ~Copyable {
+///
+/// Used only through `shared`: a copy of a pool would hand out the same values again.
+struct RandomPool {
     private static let count = 512
     private var values = [UInt64](repeating: 0, count: count)
     private var next = count
 
-    /// The process-wide pool.
-    static let shared = Mutex(RandomPool())
+    /// The process-wide pool, behind a lock built on `pthread_mutex`, which ThreadSanitizer sees.
+    static let shared = NIOLockedValueBox(RandomPool())
 
     mutating func nextValue() -> UInt64 {
         if next == Self.count { refill() }

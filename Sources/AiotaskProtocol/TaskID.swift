@@ -1,5 +1,5 @@
+import NIOConcurrencyHelpers
 import NIOCore
-import Synchronization
 
 /// The 16-byte identifier of a task, unique among the in-flight tasks of one connection.
 ///
@@ -17,7 +17,7 @@ public struct TaskID: Hashable, Sendable {
 
     /// A random version 4 UUID, as the original client makes for each task.
     public static func random() -> TaskID {
-        let (high, low) = RandomPool.shared.withLock { ($0.nextValue(), $0.nextValue()) }
+        let (high, low) = RandomPool.shared.withLockedValue { ($0.nextValue(), $0.nextValue()) }
         return TaskID(high: (high & ~0xF000) | 0x4000, low: (low & ~(0xC000 << 48)) | (0x8000 << 48))
     }
 

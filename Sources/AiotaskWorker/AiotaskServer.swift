@@ -1,8 +1,8 @@
 import AiotaskProtocol
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
-import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -209,13 +209,13 @@ public enum ServerError: Error, CustomStringConvertible {
 
 /// A continuation resumed by whichever of several racing events comes first.
 private final class OneShotContinuation<Value: Sendable>: Sendable {
-    private let continuation = Mutex<CheckedContinuation<Value, Never>?>(nil)
+    private let continuation = NIOLockedValueBox<CheckedContinuation<Value, Never>?>(nil)
 
     func set(_ continuation: CheckedContinuation<Value, Never>) {
-        self.continuation.withLock { $0 = continuation }
+        self.continuation.withLockedValue { $0 = continuation }
     }
 
     func resume(returning value: Value) {
-        continuation.withLock { $0.take() }?.resume(returning: value)
+        continuation.withLockedValue { $0.take() }?.resume(returning: value)
     }
 }

@@ -1,8 +1,8 @@
 import AiotaskClient
 import AiotaskProtocol
 import AiotaskTestSupport
+import NIOConcurrencyHelpers
 import NIOCore
-import Synchronization
 import Testing
 
 /// The client library fed mutated answers by a server.
@@ -29,7 +29,9 @@ struct ClientFuzzTests {
         "500 mutated answers: every request ends with its result, its failure or a client error, never a crash or hang"
     )
     func mutatedAnswers() async throws {
-        let state = Mutex((generator: SplitMix64(seed: 0xc11e_27), mutator: Mutator(generator: SplitMix64(seed: 7))))
+        let state = NIOLockedValueBox(
+            (generator: SplitMix64(seed: 0xc11e_27), mutator: Mutator(generator: SplitMix64(seed: 7)))
+        )
         // Answers HELLO properly, then each SUBMIT with mutated answers (or, one time in ten, valid ones), and
         // closes the connection, so that a request whose answer was destroyed ends with the connection.
         let server = try await StubServer.start(.unix) { connection, frame in
@@ -37,7 +39,7 @@ struct ClientFuzzTests {
             case .hello:
                 connection.send(.hello(Hello(maximumPayloadLength: 1 << 20)))
             case .submit(let id, _, _):
-                let bytes = state.withLock { state -> [UInt8] in
+                let bytes = state.withLockedValue { state -> [UInt8] in
                     let valid = (try? Self.answers(to: id, using: &state.generator)) ?? []
                     guard Int.random(in: 0..<10, using: &state.generator) != 0 else { return valid }
                     return state.mutator.mutate(valid, maximumMutations: 3)

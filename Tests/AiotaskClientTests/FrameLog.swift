@@ -1,5 +1,5 @@
 import AiotaskProtocol
-import Synchronization
+import NIOConcurrencyHelpers
 
 /// The frames a stub server received, with a way to wait for one to arrive.
 final class FrameLog: Sendable {
@@ -13,13 +13,13 @@ final class FrameLog: Sendable {
         var waiters: [Waiter] = []
     }
 
-    private let state = Mutex(State())
+    private let state = NIOLockedValueBox(State())
 
     /// All frames received so far.
-    var frames: [Frame] { state.withLock { $0.frames } }
+    var frames: [Frame] { state.withLockedValue { $0.frames } }
 
     func append(_ frame: Frame) {
-        let ready: [(CheckedContinuation<[Frame], Never>, [Frame])] = state.withLock { state in
+        let ready: [(CheckedContinuation<[Frame], Never>, [Frame])] = state.withLockedValue { state in
             state.frames.append(frame)
             var ready: [(CheckedContinuation<[Frame], Never>, [Frame])] = []
             state.waiters.removeAll { waiter in
@@ -36,7 +36,7 @@ final class FrameLog: Sendable {
     @discardableResult
     func wait(until condition: @escaping @Sendable ([Frame]) -> Bool) async -> [Frame] {
         await withCheckedContinuation { continuation in
-            let frames: [Frame]? = state.withLock { state in
+            let frames: [Frame]? = state.withLockedValue { state in
                 if condition(state.frames) { return state.frames }
                 state.waiters.append(Waiter(matches: condition, continuation: continuation))
                 return nil

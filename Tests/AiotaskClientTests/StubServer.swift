@@ -1,8 +1,8 @@
 import AiotaskProtocol
 import Foundation
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
-import Synchronization
 
 /// What a stub server does with each frame it receives, on the connection's event loop.
 typealias StubBehavior = @Sendable (StubConnection, Frame) -> Void
@@ -75,7 +75,7 @@ final class StubServer: Sendable {
         let children = ChannelList()
         let bootstrap = ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .childChannelInitializer { channel in
-                children.channels.withLock { $0.append(channel) }
+                children.channels.withLockedValue { $0.append(channel) }
                 return channel.eventLoop.makeCompletedFuture {
                     let operations = channel.pipeline.syncOperations
                     try operations.addHandler(ByteToMessageHandler(FrameDecoder(maximumPayloadLength: 1 << 20)))
@@ -109,7 +109,7 @@ final class StubServer: Sendable {
 
     /// Closes every accepted connection (the listening socket stays open).
     func dropConnections() {
-        for connection in connections.channels.withLock({ $0 }) {
+        for connection in connections.channels.withLockedValue({ $0 }) {
             connection.close(promise: nil)
         }
     }
@@ -118,14 +118,14 @@ final class StubServer: Sendable {
     func sendToAll(_ frame: Frame) {
         var buffer = ByteBuffer()
         try! buffer.writeFrame(frame)
-        for connection in connections.channels.withLock({ $0 }) {
+        for connection in connections.channels.withLockedValue({ $0 }) {
             connection.writeAndFlush(buffer, promise: nil)
         }
     }
 
     /// Sends bytes as they are on every accepted connection.
     func sendRawToAll(_ bytes: [UInt8]) {
-        for connection in connections.channels.withLock({ $0 }) {
+        for connection in connections.channels.withLockedValue({ $0 }) {
             connection.writeAndFlush(ByteBuffer(bytes: bytes), promise: nil)
         }
     }
@@ -140,7 +140,7 @@ final class StubServer: Sendable {
 
 /// The connections a stub server accepted.
 final class ChannelList: Sendable {
-    let channels = Mutex<[any Channel]>([])
+    let channels = NIOLockedValueBox<[any Channel]>([])
 }
 
 /// Feeds a stub server's frames to its behaviour and log.

@@ -1,8 +1,8 @@
 import AiotaskProtocol
 import AiotaskTestSupport
+import NIOConcurrencyHelpers
 @_spi(CustomByteBufferAllocator) import NIOCore
 import NIOEmbedded
-import Synchronization
 import Testing
 
 #if canImport(Glibc)
@@ -12,16 +12,16 @@ import Testing
 #endif
 
 /// The largest block requested from ``trackingAllocator`` since the last reset.
-private let largestAllocation = Mutex(0)
+private let largestAllocation = NIOLockedValueBox(0)
 
 /// A plain `malloc` allocator that records the largest block it was asked for.
 private let trackingAllocator = ByteBufferAllocator(
     allocate: { size in
-        largestAllocation.withLock { $0 = max($0, size) }
+        largestAllocation.withLockedValue { $0 = max($0, size) }
         return malloc(size)
     },
     reallocate: { pointer, _, newSize in
-        largestAllocation.withLock { $0 = max($0, newSize) }
+        largestAllocation.withLockedValue { $0 = max($0, newSize) }
         return realloc(pointer, newSize)
     },
     deallocate: { free($0) },
@@ -151,7 +151,7 @@ struct StreamDecoderAssemblyTests {
     func reservationIsBounded() throws {
         let announced = 60 * 1024 * 1024
         let bytes = header(.result, length: announced) + knownIDBytes + [UInt8](repeating: 7, count: 1000)
-        largestAllocation.withLock { $0 = 0 }
+        largestAllocation.withLockedValue { $0 = 0 }
         let result = assemble(
             [Array(bytes[..<3]), Array(bytes[3...])],
             FrameDecoder(maximumPayloadLength: 64 * 1024 * 1024),
@@ -159,7 +159,7 @@ struct StreamDecoderAssemblyTests {
         )
         // The stream ends inside the frame: a truncated stream, as before.
         #expect(throws: ProtocolError.self) { try result.get() }
-        let largest = largestAllocation.withLock { $0 }
+        let largest = largestAllocation.withLockedValue { $0 }
         #expect(largest > 0)
         // A ByteBufferAllocator rounds capacities up to a power of two (the default buffers are exact).
         #expect(largest <= 2 * (bytes.count + StreamDecoder<FrameDecoder>.reserveAhead))
@@ -169,22 +169,22 @@ struct StreamDecoderAssemblyTests {
     func oversizedSplitInHeader() throws {
         let oversized = Frame.submit(knownID, timeout: nil, payload: pattern(1024 * 1024))
         let bytes = try encode([oversized, .status(knownID)])
-        largestAllocation.withLock { $0 = 0 }
+        largestAllocation.withLockedValue { $0 = 0 }
         let chunks = [Array(bytes[..<2]), Array(bytes[2..<9])] + chunks(of: Array(bytes[9...]), sizes: [4096, 100])
         let frames = try assemble(chunks, FrameDecoder(maximumPayloadLength: 1000), allocator: trackingAllocator).get()
         #expect(frames == [.oversized(.submit, knownID, length: 1024 * 1024), .frame(.status(knownID))])
         // Only the header was assembled: a few dozen bytes, never the announced megabyte.
-        #expect(largestAllocation.withLock { $0 } <= 128)
+        #expect(largestAllocation.withLockedValue { $0 } <= 128)
     }
 
     @Test("a control frame over its limit throws before its bytes are buffered, as before")
     func controlFrameTooLarge() throws {
         let bytes = header(.info, length: 5000) + [UInt8](repeating: 0x20, count: 100)
         let decoder = FrameDecoder(maximumPayloadLength: 6000, maximumControlFrameLength: 4000)
-        largestAllocation.withLock { $0 = 0 }
+        largestAllocation.withLockedValue { $0 = 0 }
         let result = assemble(bytes.map { [$0] }, decoder, allocator: trackingAllocator)
         #expect(throws: ProtocolError.frameTooLarge(.info, length: 5000, limit: 4000)) { try result.get() }
-        #expect(largestAllocation.withLock { $0 } <= 128)
+        #expect(largestAllocation.withLockedValue { $0 } <= 128)
     }
 
     @Test("1,000 mutated streams in random pieces: the same frames or the same error as NIO's ByteToMessageHandler")
@@ -225,7 +225,7 @@ struct StreamDecoderAssemblyTests {
         let replies = try decodeStream(chunks(of: bytes, sizes: [1, 4, 65536, 333]), decoder).get()
         #expect(replies == [.result(result), .error("no"), .result(pattern(10))])
 
-        largestAllocation.withLock { $0 = 0 }
+        largestAllocation.withLockedValue { $0 = 0 }
         let tooLarge = decodeStream(
             chunks(of: bytes, sizes: [3, 4096]),
             HandlerReplyDecoder(maximumLength: 1000),
@@ -234,6 +234,6 @@ struct StreamDecoderAssemblyTests {
         #expect(throws: HandlerFramingError.replyTooLarge(length: 1024 * 1024 + 3, limit: 1000)) {
             try tooLarge.get()
         }
-        #expect(largestAllocation.withLock { $0 } <= 128)
+        #expect(largestAllocation.withLockedValue { $0 } <= 128)
     }
 }

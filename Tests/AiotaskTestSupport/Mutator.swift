@@ -65,3 +65,5 @@ public struct Mutator<Generator: RandomNumberGenerator> {
         }
     }
 }
+
+extension Mutator: Sendable where Generator: Sendable {}

@@ -1,5 +1,5 @@
 /// A small, fast, seedable generator (SplitMix64), so that random tests are reproducible.
-public struct SplitMix64: RandomNumberGenerator {
+public struct SplitMix64: RandomNumberGenerator, Sendable {
     private var state: UInt64
 
     public init(seed: UInt64) {

@@ -1,4 +1,4 @@
-import Synchronization
+import NIOConcurrencyHelpers
 
 /// A test step took longer than its limit.
 public struct TimedOut: Error, CustomStringConvertible {
@@ -16,31 +16,31 @@ public func withTimeout<Value: Sendable>(
 ) async throws -> Value {
     let race = TimeoutRace<Value>()
     return try await withCheckedThrowingContinuation { continuation in
-        race.continuation.withLock { $0 = continuation }
+        race.continuation.withLockedValue { $0 = continuation }
         let work = Task {
             do {
                 race.finish(.success(try await body()))
             } catch {
                 race.finish(.failure(error))
             }
-            race.timer.withLock { $0?.cancel() }
+            race.timer.withLockedValue { $0?.cancel() }
         }
         let timer = Task {
             try? await Task.sleep(for: limit)
             if !Task.isCancelled, race.finish(.failure(TimedOut(limit: limit))) { work.cancel() }
         }
-        race.timer.withLock { $0 = timer }
+        race.timer.withLockedValue { $0 = timer }
     }
 }
 
 /// The shared state of ``withTimeout(_:_:)``: whichever of the work and the timer finishes first resumes.
 private final class TimeoutRace<Value: Sendable>: Sendable {
-    let continuation = Mutex<CheckedContinuation<Value, any Error>?>(nil)
-    let timer = Mutex<Task<Void, Never>?>(nil)
+    let continuation = NIOLockedValueBox<CheckedContinuation<Value, any Error>?>(nil)
+    let timer = NIOLockedValueBox<Task<Void, Never>?>(nil)
 
     @discardableResult
     func finish(_ result: Result<Value, any Error>) -> Bool {
-        guard let continuation = continuation.withLock({ $0.take() }) else { return false }
+        guard let continuation = continuation.withLockedValue({ $0.take() }) else { return false }
         continuation.resume(with: result)
         return true
     }

@@ -1,7 +1,7 @@
 import AiotaskTestSupport
 import CAiotaskShims
 import Foundation
-import Synchronization
+import NIOConcurrencyHelpers
 
 #if canImport(Glibc)
     import Glibc
@@ -200,7 +200,7 @@ private final class OutputCollector: Sendable {
         var finishWaiters: [CheckedContinuation<Void, Never>] = []
     }
 
-    private let state = Mutex(State())
+    private let state = NIOLockedValueBox(State())
 
     init(reading fd: Int32) {
         Thread.detachNewThread { [self] in
@@ -216,11 +216,11 @@ private final class OutputCollector: Sendable {
         }
     }
 
-    var bytes: [UInt8] { state.withLock { $0.bytes } }
+    var bytes: [UInt8] { state.withLockedValue { $0.bytes } }
     var text: String { String(decoding: bytes, as: UTF8.self) }
 
     private func append(_ chunk: ArraySlice<UInt8>) {
-        let ready = state.withLock { state in
+        let ready = state.withLockedValue { state in
             state.bytes.append(contentsOf: chunk)
             let text = String(decoding: state.bytes, as: UTF8.self)
             var ready: [CheckedContinuation<Bool, Never>] = []
@@ -235,7 +235,7 @@ private final class OutputCollector: Sendable {
     }
 
     private func finish() {
-        let (waiters, finishWaiters) = state.withLock { state in
+        let (waiters, finishWaiters) = state.withLockedValue { state in
             state.isFinished = true
             defer {
                 state.waiters = []
@@ -250,7 +250,7 @@ private final class OutputCollector: Sendable {
     func wait(for text: String, limit: Duration) async throws {
         let found = try await withTimeout(limit) { [self] in
             await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
-                let answer: Bool? = state.withLock { state in
+                let answer: Bool? = state.withLockedValue { state in
                     if String(decoding: state.bytes, as: UTF8.self).contains(text) { return true }
                     if state.isFinished { return false }
                     state.waiters.append((text, continuation))
@@ -264,7 +264,7 @@ private final class OutputCollector: Sendable {
 
     func finished() async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let done = state.withLock { state in
+            let done = state.withLockedValue { state in
                 if state.isFinished { return true }
                 state.finishWaiters.append(continuation)
                 return false
@@ -276,14 +276,16 @@ private final class OutputCollector: Sendable {
 
 /// Reaps one child by its pid on a thread of its own, and hands its exit status to whoever awaits it.
 private final class ExitWatcher: Sendable {
-    private let state = Mutex<(status: ProcessExit?, waiters: [CheckedContinuation<ProcessExit, Never>])>((nil, []))
+    private let state = NIOLockedValueBox<(status: ProcessExit?, waiters: [CheckedContinuation<ProcessExit, Never>])>(
+        (nil, [])
+    )
 
     init(pid: pid_t) {
         Thread.detachNewThread { [self] in
             var status: Int32 = 0
             while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
             let exit = ProcessExit(waitStatus: status)
-            let waiters = state.withLock { state in
+            let waiters = state.withLockedValue { state in
                 state.status = exit
                 defer { state.waiters = [] }
                 return state.waiters
@@ -292,11 +294,11 @@ private final class ExitWatcher: Sendable {
         }
     }
 
-    var hasExited: Bool { state.withLock { $0.status != nil } }
+    var hasExited: Bool { state.withLockedValue { $0.status != nil } }
 
     func status() async -> ProcessExit {
         await withCheckedContinuation { continuation in
-            let status = state.withLock { state -> ProcessExit? in
+            let status = state.withLockedValue { state -> ProcessExit? in
                 if let status = state.status { return status }
                 state.waiters.append(continuation)
                 return nil

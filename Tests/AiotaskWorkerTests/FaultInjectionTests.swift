@@ -2,8 +2,8 @@ import AiotaskClient
 import AiotaskProtocol
 import AiotaskTestSupport
 import Foundation
+import NIOConcurrencyHelpers
 import NIOCore
-import Synchronization
 import Testing
 
 #if canImport(Glibc)
@@ -451,27 +451,27 @@ final class Killer: Sendable {
     static let minimumAge: Duration = .milliseconds(150)
 
     private let daemon: pid_t
-    private let state = Mutex<(killed: Set<pid_t>, isStopped: Bool)>(([], false))
+    private let state = NIOLockedValueBox<(killed: Set<pid_t>, isStopped: Bool)>(([], false))
 
     init(daemon: pid_t) {
         self.daemon = daemon
     }
 
-    var killed: Set<pid_t> { state.withLock { $0.killed } }
+    var killed: Set<pid_t> { state.withLockedValue { $0.killed } }
 
     func stop() {
-        state.withLock { $0.isStopped = true }
+        state.withLockedValue { $0.isStopped = true }
     }
 
     /// Kills until stopped or until `duration` has passed.
     func run(for duration: Duration) async {
         let end = ContinuousClock.now + duration
-        while ContinuousClock.now < end, !state.withLock({ $0.isStopped }) {
+        while ContinuousClock.now < end, !state.withLockedValue({ $0.isStopped }) {
             let candidates = childProcesses(of: daemon).filter { pid in
                 ProcessTable.age(pid).map { $0 >= Self.minimumAge } ?? false
             }
             if let victim = candidates.randomElement(), ProcessTable.killChild(victim, of: daemon) {
-                state.withLock { _ = $0.killed.insert(victim) }
+                state.withLockedValue { _ = $0.killed.insert(victim) }
             }
             try? await Task.sleep(for: .milliseconds(Int.random(in: 2...8)))
         }

@@ -1,5 +1,5 @@
 import Logging
-import Synchronization
+import NIOConcurrencyHelpers
 
 /// Collects the entries a worker logs, so tests can check what operators would see.
 final class LogCapture: Sendable {
@@ -9,7 +9,7 @@ final class LogCapture: Sendable {
         var metadata: [String: String]
     }
 
-    private let state = Mutex<
+    private let state = NIOLockedValueBox<
         (
             entries: [Entry],
             waiters: [(predicate: @Sendable (Entry) -> Bool, continuation: CheckedContinuation<Entry, Never>)]
@@ -21,10 +21,10 @@ final class LogCapture: Sendable {
         Logger(label: "aiotaskd-test") { _ in CaptureHandler(capture: self) }
     }
 
-    var entries: [Entry] { state.withLock { $0.entries } }
+    var entries: [Entry] { state.withLockedValue { $0.entries } }
 
     func append(_ entry: Entry) {
-        let ready = state.withLock { state in
+        let ready = state.withLockedValue { state in
             state.entries.append(entry)
             var ready: [CheckedContinuation<Entry, Never>] = []
             state.waiters.removeAll { waiter in
@@ -40,7 +40,7 @@ final class LogCapture: Sendable {
     /// Waits for the first entry (logged already or later) that matches `predicate`.
     func first(where predicate: @escaping @Sendable (Entry) -> Bool) async -> Entry {
         await withCheckedContinuation { continuation in
-            let found = state.withLock { state -> Entry? in
+            let found = state.withLockedValue { state -> Entry? in
                 if let entry = state.entries.first(where: predicate) { return entry }
                 state.waiters.append((predicate, continuation))
                 return nil

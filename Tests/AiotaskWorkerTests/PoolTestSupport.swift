@@ -2,8 +2,8 @@ import AiotaskClient
 import AiotaskProtocol
 import AiotaskTestSupport
 import Foundation
+import NIOConcurrencyHelpers
 import NIOCore
-import Synchronization
 import Testing
 
 @testable import AiotaskWorker
@@ -79,14 +79,14 @@ final class ProcessDeathWatch: Sendable {
 
 /// Processes to kill should a test fail before they die by themselves.
 final class Survivors: Sendable {
-    private let watches = Mutex<[ProcessDeathWatch]>([])
+    private let watches = NIOLockedValueBox<[ProcessDeathWatch]>([])
 
     func add(_ more: [ProcessDeathWatch]) {
-        watches.withLock { $0 += more }
+        watches.withLockedValue { $0 += more }
     }
 
     func kill() {
-        for watch in watches.withLock({ $0 }) where watch.isAlive { Glibc.kill(watch.pid, SIGKILL) }
+        for watch in watches.withLockedValue({ $0 }) where watch.isAlive { Glibc.kill(watch.pid, SIGKILL) }
     }
 }
 

@@ -2,8 +2,8 @@ import AiotaskClient
 import AiotaskProtocol
 import AiotaskTestSupport
 import Foundation
+import NIOConcurrencyHelpers
 import NIOCore
-import Synchronization
 import Testing
 
 @testable import AiotaskWorker
@@ -226,12 +226,12 @@ private final class DaemonProcess: Sendable {
 
 /// A wait status, set once by the reaping thread and awaited by the test.
 private final class ReapedStatus: Sendable {
-    private let state = Mutex<(status: Int32?, waiters: [CheckedContinuation<Int32, Never>])>((nil, []))
+    private let state = NIOLockedValueBox<(status: Int32?, waiters: [CheckedContinuation<Int32, Never>])>((nil, []))
 
-    var isSet: Bool { state.withLock { $0.status != nil } }
+    var isSet: Bool { state.withLockedValue { $0.status != nil } }
 
     func set(_ status: Int32) {
-        let waiters = state.withLock { state in
+        let waiters = state.withLockedValue { state in
             state.status = status
             defer { state.waiters = [] }
             return state.waiters
@@ -241,7 +241,7 @@ private final class ReapedStatus: Sendable {
 
     func value() async -> Int32 {
         await withCheckedContinuation { continuation in
-            let status = state.withLock { state -> Int32? in
+            let status = state.withLockedValue { state -> Int32? in
                 if let status = state.status { return status }
                 state.waiters.append(continuation)
                 return nil

@@ -2,8 +2,8 @@ import AiotaskClient
 import AiotaskProtocol
 import AiotaskTestSupport
 import Foundation
+import NIOConcurrencyHelpers
 import NIOCore
-import Synchronization
 import Testing
 
 #if canImport(Glibc)
@@ -167,14 +167,14 @@ private final class TaskLoad: Sendable {
         var waiters: [(count: Int, continuation: CheckedContinuation<Void, Never>)] = []
     }
 
-    private let state = Mutex(State())
+    private let state = NIOLockedValueBox(State())
 
-    var completed: Int { state.withLock { $0.completed } }
-    var failures: [String] { state.withLock { $0.failures } }
+    var completed: Int { state.withLockedValue { $0.completed } }
+    var failures: [String] { state.withLockedValue { $0.failures } }
 
     /// Ends every lane after its current task, and releases whoever still waits for a count.
     func stop() {
-        let waiters = state.withLock { state in
+        let waiters = state.withLockedValue { state in
             state.isStopped = true
             defer { state.waiters = [] }
             return state.waiters
@@ -184,7 +184,7 @@ private final class TaskLoad: Sendable {
 
     func run(lane: Int, client: AiotaskClient) async {
         var round = 0
-        while !state.withLock({ $0.isStopped }) {
+        while !state.withLockedValue({ $0.isStopped }) {
             let (task, expected) =
                 round % 2 == 0
                 ? ("sleep 20", "slept 20") : ("echo lane \(lane) round \(round)", "lane \(lane) round \(round)")
@@ -203,7 +203,7 @@ private final class TaskLoad: Sendable {
     }
 
     private func record(_ failure: String?) {
-        let ready = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+        let ready = state.withLockedValue { state -> [CheckedContinuation<Void, Never>] in
             if let failure {
                 state.failures.append(failure)
                 return []
@@ -225,7 +225,7 @@ private final class TaskLoad: Sendable {
     func waitForCompleted(atLeast count: Int, limit: Duration = .seconds(20)) async throws {
         try await withTimeout(limit) { [self] in
             await withCheckedContinuation { continuation in
-                let done = state.withLock { state in
+                let done = state.withLockedValue { state in
                     if state.completed >= count { return true }
                     state.waiters.append((count, continuation))
                     return false

@@ -3,6 +3,7 @@ import AiotaskProtocol
 import AiotaskTestSupport
 import CAiotaskShims
 import Foundation
+import NIOConcurrencyHelpers
 import NIOPosix
 import Synchronization
 
@@ -62,7 +63,7 @@ final class SystemdNotifyListener: Sendable {
         var nextWaiterID = 0
     }
 
-    private let state = Mutex(State())
+    private let state = NIOLockedValueBox(State())
 
     init() throws {
         directory = try makeTemporaryDirectory()
@@ -88,7 +89,7 @@ final class SystemdNotifyListener: Sendable {
     }
 
     /// Every datagram received so far, in order.
-    var messages: [NotifyMessage] { state.withLock { $0.messages } }
+    var messages: [NotifyMessage] { state.withLockedValue { $0.messages } }
 
     /// Waits for the first datagram at position `after` or later that matches `predicate`, and returns its
     /// position and content.
@@ -101,13 +102,13 @@ final class SystemdNotifyListener: Sendable {
         where predicate: @escaping @Sendable (NotifyMessage) -> Bool
     ) async throws -> (index: Int, message: NotifyMessage) {
         let found = try await withTimeout(limit) { [self] () async -> (Int, NotifyMessage)? in
-            let id = state.withLock { state in
+            let id = state.withLockedValue { state in
                 defer { state.nextWaiterID += 1 }
                 return state.nextWaiterID
             }
             return await withTaskCancellationHandler {
                 await withCheckedContinuation { continuation in
-                    let immediate: (Int, NotifyMessage)?? = state.withLock { state in
+                    let immediate: (Int, NotifyMessage)?? = state.withLockedValue { state in
                         if let index = state.messages.indices.first(where: {
                             $0 >= after && predicate(state.messages[$0])
                         }) {
@@ -122,7 +123,7 @@ final class SystemdNotifyListener: Sendable {
                     if let immediate { continuation.resume(returning: immediate) }
                 }
             } onCancel: {
-                let waiter = state.withLock { state -> Waiter? in
+                let waiter = state.withLockedValue { state -> Waiter? in
                     guard let position = state.waiters.firstIndex(where: { $0.id == id }) else { return nil }
                     return state.waiters.remove(at: position)
                 }
@@ -147,7 +148,7 @@ final class SystemdNotifyListener: Sendable {
     /// Stops receiving and removes the socket's directory.
     func close() {
         guard !isClosed.exchange(true, ordering: .acquiringAndReleasing) else { return }
-        let waiters = state.withLock { state in
+        let waiters = state.withLockedValue { state in
             defer { state.waiters = [] }
             return state.waiters
         }
@@ -169,7 +170,7 @@ final class SystemdNotifyListener: Sendable {
     }
 
     private func deliver(_ message: NotifyMessage) {
-        let ready = state.withLock { state -> [(CheckedContinuation<(Int, NotifyMessage)?, Never>, Int)] in
+        let ready = state.withLockedValue { state -> [(CheckedContinuation<(Int, NotifyMessage)?, Never>, Int)] in
             let index = state.messages.count
             state.messages.append(message)
             var ready: [(CheckedContinuation<(Int, NotifyMessage)?, Never>, Int)] = []
@@ -358,7 +359,7 @@ enum SystemdTestKit {
 /// `/dev/null`.
 final class PassedSocketProcess: Sendable {
     let pid: pid_t
-    private let outcome = Mutex<
+    private let outcome = NIOLockedValueBox<
         (result: (ProcessExit, String)?, waiters: [CheckedContinuation<(ProcessExit, String), Never>])
     >((nil, []))
 
@@ -398,7 +399,7 @@ final class PassedSocketProcess: Sendable {
             var status: Int32 = 0
             while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
             let result = (ProcessExit(waitStatus: status), String(decoding: collected, as: UTF8.self))
-            let waiters = outcome.withLock { outcome in
+            let waiters = outcome.withLockedValue { outcome in
                 outcome.result = result
                 defer { outcome.waiters = [] }
                 return outcome.waiters
@@ -412,7 +413,7 @@ final class PassedSocketProcess: Sendable {
         do {
             return try await withTimeout(limit) { [self] in
                 await withCheckedContinuation { (continuation: CheckedContinuation<(ProcessExit, String), Never>) in
-                    let result = outcome.withLock { outcome in
+                    let result = outcome.withLockedValue { outcome in
                         if outcome.result == nil { outcome.waiters.append(continuation) }
                         return outcome.result
                     }

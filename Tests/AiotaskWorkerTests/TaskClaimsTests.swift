@@ -1,5 +1,5 @@
 import Foundation
-import Synchronization
+import NIOConcurrencyHelpers
 import Testing
 
 @testable import AiotaskWorker
@@ -71,7 +71,7 @@ struct TaskClaimsTests {
         Thread.detachNewThread {
             var claimed = [Bool](repeating: false, count: count)
             for index in 0..<count { claimed[index] = processSide.claim(UInt32(index)) }
-            outcome.claimed.withLock { $0 = claimed }
+            outcome.claimed.withLockedValue { $0 = claimed }
         }
         // The supervisor's side: withdraws the tasks "sent" up to a few past where the process was last seen.
         var withdrawn = [Bool](repeating: false, count: count)
@@ -84,7 +84,7 @@ struct TaskClaimsTests {
                 for index in Int(first)..<max(Int(first), Int(sent)) { withdrawn[index] = true }
                 sent = UInt32(min(count, Int(first) + 8))
             }
-            claimed = outcome.claimed.withLock { $0 }
+            claimed = outcome.claimed.withLockedValue { $0 }
         }
         let both = (0..<count).filter { claimed![$0] && withdrawn[$0] }.count
         let neither = (0..<count).filter { !claimed![$0] && !withdrawn[$0] }.count
@@ -97,5 +97,5 @@ struct TaskClaimsTests {
 
 /// What the claiming thread of ``TaskClaimsTests/race()`` found.
 private final class RaceOutcome: Sendable {
-    let claimed = Mutex<[Bool]?>(nil)
+    let claimed = NIOLockedValueBox<[Bool]?>(nil)
 }
