@@ -1,5 +1,6 @@
 import Foundation
 import NIOConcurrencyHelpers
+import Synchronization
 import Testing
 
 @testable import AiotaskWorker
@@ -65,37 +66,67 @@ struct TaskClaimsTests {
     @Test("claims and withdrawals racing on two threads: every task is either claimed or withdrawn, never both")
     func race() throws {
         let (supervisor, process) = try sharedClaims()
-        let count = 300_000
-        let outcome = RaceOutcome()
+        let count: UInt32 = 300_000
+        let race = ClaimRace()
         nonisolated(unsafe) let processSide = process
+        // The process's side: claims each task once it has been delivered to it, in order, as it reads them.
         Thread.detachNewThread {
-            var claimed = [Bool](repeating: false, count: count)
-            for index in 0..<count { claimed[index] = processSide.claim(UInt32(index)) }
-            outcome.claimed.withLockedValue { $0 = claimed }
-        }
-        // The supervisor's side: withdraws the tasks "sent" up to a few past where the process was last seen.
-        var withdrawn = [Bool](repeating: false, count: count)
-        var sent: UInt32 = 0
-        let deadline = ContinuousClock.now + .seconds(20)
-        var claimed: [Bool]?
-        while claimed == nil {
-            try #require(ContinuousClock.now < deadline, "the claiming thread did not finish")
-            if let first = supervisor.withdraw(from: 0, sent: sent) {
-                for index in Int(first)..<max(Int(first), Int(sent)) { withdrawn[index] = true }
-                sent = UInt32(min(count, Int(first) + 8))
+            var claimed = [Bool](repeating: false, count: Int(count))
+            for index in 0..<count {
+                var spins = 0
+                while race.delivered.load(ordering: .acquiring) <= index { spinOrYield(&spins) }
+                claimed[Int(index)] = processSide.claim(index)
+                race.attempted.store(index + 1, ordering: .releasing)
             }
-            claimed = outcome.claimed.withLockedValue { $0 }
+            race.claimed.withLockedValue { $0 = claimed }
+            race.finished.signal()
         }
-        let both = (0..<count).filter { claimed![$0] && withdrawn[$0] }.count
-        let neither = (0..<count).filter { !claimed![$0] && !withdrawn[$0] }.count
+        // The supervisor's side: sends tasks 8 at a time, at most 16 ahead of the process as a supervisor sends
+        // ahead, and withdraws after each batch. Most batches are delivered at once, so the withdrawal races the
+        // claims of the process; every fourth only after it, as tasks still in the pipe, so some tasks are
+        // certainly withdrawn. The last batch is never withdrawn, so some are certainly claimed.
+        var withdrawn = [Bool](repeating: false, count: Int(count))
+        var withdrawnBelow: UInt32 = 0
+        var sent: UInt32 = 0
+        var batch = 0
+        let deadline = ContinuousClock.now + .seconds(20)
+        while sent < count {
+            var spins = 0
+            while sent - race.attempted.load(ordering: .acquiring) >= 16 {
+                try #require(ContinuousClock.now < deadline, "the claiming thread stopped claiming")
+                spinOrYield(&spins)
+            }
+            sent = min(count, sent + 8)
+            batch += 1
+            if !batch.isMultiple(of: 4) || sent == count { race.delivered.store(sent, ordering: .releasing) }
+            guard sent < count, let first = supervisor.withdraw(from: 0, sent: sent) else { continue }
+            // Tasks below `withdrawnBelow` were withdrawn before, and are marked already.
+            for index in max(first, withdrawnBelow)..<max(first, sent) { withdrawn[Int(index)] = true }
+            withdrawnBelow = sent
+        }
+        try #require(race.finished.wait(timeout: .now() + 20) == .success, "the claiming thread did not finish")
+        let claimed = try #require(race.claimed.withLockedValue { $0 })
+        let both = (0..<Int(count)).filter { claimed[$0] && withdrawn[$0] }.count
+        let neither = (0..<Int(count)).filter { !claimed[$0] && !withdrawn[$0] }.count
         #expect(both == 0)
         #expect(neither == 0)
         #expect(withdrawn.contains(true))
-        #expect(claimed!.contains(true))
+        #expect(claimed.contains(true))
     }
 }
 
-/// What the claiming thread of ``TaskClaimsTests/race()`` found.
-private final class RaceOutcome: Sendable {
+/// Waits for the other thread of ``TaskClaimsTests/race()`` by spinning, so that the two race closely, and yields
+/// the processor now and then, so that a thread that is not running gets to.
+private func spinOrYield(_ spins: inout Int) {
+    spins += 1
+    if spins.isMultiple(of: 64) { sched_yield() }
+}
+
+/// What the two threads of ``TaskClaimsTests/race()`` share: how many tasks the process has been delivered and has
+/// tried to claim, and what it found when claiming them.
+private final class ClaimRace: Sendable {
+    let delivered = Atomic<UInt32>(0)
+    let attempted = Atomic<UInt32>(0)
     let claimed = NIOLockedValueBox<[Bool]?>(nil)
+    let finished = DispatchSemaphore(value: 0)
 }
