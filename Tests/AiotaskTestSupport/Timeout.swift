@@ -1,4 +1,11 @@
+import Foundation
 import NIOConcurrencyHelpers
+
+/// How many times slower than a plain debug build the code under test runs: `AIOTASK_TEST_SLOWDOWN`, which
+/// `scripts/test-sanitizers` sets, and 1 without it. The limits that only guard against a hang are multiplied by it.
+public let testSlowdown: Int =
+    ProcessInfo.processInfo.environment["AIOTASK_TEST_SLOWDOWN"].flatMap(Int.init)
+    .map { max(1, $0) } ?? 1
 
 /// A test step took longer than its limit.
 public struct TimedOut: Error, CustomStringConvertible {
@@ -6,7 +13,7 @@ public struct TimedOut: Error, CustomStringConvertible {
     public var description: String { "timed out after \(limit)" }
 }
 
-/// Runs `body`, failing with ``TimedOut`` if it has not finished within `limit`.
+/// Runs `body`, failing with ``TimedOut`` if it has not finished within `limit` (times ``testSlowdown``).
 ///
 /// Unlike a task group, this returns at the limit even when `body` ignores cancellation (for example while it
 /// awaits a future that never completes), so a hanging client fails the test instead of hanging it.
@@ -14,6 +21,7 @@ public func withTimeout<Value: Sendable>(
     _ limit: Duration = .seconds(20),
     _ body: @escaping @Sendable () async throws -> Value
 ) async throws -> Value {
+    let limit = limit * testSlowdown
     let race = TimeoutRace<Value>()
     return try await withCheckedThrowingContinuation { continuation in
         race.continuation.withLockedValue { $0 = continuation }

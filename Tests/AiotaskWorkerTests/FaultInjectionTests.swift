@@ -446,9 +446,9 @@ enum Fault: Sendable, CustomStringConvertible {
 ///
 /// Only processes that have lived for ``minimumAge`` are killed: a process that dies before it answered a task
 /// counts as a crash loop, and the daemon rightly backs off from restarting it; killing every process as it starts
-/// would measure the backoff rather than the handling of the kills.
+/// would measure the backoff rather than the handling of the kills. Sanitized processes take longer to start.
 final class Killer: Sendable {
-    static let minimumAge: Duration = .milliseconds(150)
+    static let minimumAge: Duration = .milliseconds(150) * testSlowdown
 
     private let daemon: pid_t
     private let state = NIOLockedValueBox<(killed: Set<pid_t>, isStopped: Bool)>(([], false))

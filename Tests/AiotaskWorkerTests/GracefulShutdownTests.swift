@@ -17,13 +17,13 @@ struct GracefulShutdownTests {
                 try await connection.send(.hello(Hello(maximumPayloadLength: 1 << 20)))
                 #expect(try await connection.readFrame()?.type == FrameType.hello.rawValue)
                 let running = TaskID.random()
-                try await connection.send(.submit(running, timeout: nil, payload: ByteBuffer(string: "sleep 1000")))
+                try await connection.send(.submit(running, timeout: nil, payload: ByteBuffer(string: "sleep 3000")))
                 while try await worker.server.info().workers.busy == 0 { try await Task.sleep(for: .milliseconds(5)) }
 
                 let stopping = Task { try await worker.server.shutdown() }
                 let goodbye = try await connection.readFrame()
                 #expect(goodbye?.type == FrameType.goodbye.rawValue)
-                // Sent while the running task keeps the server draining for most of a second.
+                // Sent while the running task keeps the server draining for three seconds.
                 let late = TaskID.random()
                 try await connection.send(.submit(late, timeout: nil, payload: ByteBuffer(string: "echo late")))
 
@@ -32,7 +32,7 @@ struct GracefulShutdownTests {
                 let refusal = frames.first { $0.type == FrameType.failed.rawValue && $0.taskID == late.bytes }
                 #expect(refusal?.afterTaskID.first == FailureReason.shuttingDown.rawValue, "\(frames)")
                 let result = frames.first { $0.type == FrameType.result.rawValue && $0.taskID == running.bytes }
-                #expect(result.map { String(decoding: $0.afterTaskID, as: UTF8.self) } == "slept 1000", "\(frames)")
+                #expect(result.map { String(decoding: $0.afterTaskID, as: UTF8.self) } == "slept 3000", "\(frames)")
                 try await stopping.value
             }
         }
@@ -48,7 +48,7 @@ struct GracefulShutdownTests {
                 _ = try await early.readFrame()
                 try await RawConnection.with(worker.address) { late in
                     try await early.send(
-                        .submit(TaskID.random(), timeout: nil, payload: ByteBuffer(string: "sleep 1000"))
+                        .submit(TaskID.random(), timeout: nil, payload: ByteBuffer(string: "sleep 3000"))
                     )
                     while try await worker.server.info().workers.busy == 0 {
                         try await Task.sleep(for: .milliseconds(5))

@@ -48,13 +48,13 @@ struct HostileClientTests {
     @Test("an idle connection is closed at the idle timeout; one waiting for its task is not")
     func idleConnection() async throws {
         let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 1) {
-            $0.idleTimeout = .milliseconds(300)
+            $0.idleTimeout = .seconds(1)
         }
         try await withTimeout {
             let idle = try await worker.client()
             let busy = try await worker.client()
             // Longer than the idle timeout: the connection is kept open while its task runs.
-            let sleeping = try await busy.enqueue("sleep 1200")
+            let sleeping = try await busy.enqueue("sleep 3000")
 
             _ = await worker.logs.first { $0.message.hasPrefix("closing connection: idle timeout") }
             do {
@@ -62,9 +62,9 @@ struct HostileClientTests {
                 Issue.record("the idle connection was still served")
             } catch let error as AiotaskClientError {
                 #expect(error.code == .serverError)
-                #expect(error.reason == "idle timeout: no request for 0.3 s and no task in flight (idle-timeout)")
+                #expect(error.reason == "idle timeout: no request for 1 s and no task in flight (idle-timeout)")
             }
-            #expect(try await sleeping.text() == "slept 1200")
+            #expect(try await sleeping.text() == "slept 3000")
             try await busy.close()
 
             // A legacy client is not sent the ERROR, only closed.

@@ -20,7 +20,7 @@ struct PayloadPrivacyTests {
         try await withTimeout {
             let client = try await worker.client()
             // A task that runs, one that queues and is cancelled, one refused by the full queue, one too large.
-            let running = try await client.enqueue(ByteBuffer(string: "sleep 300"))
+            let running = try await client.enqueue(ByteBuffer(string: "sleep 2000"))
             while try await worker.server.info().workers.busy == 0 { try await Task.sleep(for: .milliseconds(5)) }
             let queued = try await client.enqueue(ByteBuffer(string: "echo \(Self.secret)"))
             let refused = try await client.enqueue(ByteBuffer(string: "echo \(Self.secret)"))

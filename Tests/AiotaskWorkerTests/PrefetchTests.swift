@@ -42,11 +42,11 @@ struct PrefetchTests {
         let worker = try await prefetchingWorker()
         try await withTimeout {
             let client = try await worker.client()
-            let running = try await client.enqueue("sleep 300")
+            let running = try await client.enqueue("sleep 2000")
             _ = try await client.waitForInfo { $0.tasks.running == 1 }
             let ahead = try await client.enqueue("pid")
             #expect(try await ahead.status() == .inQueue)
-            #expect(try await running.text() == "slept 300")
+            #expect(try await running.text() == "slept 2000")
             let pid = try await ahead.text()
             #expect(try await client.workerPID() == pid_t(pid))
             try await client.close()
@@ -125,14 +125,14 @@ struct PrefetchTests {
         try await worker.stop()
     }
 
-    /// On a pool of one process: runs `sleep 300`, submits a second task behind it and cancels that one, which
+    /// On a pool of one process: runs `sleep 2000`, submits a second task behind it and cancels that one, which
     /// must be answered `cancelled` at once while the first completes. Returns whether the pool's process is then
     /// still the one that ran them, and the pool's restart count.
     private func cancelBehindRunningTask(on worker: TestServer) async throws -> (sameProcess: Bool, restarts: Int) {
         try await withTimeout {
             let client = try await worker.client()
             let firstPID = try await client.workerPID()
-            let running = try await client.enqueue("sleep 300")
+            let running = try await client.enqueue("sleep 2000")
             _ = try await client.waitForInfo { $0.tasks.running == 1 }
             let behind = try await client.enqueue("echo never answered")
             _ = try await client.waitForInfo { $0.queue.length == 1 }
@@ -158,12 +158,12 @@ struct PrefetchTests {
             for task in warmUp { #expect(try await task.text() == "slept 100") }
             let long = try await client.enqueue("sleep 60000")
             _ = try await client.waitForInfo { $0.tasks.running == 1 }
-            let short = try await client.enqueue("sleep 300")
+            let short = try await client.enqueue("sleep 2000")
             _ = try await client.waitForInfo { $0.tasks.running == 2 }
             // Both processes are busy: the tasks are sent ahead to both in turn.
             var handles: [TaskHandle] = []
             for _ in 0..<20 { handles.append(try await client.enqueue("pid")) }
-            #expect(try await short.text() == "slept 300")
+            #expect(try await short.text() == "slept 2000")
             var pids = Set<String>()
             for handle in handles { pids.insert(try await handle.text()) }
             #expect(pids.count == 1, "every task ran on the process that became idle, not behind the long task")

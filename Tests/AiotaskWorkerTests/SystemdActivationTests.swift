@@ -81,8 +81,10 @@ struct SystemdActivationTests {
             )
         }
 
-        // NIO listens again on the adopted socket with a backlog of its own; the daemon restores the activator's.
+        // NIO listens again on the adopted socket with a backlog of its own; the daemon restores the activator's
+        // before it says it is ready (it may serve a client before that).
         if let activatorBacklog {
+            try await daemon.process.waitForStandardError(containing: "ready")
             #expect(try await Self.listenBacklog(ssFilter) == activatorBacklog)
         }
 

@@ -34,15 +34,15 @@ struct SystemdLifecycleTests {
         let socketPath = directory + "/aiotask.sock"
         let daemon = try SocketActivatedDaemon.start(
             listen: socketPath,
-            ["--handler", "chaos", "--workers", "1", "--drain-timeout", "10"]
+            ["--handler", "chaos", "--workers", "1", "--drain-timeout", "20"]
         )
         defer { daemon.cleanUp() }
         try await daemon.waitUntilListening()
 
-        try await withTimeout(.seconds(50)) {
+        try await withTimeout(.seconds(60)) {
             let client = try await SystemdTestKit.connect(to: .unix(path: socketPath))
             var handles: [TaskHandle] = []
-            for _ in 0..<3 { handles.append(try await client.enqueue(ByteBuffer(string: "sleep 1500"))) }
+            for _ in 0..<3 { handles.append(try await client.enqueue(ByteBuffer(string: "sleep 3000"))) }
             try await Self.waitUntilRunning(handles[0])
             #expect(try await handles[2].status() == .inQueue)
 
@@ -54,7 +54,7 @@ struct SystemdLifecycleTests {
             }
             #expect(Int(extended.message["EXTEND_TIMEOUT_USEC"] ?? "").map { $0 > 0 } == true)
 
-            for handle in handles { #expect(String(buffer: try await handle.result()) == "slept 1500") }
+            for handle in handles { #expect(String(buffer: try await handle.result()) == "slept 3000") }
             #expect(try await daemon.process.wait() == .exited(0))
         }
     }
