@@ -178,12 +178,22 @@ public final class AiotaskClient: Sendable {
     ///   ``FailureReason/cancelled`` when the awaiting Swift task is cancelled); ``AiotaskClientError`` when the
     ///   connection fails.
     public func submit(_ payload: ByteBuffer, timeout: Duration? = nil) async throws -> ByteBuffer {
+        try await submit(payload, timeout: timeout, unsent: nil)
+    }
+
+    /// ``submit(_:timeout:)-(ByteBuffer,_)``, which also sets `unsent` when the task fails without having been sent
+    /// (the connection had ended or the server had said `GOODBYE`), so that it can be sent again elsewhere.
+    func submit(_ payload: ByteBuffer, timeout: Duration?, unsent: UnsentFlag?) async throws -> ByteBuffer {
         let id = TaskID.random()
         try check(id, payload: payload)
         // The event loop resumes this caller directly with the answer: no promise and future in between.
         return try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { continuation in
-                onEventLoop { $0.submit(id, timeout: timeout, payload: payload, promise: .continuation(continuation)) }
+                onEventLoop { handler in
+                    // Set before the promise fails, so before the caller resumes.
+                    if let unsent, !handler.acceptsTasks { unsent.set() }
+                    handler.submit(id, timeout: timeout, payload: payload, promise: .continuation(continuation))
+                }
                 // A cancellation that came before the task reached the event loop cancelled nothing: the CANCEL
                 // below follows the task. (Cancelling twice is harmless.)
                 if Task.isCancelled { onEventLoop { $0.cancel(id, failingLocally: true) } }

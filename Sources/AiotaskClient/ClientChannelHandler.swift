@@ -80,6 +80,13 @@ final class ClientChannelHandler: ChannelInboundHandler {
         flushOutput()
     }
 
+    /// Whether a task submitted now is sent: the handshake is done, and the server has not said `GOODBYE` nor the
+    /// connection ended.
+    var acceptsTasks: Bool {
+        guard case .ready = state else { return false }
+        return goodbye == nil
+    }
+
     /// Sends a task; `promise` receives its result or fails with a ``TaskFailure``.
     func submit(_ id: TaskID, timeout: Duration?, payload: ByteBuffer, promise: PendingTask) {
         if let goodbye {

@@ -377,6 +377,7 @@ final class Supervisor {
     /// every process and closes the connections. The future succeeds once all of them are gone.
     func shutdown(drainTimeout: Duration) -> EventLoopFuture<Void> {
         isAccepting = false
+        logger.info("draining \(tasksInFlight) tasks in flight; new tasks are refused")
         for session in sessions.values { session.sayGoodbye() }
         let drained = loop.makePromise(of: Void.self)
         drainPromise = drained

@@ -129,13 +129,15 @@ struct RunningDaemon {
     var server: String { "unix:\(socket)" }
 
     /// Starts aiotaskd with `arguments` (and `--config` with `config`, where `{SOCKET}` stands for the socket path,
-    /// or `--listen` on the socket) and `environment` added to the test's, and waits until it is ready.
+    /// or `--listen` on the socket) and `environment` added to the test's, and waits until it is ready. The socket
+    /// is `aiotask.sock` in `directory`, a new one by default.
     static func start(
         arguments: [String] = [],
         config: String? = nil,
-        environment: [String: String] = [:]
+        environment: [String: String] = [:],
+        in directory: String? = nil
     ) async throws -> RunningDaemon {
-        let directory = try makeTemporaryDirectory()
+        let directory = try directory ?? makeTemporaryDirectory()
         let socket = directory + "/aiotask.sock"
         var arguments = arguments + ["--kill-grace", "0.5"]
         if let config {

@@ -49,14 +49,16 @@ struct TestServer: Sendable {
     let logs: LogCapture
     let directory: String
 
-    /// Starts a worker running `handler`; `configure` may change any setting.
+    /// Starts a worker running `handler`, on the socket `aiotask.sock` of `directory` (a new one by default);
+    /// `configure` may change any setting.
     static func start(
         handler: ProcessCommand = .builtin("echo"),
         workers: Int = 2,
         listen extra: [ServerAddress] = [],
+        in directory: String? = nil,
         configure: (inout WorkerConfiguration) -> Void = { _ in }
     ) async throws -> TestServer {
-        let directory = try makeTemporaryDirectory()
+        let directory = try directory ?? makeTemporaryDirectory()
         let address = ServerAddress.unix(path: directory + "/aiotask.sock")
         var configuration = WorkerConfiguration(listenAddresses: [address] + extra, handler: handler, workers: workers)
         configuration.killGracePeriod = .milliseconds(500)
