@@ -18,7 +18,7 @@ import NIOPosix
 /// Cancelling the Swift task that awaits ``submit(_:timeout:)-(ByteBuffer,_)`` or ``TaskHandle/result()`` sends
 /// `CANCEL` for the task and ends the wait at once with a ``TaskFailure`` of reason ``FailureReason/cancelled``
 /// (not a `CancellationError`), the same error a cancellation through ``TaskHandle/cancel()`` produces.
-public final class AiotaskClient: Sendable {
+public final class AiotaskClient: TaskSubmitter {
     /// The default largest result the client accepts: 64 MiB.
     public static let defaultMaximumResultLength = 64 * 1024 * 1024
 
@@ -201,18 +201,6 @@ public final class AiotaskClient: Sendable {
         } onCancel: {
             self.onEventLoop { $0.cancel(id, failingLocally: true) }
         }
-    }
-
-    /// Runs a task given as bytes and returns the result bytes; see ``submit(_:timeout:)-(ByteBuffer,_)``.
-    public func submit(_ payload: [UInt8], timeout: Duration? = nil) async throws -> [UInt8] {
-        let result = try await submit(ByteBuffer(bytes: payload), timeout: timeout)
-        return Array(result.readableBytesView)
-    }
-
-    /// Runs a task given as UTF-8 text and returns the result bytes; see ``submit(_:timeout:)-(ByteBuffer,_)``.
-    public func submit(_ text: String, timeout: Duration? = nil) async throws -> [UInt8] {
-        let result = try await submit(ByteBuffer(string: text), timeout: timeout)
-        return Array(result.readableBytesView)
     }
 
     /// Sends a task and returns at once with a handle to await its result, ask its status, or cancel it.

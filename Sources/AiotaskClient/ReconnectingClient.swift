@@ -23,7 +23,7 @@ import Synchronization
 /// Every other outcome, success or ``TaskFailure``, is the task's own, as on an ``AiotaskClient``.
 ///
 /// Tasks submitted concurrently share the connection, and a new connection is made once for all of them.
-public final class ReconnectingClient: Sendable {
+public final class ReconnectingClient: TaskSubmitter {
     /// How a ``ReconnectingClient`` connects, and how long it retries.
     public struct Configuration: Sendable {
         /// How long one connection attempt, handshake included, may take.
@@ -92,18 +92,6 @@ public final class ReconnectingClient: Sendable {
                 return .retry(error)
             }
         }
-    }
-
-    /// Runs a task given as bytes and returns the result bytes; see ``submit(_:timeout:)-(ByteBuffer,_)``.
-    public func submit(_ payload: [UInt8], timeout: Duration? = nil) async throws -> [UInt8] {
-        let result = try await submit(ByteBuffer(bytes: payload), timeout: timeout)
-        return Array(result.readableBytesView)
-    }
-
-    /// Runs a task given as UTF-8 text and returns the result bytes; see ``submit(_:timeout:)-(ByteBuffer,_)``.
-    public func submit(_ text: String, timeout: Duration? = nil) async throws -> [UInt8] {
-        let result = try await submit(ByteBuffer(string: text), timeout: timeout)
-        return Array(result.readableBytesView)
     }
 
     // MARK: Server information
