@@ -18,6 +18,9 @@ import NIOPosix
 /// Cancelling the Swift task that awaits ``submit(_:timeout:)-(ByteBuffer,_)`` or ``TaskHandle/result()`` sends
 /// `CANCEL` for the task and ends the wait at once with a ``TaskFailure`` of reason ``FailureReason/cancelled``
 /// (not a `CancellationError`), the same error a cancellation through ``TaskHandle/cancel()`` produces.
+///
+/// A connection ends with the server (a restart, a reload of the package); ``ReconnectingClient`` connects again
+/// by itself and submits again the tasks the server never started.
 public final class AiotaskClient: TaskSubmitter {
     /// The default largest result the client accepts: 64 MiB.
     public static let defaultMaximumResultLength = 64 * 1024 * 1024

@@ -32,7 +32,7 @@ public final class ReconnectingClient: TaskSubmitter {
         /// the last error met (a ``TaskFailure`` of reason ``FailureReason/shuttingDown`` or an
         /// ``AiotaskClientError`` of connecting).
         public var retryLimit: Duration
-        /// The largest result to accept, as for ``AiotaskClient/connect(to:eventLoopGroup:connectTimeout:maximumResultLength:)-(ServerAddress,_,_,_)``.
+        /// The largest result to accept, announced to the server as by ``AiotaskClient``; between 0 and 4 GiB − 1.
         public var maximumResultLength: Int
         /// The group connections run on; nil for `MultiThreadedEventLoopGroup.singleton`.
         public var eventLoopGroup: (any EventLoopGroup)?
