@@ -133,7 +133,7 @@ public enum Daemon {
                     server.debugStallEventLoop()
             #endif
             default:
-                logger.info("received \(signalName(signalNumber)); draining tasks in flight")
+                logger.info("received \(signalName(signalNumber)); stopping")
                 break signalLoop
             }
         }
