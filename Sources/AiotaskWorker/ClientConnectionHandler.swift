@@ -35,7 +35,11 @@ final class ClientConnectionHandler: ChannelInboundHandler {
     /// The pending check for an idle connection; nil with no idle timeout, or once a check found tasks in flight
     /// (it is armed again when the last of them is answered).
     private var idleCheck: Scheduled<Void>?
-    /// Fires if the client leaves its answers unread too long; set while the channel is not writable.
+    /// What happens while the client leaves its answers unread (see ``AnswerBacklog``).
+    private var backlog: AnswerBacklog
+    /// Its tasks that reached the head of the queue while held back, in order; they run once answers drain.
+    private var heldTasks = CircularBuffer<TaskRecord>()
+    /// The pending check for a client that has stopped reading and sending; set while the channel is not writable.
     private var writeStall: Scheduled<Void>?
 
     /// Cuts the bytes read into frames.
@@ -52,6 +56,7 @@ final class ClientConnectionHandler: ChannelInboundHandler {
             readWindow: readWindow
         )
         self.finished = FinishedTaskLog(capacity: supervisor.configuration.finishedTasksRemembered)
+        self.backlog = AnswerBacklog(writeTimeout: supervisor.configuration.writeTimeout)
     }
 
     // MARK: Channel events
@@ -83,6 +88,7 @@ final class ClientConnectionHandler: ChannelInboundHandler {
         }
         idleCheck?.cancel()
         writeStall?.cancel()
+        heldTasks.removeAll()
         supervisor.unregister(self)
         let abandoned = inFlight.values
         inFlight.removeAll()
@@ -105,7 +111,10 @@ final class ClientConnectionHandler: ChannelInboundHandler {
         } catch {
             errorCaught(context: context, error: error)
         }
-        if receivedFrame { lastActivity = .now() }
+        if receivedFrame {
+            lastActivity = .now()
+            backlog.frameReceived(now: lastActivity)
+        }
     }
 
     private func receive(_ inbound: InboundFrame) {
@@ -123,25 +132,72 @@ final class ClientConnectionHandler: ChannelInboundHandler {
         }
     }
 
-    /// Backpressure: a client that does not read its answers stops being read, so it cannot make the server
-    /// buffer without bound; reading resumes once its answers drain.
+    /// A client whose answers pile up unread is still read, but its tasks are held back until they drain
+    /// (``AnswerBacklog``), so a client that writes all its tasks before reading is served, in bounded memory.
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        let writable = context.channel.isWritable
-        context.channel.setOption(.autoRead, value: writable).whenFailure { _ in }
-        if writable {
+        // The write timeout in force now: a reload may have changed it since the connection opened.
+        backlog.writeTimeout = supervisor.configuration.writeTimeout
+        let action = backlog.writabilityChanged(isWritable: context.channel.isWritable, now: .now())
+        perform(action, context: context)
+        context.fireChannelWritabilityChanged()
+    }
+
+    /// Whether this connection's tasks wait instead of running, because its answers are not being read.
+    var isHoldingTasks: Bool { backlog.isHoldingTasks }
+
+    /// Keeps `record`, which reached the head of the queue while the connection holds back its tasks, until its
+    /// answers drain.
+    func hold(_ record: TaskRecord) {
+        heldTasks.append(record)
+    }
+
+    /// The tasks held back and not finished since, still waiting (for a shutdown that fails them).
+    var tasksHeld: [TaskRecord] { heldTasks.filter { !$0.isFinished } }
+
+    private func perform(_ action: AnswerBacklog.Action, context: ChannelHandlerContext) {
+        switch action {
+        case .none:
+            break
+        case .holdTasks(let stallCheck):
+            logger.debug("the client is not reading its answers; its tasks wait until it does")
+            writeStall?.cancel()
+            writeStall = stallCheck.flatMap { scheduleStallCheck(at: $0) }
+        case .releaseTasks(let resumeReading):
             writeStall?.cancel()
             writeStall = nil
-            context.read()
-        } else {
-            logger.debug("client is not reading its answers; pausing reads from it")
-            if writeStall == nil, let timeout = supervisor.configuration.writeTimeout {
-                writeStall = context.eventLoop.assumeIsolated().scheduleTask(in: TimeAmount(timeout)) { [self] in
-                    writeStall = nil
-                    writeTimedOut(after: timeout)
-                }
+            if resumeReading {
+                context.channel.setOption(.autoRead, value: true).whenFailure { _ in }
+                context.read()
             }
+            let released = Array(heldTasks)
+            heldTasks.removeAll()
+            supervisor.release(released)
+        case .pauseReading:
+            logger.debug(
+                "the client sends requests but reads none of the answers; pausing reads from it",
+                metadata: ["answers_waiting": "\(AnswerBacklog.immediateAnswerLimit)"]
+            )
+            context.channel.setOption(.autoRead, value: false).whenFailure { _ in }
+        case .checkStall(let deadline):
+            writeStall = scheduleStallCheck(at: deadline)
+        case .disconnect:
+            writeTimedOut()
         }
-        context.fireChannelWritabilityChanged()
+    }
+
+    private func scheduleStallCheck(at deadline: NIODeadline) -> Scheduled<Void>? {
+        context?.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [self] in
+            writeStall = nil
+            guard let context, !isClosing else { return }
+            perform(backlog.stallCheckDue(now: .now()), context: context)
+        }
+    }
+
+    /// Notes an answer written at once while the client is not reading (a refusal, `STATUS`, `INFO`): too many
+    /// of them and the client stops being read.
+    private func answeredAtOnce() {
+        guard backlog.isHoldingTasks, let context else { return }
+        perform(backlog.answeredAtOnce(), context: context)
     }
 
     // MARK: Timeouts
@@ -168,9 +224,10 @@ final class ClientConnectionHandler: ChannelInboundHandler {
         )
     }
 
-    /// Disconnects a client that has left its answers unread for the write timeout; its tasks are cancelled.
-    private func writeTimedOut(after timeout: Duration) {
-        guard let context, !isClosing, !context.channel.isWritable else { return }
+    /// Disconnects a client that has neither read an answer nor sent a frame for the write timeout; its tasks are
+    /// cancelled.
+    private func writeTimedOut() {
+        guard let context, !isClosing, !context.channel.isWritable, let timeout = backlog.writeTimeout else { return }
         isClosing = true
         logger.warning(
             "closing connection: the client has not read its answers for \(Self.describe(timeout)) (write-timeout)",
@@ -209,16 +266,19 @@ final class ClientConnectionHandler: ChannelInboundHandler {
             let limit = UInt32(clamping: supervisor.configuration.maximumPayloadLength)
             write(.hello(Hello(maximumPayloadLength: limit)))
             if !supervisor.isAccepting { sayGoodbye() }
+            answeredAtOnce()
         case .enqueue(let id, let payload):
             submit(id, payload: payload, timeout: nil)
         case .submit(let id, let timeout, let payload):
             submit(id, payload: payload, timeout: timeout)
         case .status(let id):
             write(.update(id, status(of: id)))
+            answeredAtOnce()
         case .cancel(let id):
             if let record = inFlight[id] { supervisor.cancel(record) }
         case .infoRequest:
             writeInfo()
+            answeredAtOnce()
         case .update, .done, .result, .failed, .info, .error, .goodbye:
             violation("the client sent a \(frame.type) frame, which only a server sends")
         }
@@ -229,9 +289,12 @@ final class ClientConnectionHandler: ChannelInboundHandler {
         let limit = supervisor.configuration.maximumTasksPerConnection
         guard inFlight.count <= limit else {
             let message = "too many tasks in flight on this connection (limit \(limit))"
-            return supervisor.accept(rejected: record, .rejected, message)
+            supervisor.accept(rejected: record, .rejected, message)
+            return answeredAtOnce()
         }
         supervisor.accept(record)
+        // Refused at once: the queue is full, or the server is stopping.
+        if record.isFinished { answeredAtOnce() }
     }
 
     private func rejectOversized(_ id: TaskID, length: Int) {
@@ -239,6 +302,7 @@ final class ClientConnectionHandler: ChannelInboundHandler {
         let limit = supervisor.configuration.maximumPayloadLength
         let message = "task of \(length) bytes exceeds the limit of \(limit) bytes"
         supervisor.accept(rejected: record, .payloadTooLarge, message)
+        answeredAtOnce()
     }
 
     /// A record for a new task of this connection, or nil (and the connection closed) when its id is in use.

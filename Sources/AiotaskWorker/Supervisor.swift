@@ -164,6 +164,13 @@ final class Supervisor {
                 if hasIdleSlot, withdrawFromBusiestSlot() { continue }
                 return
             }
+            // A client that is not reading its answers has its tasks held back (they stay counted as waiting), so
+            // that its answers pile up no further; they run once it reads (``release(_:)``).
+            if record.session.isHoldingTasks {
+                queue.removeFirst()
+                record.session.hold(record)
+                continue
+            }
             if let slot = nextIdleSlot() {
                 queue.removeFirst()
                 leaveQueue(record)
@@ -214,6 +221,14 @@ final class Supervisor {
             record.state = .queued
             queue.prepend(record)
         }
+    }
+
+    /// Puts the tasks a connection held back while its client did not read back at the head of the queue, in
+    /// order: they arrived before the tasks behind them. They never left the waiting counts.
+    func release(_ records: [TaskRecord]) {
+        guard !records.isEmpty else { return }
+        requeue(records)
+        dispatch()
     }
 
     private func nextIdleSlot() -> PoolSlot? {
@@ -431,6 +446,7 @@ final class Supervisor {
         // Tasks sent ahead first: stopping a running task replaces its process and would requeue them.
         var waiting: [TaskRecord] = slots.flatMap(\.prefetchedTasks).filter { !$0.isFinished }
         waiting += queue.filter { !$0.isFinished }
+        waiting += sessions.values.flatMap(\.tasksHeld)
         var running: [TaskRecord] = []
         for slot in slots {
             if case .busy(_, let task) = slot.state, !task.record.isFinished { running.append(task.record) }

@@ -9,16 +9,19 @@ import Testing
 
 @Suite("Backpressure")
 struct BackpressureTests {
-    @Test("a client that never reads its answers stops being read, instead of filling the server's memory")
+    @Test(
+        "a client that never reads its answers is read up to its limits and no further, instead of filling the server's memory"
+    )
     func clientThatNeverReads() async throws {
-        let worker = try await TestServer.start(workers: 1)
+        let worker = try await TestServer.start(workers: 1) { $0.maximumTasksPerConnection = 1000 }
         try await withTimeout(.seconds(60)) {
             guard case .unix(let path) = worker.address else { return }
             let socket = try connectNonBlocking(toUnixPath: path)
             defer { close(socket) }
 
             // 60 KiB echo tasks, written until the server stops taking them, with a ceiling of 256 MiB that a
-            // server reading without bound would accept whole.
+            // server reading without bound would accept whole. It queues 1,000 of them (the connection's limit) and
+            // refuses the next ones at once; once 1,024 refusals wait unread too, it stops reading.
             let payload = ByteBuffer(repeating: 0x61, count: 60 * 1024)
             func frame() throws -> [UInt8] {
                 var buffer = ByteBuffer()
@@ -47,6 +50,12 @@ struct BackpressureTests {
                 if poll(&descriptor, 1, 2000) == 0 { break }
             }
             #expect(written < ceiling, "the server kept reading a client that never reads its answers")
+            let taken = (1000 + AnswerBacklog.immediateAnswerLimit + 64) * payload.readableBytes
+            #expect(written < taken, "the server read \(written) bytes, past the connection's limits")
+            // What it holds of them is the connection's limit, no more.
+            let observer = try await worker.client()
+            #expect(try await observer.serverInfo().queue.length <= 1000)
+            try await observer.close()
 
             // Every other client is still served.
             let client = try await worker.client()
