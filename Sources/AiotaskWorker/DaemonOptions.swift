@@ -58,7 +58,7 @@ public struct DaemonOptions: ParsableArguments {
 
     @Option(
         help: ArgumentHelp(
-            "Disconnect a client that leaves its answers unread this many seconds, cancelling its tasks; 0 for never (default: 60).",
+            "Disconnect a client that neither reads its answers nor sends a request this many seconds, cancelling its tasks; 0 for never (default: 60).",
             valueName: "seconds"
         )
     )
