@@ -22,8 +22,17 @@ public struct FrameDecoder: LengthPrefixedDecoder {
     /// Largest accepted payload of any other frame.
     public var maximumControlFrameLength: Int
 
+    /// Asked, for each task-carrying frame that has not arrived whole, whether its bytes may be held while the
+    /// rest arrives (a server counts them against its memory budget); a frame refused is skipped as an oversized
+    /// one is, and reported as ``InboundFrame/oversized(_:_:length:)``. nil holds every frame within the limit.
+    ///
+    /// The argument is the frame's payload length; the answer is asked once per frame that is held.
+    public var admitPartialTask: ((Int) -> Bool)?
+
     /// Bytes of an oversized frame still to be discarded.
     private var bytesToSkip = 0
+    /// Whether ``admitPartialTask`` admitted the frame at the front.
+    private var frontIsAdmitted = false
 
     public init(maximumPayloadLength: Int, maximumControlFrameLength: Int = 64 * 1024) {
         self.maximumPayloadLength = maximumPayloadLength
@@ -57,7 +66,16 @@ public struct FrameDecoder: LengthPrefixedDecoder {
             }
             return try decodeOversized(type, length: length, headerLength: headerLength, buffer: &buffer)
         }
-        guard buffer.readableBytes >= headerLength + length else { return nil }
+        guard buffer.readableBytes >= headerLength + length else {
+            if type.carriesTaskData, !frontIsAdmitted, let admitPartialTask {
+                guard admitPartialTask(length) else {
+                    return try decodeOversized(type, length: length, headerLength: headerLength, buffer: &buffer)
+                }
+                frontIsAdmitted = true
+            }
+            return nil
+        }
+        frontIsAdmitted = false
         buffer.moveReaderIndex(forwardBy: headerLength)
         var payload = buffer.readSlice(length: length)!
         return .frame(try Self.parse(type, payload: &payload))
@@ -97,6 +115,8 @@ public struct FrameDecoder: LengthPrefixedDecoder {
             length = Int(value)
         }
         guard length <= limit(for: type) else { return nil }
+        // A frame not admitted yet may be refused: no memory is reserved for it before.
+        if type.carriesTaskData, admitPartialTask != nil, !frontIsAdmitted { return nil }
         return type.headerLength + length
     }
 

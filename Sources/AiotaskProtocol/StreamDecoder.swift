@@ -17,7 +17,8 @@ import NIOCore
 /// With a ``ReadWindow`` (the channel reading through ``DirectFrameReads``), the rest of a large frame is not even
 /// copied once: the channel reads it straight into the frame's buffer.
 public struct StreamDecoder<Decoder: LengthPrefixedDecoder> {
-    @usableFromInline var decoder: Decoder
+    /// The framing; its settings may change between reads.
+    public var decoder: Decoder
     /// Bytes read and not decoded yet: a slice of a read buffer, or a buffer assembling one frame.
     @usableFromInline var pending = ByteBuffer()
     /// Whether `pending` is a buffer of this decoder's own that no decoded message shares, so bytes can be appended

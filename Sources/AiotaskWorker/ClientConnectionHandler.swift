@@ -46,6 +46,9 @@ final class ClientConnectionHandler: ChannelInboundHandler {
     private var frames: StreamDecoder<FrameDecoder>
     /// Set while frames are being handled, one of which may close the channel.
     private var isDecoding = false
+    /// Task bytes reserved in the supervisor's budget for the task frame being received (see
+    /// ``Supervisor/reserve(_:)``); 0 when none is.
+    private var reservedBytes = 0
 
     /// - Parameter readWindow: The window of the channel's ``DirectFrameReads``.
     init(supervisor: Supervisor, logger: Logger, readWindow: ReadWindow? = nil) {
@@ -57,6 +60,13 @@ final class ClientConnectionHandler: ChannelInboundHandler {
         )
         self.finished = FinishedTaskLog(capacity: supervisor.configuration.finishedTasksRemembered)
         self.backlog = AnswerBacklog(writeTimeout: supervisor.configuration.writeTimeout)
+        // A task frame that straddles reads holds its bytes until it is whole: they count against the queue's
+        // byte limit from its header on, so many slow uploads cannot hold more than the queue may.
+        frames.decoder.admitPartialTask = { [unowned self] length in
+            guard self.supervisor.reserve(length) else { return false }
+            self.reservedBytes = length
+            return true
+        }
     }
 
     // MARK: Channel events
@@ -89,6 +99,7 @@ final class ClientConnectionHandler: ChannelInboundHandler {
         idleCheck?.cancel()
         writeStall?.cancel()
         heldTasks.removeAll()
+        releaseReservation()
         supervisor.unregister(self)
         let abandoned = inFlight.values
         inFlight.removeAll()
@@ -118,6 +129,7 @@ final class ClientConnectionHandler: ChannelInboundHandler {
     }
 
     private func receive(_ inbound: InboundFrame) {
+        releaseReservation()
         guard !isClosing else { return }
         switch inbound {
         case .frame(let frame):
@@ -130,6 +142,14 @@ final class ClientConnectionHandler: ChannelInboundHandler {
             }
             rejectOversized(id, length: length)
         }
+    }
+
+    /// Gives back the bytes reserved for the frame being received: it is whole now (and its task is accepted or
+    /// refused under the usual limits), or the connection is gone.
+    private func releaseReservation() {
+        guard reservedBytes > 0 else { return }
+        supervisor.unreserve(reservedBytes)
+        reservedBytes = 0
     }
 
     /// A client whose answers pile up unread is still read, but its tasks are held back until they drain
@@ -300,8 +320,13 @@ final class ClientConnectionHandler: ChannelInboundHandler {
     private func rejectOversized(_ id: TaskID, length: Int) {
         guard let record = track(id, payload: ByteBuffer(), timeout: nil) else { return }
         let limit = supervisor.configuration.maximumPayloadLength
-        let message = "task of \(length) bytes exceeds the limit of \(limit) bytes"
-        supervisor.accept(rejected: record, .payloadTooLarge, message)
+        if length <= limit {
+            // Within the payload limit, but its bytes could not be held while it arrived (``Supervisor/reserve(_:)``).
+            supervisor.accept(rejected: record, .rejected, supervisor.queueFullMessage(adding: length))
+        } else {
+            let message = "task of \(length) bytes exceeds the limit of \(limit) bytes"
+            supervisor.accept(rejected: record, .payloadTooLarge, message)
+        }
         answeredAtOnce()
     }
 

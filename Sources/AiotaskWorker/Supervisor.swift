@@ -27,6 +27,8 @@ final class Supervisor {
     private(set) var queuedCount = 0
     /// Task bytes held by the tasks that wait.
     private var queuedBytes = 0
+    /// Task bytes of frames still arriving, reserved when their headers arrived (``reserve(_:)``).
+    private var reservedBytes = 0
 
     private var submitted = 0
     private var succeeded = 0
@@ -255,14 +257,36 @@ final class Supervisor {
             return refuse(record, .rejected, message)
         }
         let size = record.payload.readableBytes
-        guard queuedBytes + size <= configuration.maximumQueuedBytes else {
-            let limit = configuration.maximumQueuedBytes
-            return refuse(record, .rejected, "queue full: \(queuedBytes) bytes waiting (limit \(limit) bytes)")
+        guard queuedBytes + reservedBytes + size <= configuration.maximumQueuedBytes else {
+            return refuse(record, .rejected, queueFullMessage(adding: size))
         }
         queue.append(record)
         queuedCount += 1
         queuedBytes += size
         dispatch()
+    }
+
+    /// Reserves room in the queue's byte limit for a task frame of `length` bytes whose header has arrived and
+    /// whose rest is on its way; false, reserving nothing, when there is no room. Frames being received and tasks
+    /// waiting share `max-queued-bytes`, so slow uploads on many connections cannot hold more memory than the
+    /// queue may.
+    func reserve(_ length: Int) -> Bool {
+        guard queuedBytes + reservedBytes + length <= configuration.maximumQueuedBytes else { return false }
+        reservedBytes += length
+        return true
+    }
+
+    /// Gives back a reservation of ``reserve(_:)``: its frame is whole, or its connection gone.
+    func unreserve(_ length: Int) {
+        reservedBytes -= length
+    }
+
+    /// Why a task of `size` bytes does not fit the queue's byte limit.
+    func queueFullMessage(adding size: Int) -> String {
+        let limit = configuration.maximumQueuedBytes
+        return reservedBytes == 0
+            ? "queue full: \(queuedBytes) bytes waiting (limit \(limit) bytes)"
+            : "queue full: \(queuedBytes) bytes waiting and \(reservedBytes) arriving (limit \(limit) bytes)"
     }
 
     /// Counts a task refused before it was queued, and answers it with `reason`.

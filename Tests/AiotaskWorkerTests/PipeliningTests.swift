@@ -241,7 +241,7 @@ final class BlockingSocket {
 
     /// Reads until `count` frames have arrived.
     func receiveFrames(count: Int) throws -> [Frame] {
-        let processor = NIOSingleStepByteToMessageProcessor(FrameDecoder(maximumPayloadLength: 1 << 20))
+        let processor = NIOSingleStepByteToMessageProcessor(FrameDecoder(maximumPayloadLength: 64 << 20))
         var frames: [Frame] = []
         var chunk = [UInt8](repeating: 0, count: 1 << 16)
         while frames.count < count {
