@@ -7,6 +7,15 @@ public let testSlowdown: Int =
     ProcessInfo.processInfo.environment["AIOTASK_TEST_SLOWDOWN"].flatMap(Int.init)
     .map { max(1, $0) } ?? 1
 
+/// The sanitizer the code under test was built with (`address` or `thread`: `AIOTASK_TEST_SANITIZER`, which
+/// `scripts/test-sanitizers` sets), nil for a plain build.
+public let testSanitizer: String? = ProcessInfo.processInfo.environment["AIOTASK_TEST_SANITIZER"]
+
+/// Whether a process's resident memory measures what the code holds. Under a sanitizer it does not: shadow memory
+/// grows with every byte touched, and AddressSanitizer keeps freed memory in quarantine (256 MiB by default), so the
+/// tests that bound memory check it only in plain builds — which `scripts/test` always runs.
+public var residentMemoryIsMeaningful: Bool { testSanitizer == nil }
+
 /// A test step took longer than its limit.
 public struct TimedOut: Error, CustomStringConvertible {
     public let limit: Duration

@@ -88,7 +88,7 @@ struct FaultInjectionTests {
                 // A leak grows the daemon by about as much in each round; the second round may take back what the
                 // first left in caches and allocator pools, no more (16 MiB: a leak of 32 MiB over the run shows).
                 #expect(
-                    resident[1] <= resident[0] + 16 * 1024,
+                    !residentMemoryIsMeaningful || resident[1] <= resident[0] + 16 * 1024,
                     "daemon RSS grew from \(resident[0]) KiB after the first round to \(resident[1]) KiB after the second"
                 )
             }

@@ -80,7 +80,9 @@ struct PipeliningTests {
 
         // Peak memory: what the queue may hold, plus the answers and buffers of one connection (docs/reliability.md).
         let peak = try #require(statusBytes(of: daemon.pid, "VmHWM"))
-        #expect(peak <= baseline + Self.queuedBytesLimit + (32 << 20), "peak RSS \(peak >> 20) MiB")
+        if residentMemoryIsMeaningful {
+            #expect(peak <= baseline + Self.queuedBytesLimit + (32 << 20), "peak RSS \(peak >> 20) MiB")
+        }
 
         daemon.signal(SIGTERM)
         #expect(try await daemon.wait() == .exited(0))

@@ -49,7 +49,9 @@ struct SlowUploadTests {
         }
 
         let (peak, frames) = answers
-        #expect(peak <= baseline + queuedBytesLimit + (48 << 20), "peak RSS \(peak >> 20) MiB")
+        if residentMemoryIsMeaningful {
+            #expect(peak <= baseline + queuedBytesLimit + (48 << 20), "peak RSS \(peak >> 20) MiB")
+        }
         // Those whose bytes fit the limit from their header on ran; the others were refused as they came.
         let admitted = queuedBytesLimit / (taskSize + TaskID.byteCount + 4)
         var results = 0
