@@ -119,11 +119,13 @@ struct HostileClientTests {
         try await withTimeout {
             let socket = try UnixSocket(path: worker.socketPath)
             // STATUS queries, answered by the connection itself, until the server stops reading because the answers
-            // fill the socket; then the connection is idle, but nothing more can be sent to it.
+            // fill the socket (and 1,024 more wait); then the connection is idle, but nothing more can be sent to it.
             let batch = Array(repeating: RawConnection.legacyFrame(type: 4, TaskID.random().bytes), count: 1000)
                 .flatMap { $0 }
             var sent = 0
-            while socket.sendWithin(seconds: 1, batch) {
+            while !worker.logs.entries.contains(where: { $0.message.hasSuffix("pausing reads from it") }) {
+                // Bounded waits for room; the server's log entry says when it has stopped reading.
+                _ = socket.sendWithin(seconds: 1, batch)
                 sent += 1
                 try #require(sent < 10_000, "the server kept reading a client that reads nothing")
             }
