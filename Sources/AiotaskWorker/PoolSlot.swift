@@ -244,6 +244,13 @@ final class PoolSlot {
         state = .empty
     }
 
+    /// Stays in the pool after all, should it have been leaving after its task (a reload shrank the pool, and the
+    /// next one grew it again before the task ended): the slot keeps its index, so no new slot takes it.
+    func stayInPool() {
+        guard !isStopped else { return }
+        retireAfterTask = false
+    }
+
     private func scheduleRestart() {
         guard !isStopped, restartTimer == nil else { return }
         supervisor.noteRestart()

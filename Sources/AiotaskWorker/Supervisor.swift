@@ -91,20 +91,22 @@ final class Supervisor {
     /// Applies a new configuration without losing a task: limits apply to the next task, the pool grows or
     /// shrinks, and every process is replaced by one running the new handler — idle ones at once, busy ones
     /// once their task is answered. Listening addresses are not changed by a reload.
+    ///
+    /// A slot's index (`AIOTASK_WORKER_INDEX`) is always in `0..<workers`, and no two slots hold the same one, so a
+    /// handler may use it to pick a GPU, a port or a shard: a shrinking pool lets the slots of the highest indexes
+    /// go (each after its task), and a growing one fills the indexes missing below `workers`. A slot still leaving
+    /// after its task whose index is wanted again simply stays, rather than a new slot taking its index while its
+    /// process still runs.
     func reload(_ newConfiguration: WorkerConfiguration) {
         configuration = newConfiguration
         let target = max(1, newConfiguration.workers)
-        let active = slots.filter { !$0.isRetiring }
-        if active.count > target {
-            for slot in active[target...] { slot.retire() }
-        }
+        for slot in slots where slot.index < target { slot.stayInPool() }
+        for slot in slots where slot.index >= target && !slot.isRetiring { slot.retire() }
         for slot in slots where !slot.isRetiring { slot.renew() }
-        if active.count < target {
-            let nextIndex = (slots.map(\.index).max() ?? -1) + 1
-            let added = (0..<(target - active.count)).map { PoolSlot(index: nextIndex + $0, supervisor: self) }
-            slots.append(contentsOf: added)
-            for slot in added { slot.start() }
-        }
+        let taken = Set(slots.map(\.index))
+        let added = (0..<target).filter { !taken.contains($0) }.map { PoolSlot(index: $0, supervisor: self) }
+        slots.append(contentsOf: added)
+        for slot in added { slot.start() }
         dispatch()
     }
 
@@ -358,7 +360,7 @@ final class Supervisor {
             uptimeSeconds: Double((NIODeadline.now() - startedAt).nanoseconds) / 1e9,
             handler: configuration.handler.displayName,
             workers: .init(
-                configured: slots.count,
+                configured: max(1, configuration.workers),
                 alive: slots.filter { $0.process != nil }.count,
                 busy: busy,
                 restarts: restarts
