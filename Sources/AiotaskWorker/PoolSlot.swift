@@ -211,7 +211,7 @@ final class PoolSlot {
             tasksUntilRecycle = configuration.maximumTasksPerProcess.map {
                 $0 + Int.random(in: 0...max(0, configuration.maximumTasksJitter))
             }
-            process.attach(maximumReplyLength: configuration.maximumPayloadLength, logger: logger)
+            process.attach(maximumReplyLength: supervisor.maximumReplyLength, logger: logger)
             logger.debug("worker process started", metadata: ["worker_pid": "\(process.pid)", "slot": "\(index)"])
             if configuration.handler.runsLibraryHandler,
                 !process.sharesMemory(arenaWanted: configuration.sharedPayloadBytes > 0)

@@ -37,6 +37,9 @@ final class Supervisor {
     private var throughput = ThroughputMeter()
 
     private(set) var isAccepting = true
+    /// Tasks in flight by the payload limit they were accepted under. A reload may lower the limit: a task accepted
+    /// before it must still get its result, so a new process's link takes replies up to ``maximumReplyLength``.
+    private var tasksByPayloadLimit: [Int: Int] = [:]
     private var drainPromise: EventLoopPromise<Void>?
     /// Completed when the last connection is gone, once shutdown has closed them all.
     private var sessionsClosed: EventLoopPromise<Void>?
@@ -108,6 +111,12 @@ final class Supervisor {
         slots.append(contentsOf: added)
         for slot in added { slot.start() }
         dispatch()
+    }
+
+    /// The longest reply a new process's link accepts: the payload limit, or a larger one some task still in flight
+    /// was accepted under.
+    var maximumReplyLength: Int {
+        max(configuration.maximumPayloadLength, tasksByPayloadLimit.keys.max() ?? 0)
     }
 
     /// Whether the pool can run tasks: at least one slot keeps a process alive. A pool whose processes all keep
@@ -242,10 +251,17 @@ final class Supervisor {
             return refuse(record, .rejected, message)
         }
         let size = record.payload.readableBytes
+        // The connection's decoder may still apply a higher limit, from before a reload lowered it.
+        guard size <= configuration.maximumPayloadLength else {
+            let limit = configuration.maximumPayloadLength
+            return refuse(record, .payloadTooLarge, "task of \(size) bytes exceeds the limit of \(limit) bytes")
+        }
         guard queuedBytes + size <= configuration.maximumQueuedBytes else {
             let limit = configuration.maximumQueuedBytes
             return refuse(record, .rejected, "queue full: \(queuedBytes) bytes waiting (limit \(limit) bytes)")
         }
+        record.payloadLimit = configuration.maximumPayloadLength
+        tasksByPayloadLimit[configuration.maximumPayloadLength, default: 0] += 1
         queue.append(record)
         queuedCount += 1
         queuedBytes += size
@@ -276,6 +292,7 @@ final class Supervisor {
     func abandon(_ record: TaskRecord) {
         stop(record)
         record.state = .finished
+        releasePayloadLimit(of: record)
         failed += 1
         logger.debug("task abandoned: its client disconnected", metadata: ["task_id": "\(record.id)"])
         checkDrained()
@@ -321,6 +338,7 @@ final class Supervisor {
         case .running, .finished: break
         }
         record.state = .finished
+        releasePayloadLimit(of: record)
         throughput.count(at: .now())
         switch outcome {
         case .success:
@@ -338,6 +356,14 @@ final class Supervisor {
         }
         record.session.complete(record, outcome)
         checkDrained()
+    }
+
+    /// The task is no longer in flight: its payload limit no longer counts for ``maximumReplyLength``.
+    private func releasePayloadLimit(of record: TaskRecord) {
+        guard let limit = record.payloadLimit else { return }
+        record.payloadLimit = nil
+        let left = (tasksByPayloadLimit[limit] ?? 1) - 1
+        tasksByPayloadLimit[limit] = left > 0 ? left : nil
     }
 
     private func metadata(of record: TaskRecord, workerPID: Int32?) -> Logger.Metadata {

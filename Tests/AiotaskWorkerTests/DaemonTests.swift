@@ -102,6 +102,42 @@ struct DaemonTests {
         #expect(daemon.standardError.contains("cannot read /nonexistent/aiotaskd.conf"))
     }
     @Test(
+        "after a reload lowers max-payload, a larger task on a connection opened before fails payloadTooLarge; the pool stays whole, and a task queued before the reload still gets its result"
+    )
+    func reloadLowersPayloadLimit() async throws {
+        let daemon = try await RunningDaemon.start(
+            config: "handler = chaos\nworkers = 1\nprefetch = 0\nlisten = unix:{SOCKET}\n"
+        )
+        let hold = 1500 * testSlowdown
+        try await daemon.stopAfter {
+            try await withTimeout(.seconds(30)) {
+                let client = try await AiotaskClient.connect(to: .unix(path: daemon.socket))
+                let large = "echo " + String(repeating: "x", count: 1995)
+                // Queued behind a running task, so it reaches a process started after the reload.
+                let running = try await client.enqueue("sleep \(hold)")
+                _ = try await client.waitForInfo { $0.tasks.running == 1 }
+                let queued = try await client.enqueue(large)
+
+                try daemon.writeConfig(
+                    "handler = chaos\nworkers = 1\nprefetch = 0\nmax-payload = 1024\nlisten = unix:{SOCKET}\n"
+                )
+                try await daemon.reload(count: 1)
+
+                let failure = try await client.failure(of: large)
+                #expect(failure?.reason == .payloadTooLarge, "\(String(describing: failure))")
+                #expect(failure?.message == "task of 2000 bytes exceeds the limit of 1024 bytes")
+                #expect(try await running.text() == "slept \(hold)")
+                #expect(try await queued.text() == String(large.dropFirst(5)))
+                let info = try await client.waitForInfo { $0.workers.alive == 1 && $0.workers.busy == 0 }
+                #expect(info.tasks.failed == 1, "\(info.tasks)")
+                #expect(try await client.submit("echo small") == Array("small".utf8))
+                try await client.close()
+            }
+        }
+        #expect(!daemon.process.standardError.contains("broke its link"), "\(daemon.process.standardError)")
+    }
+
+    @Test(
         "reloads cycling workers 2, 1, 2, 3, 2 while tasks run keep every AIOTASK_WORKER_INDEX in 0..<workers, each held by one process; status reports the file's workers"
     )
     func reloadsKeepWorkerIndexes() async throws {
