@@ -99,9 +99,6 @@ final class PoolSlot {
             || NIODeadline.now() - process.startedAt >= .init(Self.stableLifetime)
     }
 
-    /// The tasks sent ahead to this slot's process, not started yet.
-    var prefetchedTasks: [TaskRecord] { pipeline.map(\.record) }
-
     var prefetchedCount: Int { pipeline.count }
 
     /// Whether a task of `size` bytes may be sent ahead to this slot's busy process: it is sound, stays in the
@@ -236,7 +233,6 @@ final class PoolSlot {
         restartTimer = nil
         memoryCheck?.cancel()
         memoryCheck = nil
-        requeuePipeline()
         if let process {
             detach(process)
             process.retire(gracePeriod: configuration.killGracePeriod)
@@ -273,19 +269,47 @@ final class PoolSlot {
         return min(.milliseconds(100) * (1 << exponent), maximum)
     }
 
-    /// Gives the tasks sent ahead back to the supervisor, to run on another process.
-    private func requeuePipeline() {
-        guard !pipeline.isEmpty else { return }
-        let records = pipeline.map(\.record)
+    /// Takes every task sent ahead out of the pipeline, for `process`, which is being stopped or is dead: those it
+    /// provably never started (withdrawn: it claims its tasks and had not claimed them), and the others, in order,
+    /// which it may have read — all of them for a process that does not claim its tasks.
+    private func takePipeline(
+        from process: WorkerProcess
+    ) -> (notStarted: [TaskRecord], mayBeRead: [TaskRecord], areClaimed: Bool) {
+        guard !pipeline.isEmpty else { return ([], [], false) }
+        var notStarted: [TaskRecord] = []
+        let firstWithdrawn = process.withdrawAllUnclaimed()
+        if let firstWithdrawn {
+            while let last = pipeline.last, TaskClaims.index(last.index, isAtOrAfter: firstWithdrawn) {
+                pipeline.removeLast()
+                notStarted.append(last.record)
+            }
+            notStarted.reverse()
+        }
+        let rest = pipeline.map(\.record)
         pipeline.removeAll()
         pipelineBytes = 0
-        supervisor.requeue(records)
+        return (notStarted, rest, firstWithdrawn != nil)
     }
 
-    /// Hands `process` over to die on its own, so the slot can start another at once.
-    private func detach(_ process: WorkerProcess) {
+    /// Hands `process`, alive, over to die on its own, so the slot can start another at once. The tasks sent ahead
+    /// to it that it never started go back to the supervisor's queue; those it may still read stay with it until it
+    /// is dead (``HeldTasks``), so that none runs twice or is reported as never started after it ran.
+    ///
+    /// - Parameter runningIsAnswered: whether the process has answered the task it was running.
+    private func detach(_ process: WorkerProcess, runningIsAnswered: Bool = false) {
+        let sentAhead = takePipeline(from: process)
+        supervisor.requeue(sentAhead.notStarted)
+        let held =
+            sentAhead.mayBeRead.isEmpty
+            ? nil
+            : HeldTasks(
+                sentAhead.mayBeRead,
+                runningIsAnswered: runningIsAnswered,
+                areClaimed: sentAhead.areClaimed,
+                supervisor: supervisor
+            )
         process.delegate = supervisor.retiredProcesses
-        supervisor.retiredProcesses.adopt(process)
+        supervisor.retiredProcesses.adopt(process, holding: held)
     }
 
     /// How a process being replaced is made to go.
@@ -299,11 +323,10 @@ final class PoolSlot {
     }
 
     /// Replaces the current process: the old one ends as `ending` says, in the background.
-    private func replaceProcess(_ ending: Ending) {
+    private func replaceProcess(_ ending: Ending, runningIsAnswered: Bool = false) {
         guard let process else { return }
         supervisor.noteRestart()
-        requeuePipeline()
-        detach(process)
+        detach(process, runningIsAnswered: runningIsAnswered)
         switch ending {
         case .retire: process.retire(gracePeriod: configuration.killGracePeriod)
         case .terminate: process.terminate(gracePeriod: configuration.killGracePeriod)
@@ -416,6 +439,14 @@ final class PoolSlot {
         replaceProcess(.terminate)
     }
 
+    /// At the drain deadline: stops the busy process like ``interrupt(_:)`` and returns its running task, unanswered.
+    func interruptAtDrainDeadline() -> TaskRecord? {
+        guard case .busy(_, let running) = state else { return nil }
+        running.timeoutTimer?.cancel()
+        replaceProcess(.terminate)
+        return running.record.isFinished ? nil : running.record
+    }
+
     private func timeOut(_ record: TaskRecord, after timeout: Duration) {
         guard case .busy(let process, let running) = state, running.record === record else { return }
         logger.warning(
@@ -505,13 +536,16 @@ extension PoolSlot: WorkerProcessDelegate {
         if let next { pipelineBytes -= next.record.payload.readableBytes }
         if let next, next.record.isFinished {
             // A task sent ahead was cancelled (or its client left) while it waited in the pipe: the process is
-            // starting it now, so it is stopped and replaced, and the rest of the pipe runs elsewhere.
+            // starting it now, so it is stopped and replaced; the rest of the pipe runs elsewhere once the process
+            // is dead, except what it may have read by then (see ``detach(_:runningIsAnswered:)``).
             logger.debug(
                 "a task sent ahead was cancelled; stopping its process",
                 metadata: ["worker_pid": "\(process.pid)"]
             )
+            pipeline.prepend(next)
+            pipelineBytes += next.record.payload.readableBytes
             state = .idle(process)
-            replaceProcess(.terminate)
+            replaceProcess(.terminate, runningIsAnswered: true)
         } else if let next {
             supervisor.prefetchedTaskStarts(next.record)
             begin(next.record, index: next.index, on: process)
@@ -549,7 +583,16 @@ extension PoolSlot: WorkerProcessDelegate {
         if NIODeadline.now() - process.startedAt >= .init(Self.stableLifetime) { consecutiveCrashes = 0 }
         consecutiveCrashes += 1
         state = .empty
-        requeuePipeline()
+        // The process is dead: a task sent ahead to it that it had not claimed (withdrawn now), or, for a handler
+        // program, that comes after the task it was running, was never started (every reply it wrote has been
+        // read, and a handler starts a task only once it has answered the one before). Any other may have been.
+        let sentAhead = takePipeline(from: process)
+        if sentAhead.areClaimed || !process.repliesAreAllRead {
+            supervisor.requeue(sentAhead.notStarted)
+            supervisor.failPossiblyStarted(sentAhead.mayBeRead, on: process, status)
+        } else {
+            supervisor.requeue(sentAhead.mayBeRead + sentAhead.notStarted)
+        }
         supervisor.slotFailedToStart(self)
         if let failedTask, !failedTask.isFinished {
             var message = "worker process \(process.pid) \(status)"

@@ -37,6 +37,9 @@ final class Supervisor {
     private var throughput = ThroughputMeter()
 
     private(set) var isAccepting = true
+    /// Set at the drain deadline: from then on a task that was not started is answered `shuttingDown` instead of
+    /// going back to the queue.
+    private var isPastDrainDeadline = false
     /// Tasks in flight by the payload limit they were accepted under. A reload may lower the limit: a task accepted
     /// before it must still get its result, so a new process's link takes replies up to ``maximumReplyLength``.
     private var tasksByPayloadLimit: [Int: Int] = [:]
@@ -167,6 +170,8 @@ final class Supervisor {
     /// empty and a process idle, tasks sent ahead to a busy process and not started yet are withdrawn to run on
     /// it (``TaskClaims``).
     func dispatch() {
+        // Past the drain deadline nothing starts: a process started then (replacing a stopped one) stays idle.
+        guard !isPastDrainDeadline else { return }
         var now: NIODeadline?
         while true {
             // Cancelled tasks are dropped before a slot is taken, so no idle slot is lost on them.
@@ -219,13 +224,46 @@ final class Supervisor {
     }
 
     /// Puts tasks that were sent ahead to a process that is gone back at the front of the queue, in order, to run
-    /// elsewhere. They never left the waiting counts.
+    /// elsewhere. They never left the waiting counts. Past the drain deadline they are answered `shuttingDown`.
     func requeue(_ records: [TaskRecord]) {
+        if isPastDrainDeadline {
+            for record in records where !record.isFinished {
+                finish(record, .failure(.shuttingDown, Self.notStartedAtShutdown))
+            }
+            return
+        }
         for record in records.reversed() where !record.isFinished {
             record.state = .queued
             queue.prepend(record)
         }
     }
+
+    /// Settles the tasks sent ahead to `process`, now dead, that it may have started (see ``HeldTasks``): they fail
+    /// as `workerCrashed`, or past the drain deadline as `interrupted`.
+    func failPossiblyStarted(_ records: [TaskRecord], on process: WorkerProcess, _ status: ExitStatus) {
+        for record in records where !record.isFinished {
+            if isPastDrainDeadline {
+                finish(record, .failure(.interrupted, "the server shut down while the task may have been running"))
+            } else {
+                let message = "worker process \(process.pid) \(status) while it may have been running the task"
+                finish(record, .failure(.workerCrashed, message), workerPID: process.pid)
+            }
+        }
+    }
+
+    /// Settles the tasks sent ahead to a stopped process, now dead, that it did not answer (see ``HeldTasks``).
+    func settleHeld(
+        _ process: WorkerProcess,
+        _ status: ExitStatus,
+        mayHaveStarted: [TaskRecord],
+        notStarted: [TaskRecord]
+    ) {
+        failPossiblyStarted(mayHaveStarted, on: process, status)
+        requeue(notStarted)
+        dispatch()
+    }
+
+    private static let notStartedAtShutdown = "the server shut down before the task started"
 
     private func nextIdleSlot() -> PoolSlot? {
         while let slot = idleSlots.popLast() {
@@ -454,24 +492,23 @@ final class Supervisor {
         drainPromise.succeed()
     }
 
+    /// At the drain deadline: every busy process is stopped and its task fails as `interrupted`; tasks never started
+    /// fail as `shuttingDown`. A task sent ahead to a process counts as never started only when that is proved: it
+    /// was withdrawn before the process claimed it (a Swift handler), or the process died without reading it (see
+    /// ``HeldTasks``); until its process is dead, such a task keeps the drain open, and it may yet get its result.
     private func failEverythingInFlight() {
         logger.warning("drain deadline reached; failing \(inFlightCount) tasks still in flight")
-        // Tasks sent ahead first: stopping a running task replaces its process and would requeue them.
-        var waiting: [TaskRecord] = slots.flatMap(\.prefetchedTasks).filter { !$0.isFinished }
-        waiting += queue.filter { !$0.isFinished }
-        var running: [TaskRecord] = []
-        for slot in slots {
-            if case .busy(_, let task) = slot.state, !task.record.isFinished { running.append(task.record) }
-        }
-        for record in waiting {
-            stop(record)
-            finish(record, .failure(.shuttingDown, "the server shut down before the task started"))
-        }
-        for record in running {
-            stop(record)
-            finish(record, .failure(.interrupted, "the server shut down while the task was running"))
+        isPastDrainDeadline = true
+        for record in queue where !record.isFinished {
+            finish(record, .failure(.shuttingDown, Self.notStartedAtShutdown))
         }
         queue.removeAll()
+        // Stopping a process answers the tasks sent ahead to it that it never started (through requeue), and holds
+        // the others until it is dead.
+        let running = slots.compactMap { $0.interruptAtDrainDeadline() }
+        for record in running {
+            finish(record, .failure(.interrupted, "the server shut down while the task was running"))
+        }
         checkDrained()
     }
 }
