@@ -6,7 +6,7 @@ import NIOCore
 ///
 /// A process that must go — its task timed out or was cancelled, it reached its task quota or its memory limit,
 /// it broke the framing — is handed to the supervisor's ``RetiredProcesses`` to die, and the slot starts a
-/// replacement at once. A process that dies by itself is restarted with exponential backoff while it keeps
+/// replacement as soon as it is dead (never two live processes with the slot's index). A process that dies by itself is restarted with exponential backoff while it keeps
 /// crashing.
 final class PoolSlot {
     enum State {
@@ -57,6 +57,9 @@ final class PoolSlot {
     private var pipelineBytes = 0
     /// The next reading of the busy process's memory, while a memory limit is set.
     private var memoryCheck: Scheduled<Void>?
+    /// The process this slot replaced, until it is dead: its successor starts only then, so that two live processes
+    /// never share the slot's index (`AIOTASK_WORKER_INDEX`, which a handler may use to pick a GPU or a port).
+    private var predecessor: WorkerProcess?
 
     init(index: Int, supervisor: Supervisor) {
         self.index = index
@@ -94,6 +97,8 @@ final class PoolSlot {
 
     /// Whether the slot has a process and is not crash-looping: its last processes did not all die young.
     var isKeepingProcessAlive: Bool {
+        // A slot waiting for the process it replaces to die is not failing: its successor starts right after.
+        if predecessor != nil { return true }
         guard let process else { return false }
         return consecutiveCrashes < Self.crashLoopThreshold
             || NIODeadline.now() - process.startedAt >= .init(Self.stableLifetime)
@@ -192,7 +197,7 @@ final class PoolSlot {
 
     /// Starts a process if the slot has none.
     func start() {
-        guard case .empty = state, !isStopped else { return }
+        guard case .empty = state, !isStopped, predecessor == nil else { return }
         restartTimer = nil
         do {
             let process = try WorkerProcess.spawn(
@@ -333,7 +338,17 @@ final class PoolSlot {
         case .kill: process.kill()
         }
         state = .empty
-        start()
+        start(after: process)
+    }
+
+    /// Starts a process once `predecessor`, which this slot just handed over to die, is dead.
+    private func start(after predecessor: WorkerProcess) {
+        self.predecessor = predecessor
+        supervisor.retiredProcesses.whenExited(predecessor) { [weak self, weak predecessor] in
+            guard let self, self.predecessor === predecessor else { return }
+            self.predecessor = nil
+            self.start()
+        }
     }
 
     // MARK: Tasks

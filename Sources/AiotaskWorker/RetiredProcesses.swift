@@ -10,6 +10,8 @@ final class RetiredProcesses: WorkerProcessDelegate {
     /// Tasks sent ahead to a retired process that it may still read, by process id.
     private var heldTasks: [Int32: HeldTasks] = [:]
     private var onEmpty: [() -> Void] = []
+    /// What to do once a process is dead, by process id.
+    private var onExit: [Int32: [() -> Void]] = [:]
     private let logger: Logger
 
     init(logger: Logger) {
@@ -30,6 +32,12 @@ final class RetiredProcesses: WorkerProcessDelegate {
         if processes.isEmpty { body() } else { onEmpty.append(body) }
     }
 
+    /// Calls `body` once `process` is dead and its exit reported (at once if it is not kept here: it exited).
+    func whenExited(_ process: WorkerProcess, _ body: @escaping () -> Void) {
+        guard processes[process.pid] === process else { return body() }
+        onExit[process.pid, default: []].append(body)
+    }
+
     /// Kills every retired process at once.
     func killAll() {
         for process in processes.values { process.kill() }
@@ -47,6 +55,7 @@ final class RetiredProcesses: WorkerProcessDelegate {
         logger.debug("retired worker process \(status)", metadata: ["worker_pid": "\(process.pid)"])
         processes[process.pid] = nil
         heldTasks.removeValue(forKey: process.pid)?.processExited(process, status)
+        onExit.removeValue(forKey: process.pid)?.forEach { $0() }
         if processes.isEmpty {
             let callbacks = onEmpty
             onEmpty = []

@@ -175,7 +175,8 @@ final class WorkerProcess {
                 switch result {
                 case .success(let channel):
                     process.link = channel
-                    if process.hasExited {
+                    // Retired before its link was up (a reload while it started): the closing is its cue to exit.
+                    if process.hasExited || process.isLinkClosedEarly {
                         channel.close(promise: nil)
                     } else {
                         process.delegate?.processIsReady(process)
