@@ -6,7 +6,7 @@ import NIOCore
 ///
 /// A process that must go — its task timed out or was cancelled, it reached its task quota or its memory limit,
 /// it broke the framing — is handed to the supervisor's ``RetiredProcesses`` to die, and the slot starts a
-/// replacement at once. A process that dies by itself is restarted with exponential backoff while it keeps
+/// replacement as soon as it is dead (never two live processes with the slot's index). A process that dies by itself is restarted with exponential backoff while it keeps
 /// crashing.
 final class PoolSlot {
     enum State {
@@ -57,6 +57,9 @@ final class PoolSlot {
     private var pipelineBytes = 0
     /// The next reading of the busy process's memory, while a memory limit is set.
     private var memoryCheck: Scheduled<Void>?
+    /// The process this slot replaced, until it is dead: its successor starts only then, so that two live processes
+    /// never share the slot's index (`AIOTASK_WORKER_INDEX`, which a handler may use to pick a GPU or a port).
+    private var predecessor: WorkerProcess?
 
     init(index: Int, supervisor: Supervisor) {
         self.index = index
@@ -94,13 +97,12 @@ final class PoolSlot {
 
     /// Whether the slot has a process and is not crash-looping: its last processes did not all die young.
     var isKeepingProcessAlive: Bool {
+        // A slot waiting for the process it replaces to die is not failing: its successor starts right after.
+        if predecessor != nil { return true }
         guard let process else { return false }
         return consecutiveCrashes < Self.crashLoopThreshold
             || NIODeadline.now() - process.startedAt >= .init(Self.stableLifetime)
     }
-
-    /// The tasks sent ahead to this slot's process, not started yet.
-    var prefetchedTasks: [TaskRecord] { pipeline.map(\.record) }
 
     var prefetchedCount: Int { pipeline.count }
 
@@ -195,7 +197,7 @@ final class PoolSlot {
 
     /// Starts a process if the slot has none.
     func start() {
-        guard case .empty = state, !isStopped else { return }
+        guard case .empty = state, !isStopped, predecessor == nil else { return }
         restartTimer = nil
         do {
             let process = try WorkerProcess.spawn(
@@ -211,7 +213,7 @@ final class PoolSlot {
             tasksUntilRecycle = configuration.maximumTasksPerProcess.map {
                 $0 + Int.random(in: 0...max(0, configuration.maximumTasksJitter))
             }
-            process.attach(maximumReplyLength: configuration.maximumPayloadLength, logger: logger)
+            process.attach(maximumReplyLength: supervisor.maximumReplyLength, logger: logger)
             logger.debug("worker process started", metadata: ["worker_pid": "\(process.pid)", "slot": "\(index)"])
             if configuration.handler.runsLibraryHandler,
                 !process.sharesMemory(arenaWanted: configuration.sharedPayloadBytes > 0)
@@ -236,12 +238,18 @@ final class PoolSlot {
         restartTimer = nil
         memoryCheck?.cancel()
         memoryCheck = nil
-        requeuePipeline()
         if let process {
             detach(process)
             process.retire(gracePeriod: configuration.killGracePeriod)
         }
         state = .empty
+    }
+
+    /// Stays in the pool after all, should it have been leaving after its task (a reload shrank the pool, and the
+    /// next one grew it again before the task ended): the slot keeps its index, so no new slot takes it.
+    func stayInPool() {
+        guard !isStopped else { return }
+        retireAfterTask = false
     }
 
     private func scheduleRestart() {
@@ -266,19 +274,47 @@ final class PoolSlot {
         return min(.milliseconds(100) * (1 << exponent), maximum)
     }
 
-    /// Gives the tasks sent ahead back to the supervisor, to run on another process.
-    private func requeuePipeline() {
-        guard !pipeline.isEmpty else { return }
-        let records = pipeline.map(\.record)
+    /// Takes every task sent ahead out of the pipeline, for `process`, which is being stopped or is dead: those it
+    /// provably never started (withdrawn: it claims its tasks and had not claimed them), and the others, in order,
+    /// which it may have read — all of them for a process that does not claim its tasks.
+    private func takePipeline(
+        from process: WorkerProcess
+    ) -> (notStarted: [TaskRecord], mayBeRead: [TaskRecord], areClaimed: Bool) {
+        guard !pipeline.isEmpty else { return ([], [], false) }
+        var notStarted: [TaskRecord] = []
+        let firstWithdrawn = process.withdrawAllUnclaimed()
+        if let firstWithdrawn {
+            while let last = pipeline.last, TaskClaims.index(last.index, isAtOrAfter: firstWithdrawn) {
+                pipeline.removeLast()
+                notStarted.append(last.record)
+            }
+            notStarted.reverse()
+        }
+        let rest = pipeline.map(\.record)
         pipeline.removeAll()
         pipelineBytes = 0
-        supervisor.requeue(records)
+        return (notStarted, rest, firstWithdrawn != nil)
     }
 
-    /// Hands `process` over to die on its own, so the slot can start another at once.
-    private func detach(_ process: WorkerProcess) {
+    /// Hands `process`, alive, over to die on its own, so the slot can start another at once. The tasks sent ahead
+    /// to it that it never started go back to the supervisor's queue; those it may still read stay with it until it
+    /// is dead (``HeldTasks``), so that none runs twice or is reported as never started after it ran.
+    ///
+    /// - Parameter runningIsAnswered: whether the process has answered the task it was running.
+    private func detach(_ process: WorkerProcess, runningIsAnswered: Bool = false) {
+        let sentAhead = takePipeline(from: process)
+        supervisor.requeue(sentAhead.notStarted)
+        let held =
+            sentAhead.mayBeRead.isEmpty
+            ? nil
+            : HeldTasks(
+                sentAhead.mayBeRead,
+                runningIsAnswered: runningIsAnswered,
+                areClaimed: sentAhead.areClaimed,
+                supervisor: supervisor
+            )
         process.delegate = supervisor.retiredProcesses
-        supervisor.retiredProcesses.adopt(process)
+        supervisor.retiredProcesses.adopt(process, holding: held)
     }
 
     /// How a process being replaced is made to go.
@@ -292,18 +328,27 @@ final class PoolSlot {
     }
 
     /// Replaces the current process: the old one ends as `ending` says, in the background.
-    private func replaceProcess(_ ending: Ending) {
+    private func replaceProcess(_ ending: Ending, runningIsAnswered: Bool = false) {
         guard let process else { return }
         supervisor.noteRestart()
-        requeuePipeline()
-        detach(process)
+        detach(process, runningIsAnswered: runningIsAnswered)
         switch ending {
         case .retire: process.retire(gracePeriod: configuration.killGracePeriod)
         case .terminate: process.terminate(gracePeriod: configuration.killGracePeriod)
         case .kill: process.kill()
         }
         state = .empty
-        start()
+        start(after: process)
+    }
+
+    /// Starts a process once `predecessor`, which this slot just handed over to die, is dead.
+    private func start(after predecessor: WorkerProcess) {
+        self.predecessor = predecessor
+        supervisor.retiredProcesses.whenExited(predecessor) { [weak self, weak predecessor] in
+            guard let self, self.predecessor === predecessor else { return }
+            self.predecessor = nil
+            self.start()
+        }
     }
 
     // MARK: Tasks
@@ -409,6 +454,14 @@ final class PoolSlot {
         replaceProcess(.terminate)
     }
 
+    /// At the drain deadline: stops the busy process like ``interrupt(_:)`` and returns its running task, unanswered.
+    func interruptAtDrainDeadline() -> TaskRecord? {
+        guard case .busy(_, let running) = state else { return nil }
+        running.timeoutTimer?.cancel()
+        replaceProcess(.terminate)
+        return running.record.isFinished ? nil : running.record
+    }
+
     private func timeOut(_ record: TaskRecord, after timeout: Duration) {
         guard case .busy(let process, let running) = state, running.record === record else { return }
         logger.warning(
@@ -498,13 +551,16 @@ extension PoolSlot: WorkerProcessDelegate {
         if let next { pipelineBytes -= next.record.payload.readableBytes }
         if let next, next.record.isFinished {
             // A task sent ahead was cancelled (or its client left) while it waited in the pipe: the process is
-            // starting it now, so it is stopped and replaced, and the rest of the pipe runs elsewhere.
+            // starting it now, so it is stopped and replaced; the rest of the pipe runs elsewhere once the process
+            // is dead, except what it may have read by then (see ``detach(_:runningIsAnswered:)``).
             logger.debug(
                 "a task sent ahead was cancelled; stopping its process",
                 metadata: ["worker_pid": "\(process.pid)"]
             )
+            pipeline.prepend(next)
+            pipelineBytes += next.record.payload.readableBytes
             state = .idle(process)
-            replaceProcess(.terminate)
+            replaceProcess(.terminate, runningIsAnswered: true)
         } else if let next {
             supervisor.prefetchedTaskStarts(next.record)
             begin(next.record, index: next.index, on: process)
@@ -542,7 +598,16 @@ extension PoolSlot: WorkerProcessDelegate {
         if NIODeadline.now() - process.startedAt >= .init(Self.stableLifetime) { consecutiveCrashes = 0 }
         consecutiveCrashes += 1
         state = .empty
-        requeuePipeline()
+        // The process is dead: a task sent ahead to it that it had not claimed (withdrawn now), or, for a handler
+        // program, that comes after the task it was running, was never started (every reply it wrote has been
+        // read, and a handler starts a task only once it has answered the one before). Any other may have been.
+        let sentAhead = takePipeline(from: process)
+        if sentAhead.areClaimed || !process.repliesAreAllRead {
+            supervisor.requeue(sentAhead.notStarted)
+            supervisor.failPossiblyStarted(sentAhead.mayBeRead, on: process, status)
+        } else {
+            supervisor.requeue(sentAhead.mayBeRead + sentAhead.notStarted)
+        }
         supervisor.slotFailedToStart(self)
         if let failedTask, !failedTask.isFinished {
             var message = "worker process \(process.pid) \(status)"

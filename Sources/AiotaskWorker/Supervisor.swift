@@ -39,6 +39,12 @@ final class Supervisor {
     private var throughput = ThroughputMeter()
 
     private(set) var isAccepting = true
+    /// Set at the drain deadline: from then on a task that was not started is answered `shuttingDown` instead of
+    /// going back to the queue.
+    private var isPastDrainDeadline = false
+    /// Tasks in flight by the payload limit they were accepted under. A reload may lower the limit: a task accepted
+    /// before it must still get its result, so a new process's link takes replies up to ``maximumReplyLength``.
+    private var tasksByPayloadLimit: [Int: Int] = [:]
     private var drainPromise: EventLoopPromise<Void>?
     /// Completed when the last connection is gone, once shutdown has closed them all.
     private var sessionsClosed: EventLoopPromise<Void>?
@@ -93,21 +99,29 @@ final class Supervisor {
     /// Applies a new configuration without losing a task: limits apply to the next task, the pool grows or
     /// shrinks, and every process is replaced by one running the new handler — idle ones at once, busy ones
     /// once their task is answered. Listening addresses are not changed by a reload.
+    ///
+    /// A slot's index (`AIOTASK_WORKER_INDEX`) is always in `0..<workers`, and no two slots hold the same one, so a
+    /// handler may use it to pick a GPU, a port or a shard: a shrinking pool lets the slots of the highest indexes
+    /// go (each after its task), and a growing one fills the indexes missing below `workers`. A slot still leaving
+    /// after its task whose index is wanted again simply stays, rather than a new slot taking its index while its
+    /// process still runs.
     func reload(_ newConfiguration: WorkerConfiguration) {
         configuration = newConfiguration
         let target = max(1, newConfiguration.workers)
-        let active = slots.filter { !$0.isRetiring }
-        if active.count > target {
-            for slot in active[target...] { slot.retire() }
-        }
+        for slot in slots where slot.index < target { slot.stayInPool() }
+        for slot in slots where slot.index >= target && !slot.isRetiring { slot.retire() }
         for slot in slots where !slot.isRetiring { slot.renew() }
-        if active.count < target {
-            let nextIndex = (slots.map(\.index).max() ?? -1) + 1
-            let added = (0..<(target - active.count)).map { PoolSlot(index: nextIndex + $0, supervisor: self) }
-            slots.append(contentsOf: added)
-            for slot in added { slot.start() }
-        }
+        let taken = Set(slots.map(\.index))
+        let added = (0..<target).filter { !taken.contains($0) }.map { PoolSlot(index: $0, supervisor: self) }
+        slots.append(contentsOf: added)
+        for slot in added { slot.start() }
         dispatch()
+    }
+
+    /// The longest reply a new process's link accepts: the payload limit, or a larger one some task still in flight
+    /// was accepted under.
+    var maximumReplyLength: Int {
+        max(configuration.maximumPayloadLength, tasksByPayloadLimit.keys.max() ?? 0)
     }
 
     /// Whether the pool can run tasks: at least one slot keeps a process alive. A pool whose processes all keep
@@ -158,6 +172,8 @@ final class Supervisor {
     /// empty and a process idle, tasks sent ahead to a busy process and not started yet are withdrawn to run on
     /// it (``TaskClaims``).
     func dispatch() {
+        // Past the drain deadline nothing starts: a process started then (replacing a stopped one) stays idle.
+        guard !isPastDrainDeadline else { return }
         var now: NIODeadline?
         while true {
             // Cancelled tasks are dropped before a slot is taken, so no idle slot is lost on them.
@@ -217,8 +233,14 @@ final class Supervisor {
     }
 
     /// Puts tasks that were sent ahead to a process that is gone back at the front of the queue, in order, to run
-    /// elsewhere. They never left the waiting counts.
+    /// elsewhere. They never left the waiting counts. Past the drain deadline they are answered `shuttingDown`.
     func requeue(_ records: [TaskRecord]) {
+        if isPastDrainDeadline {
+            for record in records where !record.isFinished {
+                finish(record, .failure(.shuttingDown, Self.notStartedAtShutdown))
+            }
+            return
+        }
         for record in records.reversed() where !record.isFinished {
             record.state = .queued
             queue.prepend(record)
@@ -232,6 +254,33 @@ final class Supervisor {
         requeue(records)
         dispatch()
     }
+
+    /// Settles the tasks sent ahead to `process`, now dead, that it may have started (see ``HeldTasks``): they fail
+    /// as `workerCrashed`, or past the drain deadline as `interrupted`.
+    func failPossiblyStarted(_ records: [TaskRecord], on process: WorkerProcess, _ status: ExitStatus) {
+        for record in records where !record.isFinished {
+            if isPastDrainDeadline {
+                finish(record, .failure(.interrupted, "the server shut down while the task may have been running"))
+            } else {
+                let message = "worker process \(process.pid) \(status) while it may have been running the task"
+                finish(record, .failure(.workerCrashed, message), workerPID: process.pid)
+            }
+        }
+    }
+
+    /// Settles the tasks sent ahead to a stopped process, now dead, that it did not answer (see ``HeldTasks``).
+    func settleHeld(
+        _ process: WorkerProcess,
+        _ status: ExitStatus,
+        mayHaveStarted: [TaskRecord],
+        notStarted: [TaskRecord]
+    ) {
+        failPossiblyStarted(mayHaveStarted, on: process, status)
+        requeue(notStarted)
+        dispatch()
+    }
+
+    private static let notStartedAtShutdown = "the server shut down before the task started"
 
     private func nextIdleSlot() -> PoolSlot? {
         while let slot = idleSlots.popLast() {
@@ -257,9 +306,16 @@ final class Supervisor {
             return refuse(record, .rejected, message)
         }
         let size = record.payload.readableBytes
+        // The connection's decoder may still apply a higher limit, from before a reload lowered it.
+        guard size <= configuration.maximumPayloadLength else {
+            let limit = configuration.maximumPayloadLength
+            return refuse(record, .payloadTooLarge, "task of \(size) bytes exceeds the limit of \(limit) bytes")
+        }
         guard queuedBytes + reservedBytes + size <= configuration.maximumQueuedBytes else {
             return refuse(record, .rejected, queueFullMessage(adding: size))
         }
+        record.payloadLimit = configuration.maximumPayloadLength
+        tasksByPayloadLimit[configuration.maximumPayloadLength, default: 0] += 1
         queue.append(record)
         queuedCount += 1
         queuedBytes += size
@@ -313,6 +369,7 @@ final class Supervisor {
     func abandon(_ record: TaskRecord) {
         stop(record)
         record.state = .finished
+        releasePayloadLimit(of: record)
         failed += 1
         logger.debug("task abandoned: its client disconnected", metadata: ["task_id": "\(record.id)"])
         checkDrained()
@@ -358,6 +415,7 @@ final class Supervisor {
         case .running, .finished: break
         }
         record.state = .finished
+        releasePayloadLimit(of: record)
         throughput.count(at: .now())
         switch outcome {
         case .success:
@@ -375,6 +433,14 @@ final class Supervisor {
         }
         record.session.complete(record, outcome)
         checkDrained()
+    }
+
+    /// The task is no longer in flight: its payload limit no longer counts for ``maximumReplyLength``.
+    private func releasePayloadLimit(of record: TaskRecord) {
+        guard let limit = record.payloadLimit else { return }
+        record.payloadLimit = nil
+        let left = (tasksByPayloadLimit[limit] ?? 1) - 1
+        tasksByPayloadLimit[limit] = left > 0 ? left : nil
     }
 
     private func metadata(of record: TaskRecord, workerPID: Int32?) -> Logger.Metadata {
@@ -397,7 +463,7 @@ final class Supervisor {
             uptimeSeconds: Double((NIODeadline.now() - startedAt).nanoseconds) / 1e9,
             handler: configuration.handler.displayName,
             workers: .init(
-                configured: slots.count,
+                configured: max(1, configuration.workers),
                 alive: slots.filter { $0.process != nil }.count,
                 busy: busy,
                 restarts: restarts
@@ -465,25 +531,27 @@ final class Supervisor {
         drainPromise.succeed()
     }
 
+    /// At the drain deadline: every busy process is stopped and its task fails as `interrupted`; tasks never started
+    /// fail as `shuttingDown`. A task sent ahead to a process counts as never started only when that is proved: it
+    /// was withdrawn before the process claimed it (a Swift handler), or the process died without reading it (see
+    /// ``HeldTasks``); until its process is dead, such a task keeps the drain open, and it may yet get its result.
     private func failEverythingInFlight() {
         logger.warning("drain deadline reached; failing \(inFlightCount) tasks still in flight")
-        // Tasks sent ahead first: stopping a running task replaces its process and would requeue them.
-        var waiting: [TaskRecord] = slots.flatMap(\.prefetchedTasks).filter { !$0.isFinished }
-        waiting += queue.filter { !$0.isFinished }
-        waiting += sessions.values.flatMap(\.tasksHeld)
-        var running: [TaskRecord] = []
-        for slot in slots {
-            if case .busy(_, let task) = slot.state, !task.record.isFinished { running.append(task.record) }
+        isPastDrainDeadline = true
+        // The queue, and the tasks connections held back while their clients did not read: none of them started.
+        for record in queue where !record.isFinished {
+            finish(record, .failure(.shuttingDown, Self.notStartedAtShutdown))
         }
-        for record in waiting {
-            stop(record)
-            finish(record, .failure(.shuttingDown, "the server shut down before the task started"))
-        }
-        for record in running {
-            stop(record)
-            finish(record, .failure(.interrupted, "the server shut down while the task was running"))
+        for record in sessions.values.flatMap(\.tasksHeld) {
+            finish(record, .failure(.shuttingDown, Self.notStartedAtShutdown))
         }
         queue.removeAll()
+        // Stopping a process answers the tasks sent ahead to it that it never started (through requeue), and holds
+        // the others until it is dead.
+        let running = slots.compactMap { $0.interruptAtDrainDeadline() }
+        for record in running {
+            finish(record, .failure(.interrupted, "the server shut down while the task was running"))
+        }
         checkDrained()
     }
 }

@@ -26,6 +26,9 @@ final class TaskRecord {
     let timeout: Duration?
     let acceptedAt: NIODeadline
     var state: State = .queued
+    /// The payload limit in force when the task was queued, while it is in flight (see
+    /// ``Supervisor/maximumReplyLength``).
+    var payloadLimit: Int?
 
     init(id: TaskID, session: ClientConnectionHandler, payload: ByteBuffer, timeout: Duration?) {
         self.id = id

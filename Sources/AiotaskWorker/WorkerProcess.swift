@@ -114,14 +114,35 @@ final class WorkerProcess {
         guard let claims, claims.isAnnounced, let first = claims.withdraw(from: from, sent: sentCount) else {
             return nil
         }
+        // Tasks before `withdrawnBelow` that were not claimed went at an earlier withdrawal, with their regions.
+        let firstHeld = TaskClaims.index(first, isAtOrAfter: withdrawnBelow) ? first : withdrawnBelow
+        withdrawnBelow = sentCount
         // The process never reads a withdrawn task, so its region is free at once.
         if arena != nil {
-            for _ in 0..<Int(sentCount &- first) {
+            for _ in 0..<Int(sentCount &- firstHeld) {
                 if let region = sentRegions.popLast() ?? nil { arenaSpace.release(region) }
             }
         }
         return first
     }
+
+    /// Withdraws every task sent that the process has not claimed, the one the supervisor awaits an answer to
+    /// included, and returns the stream index of the first one withdrawn (tasks before it were claimed: the process
+    /// may have started them); nil when the process does not claim its tasks. For a process being stopped, or dead.
+    func withdrawAllUnclaimed() -> UInt32? {
+        // Any index at or before the last task claimed passes the check; a process never has 2^30 tasks in flight.
+        withdrawUnclaimed(from: sentCount &- (1 << 30))
+    }
+
+    /// Stream index below which every task not claimed has been withdrawn.
+    private var withdrawnBelow: UInt32 = 0
+
+    /// Whether everything the process wrote to its stdout has been read: its link reached its end, unbroken and not
+    /// closed by the supervisor. Once the process has exited, a task sent to it whose reply is not among those read
+    /// was then never finished by it.
+    var repliesAreAllRead: Bool { isLinkEnded && linkFailure == nil && !isLinkClosedEarly }
+    /// Set when the supervisor closed the link (``retire(gracePeriod:)``): replies written after that are lost.
+    private var isLinkClosedEarly = false
 
     /// Wires the process's link, stderr and exit to the loop; events then reach the delegate.
     func attach(maximumReplyLength: Int, logger: Logger) {
@@ -154,7 +175,8 @@ final class WorkerProcess {
                 switch result {
                 case .success(let channel):
                     process.link = channel
-                    if process.hasExited {
+                    // Retired before its link was up (a reload while it started): the closing is its cue to exit.
+                    if process.hasExited || process.isLinkClosedEarly {
                         channel.close(promise: nil)
                     } else {
                         process.delegate?.processIsReady(process)
@@ -281,6 +303,7 @@ final class WorkerProcess {
     func retire(gracePeriod: Duration) {
         guard !hasExited else { return }
         isRetiring = true
+        isLinkClosedEarly = true
         link?.close(promise: nil)
         scheduleKill(after: gracePeriod)
     }

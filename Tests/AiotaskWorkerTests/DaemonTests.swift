@@ -1,5 +1,8 @@
+import AiotaskClient
+import AiotaskProtocol
 import AiotaskTestSupport
 import Foundation
+import NIOCore
 import Testing
 
 #if canImport(Glibc)
@@ -98,9 +101,124 @@ struct DaemonTests {
         #expect(try await daemon.wait() == .exited(78))
         #expect(daemon.standardError.contains("cannot read /nonexistent/aiotaskd.conf"))
     }
+    @Test(
+        "after a reload lowers max-payload, a larger task on a connection opened before fails payloadTooLarge; the pool stays whole, and a task queued before the reload still gets its result"
+    )
+    func reloadLowersPayloadLimit() async throws {
+        let daemon = try await RunningDaemon.start(
+            config: "handler = chaos\nworkers = 1\nprefetch = 0\nlisten = unix:{SOCKET}\n"
+        )
+        let hold = 1500 * testSlowdown
+        try await daemon.stopAfter {
+            try await withTimeout(.seconds(30)) {
+                let client = try await AiotaskClient.connect(to: .unix(path: daemon.socket))
+                let large = "echo " + String(repeating: "x", count: 1995)
+                // Queued behind a running task, so it reaches a process started after the reload.
+                let running = try await client.enqueue("sleep \(hold)")
+                _ = try await client.waitForInfo { $0.tasks.running == 1 }
+                let queued = try await client.enqueue(large)
+
+                try daemon.writeConfig(
+                    "handler = chaos\nworkers = 1\nprefetch = 0\nmax-payload = 1024\nlisten = unix:{SOCKET}\n"
+                )
+                try await daemon.reload(count: 1)
+
+                let failure = try await client.failure(of: large)
+                #expect(failure?.reason == .payloadTooLarge, "\(String(describing: failure))")
+                #expect(failure?.message == "task of 2000 bytes exceeds the limit of 1024 bytes")
+                #expect(try await running.text() == "slept \(hold)")
+                #expect(try await queued.text() == String(large.dropFirst(5)))
+                let info = try await client.waitForInfo { $0.workers.alive == 1 && $0.workers.busy == 0 }
+                #expect(info.tasks.failed == 1, "\(info.tasks)")
+                #expect(try await client.submit("echo small") == Array("small".utf8))
+                try await client.close()
+            }
+        }
+        #expect(!daemon.process.standardError.contains("broke its link"), "\(daemon.process.standardError)")
+    }
+
+    @Test(
+        "reloads cycling workers 2, 1, 2, 3, 2 while tasks run keep every AIOTASK_WORKER_INDEX in 0..<workers, each held by one process; status reports the file's workers"
+    )
+    func reloadsKeepWorkerIndexes() async throws {
+        let script = try HandlerScript(
+            """
+            import os
+            import time
+
+            for task in tasks():
+                time.sleep(int(task) / 1000)
+                reply(0, os.environ["AIOTASK_WORKER_INDEX"].encode())
+            """
+        )
+        defer { script.remove() }
+        @Sendable func config(workers: Int) -> String {
+            "handler = exec:\(HandlerScript.python) \(script.path)\nworkers = \(workers)\nlisten = unix:{SOCKET}\n"
+        }
+        let daemon = try await RunningDaemon.start(config: config(workers: 2))
+        try await daemon.stopAfter {
+            try await withTimeout(.seconds(60)) {
+                let client = try await AiotaskClient.connect(to: .unix(path: daemon.socket))
+                /// The indexes of the processes that run `count` tasks at once, one each.
+                func indexes(ofTasksAtOnce count: Int, milliseconds: Int) async throws -> [Int] {
+                    let handles = try await (0..<count).asyncMap { _ in try await client.enqueue("\(milliseconds)") }
+                    return try await handles.asyncMap { try #require(Int(try await $0.text())) }.sorted()
+                }
+                #expect(try await indexes(ofTasksAtOnce: 2, milliseconds: 200) == [0, 1])
+                // Each step reloads while every process runs a long task, so the slots leaving the pool still hold
+                // their index: from 2 to 1 and straight back to 2, then to 3, then to 2.
+                let hold = 1500 * testSlowdown
+                var workers = 2
+                var reloads = 0
+                for steps in [[1, 2], [3], [2]] {
+                    let holding = try await (0..<workers).asyncMap { _ in try await client.enqueue("\(hold)") }
+                    _ = try await client.waitForInfo { $0.tasks.running == workers }
+                    for next in steps {
+                        try daemon.writeConfig(config(workers: next))
+                        reloads += 1
+                        try await daemon.reload(count: reloads)
+                        let during = try await client.serverInfo()
+                        #expect(during.workers.configured == next, "after the reload to \(next): \(during.workers)")
+                        #expect(during.tasks.running == workers, "the long tasks ended before the reload to \(next)")
+                    }
+                    let held = try await holding.asyncMap { try #require(Int(try await $0.text())) }.sorted()
+                    #expect(held == Array(0..<workers), "the tasks running across the reloads to \(steps)")
+                    workers = steps.last!
+                    _ = try await client.waitForInfo {
+                        $0.workers.alive == workers && $0.workers.busy == 0 && $0.workers.configured == workers
+                    }
+                    let seen = try await indexes(ofTasksAtOnce: workers, milliseconds: 200)
+                    #expect(seen == Array(0..<workers), "indexes with \(workers) workers")
+                }
+                try await client.close()
+            }
+            let status = try await runCLI(["status", "--server", daemon.server, "--json"])
+            let json = try JSONSerialization.jsonObject(with: Data(status.standardOutput.utf8)) as? [String: Any]
+            let workers = try #require(json?["workers"] as? [String: Any], "no workers in \(status.standardOutput)")
+            #expect(workers["configured"] as? Int == 2)
+        }
+    }
 }
 
-/// Variables through which a service manager talks to aiotaskd; a test's daemon must not see the runner's.
+extension Array {
+    /// `transform` applied to each element in turn.
+    func asyncMap<T>(_ transform: (Element) async throws -> T) async rethrows -> [T] {
+        var results: [T] = []
+        for element in self { results.append(try await transform(element)) }
+        return results
+    }
+}
+
+extension Range where Bound == Int {
+    /// `transform` applied to each number in turn.
+    func asyncMap<T>(_ transform: (Int) async throws -> T) async rethrows -> [T] {
+        var results: [T] = []
+        for element in self { results.append(try await transform(element)) }
+        return results
+    }
+}
+
+// Variables through which a service manager talks to aiotaskd; a test's daemon must not see the runner's.
 let systemdVariables: Set<String> = [
     "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM",
 ]
@@ -165,6 +283,28 @@ struct RunningDaemon {
             throw error
         }
         return RunningDaemon(process: process, directory: directory, socket: socket)
+    }
+
+    /// Replaces the daemon's config file in one step (so a reload never reads half of it); `{SOCKET}` stands for the
+    /// socket path.
+    func writeConfig(_ text: String) throws {
+        let path = directory + "/aiotaskd.conf"
+        try text.replacingOccurrences(of: "{SOCKET}", with: socket).write(
+            toFile: path + ".new",
+            atomically: false,
+            encoding: .utf8
+        )
+        guard rename(path + ".new", path) == 0 else { throw POSIXError(.init(rawValue: errno) ?? .EIO) }
+    }
+
+    /// Sends SIGHUP and waits until the daemon has logged its `count`th successful reload.
+    func reload(count: Int, limit: Duration = .seconds(20)) async throws {
+        process.signal(SIGHUP)
+        try await withTimeout(limit) {
+            while process.standardError.components(separatedBy: "configuration reloaded").count - 1 < count {
+                try await Task.sleep(for: .milliseconds(5))
+            }
+        }
     }
 
     /// Runs `body`, then stops the daemon with SIGTERM and checks that it exits 0 and removes its socket.

@@ -1,6 +1,7 @@
 import AiotaskClient
 import AiotaskProtocol
 import AiotaskTestSupport
+import Foundation
 import Glibc
 import Logging
 import NIOCore
@@ -174,5 +175,49 @@ struct PrefetchTests {
             try await client.close()
         }
         try await worker.stop()
+    }
+
+    @Test(
+        "a handler program stopped for a timeout runs no task twice: the tasks sent ahead that it goes on to read during its grace period are answered by it, not run again elsewhere"
+    )
+    func stoppedProgramKeepsTasksItMayRead() async throws {
+        let directory = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let ranLog = directory + "/ran.log"
+        // Ignores SIGTERM, so it finishes its task after the timeout and reads on from its pipe until SIGKILL.
+        let script = try HandlerScript(
+            """
+            import signal
+            import time
+
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            ran = open("\(ranLog)", "ab", buffering=0)
+            for task in tasks():
+                name, milliseconds = task.split(b":")
+                ran.write(name + b"\\n")
+                time.sleep(int(milliseconds) / 1000)
+                reply(0, name)
+            """
+        )
+        defer { script.remove() }
+        let worker = try await TestServer.start(handler: script.command, workers: 1) {
+            $0.prefetch = 2
+            $0.prefetchStallLimit = .seconds(3600)
+            $0.killGracePeriod = .seconds(2) * testSlowdown
+        }
+        try await withTimeout {
+            let client = try await worker.client()
+            let slow = try await client.enqueue("slow:600", timeout: .milliseconds(200))
+            _ = try await client.waitForInfo { $0.tasks.running == 1 }
+            let ahead = [try await client.enqueue("first:50"), try await client.enqueue("second:50")]
+            #expect(await slow.failure()?.reason == .timedOut)
+            #expect(try await ahead[0].text() == "first")
+            #expect(try await ahead[1].text() == "second")
+            try await worker.waitForFullPool()
+            try await client.close()
+        }
+        try await worker.stop()
+        let ran = try String(contentsOfFile: ranLog, encoding: .utf8).split(separator: "\n").sorted()
+        #expect(ran == ["first", "second", "slow"], "each task ran once")
     }
 }

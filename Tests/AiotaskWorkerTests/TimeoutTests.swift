@@ -1,6 +1,7 @@
 import AiotaskClient
 import AiotaskProtocol
 import AiotaskTestSupport
+import Foundation
 import Logging
 import NIOCore
 import Testing
@@ -89,6 +90,67 @@ struct TimeoutTests {
             try await client.close()
         }
         try await worker.stop()
+    }
+
+    @Test(
+        "the process replacing a timed-out one that ignores SIGTERM starts only once that one is dead: two live processes never share an AIOTASK_WORKER_INDEX"
+    )
+    func replacementWaitsForPredecessor() async throws {
+        let directory = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        // Each process, as it starts, looks for a live process that registered its index before it.
+        let script = try HandlerScript(
+            """
+            import os
+            import signal
+            import time
+
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            index = os.environ["AIOTASK_WORKER_INDEX"]
+
+
+            def alive(pid):
+                try:
+                    with open(f"/proc/{pid}/stat") as stat:
+                        return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+                except OSError:
+                    return False
+
+
+            try:
+                registered = open("\(directory)/registry").read().split()
+            except FileNotFoundError:
+                registered = []
+            for at in range(0, len(registered), 2):
+                if registered[at] == index and alive(int(registered[at + 1])):
+                    open("\(directory)/overlaps", "a").write(f"{index}: {registered[at + 1]} and {os.getpid()}\\n")
+            open("\(directory)/registry", "a").write(f"{index} {os.getpid()}\\n")
+
+            for task in tasks():
+                if task == b"pid":
+                    reply(0, str(os.getpid()).encode())
+                else:
+                    time.sleep(int(task) / 1000)
+                    reply(0, task)
+            """
+        )
+        defer { script.remove() }
+        let worker = try await TestServer.start(handler: script.command, workers: 1) {
+            $0.killGracePeriod = .seconds(1) * testSlowdown
+        }
+        try await withTimeout(.seconds(30)) {
+            let client = try await worker.client()
+            let first = try #require(pid_t(String(decoding: try await client.submit("pid"), as: UTF8.self)))
+            #expect(try await client.failure(of: "60000", timeout: .milliseconds(100))?.reason == .timedOut)
+            let second = try #require(pid_t(String(decoding: try await client.submit("pid"), as: UTF8.self)))
+            #expect(second != first)
+            try await client.close()
+        }
+        try await worker.stop()
+        let overlaps = (try? String(contentsOfFile: directory + "/overlaps", encoding: .utf8)) ?? ""
+        #expect(overlaps.isEmpty, "processes started while one with their index was alive: \(overlaps)")
+        let registered = try String(contentsOfFile: directory + "/registry", encoding: .utf8)
+        #expect(registered.split(separator: "\n").count == 2, "\(registered)")
     }
 
     @Test("a timeout kills the whole process group, so a handler's own child dies too")
