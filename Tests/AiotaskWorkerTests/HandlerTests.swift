@@ -174,6 +174,38 @@ struct HandlerTests {
         try await worker.stop()
     }
 
+    @Test("a handler program and the processes it starts begin with no signal blocked and none ignored")
+    func signalsAtDefaults() async throws {
+        // Python itself ignores SIGPIPE and SIGXFSZ, so only the handler's mask is read; its child (whose SIGPIPE
+        // and SIGXFSZ `subprocess` puts back to their defaults) shows both what it inherited blocked and ignored.
+        let script = try HandlerScript(
+            """
+            import subprocess
+
+
+            def signal_lines(status):
+                return [line for line in status.splitlines() if line.startswith(("SigBlk:", "SigIgn:"))]
+
+
+            for task in tasks():
+                own = [line for line in signal_lines(open("/proc/self/status").read()) if line.startswith("SigBlk:")]
+                child = signal_lines(subprocess.run(["/bin/cat", "/proc/self/status"], capture_output=True, text=True).stdout)
+                reply(0, "\\n".join(["handler " + line for line in own] + ["child " + line for line in child]).encode())
+            """
+        )
+        defer { script.remove() }
+        let worker = try await TestServer.start(handler: script.command, workers: 1)
+        try await withTimeout {
+            let client = try await worker.client()
+            let lines = String(decoding: try await client.submit("status"), as: UTF8.self).split(separator: "\n")
+            let masks = lines.map { $0.split(whereSeparator: { $0 == " " || $0 == "\t" }) }
+            #expect(masks.map { "\($0[0]) \($0[1])" } == ["handler SigBlk:", "child SigBlk:", "child SigIgn:"])
+            #expect(masks.allSatisfy { $0.last == "0000000000000000" }, "\(lines)")
+            try await client.close()
+        }
+        try await worker.stop()
+    }
+
     @Test("a handler program that does not exist makes the pool restart with backoff, and the server stays up")
     func missingProgram() async throws {
         let worker = try await TestServer.start(handler: .program("/nonexistent/aiotask-handler"), workers: 1) {
