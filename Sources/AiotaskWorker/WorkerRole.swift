@@ -100,6 +100,10 @@ public enum WorkerRole: String, Sendable {
             sharedPayloads: sharedPayloads
         )
         while let task = try link.nextTask() {
+            // Swift's concurrency threads block most signals, and a process the handler starts without resetting
+            // its mask (a plain posix_spawn) would inherit that: it could not be stopped with SIGTERM. The thread
+            // that starts the handler unblocks them (no signal source needs them blocked in a pool process).
+            aiotask_unblock_signals()
             let reply: HandlerReply
             do {
                 reply = .result(try await handler(task))

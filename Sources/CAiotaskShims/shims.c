@@ -57,6 +57,11 @@ void aiotask_reset_signals(void) {
     (void)syscall(SYS_rt_sigprocmask, SIG_SETMASK, no_signals, NULL, sizeof no_signals);
 }
 
+void aiotask_unblock_signals(void) {
+    static const unsigned long no_signals[1] = {0};
+    (void)syscall(SYS_rt_sigprocmask, SIG_SETMASK, no_signals, NULL, sizeof no_signals);
+}
+
 int aiotask_set_child_subreaper(void) {
     return prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0 ? 0 : -errno;
 }

@@ -206,6 +206,32 @@ struct HandlerTests {
         try await worker.stop()
     }
 
+    @Test("a process a Swift handler starts with a plain posix_spawn inherits no blocked signal")
+    func swiftHandlerChildSignals() async throws {
+        let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 1) {
+            $0.killGracePeriod = .milliseconds(100)
+        }
+        let survivors = Survivors()
+        defer { survivors.kill() }
+        try await withTimeout {
+            let client = try await worker.client()
+            // `orphan` starts `sleep 3600` with posix_spawnp and no attributes, from the handler's thread.
+            let task = try await client.enqueue("orphan", timeout: .seconds(30))
+            let line = await worker.logs.first { $0.message.hasPrefix("orphan pid ") }
+            let pid = try #require(pid_t(line.message.dropFirst("orphan pid ".count)))
+            survivors.add([try ProcessDeathWatch(pid: pid)])
+            let status = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
+            let blocked = status.split(separator: "\n").first { $0.hasPrefix("SigBlk:") }
+            #expect(
+                blocked?.split(whereSeparator: { $0 == "\t" || $0 == " " }).last == "0000000000000000",
+                "\(blocked ?? "")"
+            )
+            task.cancel()
+            try await client.close()
+        }
+        try await worker.stop()
+    }
+
     @Test("a handler program that does not exist makes the pool restart with backoff, and the server stays up")
     func missingProgram() async throws {
         let worker = try await TestServer.start(handler: .program("/nonexistent/aiotask-handler"), workers: 1) {

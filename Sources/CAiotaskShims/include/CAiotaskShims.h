@@ -16,6 +16,9 @@ pid_t aiotask_spawn(const char *path, char *const argv[], char *const envp[],
 /// threads that block most signals, and a program executed from one would start with them blocked.
 void aiotask_reset_signals(void);
 
+/// Unblocks every signal in the calling thread (dispositions are left as they are).
+void aiotask_unblock_signals(void);
+
 /// Makes the calling process a child subreaper: orphans among its descendants are reparented to it instead of to
 /// init. Returns 0, or -errno on failure.
 int aiotask_set_child_subreaper(void);
