@@ -58,8 +58,12 @@ void aiotask_reset_signals(void) {
 }
 
 void aiotask_unblock_signals(void) {
+    /* Once per thread: nothing blocks signals again on a thread after it started, and this runs per task. */
+    static __thread bool unblocked = false;
     static const unsigned long no_signals[1] = {0};
+    if (unblocked) return;
     (void)syscall(SYS_rt_sigprocmask, SIG_SETMASK, no_signals, NULL, sizeof no_signals);
+    unblocked = true;
 }
 
 int aiotask_set_child_subreaper(void) {

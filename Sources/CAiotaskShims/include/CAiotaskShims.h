@@ -16,7 +16,8 @@ pid_t aiotask_spawn(const char *path, char *const argv[], char *const envp[],
 /// threads that block most signals, and a program executed from one would start with them blocked.
 void aiotask_reset_signals(void);
 
-/// Unblocks every signal in the calling thread (dispositions are left as they are).
+/// Unblocks every signal in the calling thread (dispositions are left as they are); a system call only the first
+/// time on each thread.
 void aiotask_unblock_signals(void);
 
 /// Makes the calling process a child subreaper: orphans among its descendants are reparented to it instead of to
