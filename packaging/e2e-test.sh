@@ -445,6 +445,26 @@ run_suite() {
     check "aiotask.socket stayed active" is_active aiotask.socket
     check "a new submit works" submit_is "after restart" "echo after restart"
 
+    phase "a handler's process outside its group dies with its task and with the service"
+    # chaos "escape" starts sleep 3600 in a session of its own: the group kill misses it. aiotaskd (a child
+    # subreaper) kills it when it stops (and when the task's process is stopped: LeftoverProcessTests); after a
+    # kill -9 of aiotaskd, KillMode=mixed does.
+    local escaped
+    escaped=$(in_ct aiotask submit escape)
+    check "chaos escape started a process in a session of its own ($escaped)" \
+        sh_ct "[ \"\$(ps -o sid= -p '$escaped' | tr -d ' ')\" = '$escaped' ]"
+    in_ct systemctl restart aiotask.service
+    check "systemctl restart: aiotaskd killed it and logged it" \
+        wait_until 10 sh -c "! nsenter -t $CPID -a kill -0 '$escaped' 2>/dev/null &&
+            nsenter -t $CPID -a journalctl -u aiotask --no-pager -q -o cat | grep -q 'killed process $escaped '"
+    in_ct systemctl reset-failed aiotask.service
+    main=$(main_pid) || { fail "aiotask.service has no main process"; journal_tail; return 1; }
+    escaped=$(in_ct aiotask submit escape)
+    in_ct kill -9 "$main"
+    check "after kill -9 of the main process it is gone too (KillMode=mixed)" \
+        wait_until 30 sh -c "! nsenter -t $CPID -a kill -0 '$escaped' 2>/dev/null"
+    check "the service runs again" wait_until 30 sh -c "[ \"\$(nsenter -t $CPID -a systemctl show -P SubState aiotask)\" = running ]"
+
     phase "a stalled service is restarted by the watchdog"
     in_ct systemctl reset-failed aiotask.service
     # A frozen process sends no WATCHDOG=1, like a stuck event loop. A drop-in shortens WatchdogSec= so the

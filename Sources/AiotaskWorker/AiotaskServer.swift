@@ -56,6 +56,10 @@ public final class AiotaskServer: Sendable {
         guard !configuration.listenAddresses.isEmpty || !configuration.adoptedSockets.isEmpty else {
             throw ServerError.nothingToListenOn
         }
+        // Before any process starts: a path another server listens on is refused, never taken over.
+        for case .unix(let path) in configuration.listenAddresses {
+            try UnixSocketPath.prepareForListening(at: path)
+        }
         let loop = eventLoop ?? MultiThreadedEventLoopGroup.singleton.next()
         let supervisor = try await loop.submit {
             NIOLoopBound(Supervisor(loop: loop, configuration: configuration, logger: logger), eventLoop: loop)
@@ -77,7 +81,7 @@ public final class AiotaskServer: Sendable {
                     listeners.append(try await bootstrap.bind(host: host, port: port).get())
                 case .unix(let path):
                     listeners.append(
-                        try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
+                        try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: false).get()
                     )
                     ownedSocketPaths.append(path)
                 }

@@ -1,5 +1,6 @@
 import CAiotaskShims
 import Foundation
+import NIOConcurrencyHelpers
 
 #if canImport(Glibc)
     import Glibc
@@ -20,6 +21,8 @@ struct ChildProcess: Sendable {
     let stdoutReader: CInt
     /// Read end of the child's stderr.
     let stderrReader: CInt
+    /// The pool slot it serves (`AIOTASK_WORKER_INDEX`), which the processes it leaves behind carry too.
+    var workerIndex: String? = nil
 
     /// Variables of the supervisor's own environment that must not reach pool processes.
     static let withheldEnvironment: Set<String> = [
@@ -55,18 +58,24 @@ struct ChildProcess: Sendable {
 
         let argv = [command.executable] + command.arguments
         let envp = environment.map { "\($0.key)=\($0.value)" }
-        let pid = withCStringArray(argv) { argvPointer in
-            withCStringArray(envp) { envpPointer in
-                aiotask_spawn(
-                    command.executable,
-                    argvPointer,
-                    envpPointer,
-                    stdin.reader,
-                    stdout.writer,
-                    stderr.writer,
-                    claimsDescriptor ?? -1
-                )
+        // Registered as a pool process in the same breath as it starts: the orphan reaper never takes it for an
+        // orphan (see ``OrphanReaper/poolProcesses``).
+        let pid = OrphanReaper.poolProcesses.withLockedValue { pool in
+            let pid = withCStringArray(argv) { argvPointer in
+                withCStringArray(envp) { envpPointer in
+                    aiotask_spawn(
+                        command.executable,
+                        argvPointer,
+                        envpPointer,
+                        stdin.reader,
+                        stdout.writer,
+                        stderr.writer,
+                        claimsDescriptor ?? -1
+                    )
+                }
             }
+            if pid > 0 { pool.insert(pid) }
+            return pid
         }
         closeAll(stdin.reader, stdout.writer, stderr.writer)
         guard pid > 0 else {
@@ -77,7 +86,8 @@ struct ChildProcess: Sendable {
             pid: pid,
             stdinWriter: stdin.writer,
             stdoutReader: stdout.reader,
-            stderrReader: stderr.reader
+            stderrReader: stderr.reader,
+            workerIndex: environment[WorkerRole.workerIndexKey]
         )
     }
 
@@ -89,15 +99,19 @@ struct ChildProcess: Sendable {
     /// Waits for the child on a thread of its own and reports how it ended.
     ///
     /// Before reaping it, every process left in its group is killed: the zombie still holds the group id, so
-    /// no unrelated process can be hit, and no grandchild of the handler outlives it.
+    /// no unrelated process can be hit, and no grandchild of the handler outlives it. Once it is reaped, the
+    /// processes it left outside its group are killed too (``OrphanReaper``, in the daemon).
     func watchExit(_ onExit: @escaping @Sendable (ExitStatus) -> Void) {
         let pid = self.pid
+        let workerIndex = self.workerIndex
         Thread.detachNewThread {
             var info = siginfo_t()
             while waitid(P_PID, id_t(pid), &info, WEXITED | WNOWAIT) != 0 && errno == EINTR {}
             _ = kill(-pid, SIGKILL)
             var status: Int32 = 0
             while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+            OrphanReaper.poolProcesses.withLockedValue { _ = $0.remove(pid) }
+            OrphanReaper.poolProcessEnded(slot: workerIndex)
             onExit(ExitStatus(waitStatus: status))
         }
     }

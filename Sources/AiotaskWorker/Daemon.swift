@@ -83,6 +83,8 @@ public enum Daemon {
         LoggingSystem.bootstrap { _ in JournalLogHandler(identifier: "aiotaskd", level: level) }
         let logger = Logger(label: "aiotaskd")
         raiseOpenFileLimit(for: configuration, logger: logger)
+        // Before any pool process starts, so that whatever a handler leaves behind comes back to the daemon.
+        let reaper = OrphanReaper.start(logger: logger)
 
         let activated: [ActivatedSocket]
         do {
@@ -149,6 +151,7 @@ public enum Daemon {
             exit(1)
         }
         drainProgress.cancel()
+        reaper?.killAll()
         exit(0)
     }
 

@@ -429,7 +429,9 @@ final class Supervisor {
             var metadata = metadata(of: record, workerPID: workerPID)
             metadata["reason"] = "\(reason)"
             metadata["message_id"] = "\(LogMessageID.forFailure(reason))"
-            logger.warning("task failed: \(reason): \(message)", metadata: metadata)
+            // Cut as the FAILED frame and the handler's stderr lines are: a handler's error text can be any length.
+            let logged = ClientConnectionHandler.truncated(message, toUTF8Count: StderrLogHandler.maximumLineLength)
+            logger.warning("task failed: \(reason): \(logged)", metadata: metadata)
         }
         record.session.complete(record, outcome)
         checkDrained()

@@ -56,6 +56,10 @@ public enum WorkerRole: String, Sendable {
             exit(127)
         }
         let pointers: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
+        // `exec` keeps the calling thread's signal mask and every ignored signal. This code runs on a thread of
+        // Swift's concurrency runtime, which blocks most signals: without the reset the program would start with
+        // SIGTERM blocked, and a timeout or cancel could only end it with SIGKILL after the kill grace.
+        aiotask_reset_signals()
         execv(program, pointers)
         let reason = String(cString: strerror(errno))
         StandardError.writeLine("aiotask: cannot execute handler program \(program): \(reason)")
@@ -96,6 +100,10 @@ public enum WorkerRole: String, Sendable {
             sharedPayloads: sharedPayloads
         )
         while let task = try link.nextTask() {
+            // Swift's concurrency threads block most signals, and a process the handler starts without resetting
+            // its mask (a plain posix_spawn) would inherit that: it could not be stopped with SIGTERM. The thread
+            // that starts the handler unblocks them (no signal source needs them blocked in a pool process).
+            aiotask_unblock_signals()
             let reply: HandlerReply
             do {
                 reply = .result(try await handler(task))

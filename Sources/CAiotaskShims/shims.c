@@ -7,6 +7,7 @@
 #include <unistd.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/syscall.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 
@@ -41,6 +42,32 @@ done:
     posix_spawnattr_destroy(&attributes);
     posix_spawn_file_actions_destroy(&actions);
     return error == 0 ? pid : -error;
+}
+
+void aiotask_reset_signals(void) {
+    /* The kernel's struct sigaction with SIG_DFL, no flags and an empty mask is all zeros on every architecture.
+     * The system call, unlike sigaction(), also resets the C library's internal signals (glibc's posix_spawn
+     * leaves SIGCANCEL ignored in the child, and exec keeps an ignored disposition). SIGKILL and SIGSTOP refuse,
+     * harmlessly. */
+    static const unsigned long default_action[4] = {0, 0, 0, 0};
+    static const unsigned long no_signals[1] = {0};
+    for (int signal = 1; signal <= 64; signal++) {
+        (void)syscall(SYS_rt_sigaction, signal, default_action, NULL, sizeof no_signals);
+    }
+    (void)syscall(SYS_rt_sigprocmask, SIG_SETMASK, no_signals, NULL, sizeof no_signals);
+}
+
+void aiotask_unblock_signals(void) {
+    /* Once per thread: nothing blocks signals again on a thread after it started, and this runs per task. */
+    static __thread bool unblocked = false;
+    static const unsigned long no_signals[1] = {0};
+    if (unblocked) return;
+    (void)syscall(SYS_rt_sigprocmask, SIG_SETMASK, no_signals, NULL, sizeof no_signals);
+    unblocked = true;
+}
+
+int aiotask_set_child_subreaper(void) {
+    return prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0 ? 0 : -errno;
 }
 
 int aiotask_set_parent_death_signal(int signal) {

@@ -28,6 +28,9 @@ enum ChaosCommand {
     /// `orphan`: start a child in the process group that sleeps for an hour, then hang; `orphan exit`: start it,
     /// then exit at once, leaving the child behind.
     case orphan(exitsAfter: Bool)
+    /// `escape`: start a child that sleeps for an hour in a session (and process group) of its own, out of reach
+    /// of the group kill, and return its pid.
+    case escape
     /// `garbage`: write bytes that are no reply into the link to the supervisor, then hang.
     case garbage
     /// `flood-stderr BYTES`: write that many bytes to stderr, in lines of 100, then return `flooded BYTES`.
@@ -54,6 +57,7 @@ enum ChaosCommand {
                 throw HandlerFailure(message: "expected 'orphan' or 'orphan exit', got '\(text.prefix(40))'")
             }
             self = .orphan(exitsAfter: argument == "exit")
+        case "escape": self = .escape
         case "garbage": self = .garbage
         case "flood-stderr": self = .floodStandardError(try Self.number(argument))
         case "leak": self = .leak(try Self.number(argument))
@@ -99,6 +103,23 @@ enum ChaosCommand {
             StandardError.writeLine("orphan pid \(pid)")
             if exitsAfter { Glibc.exit(0) }
             while true { Glibc.sleep(3600) }
+        case .escape:
+            var attributes = posix_spawnattr_t()
+            posix_spawnattr_init(&attributes)
+            defer { posix_spawnattr_destroy(&attributes) }
+            var mask = sigset_t()
+            sigemptyset(&mask)
+            posix_spawnattr_setsigmask(&attributes, &mask)
+            // POSIX_SPAWN_SETSID (0x80) is a GNU extension the Swift import does not show.
+            posix_spawnattr_setflags(&attributes, Int16(0x80 | POSIX_SPAWN_SETSIGMASK))
+            var pid: pid_t = 0
+            let argv: [UnsafeMutablePointer<CChar>?] = [strdup("sleep"), strdup("3600"), nil]
+            defer { argv.forEach { free($0) } }
+            let error = posix_spawnp(&pid, "sleep", nil, &attributes, argv, environ)
+            guard error == 0 else {
+                throw HandlerFailure(message: "cannot start sleep: \(String(cString: strerror(error)))")
+            }
+            return ByteBuffer(string: String(pid))
         case .garbage:
             guard let link = Self.replyDescriptor() else {
                 throw HandlerFailure(message: "cannot find the link to the supervisor")

@@ -174,6 +174,64 @@ struct HandlerTests {
         try await worker.stop()
     }
 
+    @Test("a handler program and the processes it starts begin with no signal blocked and none ignored")
+    func signalsAtDefaults() async throws {
+        // Python itself ignores SIGPIPE and SIGXFSZ, so only the handler's mask is read; its child (whose SIGPIPE
+        // and SIGXFSZ `subprocess` puts back to their defaults) shows both what it inherited blocked and ignored.
+        let script = try HandlerScript(
+            """
+            import subprocess
+
+
+            def signal_lines(status):
+                return [line for line in status.splitlines() if line.startswith(("SigBlk:", "SigIgn:"))]
+
+
+            for task in tasks():
+                own = [line for line in signal_lines(open("/proc/self/status").read()) if line.startswith("SigBlk:")]
+                child = signal_lines(subprocess.run(["/bin/cat", "/proc/self/status"], capture_output=True, text=True).stdout)
+                reply(0, "\\n".join(["handler " + line for line in own] + ["child " + line for line in child]).encode())
+            """
+        )
+        defer { script.remove() }
+        let worker = try await TestServer.start(handler: script.command, workers: 1)
+        try await withTimeout {
+            let client = try await worker.client()
+            let lines = String(decoding: try await client.submit("status"), as: UTF8.self).split(separator: "\n")
+            let masks = lines.map { $0.split(whereSeparator: { $0 == " " || $0 == "\t" }) }
+            #expect(masks.map { "\($0[0]) \($0[1])" } == ["handler SigBlk:", "child SigBlk:", "child SigIgn:"])
+            #expect(masks.allSatisfy { $0.last == "0000000000000000" }, "\(lines)")
+            try await client.close()
+        }
+        try await worker.stop()
+    }
+
+    @Test("a process a Swift handler starts with a plain posix_spawn inherits no blocked signal")
+    func swiftHandlerChildSignals() async throws {
+        let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 1) {
+            $0.killGracePeriod = .milliseconds(100)
+        }
+        let survivors = Survivors()
+        defer { survivors.kill() }
+        try await withTimeout {
+            let client = try await worker.client()
+            // `orphan` starts `sleep 3600` with posix_spawnp and no attributes, from the handler's thread.
+            let task = try await client.enqueue("orphan", timeout: .seconds(30))
+            let line = await worker.logs.first { $0.message.hasPrefix("orphan pid ") }
+            let pid = try #require(pid_t(line.message.dropFirst("orphan pid ".count)))
+            survivors.add([try ProcessDeathWatch(pid: pid)])
+            let status = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
+            let blocked = status.split(separator: "\n").first { $0.hasPrefix("SigBlk:") }
+            #expect(
+                blocked?.split(whereSeparator: { $0 == "\t" || $0 == " " }).last == "0000000000000000",
+                "\(blocked ?? "")"
+            )
+            task.cancel()
+            try await client.close()
+        }
+        try await worker.stop()
+    }
+
     @Test("a handler program that does not exist makes the pool restart with backoff, and the server stays up")
     func missingProgram() async throws {
         let worker = try await TestServer.start(handler: .program("/nonexistent/aiotask-handler"), workers: 1) {

@@ -11,6 +11,19 @@
 pid_t aiotask_spawn(const char *path, char *const argv[], char *const envp[],
                     int stdin_fd, int stdout_fd, int stderr_fd, int extra_fd);
 
+/// Puts every signal of the calling process back to its default disposition and unblocks every signal in the
+/// calling thread: for a thread about to `exec` a program, which keeps both. Swift's runtime runs async code on
+/// threads that block most signals, and a program executed from one would start with them blocked.
+void aiotask_reset_signals(void);
+
+/// Unblocks every signal in the calling thread (dispositions are left as they are); a system call only the first
+/// time on each thread.
+void aiotask_unblock_signals(void);
+
+/// Makes the calling process a child subreaper: orphans among its descendants are reparented to it instead of to
+/// init. Returns 0, or -errno on failure.
+int aiotask_set_child_subreaper(void);
+
 /// Asks the kernel to send `signal` to the calling process when its parent thread exits.
 /// Returns 0, or -errno on failure.
 int aiotask_set_parent_death_signal(int signal);
