@@ -16,6 +16,7 @@ struct AiotaskCommand: AsyncParsableCommand {
             Exit status: 0 success; 1 a task failed (bench: a task failed or returned the wrong result); \
             2 connection, server or usage problem.
             """,
+        version: AiotaskVersion.current,
         subcommands: [SubmitCommand.self, StatusCommand.self, BenchCommand.self]
     )
 

@@ -1,4 +1,6 @@
+import AiotaskProtocol
 import AiotaskTestSupport
+import AiotaskWorker
 import Foundation
 import Testing
 
@@ -86,6 +88,32 @@ struct DaemonTests {
         let daemon = try SpawnedProcess.spawn(Products.aiotaskd, ["--config", path], removing: systemdVariables)
         #expect(try await daemon.wait() == .exited(78))
         #expect(daemon.standardError.contains("\(path):\(line): \(message)"), "stderr: \(daemon.standardError)")
+    }
+
+    @Test(
+        "every shipped program and subcommand answers --help, -h and --version with its text and exit status 0",
+        arguments: [
+            (Products.aiotaskd, [], "USAGE: aiotaskd"),
+            (Products.exampleWorker, [], "USAGE: aiotask-example-worker"),
+            (Products.aiotask, [], "USAGE: aiotask <subcommand>"),
+            (Products.aiotask, ["submit"], "USAGE: aiotask submit"),
+            (Products.aiotask, ["status"], "USAGE: aiotask status"),
+            (Products.aiotask, ["bench"], "USAGE: aiotask bench"),
+        ]
+    )
+    func helpAndVersion(program: String, subcommand: [String], usage: String) async throws {
+        for flag in ["--help", "-h"] {
+            // The built executable, as packaged: parsing in process would not catch a crash in its `main`.
+            let run = try SpawnedProcess.spawn(program, subcommand + [flag], removing: systemdVariables)
+            let exit = try await run.wait()
+            #expect(exit == .exited(0), "\(program) \(subcommand) \(flag): \(exit); stderr: \(run.standardError)")
+            #expect(run.standardOutput.contains(usage), "\(program) \(subcommand) \(flag): \(run.standardOutput)")
+            #expect(run.standardOutput.contains("--version"), "no --version in: \(run.standardOutput)")
+        }
+        let version = try SpawnedProcess.spawn(program, subcommand + ["--version"], removing: systemdVariables)
+        let exit = try await version.wait()
+        #expect(exit == .exited(0), "\(program) \(subcommand) --version: \(exit); stderr: \(version.standardError)")
+        #expect(version.standardOutput == AiotaskVersion.current + "\n")
     }
 
     @Test("aiotaskd refuses a config file it cannot read")
