@@ -102,8 +102,14 @@ public enum Daemon {
         do {
             server = try await AiotaskServer.start(configuration: configuration, logger: logger)
         } catch {
-            logger.critical("cannot start: \(error)")
-            fail(notifier, EADDRNOTAVAIL, "cannot start: \(error)", exitCode: 1)
+            // A socket that cannot be bound says which address and why; anything else is prefixed.
+            let message = error is ServerError ? "\(error)" : "cannot start: \(error)"
+            var code = EADDRNOTAVAIL
+            if case .cannotListen(let listenError) = error as? ServerError, let errno = listenError.code {
+                code = errno
+            }
+            logger.critical("\(message)")
+            fail(notifier, code, message, exitCode: 1)
         }
         for socket in activated { SocketActivation.restoreBacklog(of: socket, default: SOMAXCONN) }
         logger.info(

@@ -375,9 +375,12 @@ final class Supervisor {
     /// Stops taking tasks (telling every extended client so with `GOODBYE`), lets those in flight finish within
     /// `drainTimeout`, fails the rest with `shuttingDown` (not started) or `interrupted` (running), then stops
     /// every process and closes the connections. The future succeeds once all of them are gone.
-    func shutdown(drainTimeout: Duration) -> EventLoopFuture<Void> {
+    ///
+    /// - Parameter announce: logs the drain; false when the server never started listening, so that a failed
+    ///   start does not read like a stop.
+    func shutdown(drainTimeout: Duration, announce: Bool = true) -> EventLoopFuture<Void> {
         isAccepting = false
-        logger.info("draining \(tasksInFlight) tasks in flight; new tasks are refused")
+        if announce { logger.info("draining \(tasksInFlight) tasks in flight; new tasks are refused") }
         for session in sessions.values { session.sayGoodbye() }
         let drained = loop.makePromise(of: Void.self)
         drainPromise = drained
