@@ -264,7 +264,8 @@ public final class AiotaskClient: TaskSubmitter {
     /// - Throws: ``TaskFailure`` when the task ends without a result (including ``FailureReason/payloadTooLarge``
     ///   at once, without sending, when `payload` exceeds ``serverMaximumPayloadLength``, and
     ///   ``FailureReason/cancelled`` when the awaiting Swift task is cancelled); ``AiotaskClientError`` when the
-    ///   connection fails.
+    ///   connection fails, or with ``AiotaskClientError/Code/legacyProtocol`` for a `timeout` in the legacy
+    ///   protocol.
     public func submit(_ payload: ByteBuffer, timeout: Duration? = nil) async throws -> ByteBuffer {
         try await submit(payload, timeout: timeout, unsent: nil)
     }
