@@ -114,9 +114,10 @@ public final class AiotaskClient: TaskSubmitter {
                 return try await open(
                     address,
                     group: group,
-                    connectTimeout: min(connectTimeout, WireProtocol.automaticFallbackDelay),
+                    connectTimeout: connectTimeout,
                     maximumResultLength: maximumResultLength,
-                    legacy: false
+                    legacy: false,
+                    handshakeLimit: WireProtocol.automaticFallbackDelay
                 )
             } catch let error as AiotaskClientError where error.code == .handshakeFailed {
                 // No HELLO came back: an original server discarded it (with what followed), so the connection is
@@ -134,13 +135,15 @@ public final class AiotaskClient: TaskSubmitter {
         }
     }
 
-    /// Connects, then performs the `HELLO` handshake or, with `legacy`, takes the connection as it is.
+    /// Connects, then performs the `HELLO` handshake (waiting for its answer at most `handshakeLimit`, if given,
+    /// within `connectTimeout`) or, with `legacy`, takes the connection as it is.
     private static func open(
         _ address: ServerAddress,
         group: any EventLoopGroup,
         connectTimeout: Duration,
         maximumResultLength: Int,
-        legacy: Bool
+        legacy: Bool,
+        handshakeLimit: Duration? = nil
     ) async throws -> AiotaskClient {
         let clock = ContinuousClock()
         let deadline = clock.now.advanced(by: connectTimeout)
@@ -197,7 +200,8 @@ public final class AiotaskClient: TaskSubmitter {
             }
         }
 
-        let remaining = max(.zero, clock.now.duration(to: deadline))
+        let untilDeadline = max(.zero, clock.now.duration(to: deadline))
+        let remaining = handshakeLimit.map { min(untilDeadline, $0) } ?? untilDeadline
         let handshake = channel.eventLoop.makePromise(of: Hello.self)
         let hello = Hello(version: Hello.currentVersion, maximumPayloadLength: UInt32(maximumResultLength))
         do {
@@ -206,7 +210,7 @@ public final class AiotaskClient: TaskSubmitter {
                 handler.startHandshake(
                     hello,
                     timeout: TimeAmount(remaining),
-                    describedTimeout: connectTimeout,
+                    describedTimeout: handshakeLimit.map { min($0, connectTimeout) } ?? connectTimeout,
                     promise: handshake
                 )
                 return NIOLoopBound(handler, eventLoop: channel.eventLoop)

@@ -52,6 +52,11 @@ struct AiotaskCommand: AsyncParsableCommand {
             return taskFailedExitCode
         case let error as AiotaskClientError:
             Terminal.writeError("aiotask: \(error)")
+            if error.code == .handshakeFailed {
+                Terminal.writeError(
+                    "aiotask: for an original aiotask 0.0.2 server, give --legacy (or --protocol automatic)"
+                )
+            }
         case let error as AddressError:
             Terminal.writeError("aiotask: \(error)")
         default:
