@@ -278,6 +278,10 @@ run_suite() {
         [ "$(in_ct stat -c '%U:%G %a' /run/aiotask/aiotask.sock)" = "root:aiotask 660" ]
     check "conffile /etc/aiotask/aiotaskd.conf is registered" \
         sh_ct "dpkg-query -W -f='\${Conffiles}' aiotask | grep -q /etc/aiotask/aiotaskd.conf"
+    # The packaged (release) binaries: --help once crashed on a failed cast, --version was unknown to aiotask.
+    check "aiotaskd --help exits 0 with its usage" sh_ct 'out=$(aiotaskd --help) && echo "$out" | grep -q "^USAGE: aiotaskd"'
+    check "aiotask --version exits 0 with the package's upstream version" \
+        sh_ct 'v=$(dpkg-query -W -f="\${Version}" aiotask) && [ "$(aiotask --version)" = "${v%%-*}" ]'
 
     phase "socket activation, CLI, status, journal"
     if ! check "aiotask submit hello -> hello (starts the service)" submit_is hello hello; then

@@ -24,13 +24,20 @@ import NIOPosix
 public final class AiotaskClient: TaskSubmitter {
     /// The default largest result the client accepts: 64 MiB.
     public static let defaultMaximumResultLength = 64 * 1024 * 1024
+    /// The largest task sent in the legacy protocol: an original 0.0.2 server asserts that a frame's length field
+    /// is below 32,768, and the 16-byte task id counts in it.
+    public static let legacyMaximumPayloadLength = 32_767 - TaskID.byteCount
 
     /// The server this client is connected to.
     public let address: ServerAddress
-    /// The largest task the server accepts, in bytes, as announced in its `HELLO`.
+    /// The largest task the server accepts, in bytes, as announced in its `HELLO`; in the legacy protocol,
+    /// ``legacyMaximumPayloadLength``.
     public let serverMaximumPayloadLength: Int
-    /// The protocol version the server announced.
+    /// The protocol version the server announced; 0 in the legacy protocol.
     public let serverProtocolVersion: UInt8
+    /// The protocol this connection speaks: ``WireProtocol/extended`` or ``WireProtocol/legacy`` (never
+    /// ``WireProtocol/automatic``, which chose one of them).
+    public let wireProtocol: WireProtocol
     /// The largest result this client accepts, in bytes; a larger one fails its task with
     /// ``FailureReason/payloadTooLarge``.
     public let maximumResultLength: Int
@@ -47,7 +54,8 @@ public final class AiotaskClient: TaskSubmitter {
         channel: any Channel,
         handler: NIOLoopBound<ClientChannelHandler>,
         serverHello: Hello,
-        maximumResultLength: Int
+        maximumResultLength: Int,
+        wireProtocol: WireProtocol
     ) {
         self.address = address
         self.channel = channel
@@ -55,6 +63,7 @@ public final class AiotaskClient: TaskSubmitter {
         self.serverMaximumPayloadLength = Int(serverHello.maximumPayloadLength)
         self.serverProtocolVersion = serverHello.version
         self.maximumResultLength = maximumResultLength
+        self.wireProtocol = wireProtocol
     }
 
     deinit {
@@ -72,6 +81,8 @@ public final class AiotaskClient: TaskSubmitter {
     ///     connection but never answers `HELLO` (such as one that only speaks the original protocol) makes the
     ///     connect fail with ``AiotaskClientError/Code/handshakeFailed`` after this time.
     ///   - maximumResultLength: The largest result to accept, announced to the server; between 0 and 4 GiB − 1.
+    ///   - wireProtocol: The protocol to speak: ``WireProtocol/extended`` (an aiotask server), ``WireProtocol/legacy``
+    ///     (any server, including an original 0.0.2 one; no handshake), or ``WireProtocol/automatic``.
     /// - Throws: ``AiotaskClientError`` with code ``AiotaskClientError/Code/connectFailed``,
     ///   ``AiotaskClientError/Code/closedBeforeHandshake`` or ``AiotaskClientError/Code/handshakeFailed`` (or ``AiotaskClientError/Code/serverError`` when the server
     ///   refuses the handshake with an `ERROR` frame).
@@ -79,13 +90,61 @@ public final class AiotaskClient: TaskSubmitter {
         to address: ServerAddress,
         eventLoopGroup: (any EventLoopGroup)? = nil,
         connectTimeout: Duration = .seconds(10),
-        maximumResultLength: Int = AiotaskClient.defaultMaximumResultLength
+        maximumResultLength: Int = AiotaskClient.defaultMaximumResultLength,
+        protocol wireProtocol: WireProtocol = .extended
     ) async throws -> AiotaskClient {
         precondition(
             (0...Int(UInt32.max)).contains(maximumResultLength),
             "maximumResultLength must be between 0 and \(UInt32.max)"
         )
         let group = eventLoopGroup ?? MultiThreadedEventLoopGroup.singleton
+        let clock = ContinuousClock()
+        let deadline = clock.now.advanced(by: connectTimeout)
+        switch wireProtocol {
+        case .extended, .legacy:
+            return try await open(
+                address,
+                group: group,
+                connectTimeout: connectTimeout,
+                maximumResultLength: maximumResultLength,
+                legacy: wireProtocol == .legacy
+            )
+        case .automatic:
+            do {
+                return try await open(
+                    address,
+                    group: group,
+                    connectTimeout: connectTimeout,
+                    maximumResultLength: maximumResultLength,
+                    legacy: false,
+                    handshakeLimit: WireProtocol.automaticFallbackDelay
+                )
+            } catch let error as AiotaskClientError where error.code == .handshakeFailed {
+                // No HELLO came back: an original server discarded it (with what followed), so the connection is
+                // of no use; a new one speaks the legacy protocol from its first byte.
+                let remaining = clock.now.duration(to: deadline)
+                guard remaining > .zero else { throw error }
+                return try await open(
+                    address,
+                    group: group,
+                    connectTimeout: remaining,
+                    maximumResultLength: maximumResultLength,
+                    legacy: true
+                )
+            }
+        }
+    }
+
+    /// Connects, then performs the `HELLO` handshake (waiting for its answer at most `handshakeLimit`, if given,
+    /// within `connectTimeout`) or, with `legacy`, takes the connection as it is.
+    private static func open(
+        _ address: ServerAddress,
+        group: any EventLoopGroup,
+        connectTimeout: Duration,
+        maximumResultLength: Int,
+        legacy: Bool,
+        handshakeLimit: Duration? = nil
+    ) async throws -> AiotaskClient {
         let clock = ContinuousClock()
         let deadline = clock.now.advanced(by: connectTimeout)
         let bootstrap = ClientBootstrap(group: group)
@@ -98,7 +157,11 @@ public final class AiotaskClient: TaskSubmitter {
                     let reads = DirectFrameReads()
                     try reads.install(on: channel)
                     try channel.pipeline.syncOperations.addHandler(
-                        ClientChannelHandler(maximumResultLength: maximumResultLength, readWindow: reads.window)
+                        ClientChannelHandler(
+                            maximumResultLength: maximumResultLength,
+                            readWindow: reads.window,
+                            legacy: legacy
+                        )
                     )
                 }
             }
@@ -115,7 +178,30 @@ public final class AiotaskClient: TaskSubmitter {
             throw AiotaskClientError(.connectFailed, reason: "\(address): \(AiotaskClientError.describe(error))")
         }
 
-        let remaining = max(.zero, clock.now.duration(to: deadline))
+        if legacy {
+            do {
+                let handler = try await channel.eventLoop.submit {
+                    let handler = try channel.pipeline.syncOperations.handler(type: ClientChannelHandler.self)
+                    try handler.startLegacy()
+                    return NIOLoopBound(handler, eventLoop: channel.eventLoop)
+                }.get()
+                return AiotaskClient(
+                    address: address,
+                    channel: channel,
+                    handler: handler,
+                    serverHello: Hello(version: 0, maximumPayloadLength: UInt32(legacyMaximumPayloadLength)),
+                    maximumResultLength: maximumResultLength,
+                    wireProtocol: .legacy
+                )
+            } catch {
+                channel.close(promise: nil)
+                if error is AiotaskClientError { throw error }
+                throw AiotaskClientError(.closedBeforeHandshake, reason: "the server closed the connection at once")
+            }
+        }
+
+        let untilDeadline = max(.zero, clock.now.duration(to: deadline))
+        let remaining = handshakeLimit.map { min(untilDeadline, $0) } ?? untilDeadline
         let handshake = channel.eventLoop.makePromise(of: Hello.self)
         let hello = Hello(version: Hello.currentVersion, maximumPayloadLength: UInt32(maximumResultLength))
         do {
@@ -124,7 +210,7 @@ public final class AiotaskClient: TaskSubmitter {
                 handler.startHandshake(
                     hello,
                     timeout: TimeAmount(remaining),
-                    describedTimeout: connectTimeout,
+                    describedTimeout: handshakeLimit.map { min($0, connectTimeout) } ?? connectTimeout,
                     promise: handshake
                 )
                 return NIOLoopBound(handler, eventLoop: channel.eventLoop)
@@ -135,7 +221,8 @@ public final class AiotaskClient: TaskSubmitter {
                 channel: channel,
                 handler: handler,
                 serverHello: serverHello,
-                maximumResultLength: maximumResultLength
+                maximumResultLength: maximumResultLength,
+                wireProtocol: .extended
             )
         } catch {
             // The server may close the connection before the handshake starts (e.g. over its connection limit):
@@ -154,18 +241,20 @@ public final class AiotaskClient: TaskSubmitter {
     /// Connects to the server at `address`, given as text (`tcp://127.0.0.1:4242`, `unix:/run/aiotask/aiotask.sock`).
     ///
     /// - Throws: `AddressError` when the text is not an address, otherwise as
-    ///   ``connect(to:eventLoopGroup:connectTimeout:maximumResultLength:)-(ServerAddress,_,_,_)``.
+    ///   ``connect(to:eventLoopGroup:connectTimeout:maximumResultLength:protocol:)-(ServerAddress,_,_,_,_)``.
     public static func connect(
         to address: String,
         eventLoopGroup: (any EventLoopGroup)? = nil,
         connectTimeout: Duration = .seconds(10),
-        maximumResultLength: Int = AiotaskClient.defaultMaximumResultLength
+        maximumResultLength: Int = AiotaskClient.defaultMaximumResultLength,
+        protocol wireProtocol: WireProtocol = .extended
     ) async throws -> AiotaskClient {
         try await connect(
             to: ServerAddress(parsing: address),
             eventLoopGroup: eventLoopGroup,
             connectTimeout: connectTimeout,
-            maximumResultLength: maximumResultLength
+            maximumResultLength: maximumResultLength,
+            protocol: wireProtocol
         )
     }
 
@@ -179,7 +268,8 @@ public final class AiotaskClient: TaskSubmitter {
     /// - Throws: ``TaskFailure`` when the task ends without a result (including ``FailureReason/payloadTooLarge``
     ///   at once, without sending, when `payload` exceeds ``serverMaximumPayloadLength``, and
     ///   ``FailureReason/cancelled`` when the awaiting Swift task is cancelled); ``AiotaskClientError`` when the
-    ///   connection fails.
+    ///   connection fails, or with ``AiotaskClientError/Code/legacyProtocol`` for a `timeout` in the legacy
+    ///   protocol.
     public func submit(_ payload: ByteBuffer, timeout: Duration? = nil) async throws -> ByteBuffer {
         try await submit(payload, timeout: timeout, unsent: nil)
     }
@@ -188,7 +278,7 @@ public final class AiotaskClient: TaskSubmitter {
     /// (the connection had ended or the server had said `GOODBYE`), so that it can be sent again elsewhere.
     func submit(_ payload: ByteBuffer, timeout: Duration?, unsent: UnsentFlag?) async throws -> ByteBuffer {
         let id = TaskID.random()
-        try check(id, payload: payload)
+        try check(id, payload: payload, timeout: timeout)
         // The event loop resumes this caller directly with the answer: no promise and future in between.
         return try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { continuation in
@@ -218,14 +308,22 @@ public final class AiotaskClient: TaskSubmitter {
 
     /// Checks the payload, then hands the task to the event loop.
     private func send(_ id: TaskID, payload: ByteBuffer, timeout: Duration?) throws -> EventLoopFuture<ByteBuffer> {
-        try check(id, payload: payload)
+        try check(id, payload: payload, timeout: timeout)
         let promise = eventLoop.makePromise(of: ByteBuffer.self)
         onEventLoop { $0.submit(id, timeout: timeout, payload: payload, promise: .promise(promise)) }
         return promise.futureResult
     }
 
-    /// Fails a task that must not be sent: too large for the server, or its caller cancelled already.
-    private func check(_ id: TaskID, payload: ByteBuffer) throws {
+    /// Fails a task that must not be sent: with a timeout the legacy protocol cannot carry, too large for the
+    /// server, or its caller cancelled already.
+    private func check(_ id: TaskID, payload: ByteBuffer, timeout: Duration?) throws {
+        if timeout != nil && wireProtocol == .legacy {
+            throw AiotaskClientError(
+                .legacyProtocol,
+                reason: "a per-task timeout needs the extended protocol (ENQUEUE has no timeout field); "
+                    + "the server's default timeout applies to tasks sent without one"
+            )
+        }
         guard payload.readableBytes <= serverMaximumPayloadLength else {
             throw TaskFailure(
                 taskID: id,
@@ -279,7 +377,16 @@ public final class AiotaskClient: TaskSubmitter {
     }
 
     /// The server's live statistics as the UTF-8 JSON object it sent (snake_case keys, see ``ServerInfo``).
+    ///
+    /// - Throws: ``AiotaskClientError``, with ``AiotaskClientError/Code/legacyProtocol`` in the legacy protocol,
+    ///   which has no `INFO`.
     public func serverInfoJSON() async throws -> ByteBuffer {
+        guard wireProtocol != .legacy else {
+            throw AiotaskClientError(
+                .legacyProtocol,
+                reason: "server statistics (INFO) need the extended protocol; an original 0.0.2 server has none"
+            )
+        }
         let promise = eventLoop.makePromise(of: ByteBuffer.self)
         onEventLoop { $0.requestInfo(promise: promise) }
         return try await promise.futureResult.get()

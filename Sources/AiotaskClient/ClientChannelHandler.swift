@@ -25,6 +25,9 @@ final class ClientChannelHandler: ChannelInboundHandler {
 
     /// The largest result accepted, as announced in the client's `HELLO`.
     private let maximumResultLength: Int
+    /// Whether the connection speaks only the frames of aiotask 0.0.2 (``WireProtocol/legacy``): no `HELLO`,
+    /// tasks as `ENQUEUE`, results as `DONE`, and a failure seen only as `UPDATE NOT_FOUND`.
+    let isLegacy: Bool
     private var state = State.connected
     private var context: ChannelHandlerContext?
     /// Tasks awaiting a `RESULT` or `FAILED`.
@@ -43,8 +46,9 @@ final class ClientChannelHandler: ChannelInboundHandler {
     /// Set while frames are being handled, one of which may close the channel.
     private var isDecoding = false
 
-    init(maximumResultLength: Int, readWindow: ReadWindow? = nil) {
+    init(maximumResultLength: Int, readWindow: ReadWindow? = nil, legacy: Bool = false) {
         self.maximumResultLength = maximumResultLength
+        self.isLegacy = legacy
         self.frames = StreamDecoder(FrameDecoder(maximumPayloadLength: maximumResultLength), readWindow: readWindow)
     }
 
@@ -71,13 +75,27 @@ final class ClientChannelHandler: ChannelInboundHandler {
                 AiotaskClientError(
                     .handshakeFailed,
                     reason: "the server did not answer HELLO within \(describedTimeout) "
-                        + "(is it an aiotask server that speaks protocol version \(Hello.currentVersion)?)"
+                        + "(is it an aiotask server that speaks protocol version \(Hello.currentVersion)? "
+                        + "An original 0.0.2 server never answers: speak the legacy protocol to it)"
                 )
             )
         }
         state = .handshaking(promise, timer: timer)
         append(.hello(hello))
         flushOutput()
+    }
+
+    /// Makes a legacy connection ready at once: the original protocol has no handshake.
+    ///
+    /// - Throws: ``AiotaskClientError/Code/closedBeforeHandshake`` when the server closed the connection already.
+    func startLegacy() throws(AiotaskClientError) {
+        guard case .connected = state, context != nil else {
+            let error = currentError
+            throw error.code == .connectionLost
+                ? AiotaskClientError(.closedBeforeHandshake, reason: "\(error.reason) before the first task")
+                : error
+        }
+        state = .ready
     }
 
     /// Whether a task submitted now is sent: the handshake is done, and the server has not said `GOODBYE` nor the
@@ -102,7 +120,9 @@ final class ClientChannelHandler: ChannelInboundHandler {
             // Random 122-bit ids do not collide in practice; keep both callers' promises completed anyway.
             previous.fail(TaskFailure(taskID: id, reason: .rejected, message: "task id reused on this connection"))
         }
-        let frame = Frame.submit(id, timeout: timeout, payload: payload)
+        // A legacy server knows only ENQUEUE; the client refuses a timeout before it gets here.
+        let frame =
+            isLegacy ? Frame.enqueue(id, payload: payload) : Frame.submit(id, timeout: timeout, payload: payload)
         guard payload.readableBytes > Self.copyLimit, frame.type.isExtension, frame.payloadLength <= UInt32.max,
             let context
         else {
@@ -139,8 +159,29 @@ final class ClientChannelHandler: ChannelInboundHandler {
 
     /// Sends `CANCEL` for a pending task. With `failingLocally`, the task's promise fails at once with a
     /// cancelled ``TaskFailure`` instead of waiting for the server's `FAILED` answer (which is then ignored).
+    ///
+    /// On a legacy connection, which has no `CANCEL`, the server carries on with the task and its `DONE` is
+    /// ignored: the promise fails at once, with a cancelled ``TaskFailure`` that says so (`failingLocally`), or
+    /// with ``AiotaskClientError/Code/legacyProtocol`` (an explicit ``TaskHandle/cancel()``).
     func cancel(_ id: TaskID, failingLocally: Bool) {
         guard case .ready = state, let promise = tasks[id] else { return }
+        if isLegacy {
+            tasks[id] = nil
+            promise.fail(
+                failingLocally
+                    ? TaskFailure(
+                        taskID: id,
+                        reason: .cancelled,
+                        message: "abandoned by the client; the legacy protocol cannot stop it on the server"
+                    )
+                    : AiotaskClientError(
+                        .legacyProtocol,
+                        reason: "task \(id) cannot be cancelled (the legacy protocol has no CANCEL); "
+                            + "the server carries on with it, and its result is ignored"
+                    )
+            )
+            return
+        }
         if failingLocally {
             tasks[id] = nil
             promise.fail(TaskFailure.cancelledByClient(id))
@@ -237,6 +278,9 @@ final class ClientChannelHandler: ChannelInboundHandler {
     }
 
     private func receive(_ frame: Frame) {
+        if isLegacy && frame.type.isExtension, case .ready = state {
+            return violation("a \(frame.type) frame on a legacy connection, which only knows UPDATE and DONE")
+        }
         switch (frame, state) {
         case (_, .closed):
             return
@@ -261,6 +305,18 @@ final class ClientChannelHandler: ChannelInboundHandler {
         case (.goodbye(let message), .ready):
             goodbye = message.isEmpty ? "the server is stopping" : message
         case (.update(let id, let status), .ready):
+            if isLegacy && status == .notFound, let task = tasks.removeValue(forKey: id) {
+                // The only failure report of the original protocol, sent by aiotaskd when the task fails (or, to
+                // a STATUS, when the task is gone): the result will never come.
+                task.fail(
+                    TaskFailure(
+                        taskID: id,
+                        reason: .unknown,
+                        message: "the server no longer knows the task (NOT_FOUND): it failed, and the legacy "
+                            + "protocol does not say why (the server's log does)"
+                    )
+                )
+            }
             guard var queue = statusQueries.removeValue(forKey: id) else { return }
             let promise = queue.removeFirst()
             if !queue.isEmpty { statusQueries[id] = queue }

@@ -45,6 +45,7 @@ public struct AiotaskClientError: Error, Hashable, Sendable {
     public struct Code: Hashable, Sendable {
         private enum Base: Hashable, Sendable {
             case connectFailed, closedBeforeHandshake, handshakeFailed, connectionLost, serverError, protocolViolation
+            case legacyProtocol
         }
 
         private let base: Base
@@ -67,6 +68,10 @@ public struct AiotaskClientError: Error, Hashable, Sendable {
         public static let serverError = Code(.serverError)
         /// The server sent something the protocol does not allow; the client closed the connection.
         public static let protocolViolation = Code(.protocolViolation)
+        /// The request needs the extended protocol, and the client speaks the legacy protocol of aiotask 0.0.2
+        /// with this server (``WireProtocol/legacy``): a per-task timeout, ``TaskHandle/cancel()``, server
+        /// statistics. The connection stays usable.
+        public static let legacyProtocol = Code(.legacyProtocol)
     }
 
     /// What kind of problem this is.
@@ -90,6 +95,7 @@ extension AiotaskClientError.Code: CustomStringConvertible {
         case .connectionLost: "connection lost"
         case .serverError: "server error"
         case .protocolViolation: "protocol violation by the server"
+        case .legacyProtocol: "not available with the legacy protocol"
         }
     }
 }

@@ -36,18 +36,24 @@ public final class ReconnectingClient: TaskSubmitter {
         public var maximumResultLength: Int
         /// The group connections run on; nil for `MultiThreadedEventLoopGroup.singleton`.
         public var eventLoopGroup: (any EventLoopGroup)?
+        /// The protocol each connection speaks (see ``WireProtocol``). In the legacy protocol no server says
+        /// `GOODBYE`, so no task is ever submitted again: a task lost with its connection fails with
+        /// ``AiotaskClientError/Code/connectionLost``.
+        public var wireProtocol: WireProtocol
 
         /// A configuration; the defaults suit a server restarted by systemd, whose drain may take its 30 s.
         public init(
             connectTimeout: Duration = .seconds(10),
             retryLimit: Duration = .seconds(60),
             maximumResultLength: Int = AiotaskClient.defaultMaximumResultLength,
-            eventLoopGroup: (any EventLoopGroup)? = nil
+            eventLoopGroup: (any EventLoopGroup)? = nil,
+            protocol wireProtocol: WireProtocol = .extended
         ) {
             self.connectTimeout = connectTimeout
             self.retryLimit = retryLimit
             self.maximumResultLength = maximumResultLength
             self.eventLoopGroup = eventLoopGroup
+            self.wireProtocol = wireProtocol
         }
     }
 
@@ -217,7 +223,8 @@ public final class ReconnectingClient: TaskSubmitter {
             to: address,
             eventLoopGroup: configuration.eventLoopGroup,
             connectTimeout: configuration.connectTimeout,
-            maximumResultLength: configuration.maximumResultLength
+            maximumResultLength: configuration.maximumResultLength,
+            protocol: configuration.wireProtocol
         )
     }
 }

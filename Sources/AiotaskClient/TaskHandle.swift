@@ -38,6 +38,10 @@ public struct TaskHandle: Sendable {
 
     /// Asks the server to cancel the task. Unless it finished first, the server then fails it with reason
     /// ``FailureReason/cancelled``, which ``result()`` throws. Does nothing once the result has arrived.
+    ///
+    /// In the legacy protocol, which has no `CANCEL`, the server carries on with the task: ``result()`` throws
+    /// ``AiotaskClientError`` with code ``AiotaskClientError/Code/legacyProtocol`` at once, and the result is
+    /// ignored when it comes.
     public func cancel() {
         client.cancel(id)
     }

@@ -27,6 +27,11 @@ public struct FailureReason: RawRepresentable, Hashable, Sendable {
     /// task may have had some of its effects.
     public static let interrupted = FailureReason(rawValue: 8)
 
+    /// The server gave no reason: a client of the legacy protocol (which has no failure frame) learnt only that
+    /// the server no longer knows the task (`UPDATE NOT_FOUND`) while it waited for its result. Never sent by a
+    /// server; the reason is in the server's log.
+    public static let unknown = FailureReason(rawValue: 0)
+
     /// Whether the server guarantees it never started the task, so that submitting it again cannot run it twice.
     public var taskWasNotStarted: Bool {
         self == .shuttingDown || self == .rejected
@@ -44,6 +49,7 @@ extension FailureReason: CustomStringConvertible {
         case .payloadTooLarge: "payload too large"
         case .shuttingDown: "shutting down"
         case .interrupted: "interrupted"
+        case .unknown: "reason unknown"
         default: "failure \(rawValue)"
         }
     }

@@ -58,7 +58,11 @@ public final class AiotaskServer: Sendable {
         }
         // Before any process starts: a path another server listens on is refused, never taken over.
         for case .unix(let path) in configuration.listenAddresses {
-            try UnixSocketPath.prepareForListening(at: path)
+            do {
+                try UnixSocketPath.prepareForListening(at: path)
+            } catch {
+                throw ServerError.cannotListen(ListenError(address: "unix:\(path)", error: error))
+            }
         }
         let loop = eventLoop ?? MultiThreadedEventLoopGroup.singleton.next()
         let supervisor = try await loop.submit {
@@ -68,6 +72,8 @@ public final class AiotaskServer: Sendable {
 
         var listeners: [any Channel] = []
         var ownedSocketPaths: [String] = []
+        // The address being bound, named in the error if that fails.
+        var binding = ""
         do {
             let bootstrap = makeBootstrap(
                 loop: loop,
@@ -76,6 +82,7 @@ public final class AiotaskServer: Sendable {
                 logger: logger
             )
             for address in configuration.listenAddresses {
+                binding = "\(address)"
                 switch address {
                 case .tcp(let host, let port):
                     listeners.append(try await bootstrap.bind(host: host, port: port).get())
@@ -88,13 +95,15 @@ public final class AiotaskServer: Sendable {
                 logger.info("listening on \(address)")
             }
             for socket in configuration.adoptedSockets {
+                binding = "adopted socket \(socket.name) (fd \(socket.descriptor))"
                 listeners.append(try await bootstrap.withBoundSocket(socket.descriptor).get())
                 logger.info("serving adopted socket \(socket.name) (fd \(socket.descriptor))")
             }
         } catch {
             for listener in listeners { try? await listener.close() }
-            try? await loop.flatSubmit { supervisor.value.shutdown(drainTimeout: .zero) }.get()
-            throw ServerError.cannotListen(String(describing: error))
+            // Nothing was accepted, so nothing drains: the pool just stops, without a "draining" log.
+            try? await loop.flatSubmit { supervisor.value.shutdown(drainTimeout: .zero, announce: false) }.get()
+            throw ServerError.cannotListen(ListenError(address: binding, error: error))
         }
         return AiotaskServer(
             loop: loop,
@@ -200,13 +209,13 @@ public final class AiotaskServer: Sendable {
 public enum ServerError: Error, CustomStringConvertible {
     /// The configuration names no address and no socket was passed in.
     case nothingToListenOn
-    /// Binding or adopting a socket failed.
-    case cannotListen(String)
+    /// Binding or adopting a socket failed: which address, and why.
+    case cannotListen(ListenError)
 
     public var description: String {
         switch self {
         case .nothingToListenOn: "no address to listen on: give --listen ADDRESS, or pass sockets"
-        case .cannotListen(let reason): "cannot listen: \(reason)"
+        case .cannotListen(let error): error.description
         }
     }
 }

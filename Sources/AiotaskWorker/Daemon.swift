@@ -29,8 +29,8 @@ public enum Daemon {
     /// ```
     public static func main(handler: @escaping TaskHandler) async -> Never {
         await runPoolProcessIfRequested(handler: handler)
-        let options = DaemonOptions.parseOrExit()
-        let name = URL(fileURLWithPath: CommandLine.arguments[0]).lastPathComponent
+        let options = WorkerProgramCommand.parseOptionsOrExit()
+        let name = WorkerProgramCommand.programName
         await run(options: options) { settings throws(ConfigurationError) in
             if let spec = settings.handler {
                 throw ConfigurationError(setting: "handler", reason: "\(spec): this program runs its own Swift handler")
@@ -104,8 +104,14 @@ public enum Daemon {
         do {
             server = try await AiotaskServer.start(configuration: configuration, logger: logger)
         } catch {
-            logger.critical("cannot start: \(error)")
-            fail(notifier, EADDRNOTAVAIL, "cannot start: \(error)", exitCode: 1)
+            // A socket that cannot be bound says which address and why; anything else is prefixed.
+            let message = error is ServerError ? "\(error)" : "cannot start: \(error)"
+            var code = EADDRNOTAVAIL
+            if case .cannotListen(let listenError) = error as? ServerError, let errno = listenError.code {
+                code = errno
+            }
+            logger.critical("\(message)")
+            fail(notifier, code, message, exitCode: 1)
         }
         for socket in activated { SocketActivation.restoreBacklog(of: socket, default: SOMAXCONN) }
         logger.info(
@@ -255,6 +261,40 @@ public enum Daemon {
         notifier.failed(errno: code, status: "Failed: \(message)")
         StandardError.writeLine("aiotaskd: \(message)")
         exit(exitCode)
+    }
+}
+
+/// The command line of a program built on ``Daemon/main(handler:)``: the daemon's options, plus `--help`, `-h` and
+/// `--version` named after the program.
+struct WorkerProgramCommand: ParsableCommand {
+    /// The name the program was started by, for its help text and its pool's display name.
+    static var programName: String { URL(fileURLWithPath: CommandLine.arguments[0]).lastPathComponent }
+
+    static var configuration: CommandConfiguration {
+        CommandConfiguration(
+            commandName: programName,
+            abstract: "An aiotask worker: runs submitted tasks with this program's own handler, in a supervised pool.",
+            discussion: "Without --listen the worker listens on unix:\(ServerAddress.defaultUnixPath).",
+            version: AiotaskVersion.current
+        )
+    }
+
+    @OptionGroup var options: DaemonOptions
+
+    /// The parsed options; on `--help`, `-h` or `--version` prints the text and exits 0, on a usage error
+    /// prints it and exits 64.
+    static func parseOptionsOrExit() -> DaemonOptions {
+        do {
+            var command = try parseAsRoot()
+            // `--help` and `-h` parse to ArgumentParser's own help command, not to this one.
+            guard let parsed = command as? Self else {
+                try command.run()
+                Foundation.exit(0)
+            }
+            return parsed.options
+        } catch {
+            exit(withError: error)
+        }
     }
 }
 

@@ -581,6 +581,14 @@ extension PoolSlot: WorkerProcessDelegate {
         logger.error("worker process broke its link: \(reason)", metadata: ["worker_pid": "\(process.pid)"])
     }
 
+    /// The failure message of the task a dying process was running: `worker process 1234 exited with code 3`, then
+    /// why its link broke, in parentheses, when there is a reason to give — never an empty `()`.
+    static func crashMessage(pid: Int32, status: ExitStatus, linkFailure: String?) -> String {
+        let message = "worker process \(pid) \(status)"
+        guard let linkFailure, !linkFailure.allSatisfy(\.isWhitespace) else { return message }
+        return message + " (\(linkFailure))"
+    }
+
     func process(_ process: WorkerProcess, didExit status: ExitStatus) {
         guard self.process === process else { return }
         let failedTask: TaskRecord?
@@ -610,8 +618,7 @@ extension PoolSlot: WorkerProcessDelegate {
         }
         supervisor.slotFailedToStart(self)
         if let failedTask, !failedTask.isFinished {
-            var message = "worker process \(process.pid) \(status)"
-            if let linkFailure = process.linkFailure { message += " (\(linkFailure))" }
+            let message = Self.crashMessage(pid: process.pid, status: status, linkFailure: process.linkFailure)
             supervisor.finish(failedTask, .failure(.workerCrashed, message), workerPID: process.pid)
         }
         scheduleRestart()

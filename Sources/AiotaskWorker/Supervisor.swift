@@ -482,9 +482,12 @@ final class Supervisor {
     /// Stops taking tasks (telling every extended client so with `GOODBYE`), lets those in flight finish within
     /// `drainTimeout`, fails the rest with `shuttingDown` (not started) or `interrupted` (running), then stops
     /// every process and closes the connections. The future succeeds once all of them are gone.
-    func shutdown(drainTimeout: Duration) -> EventLoopFuture<Void> {
+    ///
+    /// - Parameter announce: logs the drain; false when the server never started listening, so that a failed
+    ///   start does not read like a stop.
+    func shutdown(drainTimeout: Duration, announce: Bool = true) -> EventLoopFuture<Void> {
         isAccepting = false
-        logger.info("draining \(tasksInFlight) tasks in flight; new tasks are refused")
+        if announce { logger.info("draining \(tasksInFlight) tasks in flight; new tasks are refused") }
         for session in sessions.values { session.sayGoodbye() }
         let drained = loop.makePromise(of: Void.self)
         drainPromise = drained
@@ -588,7 +591,7 @@ struct ThroughputMeter {
     }
 }
 
-/// The version of aiotask this library belongs to.
-public enum AiotaskVersion {
-    public static let current = "0.1.0"
-}
+/// The version of aiotask this library belongs to: ``AiotaskProtocol/AiotaskVersion``, named here too for the
+/// programs that wrote `AiotaskVersion.current` importing only `AiotaskWorker` (with `MemberImportVisibility`
+/// they import `AiotaskProtocol` as well).
+public typealias AiotaskVersion = AiotaskProtocol.AiotaskVersion

@@ -86,13 +86,16 @@ public struct UnixSocketPathError: Error, CustomStringConvertible, Sendable {
     /// The system's reason, for ``Code/cannotCheck``.
     public var detail: String = ""
 
+    /// Why the path cannot be listened on, in plain words.
+    public var reason: String {
+        switch code {
+        case .inUse: "another process is listening there"
+        case .notASocket: "the path exists and is not a socket"
+        default: "cannot tell whether another process is listening there: \(detail)"
+        }
+    }
+
     public var description: String {
-        let reason =
-            switch code {
-            case .inUse: "another process is listening there"
-            case .notASocket: "the path exists and is not a socket"
-            default: "cannot tell whether another process is listening there: \(detail)"
-            }
-        return "cannot listen on unix:\(path): \(reason)"
+        "cannot listen on unix:\(path): \(reason)"
     }
 }

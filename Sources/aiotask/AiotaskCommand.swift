@@ -16,6 +16,7 @@ struct AiotaskCommand: AsyncParsableCommand {
             Exit status: 0 success; 1 a task failed (bench: a task failed or returned the wrong result); \
             2 connection, server or usage problem.
             """,
+        version: AiotaskVersion.current,
         subcommands: [SubmitCommand.self, StatusCommand.self, BenchCommand.self]
     )
 
@@ -51,6 +52,11 @@ struct AiotaskCommand: AsyncParsableCommand {
             return taskFailedExitCode
         case let error as AiotaskClientError:
             Terminal.writeError("aiotask: \(error)")
+            if error.code == .handshakeFailed {
+                Terminal.writeError(
+                    "aiotask: for an original aiotask 0.0.2 server, give --legacy (or --protocol automatic)"
+                )
+            }
         case let error as AddressError:
             Terminal.writeError("aiotask: \(error)")
         default:

@@ -19,7 +19,27 @@ struct ServerOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("Seconds to wait for the connection and handshake.", valueName: "seconds"))
     var connectTimeout: Double = 10
 
+    @Option(
+        name: .customLong("protocol"),
+        help: ArgumentHelp(
+            "The protocol to speak: extended, legacy (only the frames of aiotask 0.0.2, for an original server) or automatic (extended, else legacy when the server does not answer HELLO within 2 s).",
+            valueName: "protocol"
+        )
+    )
+    var protocolChoice: ProtocolChoice?
+
+    @Flag(name: .long, help: "Same as --protocol legacy.")
+    var legacy = false
+
+    /// The protocol from `--protocol` or `--legacy`; extended by default.
+    var wireProtocol: WireProtocol {
+        legacy ? .legacy : protocolChoice?.wireProtocol ?? .extended
+    }
+
     func validate() throws {
+        if legacy, let protocolChoice, protocolChoice != .legacy {
+            throw ValidationError("--legacy contradicts --protocol \(protocolChoice.rawValue)")
+        }
         guard connectTimeout > 0, connectTimeout.isFinite else {
             throw ValidationError("--connect-timeout must be a positive number of seconds")
         }
@@ -49,7 +69,8 @@ struct ServerOptions: ParsableArguments {
                 return try await AiotaskClient.connect(
                     to: address,
                     eventLoopGroup: eventLoop,
-                    connectTimeout: Duration.seconds(connectTimeout)
+                    connectTimeout: Duration.seconds(connectTimeout),
+                    protocol: wireProtocol
                 )
             } catch let error as AiotaskClientError
                 where error.code == .closedBeforeHandshake && attempt < Self.attempts
@@ -78,6 +99,19 @@ struct ServerOptions: ParsableArguments {
         } catch {
             try? await client.close()
             throw error
+        }
+    }
+}
+
+/// A value of `--protocol`.
+enum ProtocolChoice: String, ExpressibleByArgument, CaseIterable {
+    case extended, legacy, automatic
+
+    var wireProtocol: WireProtocol {
+        switch self {
+        case .extended: .extended
+        case .legacy: .legacy
+        case .automatic: .automatic
         }
     }
 }

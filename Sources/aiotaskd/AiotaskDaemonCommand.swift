@@ -1,3 +1,4 @@
+import AiotaskProtocol
 import AiotaskWorker
 import ArgumentParser
 
@@ -38,8 +39,14 @@ struct AiotaskDaemonCommand: AsyncParsableCommand {
         }
         await Daemon.runPoolProcessIfRequested(handler: { $0 })
         do {
-            let command = try parseAsRoot() as! Self
-            try await command.run()
+            // Not always `Self`: `--help`, `-h` and `help` parse to ArgumentParser's own help command, which
+            // prints the help when run.
+            var command = try await asyncParseAsRoot()
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
         } catch {
             exit(withError: error)
         }

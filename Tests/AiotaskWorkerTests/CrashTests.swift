@@ -38,6 +38,19 @@ struct CrashTests {
         try await worker.stop()
     }
 
+    @Test(
+        "a crash message gives the broken link's reason in parentheses, and no empty parentheses when there is none",
+        arguments: [
+            (nil, "worker process 42 exited with code 3"),
+            ("", "worker process 42 exited with code 3"),
+            (" ", "worker process 42 exited with code 3"),
+            ("handler closed its stdout", "worker process 42 exited with code 3 (handler closed its stdout)"),
+        ] as [(String?, String)]
+    )
+    func crashMessage(linkFailure: String?, expected: String) {
+        #expect(PoolSlot.crashMessage(pid: 42, status: .exited(code: 3), linkFailure: linkFailure) == expected)
+    }
+
     @Test("a process killed by a signal fails its task with workerCrashed naming the signal")
     func signal() async throws {
         let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 1)

@@ -1,8 +1,10 @@
 import AiotaskClient
 import AiotaskProtocol
 import AiotaskTestSupport
+import AiotaskWorker
 import Foundation
 import NIOCore
+import NIOPosix
 import Testing
 
 #if canImport(Glibc)
@@ -89,6 +91,93 @@ struct DaemonTests {
         let daemon = try SpawnedProcess.spawn(Products.aiotaskd, ["--config", path], removing: systemdVariables)
         #expect(try await daemon.wait() == .exited(78))
         #expect(daemon.standardError.contains("\(path):\(line): \(message)"), "stderr: \(daemon.standardError)")
+    }
+
+    @Test(
+        "every shipped program and subcommand answers --help, -h and --version with its text and exit status 0",
+        arguments: [
+            (Products.aiotaskd, [], "USAGE: aiotaskd"),
+            (Products.exampleWorker, [], "USAGE: aiotask-example-worker"),
+            (Products.aiotask, [], "USAGE: aiotask <subcommand>"),
+            (Products.aiotask, ["submit"], "USAGE: aiotask submit"),
+            (Products.aiotask, ["status"], "USAGE: aiotask status"),
+            (Products.aiotask, ["bench"], "USAGE: aiotask bench"),
+        ]
+    )
+    func helpAndVersion(program: String, subcommand: [String], usage: String) async throws {
+        for flag in ["--help", "-h"] {
+            // The built executable, as packaged: parsing in process would not catch a crash in its `main`.
+            let run = try SpawnedProcess.spawn(program, subcommand + [flag], removing: systemdVariables)
+            let exit = try await run.wait()
+            #expect(exit == .exited(0), "\(program) \(subcommand) \(flag): \(exit); stderr: \(run.standardError)")
+            #expect(run.standardOutput.contains(usage), "\(program) \(subcommand) \(flag): \(run.standardOutput)")
+            #expect(run.standardOutput.contains("--version"), "no --version in: \(run.standardOutput)")
+        }
+        let version = try SpawnedProcess.spawn(program, subcommand + ["--version"], removing: systemdVariables)
+        let exit = try await version.wait()
+        #expect(exit == .exited(0), "\(program) \(subcommand) --version: \(exit); stderr: \(version.standardError)")
+        #expect(version.standardOutput == AiotaskVersion.current + "\n")
+    }
+
+    @Test("a busy port makes aiotaskd exit 1 naming the address and the reason in plain words, with no drain logged")
+    func busyPort() async throws {
+        // The port is held by a listening socket of this test for as long as the daemon runs.
+        let holder = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .bind(host: "127.0.0.1", port: 0).get()
+        defer { holder.close(promise: nil) }
+        let port = try #require(holder.localAddress?.port)
+        let daemon = try SpawnedProcess.spawn(
+            Products.aiotaskd,
+            ["--listen", "tcp://127.0.0.1:\(port)", "--workers", "1"],
+            removing: systemdVariables
+        )
+        #expect(try await daemon.wait() == .exited(1))
+        Self.expectPlainStartFailure(
+            daemon.standardError,
+            "aiotaskd: cannot listen on tcp://127.0.0.1:\(port): address already in use"
+        )
+    }
+
+    @Test("a unix socket in a missing directory makes aiotaskd exit 1 naming the path, with no drain logged")
+    func missingSocketDirectory() async throws {
+        let directory = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let path = directory + "/no/such/dir/aiotask.sock"
+        let daemon = try SpawnedProcess.spawn(
+            Products.aiotaskd,
+            ["--listen", "unix:\(path)", "--workers", "1"],
+            removing: systemdVariables
+        )
+        #expect(try await daemon.wait() == .exited(1))
+        Self.expectPlainStartFailure(
+            daemon.standardError,
+            "aiotaskd: cannot listen on unix:\(path): no such file or directory"
+        )
+    }
+
+    /// `stderr` of a daemon that could not start ends with `line`, names no library call or errno, and logs no
+    /// drain (nothing was ever accepted).
+    static func expectPlainStartFailure(_ stderr: String, _ line: String) {
+        #expect(stderr.hasSuffix(line + "\n"), "stderr: \(stderr)")
+        #expect(!stderr.contains("errno") && !stderr.contains("bind("), "stderr: \(stderr)")
+        #expect(!stderr.contains("draining"), "stderr: \(stderr)")
+    }
+
+    @Test("aiotask submit on a handler program that exits 3 without a word on stderr prints no empty parentheses")
+    func handlerExitWithoutStderr() async throws {
+        let directory = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let script = directory + "/exit3.sh"
+        // Reads its task's length prefix, then exits 3, silently.
+        try "#!/bin/sh\nhead -c 4 >/dev/null\nexit 3\n".write(toFile: script, atomically: true, encoding: .utf8)
+        #expect(chmod(script, 0o755) == 0)
+        let daemon = try await RunningDaemon.start(arguments: ["--handler", "exec:/bin/sh \(script)", "--workers", "1"])
+        try await daemon.stopAfter {
+            let submit = try await runCLI(["submit", "--server", daemon.server, "anything"])
+            #expect(submit.exit == .exited(1))
+            #expect(submit.standardError.contains("exited with code 3"), "stderr: \(submit.standardError)")
+            #expect(!submit.standardError.contains("()"), "stderr: \(submit.standardError)")
+        }
     }
 
     @Test("aiotaskd refuses a config file it cannot read")
