@@ -191,6 +191,7 @@ struct PrefetchTests {
             import time
 
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            open("\(directory)/started", "w").close()
             ran = open("\(ranLog)", "ab", buffering=0)
             for task in tasks():
                 name, milliseconds = task.split(b":")
@@ -207,6 +208,10 @@ struct PrefetchTests {
         }
         try await withTimeout {
             let client = try await worker.client()
+            // Once the program ignores SIGTERM: the timeout must find it running the task, not starting up.
+            while !FileManager.default.fileExists(atPath: directory + "/started") {
+                try await Task.sleep(for: .milliseconds(5))
+            }
             let slow = try await client.enqueue("slow:600", timeout: .milliseconds(200))
             _ = try await client.waitForInfo { $0.tasks.running == 1 }
             let ahead = [try await client.enqueue("first:50"), try await client.enqueue("second:50")]
