@@ -56,19 +56,7 @@ struct DaemonTests {
     func bench() async throws {
         let daemon = try await RunningDaemon.start(arguments: ["--handler", "echo", "--workers", "2"])
         try await daemon.stopAfter {
-            let bench = try await runCLI(
-                [
-                    "bench", "--server", daemon.server, "--tasks", "2000", "--concurrency", "32", "--connections", "2",
-                    "--json",
-                ],
-                limit: .seconds(40)
-            )
-            #expect(bench.exit == .exited(0), "stderr: \(bench.standardError)")
-            let json = try JSONSerialization.jsonObject(with: Data(bench.standardOutput.utf8)) as? [String: Any]
-            let report = try #require(json, "not a JSON object: \(bench.standardOutput)")
-            #expect(report["tasks"] as? Int == 2000)
-            #expect(report["failed"] as? Int == 0)
-            #expect(report["mismatched"] as? Int == 0)
+            let report = try await runBench(["--server", daemon.server])
             let latency = try #require(report["latency_us"] as? [String: Any])
             #expect((latency["p50"] as? Double ?? 0) > 0)
         }
@@ -324,6 +312,22 @@ func runCLI(_ arguments: [String], limit: Duration = .seconds(20)) async throws 
     let process = try SpawnedProcess.spawn(Products.aiotask, arguments, removing: ["AIOTASK_SERVER"])
     let exit = try await process.wait(limit: limit)
     return CommandOutput(exit: exit, standardOutput: process.standardOutput, standardError: process.standardError)
+}
+
+/// Runs `aiotask bench --json` with `arguments` for 2,000 tasks over 2 connections, checks that it exits 0 with every
+/// task done and whole, and returns its report.
+func runBench(_ arguments: [String]) async throws -> [String: Any] {
+    let bench = try await runCLI(
+        ["bench"] + arguments + ["--tasks", "2000", "--concurrency", "32", "--connections", "2", "--json"],
+        limit: .seconds(40)
+    )
+    #expect(bench.exit == .exited(0), "stderr: \(bench.standardError)")
+    let json = try JSONSerialization.jsonObject(with: Data(bench.standardOutput.utf8)) as? [String: Any]
+    let report = try #require(json, "not a JSON object: \(bench.standardOutput)")
+    #expect(report["tasks"] as? Int == 2000)
+    #expect(report["failed"] as? Int == 0)
+    #expect(report["mismatched"] as? Int == 0)
+    return report
 }
 
 /// An `aiotaskd` process listening on a Unix socket in a directory of its own.
