@@ -114,6 +114,13 @@ final class StubServer: Sendable {
         }
     }
 
+    /// Waits until every connection accepted so far has closed, from either side.
+    func waitUntilConnectionsClose() async {
+        for connection in connections.channels.withLockedValue({ $0 }) {
+            try? await connection.closeFuture.get()
+        }
+    }
+
     /// Sends a frame on every accepted connection.
     func sendToAll(_ frame: Frame) {
         var buffer = ByteBuffer()

@@ -102,21 +102,29 @@ struct BadInputTests {
     @Test(
         "a stream that ends inside a frame is logged and closed",
         arguments: [
-            // ENQUEUE announcing 100 bytes, 20 sent.
-            [0x01, 0x00, 0x64] + [UInt8](repeating: 9, count: 20),
-            // ENQUEUE over the payload limit, ending among the bytes being skipped.
-            [0x01, 0x0f, 0xa0] + [UInt8](repeating: 9, count: 100),
+            // ENQUEUE announcing 100 bytes, 20 sent: no answer.
+            ([0x01, 0x00, 0x64] + [UInt8](repeating: 9, count: 20), false),
+            // ENQUEUE over the payload limit, ending among the bytes being skipped: refused.
+            ([0x01, 0x0f, 0xa0] + [UInt8](repeating: 9, count: 100), true),
         ]
     )
-    func truncatedFrame(bytes: [UInt8]) async throws {
+    func truncatedFrame(bytes: [UInt8], isRefused: Bool) async throws {
         let worker = try await TestServer.start { $0.maximumPayloadLength = 1024 }
         try await withTimeout {
             try await RawConnection.with(worker.address) { connection in
                 try await connection.send(bytes)
                 connection.finishSending()
                 let frames = try await connection.readUntilClosed()
-                // The oversized task is refused as soon as its id is in; nothing comes for the short one.
-                #expect(frames.allSatisfy { $0.type == 0x02 && $0.afterTaskID == [0xff] })
+                // The oversized task is refused as soon as its id is in (one UPDATE NOT_FOUND for its id); nothing
+                // comes for the short one.
+                if isRefused {
+                    try #require(frames.count == 1, "\(frames)")
+                    #expect(frames[0].type == 0x02)
+                    #expect(frames[0].taskID == [UInt8](repeating: 9, count: 16))
+                    #expect(frames[0].afterTaskID == [TaskStatus.notFound.rawValue])
+                } else {
+                    #expect(frames.isEmpty, "\(frames)")
+                }
             }
             let warning = await worker.logs.first { $0.message.contains("protocol violation") }
             #expect(warning.message.contains("stream ended inside a frame"))
@@ -257,7 +265,13 @@ struct BadInputTests {
                 try await RawConnection.with(worker.address) { connection in
                     try await connection.send(input)
                     let frames = try await connection.readUntilClosed()
-                    #expect(frames.allSatisfy { [Self.serverHello, Self.errorType].contains($0.type) })
+                    // A client that said HELLO is told why (HELLO, then ERROR); one of the original protocol, which
+                    // has no ERROR frame, is closed without a byte.
+                    if input.starts(with: Self.hello) {
+                        #expect(frames.map(\.type) == [Self.serverHello, Self.errorType], "\(input)")
+                    } else {
+                        #expect(frames.isEmpty, "\(input): \(frames.map(\.type))")
+                    }
                 }
             }
             let violations = worker.logs.entries.filter { $0.message.contains("protocol violation") }

@@ -15,7 +15,10 @@ struct ConnectionScaleTests {
 
     @Test(
         "aiotaskd started with a low open-file limit raises it, then serves 10,000 connections open at once",
-        .enabled(if: (OpenFileLimit.current?.hard ?? 0) >= UInt64(connections + 1000))
+        .enabled(
+            if: (OpenFileLimit.current?.hard ?? 0) >= UInt64(connections + 1000),
+            "the hard open-file limit (ulimit -Hn) is below \(connections + 1000)"
+        )
     )
     func tenThousandConnections() async throws {
         // This process holds the client side of every connection.

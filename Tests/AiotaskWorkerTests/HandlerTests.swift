@@ -52,13 +52,16 @@ struct HandlerTests {
 
     @Test("sleep waits the given milliseconds, then echoes; a bad number is a handler error")
     func sleep() async throws {
-        let worker = try await TestServer.start(handler: .builtin("sleep"), workers: 1)
+        let worker = try await TestServer.start(handler: .builtin("sleep"), workers: 2)
         try await withTimeout {
             let client = try await worker.client()
-            let clock = ContinuousClock()
-            let start = clock.now
-            #expect(try await client.submit("150") == Array("150".utf8))
-            #expect(clock.now - start >= .milliseconds(150))
+            // Side by side, a short sleep answers while a long one still runs: each waits its own time.
+            let long = try await client.enqueue("60000")
+            _ = try await client.waitForInfo { $0.tasks.running == 1 }
+            #expect(try await client.submit("20") == Array("20".utf8))
+            #expect(try await long.status() == .processing)
+            long.cancel()
+            #expect(await long.failure()?.reason == .cancelled)
             let failure = try await #require(throws: TaskFailure.self) { try await client.submit("soon") }
             #expect(failure.reason == .handlerError)
             #expect(failure.message.contains("expected a whole number of milliseconds"))

@@ -133,12 +133,16 @@ struct PrefetchTests {
         try await withTimeout {
             let client = try await worker.client()
             let firstPID = try await client.workerPID()
-            let running = try await client.enqueue("sleep 2000")
+            // Long enough that the cancel's answer, if it is not held back, comes while this one still runs.
+            let running = try await client.enqueue("sleep \(2000 * testSlowdown)")
             _ = try await client.waitForInfo { $0.tasks.running == 1 }
             let behind = try await client.enqueue("echo never answered")
             _ = try await client.waitForInfo { $0.queue.length == 1 }
             behind.cancel()
             #expect(await behind.failure()?.reason == .cancelled)
+            // "At once": not after the running task. Answers come in order on the connection, so had the running
+            // task finished first, its result would be in and the server would no longer know it.
+            #expect(try await running.status() == .processing, "the cancel was answered after the running task")
             #expect(try await running.text().hasPrefix("slept"))
             try await worker.waitForFullPool()
             let outcome = (try await client.workerPID() == firstPID, try await client.serverInfo().workers.restarts)

@@ -2,7 +2,9 @@ import AiotaskClient
 import AiotaskProtocol
 import AiotaskTestSupport
 import Foundation
+import NIOConcurrencyHelpers
 import NIOCore
+import NIOPosix
 import Testing
 
 @testable import AiotaskWorker
@@ -70,22 +72,51 @@ struct ReconnectingClientTests {
     func givesUpAtTheRetryLimit() async throws {
         let directory = try makeTemporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        let limit = Duration.milliseconds(400)
         let client = ReconnectingClient(
             to: .unix(path: directory + "/aiotask.sock"),
-            configuration: .init(retryLimit: limit)
+            configuration: .init(retryLimit: .milliseconds(400))
         )
         try await withTimeout {
-            let start = ContinuousClock.now
             do {
                 _ = try await client.submit("never")
                 Issue.record("a task ran without a server")
             } catch let error as AiotaskClientError {
                 #expect(error.code == .connectFailed, "\(error)")
             }
-            // Several attempts, 50 ms apart and more: it kept trying until the limit came near.
-            #expect(ContinuousClock.now - start >= .milliseconds(150))
         }
+    }
+
+    @Test(
+        "connecting is tried again with a growing backoff until the retry limit, then the last attempt's error is thrown"
+    )
+    func retriesWithBackoff() async throws {
+        // A stand-in server that counts the connections it accepts, and closes each at once.
+        let accepts = NIOLockedValueBox(0)
+        let listener = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .childChannelInitializer { channel in
+                accepts.withLockedValue { $0 += 1 }
+                return channel.close()
+            }
+            .bind(host: "127.0.0.1", port: 0).get()
+        defer { listener.close(promise: nil) }
+        let port = try #require(listener.localAddress?.port)
+        // Attempts 50, 100, 200 and 400 ms apart: at 0, 50, 150, 350 and 750 ms; the next would start past the
+        // limit. A slow machine may lose the last ones; an attempt that was not tried again, or was tried without
+        // a wait, shows in the count.
+        let client = ReconnectingClient(
+            to: .tcp(host: "127.0.0.1", port: port),
+            configuration: .init(retryLimit: .milliseconds(1000))
+        )
+        try await withTimeout {
+            do {
+                _ = try await client.submit("never")
+                Issue.record("a task ran on a server that closes every connection")
+            } catch let error as AiotaskClientError {
+                #expect(error.code == .closedBeforeHandshake, "\(error)")
+            }
+        }
+        let attempts = accepts.withLockedValue { $0 }
+        #expect((3...5).contains(attempts), "connection attempts: \(attempts)")
     }
 
     @Test("concurrent tasks share one connection, made once; after close() every request fails at once")

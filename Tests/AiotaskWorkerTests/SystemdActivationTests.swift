@@ -13,7 +13,7 @@ import Testing
 /// aiotaskd started by the real `systemd-socket-activate`, serving the socket it was handed.
 @Suite(
     "Socket activation under systemd-socket-activate",
-    .enabled(if: systemdSocketActivateIsInstalled),
+    .enabled(if: systemdSocketActivateIsInstalled, "no \(systemdSocketActivate) (package systemd)"),
     .timeLimit(.minutes(1))
 )
 struct SystemdActivationTests {
@@ -24,6 +24,10 @@ struct SystemdActivationTests {
 
     @Test(
         "the daemon serves the passed socket under its --fdname, its pool does not hold it, a socket file stays",
+        .enabled(
+            if: access(SystemdActivationTests.ss, X_OK) == 0,
+            "no \(SystemdActivationTests.ss) (package iproute2)"
+        ),
         arguments: Transport.allCases
     )
     func servesThePassedSocket(_ transport: Transport) async throws {
@@ -83,10 +87,8 @@ struct SystemdActivationTests {
 
         // NIO listens again on the adopted socket with a backlog of its own; the daemon restores the activator's
         // before it says it is ready (it may serve a client before that).
-        if let activatorBacklog {
-            try await daemon.process.waitForStandardError(containing: "ready")
-            #expect(try await Self.listenBacklog(ssFilter) == activatorBacklog)
-        }
+        try await daemon.process.waitForStandardError(containing: "ready")
+        #expect(try await Self.listenBacklog(ssFilter) == activatorBacklog)
 
         #expect(try await daemon.stop() == .exited(0))
         if transport == .unix {
@@ -97,11 +99,12 @@ struct SystemdActivationTests {
         }
     }
 
-    /// The accept-queue limit of the one listening socket `ss` finds with `filter` (its Send-Q column), or nil
-    /// when `ss` is not installed.
-    private static func listenBacklog(_ filter: [String]) async throws -> Int? {
-        guard access("/usr/bin/ss", X_OK) == 0 else { return nil }
-        let ss = try SpawnedProcess.spawn("/usr/bin/ss", filter)
+    /// The `ss` program of iproute2, which shows a listening socket's backlog.
+    static let ss = "/usr/bin/ss"
+
+    /// The accept-queue limit of the one listening socket `ss` finds with `filter` (its Send-Q column).
+    private static func listenBacklog(_ filter: [String]) async throws -> Int {
+        let ss = try SpawnedProcess.spawn(Self.ss, filter)
         #expect(try await ss.wait() == .exited(0))
         let words = ss.standardOutput.split(whereSeparator: \.isWhitespace)
         let state = try #require(words.firstIndex(of: "LISTEN"), "ss \(filter): \(ss.standardOutput)")

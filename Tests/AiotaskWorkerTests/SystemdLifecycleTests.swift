@@ -15,7 +15,7 @@ import Testing
 /// SIGTERM drains and SIGHUP reloads of a socket-activated aiotaskd, seen from a client.
 @Suite(
     "Drain on SIGTERM and reload on SIGHUP",
-    .enabled(if: systemdSocketActivateIsInstalled),
+    .enabled(if: systemdSocketActivateIsInstalled, "no \(systemdSocketActivate) (package systemd)"),
     .timeLimit(.minutes(1))
 )
 struct SystemdLifecycleTests {

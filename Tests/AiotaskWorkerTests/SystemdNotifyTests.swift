@@ -12,7 +12,7 @@ import Testing
 /// What aiotaskd tells the service manager through `NOTIFY_SOCKET`, and when.
 @Suite(
     "sd_notify lifecycle and watchdog",
-    .enabled(if: systemdSocketActivateIsInstalled),
+    .enabled(if: systemdSocketActivateIsInstalled, "no \(systemdSocketActivate) (package systemd)"),
     .timeLimit(.minutes(1))
 )
 struct SystemdNotifyTests {

@@ -45,7 +45,7 @@ struct SystemdRefusedSocketTests {
 
     @Test(
         "a datagram socket from systemd-socket-activate --datagram: exit 78, a clear message, ERRNO= to systemd",
-        .enabled(if: systemdSocketActivateIsInstalled)
+        .enabled(if: systemdSocketActivateIsInstalled, "no \(systemdSocketActivate) (package systemd)")
     )
     func datagramSocket() async throws {
         let port = try SystemdTestKit.freePort(type: Int32(SOCK_DGRAM.rawValue))

@@ -147,18 +147,3 @@ func pseudoRandomBytes(count: Int) -> [UInt8] {
     }
     return Array(bytes.prefix(count))
 }
-
-/// Whether this machine can bind a socket to the IPv6 loopback address.
-let hasIPv6Loopback: Bool = {
-    let fd = socket(AF_INET6, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { return false }
-    defer { close(fd) }
-    var address = sockaddr_in6()
-    address.sin6_family = sa_family_t(AF_INET6)
-    address.sin6_addr = in6addr_loopback
-    return withUnsafePointer(to: &address) { pointer in
-        pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-            bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) == 0
-        }
-    }
-}()
