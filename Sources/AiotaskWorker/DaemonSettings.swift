@@ -205,6 +205,21 @@ public struct DaemonSettings: Sendable, Equatable {
         return configuration
     }
 
+    /// The names of the settings that `next` gives another value than these, but that a reload cannot apply
+    /// (``SettingDeclaration/reloadable``): the listening sockets stay open, and logging is set up once.
+    func changesNeedingRestart(to next: DaemonSettings) -> [String] {
+        Self.declarations.filter { declaration in
+            guard !declaration.reloadable else { return false }
+            // Each side with this one setting alone, so that they compare on it only.
+            var before = DaemonSettings()
+            var after = DaemonSettings()
+            declaration.override(&before, self)
+            declaration.override(&after, next)
+            return before != after
+        }
+        .map(\.name)
+    }
+
     /// The largest memory limit of a pool process, in MiB (1 PiB).
     static let largestWorkerRSS = 1 << 30
 }

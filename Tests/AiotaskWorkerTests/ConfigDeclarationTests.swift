@@ -1,6 +1,7 @@
 import AiotaskProtocol
 import ArgumentParser
 import Foundation
+import Logging
 import NIOCore
 import Testing
 
@@ -46,6 +47,24 @@ extension ConfigTests {
         #expect(unset.listenAddresses.isEmpty)
         #expect(unset.workers == System.coreCount)
         #expect(unset.prefetch == nil)
+    }
+
+    @Test("a reload names the changed settings it cannot apply: listen addresses and the log level")
+    func changesNeedingRestart() throws {
+        let started = try ConfigFile.parse("listen = unix:/a.sock\nworkers = 2\nlog-level = debug\n", path: Self.path)
+        #expect(started.changesNeedingRestart(to: started).isEmpty)
+        var next = started
+        next.workers = 3
+        next.maxPayload = 1024
+        next.handler = "sha256"
+        #expect(started.changesNeedingRestart(to: next).isEmpty)
+        next.logLevel = .info
+        #expect(started.changesNeedingRestart(to: next) == ["log-level"])
+        next.listen = ["unix:/b.sock"]
+        #expect(started.changesNeedingRestart(to: next) == ["listen", "log-level"])
+        next.listen = []
+        next.logLevel = nil
+        #expect(started.changesNeedingRestart(to: next) == ["listen", "log-level"])
     }
 
     @Test("--help lists every declared setting with its help and its default")
