@@ -1,5 +1,4 @@
 import AiotaskProtocol
-import Logging
 
 /// Reads the daemon's config file: `key = value` lines, `#` comments, keys named like the long options.
 public enum ConfigFile {
@@ -41,61 +40,22 @@ public enum ConfigFile {
         }
     }
 
+    /// Reads one line's value through the setting's declaration (``DaemonSettings/declarations``).
     private static func apply(
         _ key: String,
         _ value: String,
         to settings: inout DaemonSettings,
         location: String
     ) throws(ConfigurationError) {
-        func integer() throws(ConfigurationError) -> Int {
-            guard let number = Int(value) else {
-                throw ConfigurationError(setting: key, reason: "'\(value)' is not a whole number", location: location)
-            }
-            return number
-        }
-        func seconds() throws(ConfigurationError) -> Double {
-            guard let number = Double(value), number.isFinite else {
-                throw ConfigurationError(
-                    setting: key,
-                    reason: "'\(value)' is not a number of seconds",
-                    location: location
-                )
-            }
-            return number
-        }
-        switch key {
-        case "listen":
-            do {
-                _ = try ServerAddress(parsing: value)
-            } catch {
-                throw ConfigurationError(setting: key, reason: error.description, location: location)
-            }
-            settings.listen.append(value)
-        case "handler": settings.handler = value
-        case "workers": settings.workers = try integer()
-        case "queue-capacity": settings.queueCapacity = try integer()
-        case "max-queued-bytes": settings.maxQueuedBytes = try integer()
-        case "max-tasks-per-connection": settings.maxTasksPerConnection = try integer()
-        case "max-connections": settings.maxConnections = try integer()
-        case "idle-timeout": settings.idleTimeout = try seconds()
-        case "write-timeout": settings.writeTimeout = try seconds()
-        case "prefetch": settings.prefetch = try integer()
-        case "max-payload": settings.maxPayload = try integer()
-        case "task-timeout": settings.taskTimeout = try seconds()
-        case "kill-grace": settings.killGrace = try seconds()
-        case "max-tasks-per-worker": settings.maxTasksPerWorker = try integer()
-        case "max-tasks-jitter": settings.maxTasksJitter = try integer()
-        case "max-worker-rss": settings.maxWorkerRSS = try integer()
-        case "worker-shared-memory": settings.workerSharedMemory = try integer()
-        case "drain-timeout": settings.drainTimeout = try seconds()
-        case "log-level":
-            guard let level = Logger.Level(rawValue: value) else {
-                let levels = Logger.Level.allCases.map(\.rawValue).joined(separator: ", ")
-                throw ConfigurationError(setting: key, reason: "'\(value)' is not one of \(levels)", location: location)
-            }
-            settings.logLevel = level
-        default:
+        guard let declaration = DaemonSettings.declaration(named: key) else {
             throw ConfigurationError(setting: key, reason: "unknown setting", location: location)
+        }
+        do {
+            try declaration.read(value, &settings)
+        } catch {
+            var located = error
+            located.location = location
+            throw located
         }
     }
 }

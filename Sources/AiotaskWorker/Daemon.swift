@@ -129,6 +129,7 @@ public enum Daemon {
                 await reload(
                     server,
                     current: configuration,
+                    started: settings,
                     options: options,
                     resolveHandler: resolveHandler,
                     notifier: notifier,
@@ -162,10 +163,12 @@ public enum Daemon {
     }
 
     /// Re-reads the settings and rolls the server over to them; a bad new configuration is rejected and the
-    /// running one kept. Returns the configuration now in force, or nil if it did not change.
+    /// running one kept, and a change to a setting a reload cannot apply (`started` holds the settings read at
+    /// start) is logged. Returns the configuration now in force, or nil if it did not change.
     private static func reload(
         _ server: AiotaskServer,
         current: WorkerConfiguration,
+        started: DaemonSettings,
         options: DaemonOptions,
         resolveHandler: (DaemonSettings) throws(ConfigurationError) -> ProcessCommand,
         notifier: Notifier,
@@ -177,8 +180,8 @@ public enum Daemon {
         do {
             let settings = try readSettings(options)
             next = try settings.configuration(handler: try resolveHandler(settings))
-            if !settings.listen.isEmpty && next.listenAddresses != current.listenAddresses {
-                logger.warning("listen addresses cannot change on reload; restart the service to apply them")
+            for name in started.changesNeedingRestart(to: settings) {
+                logger.warning("\(name) cannot change on reload; restart the service to apply it")
             }
         } catch {
             logger.error("reload rejected, keeping the running configuration: \(error)")

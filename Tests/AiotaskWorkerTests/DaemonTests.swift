@@ -179,6 +179,26 @@ struct DaemonTests {
         #expect(daemon.standardError.contains("cannot read /nonexistent/aiotaskd.conf"))
     }
     @Test(
+        "a reload that changes the log level, which only a restart applies, logs a warning naming it and applies the rest"
+    )
+    func reloadWarnsOfSettingsNeedingRestart() async throws {
+        let daemon = try await RunningDaemon.start(config: "workers = 1\nlog-level = info\nlisten = unix:{SOCKET}\n")
+        try await daemon.stopAfter {
+            try daemon.writeConfig("workers = 2\nlog-level = debug\nlisten = unix:{SOCKET}\n")
+            try await daemon.reload(count: 1)
+            let log = daemon.process.standardError
+            #expect(log.contains("log-level cannot change on reload; restart the service to apply it"), "\(log)")
+            #expect(!log.contains("listen cannot change"), "\(log)")
+            try await withTimeout(.seconds(30)) {
+                let client = try await AiotaskClient.connect(to: .unix(path: daemon.socket))
+                let info = try await client.waitForInfo { $0.workers.configured == 2 }
+                #expect(info.workers.configured == 2)
+                try await client.close()
+            }
+        }
+    }
+
+    @Test(
         "after a reload lowers max-payload, a larger task on a connection opened before fails payloadTooLarge; the pool stays whole, and a task queued before the reload still gets its result"
     )
     func reloadLowersPayloadLimit() async throws {
