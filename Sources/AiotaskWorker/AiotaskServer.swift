@@ -205,18 +205,42 @@ public final class AiotaskServer: Sendable {
     }
 }
 
-/// Why a server could not start.
-public enum ServerError: Error, CustomStringConvertible {
+/// Why a server could not start: a code to switch on, and for a socket that could not be listened on, which
+/// address and why (``listenError``).
+public struct ServerError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// What kind of problem this is.
+    public struct Code: Hashable, Sendable {
+        private enum Base: Hashable, Sendable {
+            case nothingToListenOn, cannotListen
+        }
+
+        private let base: Base
+
+        private init(_ base: Base) {
+            self.base = base
+        }
+
+        /// The configuration names no address and no socket was passed in.
+        public static let nothingToListenOn = Code(.nothingToListenOn)
+        /// Binding or adopting a socket failed.
+        public static let cannotListen = Code(.cannotListen)
+    }
+
+    public var code: Code
+    /// For ``Code/cannotListen``: the address, the errno and the reason.
+    public var listenError: ListenError?
+
     /// The configuration names no address and no socket was passed in.
-    case nothingToListenOn
+    public static let nothingToListenOn = ServerError(code: .nothingToListenOn, listenError: nil)
+
     /// Binding or adopting a socket failed: which address, and why.
-    case cannotListen(ListenError)
+    public static func cannotListen(_ error: ListenError) -> ServerError {
+        ServerError(code: .cannotListen, listenError: error)
+    }
 
     public var description: String {
-        switch self {
-        case .nothingToListenOn: "no address to listen on: give --listen ADDRESS, or pass sockets"
-        case .cannotListen(let error): error.description
-        }
+        if let listenError { return listenError.description }
+        return "no address to listen on: give --listen ADDRESS, or pass sockets"
     }
 }
 

@@ -107,7 +107,7 @@ public enum Daemon {
             // A socket that cannot be bound says which address and why; anything else is prefixed.
             let message = error is ServerError ? "\(error)" : "cannot start: \(error)"
             var code = EADDRNOTAVAIL
-            if case .cannotListen(let listenError) = error as? ServerError, let errno = listenError.code {
+            if let errno = (error as? ServerError)?.listenError?.code {
                 code = errno
             }
             logger.critical("\(message)")

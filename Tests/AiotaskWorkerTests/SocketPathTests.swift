@@ -2,6 +2,8 @@ import AiotaskTestSupport
 import Foundation
 import Testing
 
+@testable import AiotaskWorker
+
 #if canImport(Glibc)
     import Glibc
 #elseif canImport(Musl)
@@ -83,4 +85,36 @@ func bindAndAbandonUnixSocket(at path: String) throws {
         }
     }
     guard bound == 0, listen(descriptor, 1) == 0 else { throw POSIXError(.init(rawValue: errno) ?? .EIO) }
+}
+
+/// What an application embedding the server can switch on when it cannot start.
+@Suite("Start-up errors of an embedded server")
+struct ServerErrorTests {
+    @Test("a server that cannot listen throws a ServerError whose code is cannotListen, with the address and errno")
+    func cannotListen() async throws {
+        let worker = try await TestServer.start(workers: 1)
+        do {
+            let configuration = WorkerConfiguration(listenAddresses: [worker.address], handler: .builtin("echo"))
+            _ = try await AiotaskServer.start(configuration: configuration, logger: worker.logs.logger)
+            Issue.record("a second server took the path of a live one")
+        } catch let error as ServerError {
+            #expect(error.code == .cannotListen)
+            #expect(error.listenError?.address == "\(worker.address)")
+            #expect(error.listenError?.code == EADDRINUSE)
+            #expect(error.description == "cannot listen on \(worker.address): another process is listening there")
+        }
+        try await worker.stop()
+    }
+
+    @Test("a server given nothing to listen on throws a ServerError whose code is nothingToListenOn")
+    func nothingToListenOn() async throws {
+        let configuration = WorkerConfiguration(handler: .builtin("echo"))
+        do {
+            _ = try await AiotaskServer.start(configuration: configuration, logger: LogCapture().logger)
+            Issue.record("a server started with nothing to listen on")
+        } catch let error as ServerError {
+            #expect(error.code == .nothingToListenOn)
+            #expect(error.listenError == nil)
+        }
+    }
 }
