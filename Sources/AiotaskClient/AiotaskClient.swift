@@ -16,7 +16,7 @@ import NIOPosix
 /// ``AiotaskClientError``, and ends every pending request with it.
 ///
 /// Cancelling the Swift task that awaits ``submit(_:timeout:)-(ByteBuffer,_)`` or ``TaskHandle/result()`` sends
-/// `CANCEL` for the task and ends the wait at once with a ``TaskFailure`` of reason ``FailureReason/cancelled``
+/// `CANCEL` for the task and ends the wait at once with a ``TaskFailure`` of reason `FailureReason.cancelled`
 /// (not a `CancellationError`), the same error a cancellation through ``TaskHandle/cancel()`` produces.
 ///
 /// A connection ends with the server (a restart, a reload of the package); ``ReconnectingClient`` connects again
@@ -39,7 +39,7 @@ public final class AiotaskClient: TaskSubmitter {
     /// ``WireProtocol/automatic``, which chose one of them).
     public let wireProtocol: WireProtocol
     /// The largest result this client accepts, in bytes; a larger one fails its task with
-    /// ``FailureReason/payloadTooLarge``.
+    /// `FailureReason.payloadTooLarge`.
     public let maximumResultLength: Int
 
     private let channel: any Channel
@@ -265,9 +265,9 @@ public final class AiotaskClient: TaskSubmitter {
     /// - Parameters:
     ///   - payload: The task bytes, handed to the server's handler as they are.
     ///   - timeout: How long the task may run before the server kills it; nil for the server's default.
-    /// - Throws: ``TaskFailure`` when the task ends without a result (including ``FailureReason/payloadTooLarge``
+    /// - Throws: ``TaskFailure`` when the task ends without a result (including `FailureReason.payloadTooLarge`
     ///   at once, without sending, when `payload` exceeds ``serverMaximumPayloadLength``, and
-    ///   ``FailureReason/cancelled`` when the awaiting Swift task is cancelled); ``AiotaskClientError`` when the
+    ///   `FailureReason.cancelled` when the awaiting Swift task is cancelled); ``AiotaskClientError`` when the
     ///   connection fails, or with ``AiotaskClientError/Code/legacyProtocol`` for a `timeout` in the legacy
     ///   protocol.
     public func submit(_ payload: ByteBuffer, timeout: Duration? = nil) async throws -> ByteBuffer {
@@ -298,7 +298,7 @@ public final class AiotaskClient: TaskSubmitter {
 
     /// Sends a task and returns at once with a handle to await its result, ask its status, or cancel it.
     ///
-    /// - Throws: ``TaskFailure`` with ``FailureReason/payloadTooLarge`` when `payload` exceeds
+    /// - Throws: ``TaskFailure`` with `FailureReason.payloadTooLarge` when `payload` exceeds
     ///   ``serverMaximumPayloadLength`` (nothing is sent). Connection problems surface from the handle.
     public func enqueue(_ payload: ByteBuffer, timeout: Duration? = nil) async throws -> TaskHandle {
         let id = TaskID.random()
@@ -376,7 +376,7 @@ public final class AiotaskClient: TaskSubmitter {
         }
     }
 
-    /// The server's live statistics as the UTF-8 JSON object it sent (snake_case keys, see ``ServerInfo``).
+    /// The server's live statistics as the UTF-8 JSON object it sent (snake_case keys, see `ServerInfo`).
     ///
     /// - Throws: ``AiotaskClientError``, with ``AiotaskClientError/Code/legacyProtocol`` in the legacy protocol,
     ///   which has no `INFO`.

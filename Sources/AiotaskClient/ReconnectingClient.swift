@@ -14,7 +14,7 @@ import Synchronization
 /// It holds one ``AiotaskClient`` connection at a time, made on first use and made again when the server says
 /// `GOODBYE` (it is stopping) or the connection ends. A task the server never started is submitted again, on a
 /// new connection if need be, until ``Configuration/retryLimit`` has passed since it was submitted:
-/// - one the server refused or dropped with ``FailureReason/shuttingDown`` (it was stopping);
+/// - one the server refused or dropped with `FailureReason.shuttingDown` (it was stopping);
 /// - one that could not be sent because the connection had ended or the server had said `GOODBYE`;
 /// - one waiting for a connection: connecting is retried, with a backoff of 50 ms doubling up to 1 s.
 ///
@@ -29,7 +29,7 @@ public final class ReconnectingClient: TaskSubmitter {
         /// How long one connection attempt, handshake included, may take.
         public var connectTimeout: Duration
         /// How long a task may wait for a server that takes it, from its submission: past it, the task fails with
-        /// the last error met (a ``TaskFailure`` of reason ``FailureReason/shuttingDown`` or an
+        /// the last error met (a ``TaskFailure`` of reason `FailureReason.shuttingDown` or an
         /// ``AiotaskClientError`` of connecting).
         public var retryLimit: Duration
         /// The largest result to accept, announced to the server as by ``AiotaskClient``; between 0 and 4 GiB − 1.

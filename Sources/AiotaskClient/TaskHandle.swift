@@ -20,7 +20,7 @@ public struct TaskHandle: Sendable {
     /// Waits for the task's result.
     ///
     /// Cancelling the awaiting Swift task cancels the task: the client sends `CANCEL`, and this call (and every
-    /// other wait for the same result) throws a ``TaskFailure`` of reason ``FailureReason/cancelled`` at once.
+    /// other wait for the same result) throws a ``TaskFailure`` of reason `FailureReason.cancelled` at once.
     ///
     /// - Throws: ``TaskFailure`` when the task ends without a result; ``AiotaskClientError`` when the connection
     ///   fails.
@@ -28,8 +28,8 @@ public struct TaskHandle: Sendable {
         try await client.awaitResult(of: id, future)
     }
 
-    /// Asks the server where the task is: ``TaskStatus/inQueue``, ``TaskStatus/processing``, or, once it has
-    /// ended, ``TaskStatus/done``, ``TaskStatus/failed`` or ``TaskStatus/notFound``.
+    /// Asks the server where the task is: `TaskStatus.inQueue`, `TaskStatus.processing`, or, once it has
+    /// ended, `TaskStatus.done`, `TaskStatus.failed` or `TaskStatus.notFound`.
     ///
     /// - Throws: ``AiotaskClientError`` when the connection fails.
     public func status() async throws -> TaskStatus {
@@ -37,7 +37,7 @@ public struct TaskHandle: Sendable {
     }
 
     /// Asks the server to cancel the task. Unless it finished first, the server then fails it with reason
-    /// ``FailureReason/cancelled``, which ``result()`` throws. Does nothing once the result has arrived.
+    /// `FailureReason.cancelled`, which ``result()`` throws. Does nothing once the result has arrived.
     ///
     /// In the legacy protocol, which has no `CANCEL`, the server carries on with the task: ``result()`` throws
     /// ``AiotaskClientError`` with code ``AiotaskClientError/Code/legacyProtocol`` at once, and the result is

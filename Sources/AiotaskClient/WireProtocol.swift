@@ -10,7 +10,7 @@ public enum WireProtocol: Hashable, Sendable {
     case extended
     /// Only the frames of aiotask 0.0.2: `ENQUEUE` and `STATUS` out, `DONE` and `UPDATE` back. Works with any
     /// aiotask server. A task fails only when the server answers `NOT_FOUND` for it (as `aiotaskd` does, without
-    /// a reason; an original server never does), with ``FailureReason/unknown``; tasks are limited to
+    /// a reason; an original server never does), with `FailureReason.unknown`; tasks are limited to
     /// ``AiotaskClient/legacyMaximumPayloadLength`` bytes; per-task timeouts, ``TaskHandle/cancel()`` and server
     /// statistics throw ``AiotaskClientError/Code/legacyProtocol``.
     case legacy

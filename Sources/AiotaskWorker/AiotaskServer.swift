@@ -47,7 +47,12 @@ public final class AiotaskServer: Sendable {
 
     /// Starts the pool, waits until its processes are up, then starts listening.
     ///
-    /// - Parameter eventLoop: the loop everything runs on; by default one of NIO's shared loops.
+    /// - Parameters:
+    ///   - configuration: the addresses to listen on, the handler the pool runs, and the limits.
+    ///   - logger: where the server and its pool log.
+    ///   - eventLoop: the loop everything runs on; by default one of NIO's shared loops.
+    /// - Throws: ``ServerError`` when there is nothing to listen on or an address cannot be listened on; the
+    ///   error of the pool when its processes cannot start.
     public static func start(
         configuration: WorkerConfiguration,
         logger: Logger,

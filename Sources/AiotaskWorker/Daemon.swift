@@ -63,8 +63,10 @@ public enum Daemon {
 
     /// Runs the worker until SIGTERM or SIGINT, then drains and exits 0.
     ///
-    /// - Parameter resolveHandler: turns the settings' `handler` into the command the pool runs; called again
-    ///   on every reload.
+    /// - Parameters:
+    ///   - options: the command line, which overrides the file its `--config` names, if any (``readSettings(_:)``).
+    ///   - resolveHandler: turns the settings' `handler` into the command the pool runs; called again on every
+    ///     reload.
     public static func run(
         options: DaemonOptions,
         resolveHandler: @escaping @Sendable (DaemonSettings) throws(ConfigurationError) -> ProcessCommand

@@ -3,7 +3,7 @@ import Logging
 
 /// The daemon's command-line options, shared by `aiotaskd` and every executable built on ``Daemon``.
 ///
-/// Each option is a setting declared in ``DaemonSettings/declarations``, which gives its name, its value's
+/// Each option is a setting declared in `DaemonSettings.declarations`, which gives its name, its value's
 /// name and its help with the default; ArgumentParser needs a stored property for each, so here they are
 /// listed once more, one line each, and `ConfigTests` checks that every declared setting has one that reaches
 /// ``settings``.

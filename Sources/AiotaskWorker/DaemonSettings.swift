@@ -6,7 +6,7 @@ import Logging
 /// The config file uses the long option names as keys, one `key = value` per line, `#` for comments;
 /// `listen` may be repeated. The command line overrides the file (its `--listen`s replace the file's).
 ///
-/// Each setting is declared once, in ``declarations``: its name, its value's kind and range, its default, its
+/// Each setting is declared once, in `declarations`: its name, its value's kind and range, its default, its
 /// help and whether a reload applies it. That declaration drives the config file (``ConfigFile``), the
 /// command line (``DaemonOptions``), merging (``overridden(by:)``), checking and converting
 /// (``configuration(handler:)``) and `--help`; tests hold the README table, `packaging/aiotaskd.conf` and

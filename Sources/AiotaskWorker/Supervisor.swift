@@ -591,7 +591,7 @@ struct ThroughputMeter {
     }
 }
 
-/// The version of aiotask this library belongs to: ``AiotaskProtocol/AiotaskVersion``, named here too for the
+/// The version of aiotask this library belongs to: `AiotaskProtocol.AiotaskVersion`, named here too for the
 /// programs that wrote `AiotaskVersion.current` importing only `AiotaskWorker` (with `MemberImportVisibility`
 /// they import `AiotaskProtocol` as well).
 public typealias AiotaskVersion = AiotaskProtocol.AiotaskVersion

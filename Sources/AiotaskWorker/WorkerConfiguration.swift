@@ -28,9 +28,9 @@ public struct WorkerConfiguration: Sendable {
     public var writeTimeout: Duration?
     /// Tasks sent ahead to a busy process, behind the one it runs, so it never waits a round trip for its next
     /// task; their timeouts start when they start. nil (the default) is automatic: up to
-    /// ``PoolSlot/automaticPrefetch`` for a Swift handler of this library, whose processes claim each task as
+    /// 32 (`PoolSlot.automaticPrefetch`) for a Swift handler of this library, whose processes claim each task as
     /// they start it, so tasks not started yet are withdrawn to run elsewhere as soon as another process is
-    /// idle (see ``TaskClaims``); none for an external handler program. To an external program, a task sent
+    /// idle (see `TaskClaims`); none for an external handler program. To an external program, a task sent
     /// ahead is committed: if the process dies first, the task runs elsewhere; if the task is cancelled, the
     /// process is stopped as it starts it. 0 sends a task only to an idle process. No task is sent ahead to a
     /// process whose task has run for over a millisecond.
