@@ -22,8 +22,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
-        // Only `swift package generate-documentation` (scripts/build-docs) uses it: a command plugin is built when
-        // it is run, never by `swift build`.
+        // Only `swift package generate-documentation` (scripts/build-docs) uses it. `swift build` compiles just the
+        // plugin's two small scripts; its tools (SymbolKit, snippet-extract) are built when the plugin runs.
         .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"),
     ],
     targets: [
