@@ -1,7 +1,8 @@
 # Helpers shared by packaging/e2e-test.sh and the phases in packaging/e2e/phases/ (sourced, not run).
 #
 # A phase calls `phase "TITLE"` first, then `check "WHAT" COMMAND...` for each check; COMMAND is a command or
-# a function of this file or of the phase, never a `sh -c` string. `return 1` from a phase stops its suite.
+# a function of this file or of the phase, never a `sh -c` string. `stop_suite; return` ends the phase and
+# skips the suite's later phases (when what follows cannot run); a failed check alone does not.
 # Commands inside the container run through `in_ct`; JSON is read with jq.
 
 # ---------------------------------------------------------------------------------------------------
@@ -48,6 +49,10 @@ wait_until() {
         sleep 0.2
     done
 }
+
+SUITE_STOPPED=0
+# stop_suite: the phase cannot go on, nor can the phases after it; the phase then returns.
+stop_suite() { SUITE_STOPPED=1; }
 
 # ---------------------------------------------------------------------------------------------------
 # The container

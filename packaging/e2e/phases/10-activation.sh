@@ -30,7 +30,8 @@ outsider_is_refused() { ! in_ct setpriv --reuid=nobody --regid=nogroup --clear-g
 
 if ! check "aiotask submit hello -> hello (starts the service)" submit_is hello hello; then
     journal_tail
-    return 1
+    stop_suite
+    return
 fi
 check "aiotask submit from stdin" [ "$(sh_ct 'printf "from stdin" | aiotask submit')" = "from stdin" ]
 check "aiotask.service is active (running) after READY=1" \

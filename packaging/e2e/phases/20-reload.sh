@@ -4,7 +4,7 @@ phase "reload under load (no task lost)"
 
 local bench loop reloads resized loaded before after
 
-ensure_running || { fail "aiotask.service does not start"; journal_tail; return 1; }
+ensure_running || { fail "aiotask.service does not start"; journal_tail; stop_suite; return; }
 set_config workers 2
 check "systemctl reload aiotask (workers = 2)" reload_and_wait
 in_ct aiotask bench --tasks 20000 --concurrency 64 --connections 4 --size 256 --json \

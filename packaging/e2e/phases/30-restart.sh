@@ -14,7 +14,7 @@ restart_client() {
             n=$((n + 1)); done; echo "$n $failed" >/root/restart.count.$client' sh "$1"
 }
 
-ensure_running || { fail "aiotask.service does not start"; journal_tail; return 1; }
+ensure_running || { fail "aiotask.service does not start"; journal_tail; stop_suite; return; }
 rm -f "$ROOTDIR"/root/restart.*
 for client in 1 2 3; do
     restart_client "$client" &

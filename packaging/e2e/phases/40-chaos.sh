@@ -17,7 +17,7 @@ journal_has_crash() {
     in_ct journalctl -u aiotask --no-pager -q MESSAGE_ID=252003be70ec440dbb6da5207eaeba66 | grep -q 'worker crashed'
 }
 
-ensure_running || { fail "aiotask.service does not start"; journal_tail; return 1; }
+ensure_running || { fail "aiotask.service does not start"; journal_tail; stop_suite; return; }
 set_config handler chaos
 set_config workers 2
 check "handler = chaos, workers = 2, systemctl reload aiotask" reload_and_wait
@@ -27,7 +27,7 @@ check "a failing task exits 1 with 'handler error: boom'" failed_with_boom "$rc"
 check "journalctl -u aiotask REASON='handler error' shows the failure with TASK_ID=" journal_entry_has_task_id
 check "journalctl -p warning has the failure" warning_has_boom
 
-main=$(main_pid) || { fail "aiotask.service has no main process"; journal_tail; return 1; }
+main=$(main_pid) || { fail "aiotask.service has no main process"; journal_tail; stop_suite; return; }
 in_ct aiotask submit "sleep 3000" >"$WORKDIR/crash.log" 2>&1 &
 crash=$!
 BACKGROUND+=("$crash")

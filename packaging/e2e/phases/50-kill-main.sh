@@ -4,8 +4,8 @@ phase "kill -9 of the main process"
 
 local restarts pool
 
-ensure_config handler chaos || { fail "cannot run the service with handler = chaos"; journal_tail; return 1; }
-main=$(main_pid) || { fail "aiotask.service has no main process"; journal_tail; return 1; }
+ensure_config handler chaos || { fail "cannot run the service with handler = chaos"; journal_tail; stop_suite; return; }
+main=$(main_pid) || { fail "aiotask.service has no main process"; journal_tail; stop_suite; return; }
 restarts=$(service_prop NRestarts)
 # The pool's own processes, recorded before the kill: once their parent is gone they have a new one, so only
 # their pids tell whether they survived it.

@@ -9,13 +9,13 @@ local escaped
 leads_its_session() { [ "$(in_ct ps -o sid= -p "$1" | tr -d ' ')" = "$1" ]; }
 killed_and_logged() { is_gone "$1" && journal_has "killed process $1 "; }
 
-ensure_config handler chaos || { fail "cannot run the service with handler = chaos"; journal_tail; return 1; }
+ensure_config handler chaos || { fail "cannot run the service with handler = chaos"; journal_tail; stop_suite; return; }
 escaped=$(in_ct aiotask submit escape)
 check "chaos escape started a process in a session of its own ($escaped)" leads_its_session "$escaped"
 in_ct systemctl restart aiotask.service
 check "systemctl restart: aiotaskd killed it and logged it" wait_until 10 killed_and_logged "$escaped"
 in_ct systemctl reset-failed aiotask.service
-main=$(main_pid) || { fail "aiotask.service has no main process"; journal_tail; return 1; }
+main=$(main_pid) || { fail "aiotask.service has no main process"; journal_tail; stop_suite; return; }
 escaped=$(in_ct aiotask submit escape)
 in_ct kill -9 "$main"
 check "after kill -9 of the main process it is gone too (KillMode=mixed)" wait_until 30 is_gone "$escaped"

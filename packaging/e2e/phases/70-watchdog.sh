@@ -8,14 +8,14 @@ local restarts
 runs_with_short_watchdog() { service_prop_is WatchdogUSec 2s && in_ct systemctl is-active -q aiotask; }
 journal_names_watchdog() { in_ct journalctl -u aiotask --no-pager -q | grep -qi 'watchdog timeout'; }
 
-ensure_config handler chaos || { fail "cannot run the service with handler = chaos"; journal_tail; return 1; }
+ensure_config handler chaos || { fail "cannot run the service with handler = chaos"; journal_tail; stop_suite; return; }
 in_ct systemctl reset-failed aiotask.service
 sh_ct 'mkdir -p /run/systemd/system/aiotask.service.d &&
     printf "[Service]\nWatchdogSec=2\n" >/run/systemd/system/aiotask.service.d/watchdog.conf'
 in_ct systemctl daemon-reload
 in_ct systemctl restart aiotask
 check "the service runs with WatchdogSec=2" wait_until 20 runs_with_short_watchdog
-main=$(main_pid) || { fail "aiotask.service has no main process"; journal_tail; return 1; }
+main=$(main_pid) || { fail "aiotask.service has no main process"; journal_tail; stop_suite; return; }
 restarts=$(service_prop NRestarts)
 t0=$(now)
 in_ct kill -STOP "$main"

@@ -8,7 +8,7 @@ drained_task_finished() { [ "$1" -eq 0 ] && grep -q 'slept 2000' "$WORKDIR/drain
 # Only what this stop logged: earlier restarts drained too.
 stop_drained_one() { [ -n "$1" ] && journal_has 'draining 1 tasks in flight' --after-cursor="$1"; }
 
-ensure_config handler chaos || { fail "cannot run the service with handler = chaos"; journal_tail; return 1; }
+ensure_config handler chaos || { fail "cannot run the service with handler = chaos"; journal_tail; stop_suite; return; }
 in_ct aiotask submit "sleep 2000" >"$WORKDIR/drain.log" 2>&1 &
 drain=$!
 BACKGROUND+=("$drain")

@@ -13,9 +13,9 @@ upgrade_client() {
 }
 all_served() { [ "${during:-0}" -gt 0 ] && [ "${failed_during:-1}" -eq 0 ]; }
 
-ensure_config handler chaos || { fail "cannot run the service with handler = chaos"; journal_tail; return 1; }
+ensure_config handler chaos || { fail "cannot run the service with handler = chaos"; journal_tail; stop_suite; return; }
 socket_since=$(service_prop ActiveEnterTimestampMonotonic aiotask.socket)
-main_before=$(main_pid) || { fail "aiotask.service has no main process"; journal_tail; return 1; }
+main_before=$(main_pid) || { fail "aiotask.service has no main process"; journal_tail; stop_suite; return; }
 upgrade_client &
 clients=$!
 BACKGROUND+=("$clients")
