@@ -45,6 +45,16 @@ let package = Package(
             swiftSettings: upcomingFeatures
         ),
         .target(name: "CAiotaskShims"),
+        // The one way aiotask starts a child process (pool processes, and the tests' programs): its own process
+        // group, chosen descriptors only, its exit watched through a pidfd instead of a thread per child.
+        .target(
+            name: "AiotaskChildProcess",
+            dependencies: [
+                "CAiotaskShims",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ],
+            swiftSettings: upcomingFeatures
+        ),
         .systemLibrary(
             name: "CSystemd",
             pkgConfig: "libsystemd",
@@ -62,6 +72,7 @@ let package = Package(
             name: "AiotaskWorker",
             dependencies: [
                 "AiotaskProtocol",
+                "AiotaskChildProcess",
                 "CAiotaskShims",
                 "Systemd",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -101,7 +112,11 @@ let package = Package(
         ),
         .target(
             name: "AiotaskTestSupport",
-            dependencies: [.product(name: "NIOConcurrencyHelpers", package: "swift-nio")],
+            dependencies: [
+                "AiotaskChildProcess",
+                "CAiotaskShims",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ],
             path: "Tests/AiotaskTestSupport",
             swiftSettings: upcomingFeatures
         ),
@@ -136,6 +151,7 @@ let package = Package(
             name: "AiotaskWorkerTests",
             dependencies: [
                 "AiotaskWorker",
+                "AiotaskChildProcess",
                 "AiotaskClient",
                 "AiotaskTestSupport",
                 .product(name: "Logging", package: "swift-log"),

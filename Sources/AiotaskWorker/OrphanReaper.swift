@@ -1,3 +1,4 @@
+import AiotaskChildProcess
 import CAiotaskShims
 import Dispatch
 import Logging
@@ -35,8 +36,10 @@ final class OrphanReaper: Sendable {
         case all
     }
 
-    /// Live pool processes: started and not reaped yet. Each is added under this lock together with its start,
-    /// and a sweep decides under it, so a pool process is never taken for an orphan, however new.
+    /// Live pool processes: started and not reaped yet. Each is added under this lock together with its start and
+    /// taken off under it together with its reaping (``ChildProcess/watchPoolProcessExit(slot:_:)``), and a sweep
+    /// decides under it, so a pool process is never taken for an orphan, however new, its status is never reaped
+    /// here before its owner sees it, and a new pool process that gets the pid of one just reaped stays in the set.
     static let poolProcesses = NIOLockedValueBox<Set<pid_t>>([])
 
     /// The daemon's reaper, once ``start(logger:)`` made it one.

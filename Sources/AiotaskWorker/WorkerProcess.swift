@@ -1,3 +1,4 @@
+import AiotaskChildProcess
 import AiotaskProtocol
 import Logging
 import NIOCore
@@ -19,6 +20,11 @@ protocol WorkerProcessDelegate: AnyObject {
 final class WorkerProcess {
     let child: ChildProcess
     var pid: Int32 { child.pid }
+    /// The supervisor's ends of the process's standard streams, until ``attach(maximumReplyLength:logger:)``
+    /// hands them to the loop.
+    private let pipes: PoolProcessPipes
+    /// The pool slot it serves (`AIOTASK_WORKER_INDEX`), which the processes it leaves behind carry too.
+    private let slot: Int
     weak var delegate: (any WorkerProcessDelegate)?
     private(set) var link: (any Channel)?
     /// Set once the process is reaped: from then on its pid may name another process, so it is never signalled.
@@ -63,8 +69,17 @@ final class WorkerProcess {
     /// When the process was started.
     let startedAt = NIODeadline.now()
 
-    private init(child: ChildProcess, claims: TaskClaims?, arena: SharedPayloadArena?, loop: any EventLoop) {
+    private init(
+        child: ChildProcess,
+        pipes: PoolProcessPipes,
+        slot: Int,
+        claims: TaskClaims?,
+        arena: SharedPayloadArena?,
+        loop: any EventLoop
+    ) {
         self.child = child
+        self.pipes = pipes
+        self.slot = slot
         self.claims = claims
         self.arena = arena
         self.arenaSpace = SharedPayloadSpace(capacity: arena?.capacity ?? 0)
@@ -96,12 +111,19 @@ final class WorkerProcess {
             sharedPayloadBytes > 0
             ? claims.flatMap { SharedPayloadArena.create(on: $0.descriptor, capacity: sharedPayloadBytes) } : nil
         if let arena { environment[SharedPayloadArena.capacityKey] = String(arena.capacity) }
-        let child = try ChildProcess.spawn(
+        let (child, pipes) = try ChildProcess.spawnPoolProcess(
             command,
             extraEnvironment: environment,
             claimsDescriptor: claims?.descriptor
         )
-        return WorkerProcess(child: child, claims: claims?.claims, arena: arena, loop: loop)
+        return WorkerProcess(
+            child: child,
+            pipes: pipes,
+            slot: slot,
+            claims: claims?.claims,
+            arena: arena,
+            loop: loop
+        )
     }
 
     /// Whether tasks sent to the process can be withdrawn until it starts them: it announced that it claims them.
@@ -147,6 +169,7 @@ final class WorkerProcess {
     /// Wires the process's link, stderr and exit to the loop; events then reach the delegate.
     func attach(maximumReplyLength: Int, logger: Logger) {
         let child = self.child
+        let pipes = self.pipes
         let loop = self.loop
         let bound = NIOLoopBound(self, eventLoop: loop)
 
@@ -168,7 +191,7 @@ final class WorkerProcess {
                     )
                 }
             }
-            .takingOwnershipOfDescriptors(input: child.stdoutReader, output: child.stdinWriter)
+            .takingOwnershipOfDescriptors(input: pipes.stdoutReader, output: pipes.stdinWriter)
             .assumeIsolated()
             .whenComplete { result in
                 let process = bound.value
@@ -195,12 +218,13 @@ final class WorkerProcess {
                     try channel.pipeline.syncOperations.addHandler(StderrLogHandler(logger: processLogger))
                 }
             }
-            .takingOwnershipOfDescriptor(input: child.stderrReader)
+            .takingOwnershipOfDescriptor(input: pipes.stderrReader)
             .whenFailure { error in
                 processLogger.warning("cannot capture the stderr of worker process \(child.pid): \(error)")
             }
 
-        child.watchExit { status in
+        // Noticed without a thread of its own, and handed to the loop.
+        child.watchPoolProcessExit(slot: String(slot)) { status in
             loop.execute {
                 bound.value.exited(status)
             }

@@ -11,8 +11,8 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 
-pid_t aiotask_spawn(const char *path, char *const argv[], char *const envp[],
-                    int stdin_fd, int stdout_fd, int stderr_fd, int extra_fd) {
+pid_t aiotask_spawn(const char *path, char *const argv[], char *const envp[], const int fds[], int fd_count,
+                    bool search_path) {
     posix_spawn_file_actions_t actions;
     posix_spawnattr_t attributes;
     sigset_t all_signals, no_signals;
@@ -26,22 +26,32 @@ pid_t aiotask_spawn(const char *path, char *const argv[], char *const envp[],
     }
     sigfillset(&all_signals);
     sigemptyset(&no_signals);
-    if ((error = posix_spawn_file_actions_adddup2(&actions, stdin_fd, 0)) != 0) goto done;
-    if ((error = posix_spawn_file_actions_adddup2(&actions, stdout_fd, 1)) != 0) goto done;
-    if ((error = posix_spawn_file_actions_adddup2(&actions, stderr_fd, 2)) != 0) goto done;
-    if (extra_fd >= 0 && (error = posix_spawn_file_actions_adddup2(&actions, extra_fd, 3)) != 0) goto done;
-    if ((error = posix_spawn_file_actions_addclosefrom_np(&actions, extra_fd >= 0 ? 4 : 3)) != 0) goto done;
+    for (int target = 0; target < fd_count; target++) {
+        if ((error = posix_spawn_file_actions_adddup2(&actions, fds[target], target)) != 0) goto done;
+    }
+    if ((error = posix_spawn_file_actions_addclosefrom_np(&actions, fd_count)) != 0) goto done;
     if ((error = posix_spawnattr_setpgroup(&attributes, 0)) != 0) goto done;
     if ((error = posix_spawnattr_setsigdefault(&attributes, &all_signals)) != 0) goto done;
     if ((error = posix_spawnattr_setsigmask(&attributes, &no_signals)) != 0) goto done;
     if ((error = posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGDEF
                                                            | POSIX_SPAWN_SETSIGMASK)) != 0) goto done;
-    error = posix_spawn(&pid, path, &actions, &attributes, argv, envp);
+    error = search_path ? posix_spawnp(&pid, path, &actions, &attributes, argv, envp)
+                        : posix_spawn(&pid, path, &actions, &attributes, argv, envp);
 
 done:
     posix_spawnattr_destroy(&attributes);
     posix_spawn_file_actions_destroy(&actions);
     return error == 0 ? pid : -error;
+}
+
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434 /* the same number on every architecture */
+#endif
+
+int aiotask_pidfd_open(pid_t pid) {
+    /* A pidfd is close-on-exec from the start: no other child inherits it. */
+    int fd = (int)syscall(SYS_pidfd_open, pid, 0);
+    return fd >= 0 ? fd : -errno;
 }
 
 void aiotask_reset_signals(void) {

@@ -1,3 +1,4 @@
+import AiotaskChildProcess
 import AiotaskClient
 import AiotaskProtocol
 import AiotaskTestSupport
@@ -185,68 +186,42 @@ private struct LeakySocket {
     }
 }
 
-/// A daemon the test started with `posix_spawn` and reaps by its pid alone (never `waitpid(-1)`, which could
+/// A daemon the test started (a ``ChildProcess``) and reaps by its pid alone (never `waitpid(-1)`, which could
 /// steal the exit of an in-process pool's processes).
 private final class DaemonProcess: Sendable {
-    let pid: pid_t
-    private let exit = ReapedStatus()
+    private let child: ChildProcess
+    var pid: pid_t { child.pid }
 
-    private init(pid: pid_t) {
-        self.pid = pid
-        let exit = self.exit
-        Thread.detachNewThread {
-            var status: Int32 = 0
-            while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-            exit.set(status)
-        }
+    private init(child: ChildProcess) {
+        self.child = child
+        child.watchExit()
     }
 
     /// Starts `executable` with `arguments`, its stdout and stderr appended to the file `output`, stdin empty.
     static func spawn(_ executable: String, _ arguments: [String], output: String) throws -> DaemonProcess {
         let environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("AIOTASK_") }
-        let pid = try spawnInOwnProcessGroup(executable, arguments, environment: environment) { actions in
-            posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-            posix_spawn_file_actions_addopen(&actions, 1, output, O_WRONLY | O_CREAT | O_APPEND, 0o644)
-            posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        }
-        return DaemonProcess(pid: pid)
+        let input = open("/dev/null", O_RDONLY | O_CLOEXEC)
+        guard input >= 0 else { throw POSIXError(.init(rawValue: errno) ?? .EIO) }
+        defer { close(input) }
+        let log = open(output, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+        guard log >= 0 else { throw POSIXError(.init(rawValue: errno) ?? .EIO) }
+        defer { close(log) }
+        let child = try ChildProcess.spawn(
+            executable,
+            arguments: arguments,
+            environment: environment,
+            descriptors: [input, log, log]
+        )
+        return DaemonProcess(child: child)
     }
 
     /// Waits until the daemon is reaped; returns the signal that ended it, or 0 when it exited.
     func wait() async -> Int32 {
-        let status = await exit.value()
-        return status & 0x7f
+        await child.exitStatus() & 0x7f
     }
 
     /// Kills the daemon unless it is gone already (cleanup after a failed test).
     func killIfRunning() {
-        if !exit.isSet { kill(pid, SIGKILL) }
-    }
-}
-
-/// A wait status, set once by the reaping thread and awaited by the test.
-private final class ReapedStatus: Sendable {
-    private let state = NIOLockedValueBox<(status: Int32?, waiters: [CheckedContinuation<Int32, Never>])>((nil, []))
-
-    var isSet: Bool { state.withLockedValue { $0.status != nil } }
-
-    func set(_ status: Int32) {
-        let waiters = state.withLockedValue { state in
-            state.status = status
-            defer { state.waiters = [] }
-            return state.waiters
-        }
-        for waiter in waiters { waiter.resume(returning: status) }
-    }
-
-    func value() async -> Int32 {
-        await withCheckedContinuation { continuation in
-            let status = state.withLockedValue { state -> Int32? in
-                if let status = state.status { return status }
-                state.waiters.append(continuation)
-                return nil
-            }
-            if let status { continuation.resume(returning: status) }
-        }
+        child.signal(SIGKILL)
     }
 }

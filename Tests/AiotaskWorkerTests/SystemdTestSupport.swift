@@ -355,75 +355,27 @@ enum SystemdTestKit {
 }
 
 /// A program started with a listening socket as descriptor 3 and `LISTEN_FDS=1`, as a service manager would,
-/// but with the `LISTEN_PID` and other variables a test chooses. Its stderr is collected; stdin and stdout are
-/// `/dev/null`.
+/// but with the `LISTEN_PID` and other variables a test chooses. Its stderr is collected; stdin is `/dev/null`.
 final class PassedSocketProcess: Sendable {
-    let pid: pid_t
-    private let outcome = NIOLockedValueBox<
-        (result: (ProcessExit, String)?, waiters: [CheckedContinuation<(ProcessExit, String), Never>])
-    >((nil, []))
+    private let process: SpawnedProcess
+    var pid: pid_t { process.pid }
 
+    /// Starts `executable` with `arguments` and exactly `environment`.
     init(_ executable: String, _ arguments: [String], environment: [String: String], socket: Int32) throws {
-        var fds: [Int32] = [-1, -1]
-        // Close-on-exec, so that no other child of the test process holds the write end open.
-        let created = aiotask_pipe(&fds, 1 << 16)
-        guard created == 0 else { throw SpawnFailure(executable: "pipe", errno: -created) }
-        let spawned: pid_t
-        do {
-            spawned = try spawnInOwnProcessGroup(executable, arguments, environment: environment) { actions in
-                posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-                posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
-                posix_spawn_file_actions_adddup2(&actions, fds[1], 2)
-                // dup2 clears close-on-exec: the socket reaches the program as descriptor 3, like SD_LISTEN_FDS_START.
-                posix_spawn_file_actions_adddup2(&actions, socket, 3)
-            }
-        } catch {
-            close(fds[0])
-            close(fds[1])
-            throw error
-        }
-        close(fds[1])
-        let pid = spawned
-        self.pid = pid
-        let reader = fds[0]
-        Thread.detachNewThread { [self] in
-            var collected: [UInt8] = []
-            var chunk = [UInt8](repeating: 0, count: 4096)
-            while true {
-                let count = chunk.withUnsafeMutableBytes { read(reader, $0.baseAddress!, $0.count) }
-                if count < 0 && errno == EINTR { continue }
-                if count <= 0 { break }
-                collected += chunk[0..<count]
-            }
-            close(reader)
-            var status: Int32 = 0
-            while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-            let result = (ProcessExit(waitStatus: status), String(decoding: collected, as: UTF8.self))
-            let waiters = outcome.withLockedValue { outcome in
-                outcome.result = result
-                defer { outcome.waiters = [] }
-                return outcome.waiters
-            }
-            for waiter in waiters { waiter.resume(returning: result) }
-        }
+        // The child's descriptor 3 is a copy of the socket: as SD_LISTEN_FDS_START, and without close-on-exec.
+        process = try SpawnedProcess.spawn(
+            executable,
+            arguments,
+            environment: environment,
+            removing: Set(ProcessInfo.processInfo.environment.keys),
+            descriptors: [socket]
+        )
     }
 
     /// Waits for the exit; returns how it ended and everything written to stderr. Kills the program on timeout.
     func wait(limit: Duration = .seconds(20)) async throws -> (exit: ProcessExit, standardError: String) {
-        do {
-            return try await withTimeout(limit) { [self] in
-                await withCheckedContinuation { (continuation: CheckedContinuation<(ProcessExit, String), Never>) in
-                    let result = outcome.withLockedValue { outcome in
-                        if outcome.result == nil { outcome.waiters.append(continuation) }
-                        return outcome.result
-                    }
-                    if let result { continuation.resume(returning: result) }
-                }
-            }
-        } catch {
-            kill(-pid, SIGKILL)
-            throw error
-        }
+        let exit = try await process.wait(limit: limit)
+        return (exit, process.standardError)
     }
 }
 

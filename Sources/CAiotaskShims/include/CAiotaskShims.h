@@ -5,11 +5,16 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-/// Starts `path` with `argv` and `envp` in a new process group, its standard streams set to the given
-/// descriptors, `extra_fd` (unless negative) as descriptor 3, every other descriptor closed, every signal at
-/// its default disposition and none blocked. Returns the child's pid, or -errno on failure.
-pid_t aiotask_spawn(const char *path, char *const argv[], char *const envp[],
-                    int stdin_fd, int stdout_fd, int stderr_fd, int extra_fd);
+/// Starts `path` (searched in `PATH` when `search_path` is true) with `argv` and `envp` in a new process group,
+/// `fds[i]` as its descriptor `i` for each `i` below `fd_count` (at least 3: its standard streams), every other
+/// descriptor closed, every signal at its default disposition and none blocked. No descriptor of `fds` may be below
+/// `fd_count` (a `dup2` onto it would clobber it first). Returns the child's pid, or -errno on failure.
+pid_t aiotask_spawn(const char *path, char *const argv[], char *const envp[], const int fds[], int fd_count,
+                    bool search_path);
+
+/// Opens a descriptor that refers to process `pid` (`pidfd_open`, Linux 5.3) and becomes readable once it has
+/// exited. Returns the descriptor (close-on-exec), or -errno on failure.
+int aiotask_pidfd_open(pid_t pid);
 
 /// Puts every signal of the calling process back to its default disposition and unblocks every signal in the
 /// calling thread: for a thread about to `exec` a program, which keeps both. Swift's runtime runs async code on
