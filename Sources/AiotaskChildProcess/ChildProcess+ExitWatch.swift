@@ -10,6 +10,9 @@ import NIOConcurrencyHelpers
 
 extension ChildProcess {
     /// The watch on a child's exit, under ``ChildProcess/exit``.
+    ///
+    /// `@unchecked`: dispatch's source types are not marked `Sendable` on Linux; the source is only touched under
+    /// the lock (and by dispatch itself, which is thread-safe).
     struct ExitState: @unchecked Sendable {
         /// Reads ``ChildProcess/processDescriptor`` until the exit; set while watching.
         var source: (any DispatchSourceRead)?
