@@ -36,21 +36,21 @@ struct ConfigTests {
             path: Self.path
         )
         var expected = DaemonSettings()
-        expected.listen = ["unix:/run/aiotask/aiotask.sock", "tcp://127.0.0.1:4242"]
-        expected.handler = "exec:/usr/bin/handler --fast"
-        expected.workers = 8
-        expected.queueCapacity = 100
-        expected.maxPayload = 1_048_576
-        expected.taskTimeout = 2.5
-        expected.killGrace = 1
-        expected.maxTasksPerWorker = 1000
-        expected.maxTasksJitter = 50
-        expected.maxWorkerRSS = 512
-        expected.workerSharedMemory = 16
-        expected.drainTimeout = 10
-        expected.idleTimeout = 120
-        expected.writeTimeout = 0.5
-        expected.logLevel = .debug
+        expected["listen"] = .addresses(["unix:/run/aiotask/aiotask.sock", "tcp://127.0.0.1:4242"])
+        expected["handler"] = "exec:/usr/bin/handler --fast"
+        expected["workers"] = 8
+        expected["queue-capacity"] = 100
+        expected["max-payload"] = 1_048_576
+        expected["task-timeout"] = 2.5
+        expected["kill-grace"] = 1.0
+        expected["max-tasks-per-worker"] = 1000
+        expected["max-tasks-jitter"] = 50
+        expected["max-worker-rss"] = 512
+        expected["worker-shared-memory"] = 16
+        expected["drain-timeout"] = 10.0
+        expected["idle-timeout"] = 120.0
+        expected["write-timeout"] = 0.5
+        expected["log-level"] = .logLevel(.debug)
         #expect(settings == expected)
     }
 
@@ -88,44 +88,44 @@ struct ConfigTests {
     @Test("the command line overrides the file, and its --listen addresses replace the file's")
     func overridden() {
         var file = DaemonSettings()
-        file.listen = ["unix:/run/a.sock", "tcp://127.0.0.1:1"]
-        file.handler = "sha256"
-        file.workers = 4
-        file.taskTimeout = 3
-        file.logLevel = .warning
+        file["listen"] = .addresses(["unix:/run/a.sock", "tcp://127.0.0.1:1"])
+        file["handler"] = "sha256"
+        file["workers"] = 4
+        file["task-timeout"] = 3.0
+        file["log-level"] = .logLevel(.warning)
 
         #expect(file.overridden(by: DaemonSettings()) == file)
 
         var commandLine = DaemonSettings()
-        commandLine.listen = ["tcp://[::1]:2"]
-        commandLine.workers = 2
-        commandLine.drainTimeout = 1
-        commandLine.maxWorkerRSS = 64
+        commandLine["listen"] = .addresses(["tcp://[::1]:2"])
+        commandLine["workers"] = 2
+        commandLine["drain-timeout"] = 1.0
+        commandLine["max-worker-rss"] = 64
         let merged = file.overridden(by: commandLine)
         #expect(merged.listen == ["tcp://[::1]:2"])
         #expect(merged.handler == "sha256")
-        #expect(merged.workers == 2)
-        #expect(merged.taskTimeout == 3)
-        #expect(merged.drainTimeout == 1)
-        #expect(merged.maxWorkerRSS == 64)
+        #expect(merged["workers"] == 2)
+        #expect(merged["task-timeout"] == 3.0)
+        #expect(merged["drain-timeout"] == 1.0)
+        #expect(merged["max-worker-rss"] == 64)
         #expect(merged.logLevel == .warning)
     }
 
     @Test("settings become a worker configuration, with zero meaning none for the timeout and task quota")
     func configuration() throws {
         var settings = DaemonSettings()
-        settings.listen = ["unix:/tmp/a.sock", "tcp://[::1]:4242"]
-        settings.workers = 3
-        settings.queueCapacity = 0
-        settings.maxPayload = 1024
-        settings.taskTimeout = 0
-        settings.killGrace = 0.25
-        settings.maxTasksPerWorker = 0
-        settings.maxTasksJitter = 5
-        settings.maxWorkerRSS = 0
-        settings.drainTimeout = 7
-        settings.idleTimeout = 0
-        settings.writeTimeout = 2.5
+        settings["listen"] = .addresses(["unix:/tmp/a.sock", "tcp://[::1]:4242"])
+        settings["workers"] = 3
+        settings["queue-capacity"] = 0
+        settings["max-payload"] = 1024
+        settings["task-timeout"] = 0.0
+        settings["kill-grace"] = 0.25
+        settings["max-tasks-per-worker"] = 0
+        settings["max-tasks-jitter"] = 5
+        settings["max-worker-rss"] = 0
+        settings["drain-timeout"] = 7.0
+        settings["idle-timeout"] = 0.0
+        settings["write-timeout"] = 2.5
         let configuration = try settings.configuration(handler: Self.handler)
         #expect(configuration.listenAddresses == [.unix(path: "/tmp/a.sock"), .tcp(host: "::1", port: 4242)])
         #expect(configuration.handler == Self.handler)
@@ -143,10 +143,10 @@ struct ConfigTests {
         #expect(try DaemonSettings().configuration(handler: Self.handler).idleTimeout == .seconds(300))
         #expect(try DaemonSettings().configuration(handler: Self.handler).writeTimeout == .seconds(60))
 
-        settings.taskTimeout = 1.5
-        settings.maxTasksPerWorker = 10
-        settings.maxWorkerRSS = 256
-        settings.workerSharedMemory = 0
+        settings["task-timeout"] = 1.5
+        settings["max-tasks-per-worker"] = 10
+        settings["max-worker-rss"] = 256
+        settings["worker-shared-memory"] = 0
         let limited = try settings.configuration(handler: Self.handler)
         #expect(limited.defaultTaskTimeout == .milliseconds(1500))
         #expect(limited.maximumTasksPerProcess == 10)
@@ -165,15 +165,7 @@ struct ConfigTests {
     )
     func integerOutOfRange(name: String, value: Int) throws {
         var settings = DaemonSettings()
-        switch name {
-        case "workers": settings.workers = value
-        case "queue-capacity": settings.queueCapacity = value
-        case "max-payload": settings.maxPayload = value
-        case "max-tasks-per-worker": settings.maxTasksPerWorker = value
-        case "max-worker-rss": settings.maxWorkerRSS = value
-        case "worker-shared-memory": settings.workerSharedMemory = value
-        default: settings.maxTasksJitter = value
-        }
+        settings[name] = .count(value)
         do {
             _ = try settings.configuration(handler: Self.handler)
             Issue.record("\(name) = \(value) was accepted")
@@ -188,9 +180,9 @@ struct ConfigTests {
         arguments: [-1, Double.nan, Double.infinity, 2e9]
     )
     func durationOutOfRange(seconds: Double) {
-        for setting in [\DaemonSettings.taskTimeout, \.killGrace, \.drainTimeout, \.idleTimeout, \.writeTimeout] {
+        for name in ["task-timeout", "kill-grace", "drain-timeout", "idle-timeout", "write-timeout"] {
             var settings = DaemonSettings()
-            settings[keyPath: setting] = seconds
+            settings[name] = .seconds(seconds)
             #expect(throws: ConfigurationError.self) { try settings.configuration(handler: Self.handler) }
         }
     }
@@ -198,7 +190,7 @@ struct ConfigTests {
     @Test("a listen address that does not parse is refused")
     func badListen() {
         var settings = DaemonSettings()
-        settings.listen = ["unix:/ok.sock", "udp://1.2.3.4:5"]
+        settings["listen"] = .addresses(["unix:/ok.sock", "udp://1.2.3.4:5"])
         do {
             _ = try settings.configuration(handler: Self.handler)
             Issue.record("expected an error")

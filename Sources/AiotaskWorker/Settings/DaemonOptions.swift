@@ -4,9 +4,9 @@ import Logging
 /// The daemon's command-line options, shared by `aiotaskd` and every executable built on ``Daemon``.
 ///
 /// Each option is a setting declared in `DaemonSettings.declarations`, which gives its name, its value's
-/// name and its help with the default; ArgumentParser needs a stored property for each, so here they are
-/// listed once more, one line each, and `ConfigTests` checks that every declared setting has one that reaches
-/// ``settings``.
+/// name and its help with the default; ArgumentParser needs a stored property for each, so here each has one
+/// line, which ``settings`` reads by reflection. `ConfigDeclarationTests` checks that every declared setting has
+/// one.
 public struct DaemonOptions: ParsableArguments {
     @Option(setting: "listen") public var listen: [String] = []
     @Option(setting: "handler") public var handler: String?
@@ -39,29 +39,48 @@ public struct DaemonOptions: ParsableArguments {
 
     public init() {}
 
-    /// The command line's settings.
+    /// The command line's settings: the value of each option of a declared setting that was given.
+    ///
+    /// ArgumentParser finds the options above by reflection, and so does this: each `@Option(setting:)` property
+    /// is read under its declared name (its Swift name in kebab case), so no setting is listed a third time.
     public var settings: DaemonSettings {
         var settings = DaemonSettings()
-        settings.listen = listen
-        settings.handler = handler
-        settings.workers = workers
-        settings.queueCapacity = queueCapacity
-        settings.maxQueuedBytes = maxQueuedBytes
-        settings.maxTasksPerConnection = maxTasksPerConnection
-        settings.maxConnections = maxConnections
-        settings.idleTimeout = idleTimeout
-        settings.writeTimeout = writeTimeout
-        settings.prefetch = prefetch
-        settings.maxPayload = maxPayload
-        settings.taskTimeout = taskTimeout
-        settings.killGrace = killGrace
-        settings.maxTasksPerWorker = maxTasksPerWorker
-        settings.maxTasksJitter = maxTasksJitter
-        settings.maxWorkerRSS = maxWorkerRss
-        settings.workerSharedMemory = workerSharedMemory
-        settings.drainTimeout = drainTimeout
-        settings.logLevel = logLevel
+        for child in Mirror(reflecting: self).children {
+            // `--config` names the file, and is no setting.
+            guard let label = child.label, label != "_config" else { continue }
+            let name = Self.settingName(ofProperty: label)
+            precondition(
+                DaemonSettings.declaration(named: name) != nil,
+                "DaemonOptions.\(label.dropFirst()) reads as --\(name), which DaemonSettings.declarations lacks"
+            )
+            if let value = Self.settingValue(of: child.value) { settings[name] = value }
+        }
         return settings
+    }
+
+    /// The declared name of the setting an option property holds: `_maxWorkerRss` holds `max-worker-rss`.
+    static func settingName(ofProperty label: String) -> String {
+        var name = ""
+        for character in label.drop(while: { $0 == "_" }) {
+            if character.isUppercase {
+                name += "-" + character.lowercased()
+            } else {
+                name.append(character)
+            }
+        }
+        return name
+    }
+
+    /// The value an option property was given, if it is a setting's option and was given.
+    private static func settingValue(of option: Any) -> SettingValue? {
+        switch option {
+        case let option as Option<[String]>: .addresses(option.wrappedValue)
+        case let option as Option<Int?>: option.wrappedValue.map(SettingValue.count)
+        case let option as Option<Double?>: option.wrappedValue.map(SettingValue.seconds)
+        case let option as Option<Logger.Level?>: option.wrappedValue.map(SettingValue.logLevel)
+        case let option as Option<String?>: option.wrappedValue.map(SettingValue.text)
+        default: nil
+        }
     }
 }
 

@@ -47,11 +47,8 @@ public enum ConfigFile {
         to settings: inout DaemonSettings,
         location: String
     ) throws(ConfigurationError) {
-        guard let declaration = DaemonSettings.declaration(named: key) else {
-            throw ConfigurationError(setting: key, reason: "unknown setting", location: location)
-        }
         do {
-            try declaration.read(value, &settings)
+            try settings.set(key, from: value)
         } catch {
             var located = error
             located.location = location

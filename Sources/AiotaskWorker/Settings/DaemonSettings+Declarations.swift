@@ -1,0 +1,156 @@
+import AiotaskProtocol
+import Logging
+
+extension DaemonSettings {
+    /// Every setting of the daemon, in the order of `--help`, the README table and `aiotaskd(8)`.
+    ///
+    /// To add a setting: its field in ``WorkerConfiguration`` (the library's API), one declaration here, and the
+    /// one-line `@Option(setting:)` that ArgumentParser needs in ``DaemonOptions``; then its line in the README
+    /// table, `packaging/aiotaskd.conf` and `packaging/man/aiotaskd.8`. `ConfigDeclarationTests` fail until all of
+    /// them agree with the declaration. The default is the one of ``WorkerConfiguration`` (a test sets each
+    /// declared default explicitly and finds nothing changed).
+    static let declarations: [SettingDeclaration] = [
+        .addresses(
+            "listen",
+            default: "unix:\(ServerAddress.defaultUnixPath)",
+            example: "tcp://127.0.0.1:4242",
+            help: "Address to listen on: tcp://HOST:PORT, tcp://[IPv6]:PORT or unix:/PATH. Repeatable."
+        ),
+        .text(
+            "handler",
+            valueName: "spec",
+            default: "echo",
+            example: "sha256",
+            help: "The task handler: a built-in name, or exec:/path/to/program [args…] for an external program."
+        ),
+        .count(
+            "workers",
+            1...4096,
+            default: "the number of CPUs",
+            example: "3",
+            help: "Number of pool processes."
+        ) { $1.workers = $0 },
+        .count(
+            "queue-capacity",
+            0...Int.max,
+            default: "65536",
+            example: "7",
+            help: "Most tasks waiting for a process; more are rejected at once."
+        ) { $1.queueCapacity = $0 },
+        .count(
+            "max-queued-bytes",
+            0...Int.max,
+            valueName: "bytes",
+            default: "1073741824",
+            example: "4096",
+            help: "Most bytes of task data waiting; more are rejected at once (1073741824 is 1 GiB)."
+        ) { $1.maximumQueuedBytes = $0 },
+        .count(
+            "max-tasks-per-connection",
+            1...Int.max,
+            default: "16384",
+            example: "9",
+            help: "Most tasks one connection may have queued or running; more are rejected."
+        ) { $1.maximumTasksPerConnection = $0 },
+        .count(
+            "max-connections",
+            1...Int.max,
+            default: "16384",
+            example: "11",
+            help: "Most client connections open at once; more are closed as they arrive."
+        ) { $1.maximumConnections = $0 },
+        .seconds(
+            "idle-timeout",
+            default: "300",
+            example: "1.5",
+            help: "Close a connection with no task in flight after this many seconds without a complete frame; "
+                + "0 for never."
+        ) { $1.idleTimeout = $0 == .zero ? nil : $0 },
+        .seconds(
+            "write-timeout",
+            default: "60",
+            example: "2",
+            help: "Disconnect a client that neither reads its answers nor sends a request this many seconds, "
+                + "cancelling its tasks; 0 for never."
+        ) { $1.writeTimeout = $0 == .zero ? nil : $0 },
+        .count(
+            "prefetch",
+            0...64,
+            default: "automatic",
+            example: "4",
+            help: "Tasks sent ahead to a busy process, behind the one it runs, for throughput (automatic: up to "
+                + "32 for Swift handlers, whose tasks sent ahead move to an idle process; 0 for handler programs)."
+        ) { $1.prefetch = $0 },
+        .count(
+            "max-payload",
+            1...Int(UInt32.max) - 32,
+            unit: " bytes",
+            valueName: "bytes",
+            default: "67108864",
+            example: "1024",
+            help: "Largest task or result, in bytes (67108864 is 64 MiB)."
+        ) { $1.maximumPayloadLength = $0 },
+        .seconds(
+            "task-timeout",
+            default: "0",
+            example: "3",
+            help: "Default task timeout in seconds; 0 for none. Clients may set their own."
+        ) { $1.defaultTaskTimeout = $0 == .zero ? nil : $0 },
+        .seconds(
+            "kill-grace",
+            default: "2",
+            example: "0.5",
+            help: "Seconds between SIGTERM and SIGKILL when a process is stopped."
+        ) { $1.killGracePeriod = $0 },
+        .count(
+            "max-tasks-per-worker",
+            0...Int.max,
+            default: "0",
+            example: "100",
+            help: "Replace a process after this many tasks; 0 for never."
+        ) { $1.maximumTasksPerProcess = $0 == 0 ? nil : $0 },
+        .count(
+            "max-tasks-jitter",
+            0...Int.max,
+            default: "0",
+            example: "10",
+            help: "Add up to this many tasks at random to --max-tasks-per-worker."
+        ) { $1.maximumTasksJitter = $0 },
+        .count(
+            "max-worker-rss",
+            0...largestWorkerRSS,
+            unit: " MiB",
+            valueName: "MiB",
+            default: "0",
+            example: "256",
+            help: "Largest resident memory of a pool process, in MiB; 0 for no limit. Checked after each task "
+                + "(the process is replaced) and while a task runs, counting the processes the handler started "
+                + "(the process group is killed, the task fails)."
+        ) { $1.maximumProcessRSS = $0 == 0 ? nil : $0 * ProcessMemory.mebibyte },
+        .count(
+            "worker-shared-memory",
+            0...1024,
+            unit: " MiB",
+            valueName: "MiB",
+            default: "4",
+            example: "8",
+            help: "Memory each Swift-handler pool process shares with aiotaskd, in MiB, through which tasks and "
+                + "results of 64 KiB or more travel instead of its pipes; 0 for none."
+        ) { $1.sharedPayloadBytes = $0 * ProcessMemory.mebibyte },
+        .seconds(
+            "drain-timeout",
+            default: "30",
+            example: "5",
+            help: "On shutdown, seconds that tasks in flight may still run."
+        ) { $1.drainTimeout = $0 },
+        .logLevel(
+            "log-level",
+            default: "info",
+            example: "debug",
+            help: "trace, debug, info, notice, warning, error or critical."
+        ),
+    ]
+
+    /// The largest memory limit of a pool process, in MiB (1 PiB).
+    static let largestWorkerRSS = 1 << 30
+}
