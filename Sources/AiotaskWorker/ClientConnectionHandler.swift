@@ -77,7 +77,9 @@ final class ClientConnectionHandler: ChannelInboundHandler {
         writer = CoalescingFrameWriter(channel: context.channel)
         peerDescription = context.channel.remoteAddress.map(Self.describe) ?? "unix"
         logger[metadataKey: "client"] = "\(peerDescription)"
-        perform(state.channelActive(registered: supervisor.register(self), now: .now(), limits: limits))
+        let action = state.channelActive(registered: supervisor.register(self), now: .now(), limits: limits)
+        if state.isReading { logger.debug("client connected") }
+        perform(action)
         context.fireChannelActive()
     }
 
