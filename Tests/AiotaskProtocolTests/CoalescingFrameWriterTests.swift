@@ -43,7 +43,7 @@ struct CoalescingFrameWriterTests {
         channel.embeddedEventLoop.run()
         var written: [ByteBuffer] = []
         while let buffer = try channel.readOutbound(as: ByteBuffer.self) { written.append(buffer) }
-        #expect(written.count == 4)
+        try #require(written.count == 4)
         #expect(written[1].readableBytesView.elementsEqual(large.readableBytesView))
         #expect(written[3].readableBytesView.elementsEqual(large.readableBytesView))
         // The same memory as the task's: not a copy.
