@@ -61,12 +61,12 @@ final class ClientConnectionHandler: ChannelInboundHandler {
 
     /// The settings in force (a reload may change them).
     private var limits: StateMachine.Limits {
-        let configuration = supervisor.configuration
-        return StateMachine.Limits(
-            maximumPayloadLength: configuration.maximumPayloadLength,
-            maximumTasksPerConnection: configuration.maximumTasksPerConnection,
-            idleTimeout: configuration.idleTimeout,
-            writeTimeout: configuration.writeTimeout
+        // Field by field: a copy of the whole configuration would retain its arrays and strings, on every frame.
+        StateMachine.Limits(
+            maximumPayloadLength: supervisor.configuration.maximumPayloadLength,
+            maximumTasksPerConnection: supervisor.configuration.maximumTasksPerConnection,
+            idleTimeout: supervisor.configuration.idleTimeout,
+            writeTimeout: supervisor.configuration.writeTimeout
         )
     }
 
