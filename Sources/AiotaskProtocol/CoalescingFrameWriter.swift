@@ -56,7 +56,7 @@ public final class CoalescingFrameWriter {
 
     /// Appends `frame`; the task bytes of a large extension frame are written as they are, after its header.
     ///
-    /// - Throws: what ``NIOCore/ByteBuffer/writeFrame(_:)`` throws for a frame too large to encode; nothing is
+    /// - Throws: what `ByteBuffer.writeFrame(_:)` throws for a frame too large to encode; nothing is
     ///   appended then.
     public func append(_ frame: Frame) throws {
         guard !isDiscarding else { return }

@@ -4,9 +4,9 @@ import NIOCore
 /// into messages, and at the channel's end what is left — the one path the server's client connections, the client
 /// library and the links to pool processes share.
 ///
-/// A message handed on may close the channel, and closing it ends the stream from inside a read: ``end(_:broke:)``
-/// then decodes nothing, since the bytes behind that message are no longer for anyone. A stream that broke the
-/// framing decodes nothing more either. (The state lives in a class of its own so that the end, which arrives in
+/// A message handed on may close the channel, and closing it ends the stream from inside a read:
+/// ``end(receive:broke:)`` then decodes nothing, since the bytes behind that message are no longer for anyone. A
+/// stream that broke the framing decodes nothing more either. (The state lives in a class of its own so that the end, which arrives in
 /// the middle of a read, does not touch the decoder being read with.)
 ///
 /// Confined to the channel's event loop.
