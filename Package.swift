@@ -30,6 +30,8 @@ let package = Package(
         .target(
             name: "AiotaskProtocol",
             dependencies: [
+                // `mallopt` (MemoryTuning), which Swift's Glibc module does not declare.
+                "CAiotaskShims",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ],

@@ -36,20 +36,17 @@ final class ClientChannelHandler: ChannelInboundHandler {
     private var statusQueries: [TaskID: CircularBuffer<EventLoopPromise<TaskStatus>>] = [:]
     /// Info requests awaiting an `INFO`, oldest first.
     private var infoQueries = CircularBuffer<EventLoopPromise<ByteBuffer>>()
-    /// Frames encoded since the last flush.
-    private var output = ByteBuffer()
-    private var flushScheduled = false
+    /// Writes the requests, those of one tick together; set while the handler is in the pipeline.
+    private var writer: CoalescingFrameWriter?
     /// The server's `GOODBYE` message, once it said it is stopping.
     private var goodbye: String?
     /// Cuts the bytes read into frames.
-    private var frames: StreamDecoder<FrameDecoder>
-    /// Set while frames are being handled, one of which may close the channel.
-    private var isDecoding = false
+    private let frames: InboundStream<FrameDecoder>
 
     init(maximumResultLength: Int, readWindow: ReadWindow? = nil, legacy: Bool = false) {
         self.maximumResultLength = maximumResultLength
         self.isLegacy = legacy
-        self.frames = StreamDecoder(FrameDecoder(maximumPayloadLength: maximumResultLength), readWindow: readWindow)
+        self.frames = InboundStream(FrameDecoder(maximumPayloadLength: maximumResultLength), readWindow: readWindow)
     }
 
     // MARK: Requests (called on the event loop)
@@ -82,7 +79,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
         }
         state = .handshaking(promise, timer: timer)
         append(.hello(hello))
-        flushOutput()
+        writer?.flush()
     }
 
     /// Makes a legacy connection ready at once: the original protocol has no handshake.
@@ -120,32 +117,10 @@ final class ClientChannelHandler: ChannelInboundHandler {
             // Random 122-bit ids do not collide in practice; keep both callers' promises completed anyway.
             previous.fail(TaskFailure(taskID: id, reason: .rejected, message: "task id reused on this connection"))
         }
-        // A legacy server knows only ENQUEUE; the client refuses a timeout before it gets here.
-        let frame =
-            isLegacy ? Frame.enqueue(id, payload: payload) : Frame.submit(id, timeout: timeout, payload: payload)
-        guard payload.readableBytes > Self.copyLimit, frame.type.isExtension, frame.payloadLength <= UInt32.max,
-            let context
-        else {
-            return append(frame)
-        }
-        // A large task is not copied into the output buffer: its header joins the buffered frames, and its bytes
-        // follow as they are, in the same gathering write.
-        let headerOnly = Frame.submit(id, timeout: timeout, payload: ByteBuffer())
-        output.writeMultipleIntegers(FrameType.submit.rawValue, UInt32(frame.payloadLength))
-        var header = ByteBuffer()
-        try? header.writeFrame(headerOnly)
-        // The encoded fields after the type and length (id and timeout) are those of the header-only frame.
-        header.moveReaderIndex(forwardBy: FrameType.submit.headerLength)
-        output.writeBuffer(&header)
-        let bytes = output
-        output = ByteBuffer()
-        context.write(wrapOutboundOut(bytes), promise: nil)
-        context.write(wrapOutboundOut(payload), promise: nil)
-        scheduleFlush()
+        // A legacy server knows only ENQUEUE; the client refuses a timeout before it gets here. A large task is not
+        // copied (``CoalescingFrameWriter``).
+        append(isLegacy ? Frame.enqueue(id, payload: payload) : Frame.submit(id, timeout: timeout, payload: payload))
     }
-
-    /// Largest task copied into the output buffer; a larger one is written as it is, after its header.
-    private static let copyLimit = 16 * 1024
 
     /// Asks for the status of a task; `promise` receives the server's `UPDATE` answer.
     func status(of id: TaskID, promise: EventLoopPromise<TaskStatus>) {
@@ -208,22 +183,18 @@ final class ClientChannelHandler: ChannelInboundHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        writer = CoalescingFrameWriter(channel: context.channel)
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
         shutDown(AiotaskClientError(.connectionLost, reason: "the connection's handler was removed"))
         self.context = nil
+        writer = nil
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        if !isDecoding {
-            // Frames that arrived just before the end, and a stream that ends inside a frame.
-            do {
-                try frames.decodeLast { receive($0) }
-            } catch {
-                errorCaught(context: context, error: error)
-            }
-        }
+        // Frames that arrived just before the end, and a stream that ends inside a frame.
+        frames.end(receive: { receive($0) }) { errorCaught(context: context, error: $0) }
         if case .ready = state, goodbye != nil {
             // After GOODBYE the server answers every task it took before it closes; the others it never started.
             let untaken = tasks
@@ -252,13 +223,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         if case .closed = state { return }
-        isDecoding = true
-        defer { isDecoding = false }
-        do {
-            try frames.decode(unwrapInboundIn(data)) { receive($0) }
-        } catch {
-            errorCaught(context: context, error: error)
-        }
+        frames.read(unwrapInboundIn(data), receive: { receive($0) }) { errorCaught(context: context, error: $0) }
     }
 
     private func receive(_ inbound: InboundFrame) {
@@ -333,35 +298,15 @@ final class ClientChannelHandler: ChannelInboundHandler {
 
     // MARK: Output
 
+    /// Appends `frame` to the requests leaving at the end of this tick, so that requests made together share one
+    /// write.
     private func append(_ frame: Frame) {
         do {
-            try output.writeFrame(frame)
+            try writer?.append(frame)
         } catch {
             // Only frames of the original protocol can fail to encode, and the client sends none longer than 16 bytes.
             preconditionFailure("cannot encode \(frame.type): \(error)")
         }
-        scheduleFlush()
-    }
-
-    /// Flushes at the end of this event-loop tick, so that requests arriving together share one write.
-    private func scheduleFlush() {
-        guard !flushScheduled, let context else { return }
-        flushScheduled = true
-        context.eventLoop.assumeIsolated().execute {
-            self.flushOutput()
-        }
-    }
-
-    private func flushOutput() {
-        flushScheduled = false
-        guard let context else { return }
-        if output.readableBytes > 0 {
-            let bytes = output
-            output = ByteBuffer()
-            context.write(wrapOutboundOut(bytes), promise: nil)
-        }
-        // Also flushes a large task written past the buffer (see `submit`).
-        context.flush()
     }
 
     // MARK: Ending the connection
@@ -383,7 +328,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
         let previous = state
         if case .closed = previous { return }
         state = .closed(error)
-        output.clear()
+        writer?.discard()
 
         if case .handshaking(let promise, let timer) = previous {
             timer.cancel()

@@ -39,19 +39,30 @@ public enum HandlerFramingError: Error, Hashable, Sendable, CustomStringConverti
 extension ByteBuffer {
     /// Appends a task for a handler process.
     public mutating func writeHandlerRequest(_ task: ByteBuffer) {
-        writeInteger(UInt32(task.readableBytes))
+        writeHandlerRequestHeader(length: task.readableBytes)
         writeImmutableBuffer(task)
+    }
+
+    /// Appends the header of a task for a handler process; its `length` bytes follow.
+    public mutating func writeHandlerRequestHeader(length: Int) {
+        writeInteger(UInt32(length))
     }
 
     /// Appends a handler's reply.
     public mutating func writeHandlerReply(_ reply: HandlerReply) {
+        writeHandlerReplyHeader(reply)
         switch reply {
-        case .result(let bytes):
-            writeMultipleIntegers(HandlerReply.resultKind, UInt32(bytes.readableBytes))
-            writeImmutableBuffer(bytes)
-        case .error(let message):
-            writeMultipleIntegers(HandlerReply.errorKind, UInt32(message.utf8.count))
-            writeString(message)
+        case .result(let bytes): writeImmutableBuffer(bytes)
+        case .error(let message): writeString(message)
+        }
+    }
+
+    /// Appends the header of a handler's reply (its kind and length); the reply's bytes follow. A handler process
+    /// writes them behind it without copying them.
+    public mutating func writeHandlerReplyHeader(_ reply: HandlerReply) {
+        switch reply {
+        case .result(let bytes): writeMultipleIntegers(HandlerReply.resultKind, UInt32(bytes.readableBytes))
+        case .error(let message): writeMultipleIntegers(HandlerReply.errorKind, UInt32(message.utf8.count))
         }
     }
 }
@@ -96,13 +107,7 @@ public struct HandlerReplyDecoder: LengthPrefixedDecoder {
     }
 
     public mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> HandlerReply? {
-        if let reply = try decode(buffer: &buffer) { return reply }
-        if buffer.readableBytes > 0 {
-            let left = buffer.readableBytes
-            buffer.moveReaderIndex(to: buffer.writerIndex)
-            throw HandlerFramingError.truncated(bytesLeft: left)
-        }
-        return nil
+        try decodeLastWhole(buffer: &buffer, truncated: HandlerFramingError.truncated(bytesLeft:))
     }
 }
 
@@ -129,12 +134,6 @@ public struct HandlerRequestDecoder: NIOSingleStepByteToMessageDecoder {
     }
 
     public mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> ByteBuffer? {
-        if let request = try decode(buffer: &buffer) { return request }
-        if buffer.readableBytes > 0 {
-            let left = buffer.readableBytes
-            buffer.moveReaderIndex(to: buffer.writerIndex)
-            throw HandlerFramingError.truncated(bytesLeft: left)
-        }
-        return nil
+        try decodeLastWhole(buffer: &buffer, truncated: HandlerFramingError.truncated(bytesLeft:))
     }
 }

@@ -198,6 +198,7 @@ final class WorkerProcess {
                 switch result {
                 case .success(let channel):
                     process.link = channel
+                    process.writer = CoalescingFrameWriter(channel: channel)
                     // Retired before its link was up (a reload while it started): the closing is its cue to exit.
                     if process.hasExited || process.isLinkClosedEarly {
                         channel.close(promise: nil)
@@ -236,65 +237,33 @@ final class WorkerProcess {
     @discardableResult
     func send(_ task: ByteBuffer) -> UInt32 {
         let index = sentCount
-        guard let link else { return index }
+        guard let writer else { return index }
         sentCount &+= 1
         if let arena {
-            sendWithKind(task, arena: arena, on: link)
-        } else if task.readableBytes <= Self.copyLimit {
-            output.writeHandlerRequest(task)
+            sendWithKind(task, arena: arena, writer: writer)
         } else {
-            // A large task is not copied: its header joins the tasks before it, and its bytes follow as they are,
-            // in the same gathering write.
-            output.writeInteger(UInt32(task.readableBytes))
-            link.write(output, promise: nil)
-            output = ByteBuffer()
-            link.write(task, promise: nil)
+            writer.appendRequest(task, hasKinds: false)
         }
-        scheduleFlush()
         return index
     }
 
     /// Sends `task` in ``SharedPayloadFraming``: through the arena if it is large, the process mapped the arena and
     /// a region is free; inline otherwise.
-    private func sendWithKind(_ task: ByteBuffer, arena: SharedPayloadArena, on link: any Channel) {
+    private func sendWithKind(_ task: ByteBuffer, arena: SharedPayloadArena, writer: CoalescingFrameWriter) {
         let length = task.readableBytes
         if length >= SharedPayloadArena.threshold, arena.isAnnounced, let region = arenaSpace.allocate(length) {
             arena.write(task, at: region.lowerBound)
-            output.writeSharedRequest(offset: region.lowerBound, length: length)
+            writer.appendSharedRequest(offset: region.lowerBound, length: length)
             sentRegions.append(region)
             sharedTaskCount += 1
             return
         }
         sentRegions.append(nil)
-        output.writeInlineRequestHeader(length: length)
-        if length <= Self.copyLimit {
-            output.writeImmutableBuffer(task)
-        } else {
-            link.write(output, promise: nil)
-            output = ByteBuffer()
-            link.write(task, promise: nil)
-        }
+        writer.appendRequest(task, hasKinds: true)
     }
 
-    /// Largest task copied into the output buffer with its header; larger ones are written as they are.
-    private static let copyLimit = 16 * 1024
-    /// Tasks encoded since the last flush.
-    private var output = ByteBuffer()
-    private var flushPending = false
-
-    private func scheduleFlush() {
-        guard !flushPending else { return }
-        flushPending = true
-        loop.assumeIsolated().execute { [self] in
-            flushPending = false
-            guard let link else { return }
-            if output.readableBytes > 0 { link.write(output, promise: nil) }
-            link.flush()
-            // The pipe has normally taken the bytes by now, so the buffer's memory is reused (copied on write if
-            // the write is still pending).
-            output.clear()
-        }
-    }
+    /// Writes the tasks to the link, those of one tick together.
+    private var writer: CoalescingFrameWriter?
 
     /// Asks the process group to stop: SIGTERM now, SIGKILL after `gracePeriod`.
     func terminate(gracePeriod: Duration) {
@@ -412,38 +381,20 @@ private final class ProcessLinkHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
 
     private let process: WorkerProcess
-    private var replies: StreamDecoder<PoolReplyDecoder>
-    /// Set once the framing is broken: nothing more is decoded.
-    private var isBroken = false
-    /// Set while replies are being passed on: one of them may close the link, and its closing must not decode
-    /// the same bytes again.
-    private var isDecoding = false
+    private let replies: InboundStream<PoolReplyDecoder>
 
     init(process: WorkerProcess, replies: PoolReplyDecoder, readWindow: ReadWindow) {
         self.process = process
-        self.replies = StreamDecoder(replies, readWindow: readWindow)
+        self.replies = InboundStream(replies, readWindow: readWindow)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard !isBroken else { return }
-        isDecoding = true
-        defer { isDecoding = false }
-        do {
-            try replies.decode(unwrapInboundIn(data)) { process.received($0) }
-        } catch {
-            brokeFraming(error, context: context)
-        }
+        replies.read(unwrapInboundIn(data), receive: { process.received($0) }) { brokeFraming($0, context: context) }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        if !isBroken, !isDecoding {
-            // Replies written just before the process closed its stdout (or died) are still answers.
-            do {
-                try replies.decodeLast { process.received($0) }
-            } catch {
-                brokeFraming(error, context: context)
-            }
-        }
+        // Replies written just before the process closed its stdout (or died) are still answers.
+        replies.end(receive: { process.received($0) }) { brokeFraming($0, context: context) }
         process.linkEnded()
     }
 
@@ -452,7 +403,7 @@ private final class ProcessLinkHandler: ChannelInboundHandler {
     }
 
     private func brokeFraming(_ error: any Error, context: ChannelHandlerContext) {
-        isBroken = true
+        replies.stop()
         process.breakLink("handler broke the reply framing: \(error)")
         context.close(promise: nil)
     }

@@ -1,4 +1,5 @@
 import AiotaskClient
+import AiotaskProtocol
 import ArgumentParser
 import Foundation
 import NIOCore
@@ -90,7 +91,7 @@ struct BenchCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        LargeBufferTuning.keepLargeBuffersInHeap()
+        MemoryTuning.keepLargeBuffersInHeap()
         if suite || smoke { return try await runSuite() }
         let report: BenchReport
         do {

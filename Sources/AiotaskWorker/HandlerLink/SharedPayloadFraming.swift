@@ -5,6 +5,13 @@ import NIOCore
 /// (docs/handler-protocol.md), with a kind byte on requests and one more reply kind, so that a payload in the arena
 /// travels on the link as its place there.
 ///
+/// This file is the one place of a link's framing, both sides, with or without the arena: the supervisor writes
+/// tasks with `CoalescingFrameWriter.appendRequest(_:hasKinds:)` and `appendSharedRequest(offset:length:)` and reads
+/// replies with ``PoolReplyDecoder``; the pool process (``HandlerLink``) reads tasks with ``PoolRequestDecoder`` and
+/// writes replies behind `writeHandlerReplyHeader(_:)`, or as `writeSharedResult(offset:length:)`. The plain
+/// framing's encoders and decoders, public for handlers in any language, are in `AiotaskProtocol`
+/// (HandlerFraming.swift).
+///
 /// Request: `kind: UInt8 | length: UInt32 BE`, then the task's bytes (kind 0, inline) or `offset: UInt32 BE` (kind 1,
 /// in the arena's payload space).
 /// Reply: the handler framing's kinds 0 (result) and 1 (error), and kind 2, a result in the arena: `2 | length:
@@ -16,6 +23,24 @@ enum SharedPayloadFraming {
     /// The header of every request, and the whole of a request or reply in the arena.
     static let headerLength = 5
     static let referenceLength = 9
+}
+
+extension CoalescingFrameWriter {
+    /// Appends a task on the supervisor's side of a link to a pool process: its bytes, inline, in the handler framing,
+    /// or (`hasKinds`) in ``SharedPayloadFraming``; a large task's bytes are not copied.
+    func appendRequest(_ task: ByteBuffer, hasKinds: Bool) {
+        let length = task.readableBytes
+        if hasKinds {
+            append(header: { $0.writeInlineRequestHeader(length: length) }, payload: task)
+        } else {
+            append(header: { $0.writeHandlerRequestHeader(length: length) }, payload: task)
+        }
+    }
+
+    /// Appends a task placed in the arena, on a link with ``SharedPayloadFraming``.
+    func appendSharedRequest(offset: Int, length: Int) {
+        append { $0.writeSharedRequest(offset: offset, length: length) }
+    }
 }
 
 /// A task as the link to a pool process carries it.
@@ -43,6 +68,12 @@ extension ByteBuffer {
     /// Appends a task placed in the arena, on a link with ``SharedPayloadFraming``.
     mutating func writeSharedRequest(offset: Int, length: Int) {
         writeMultipleIntegers(SharedPayloadFraming.sharedKind, UInt32(length), UInt32(offset))
+    }
+
+    /// Appends a result the handler placed in its task's region of the arena, on a link with
+    /// ``SharedPayloadFraming``.
+    mutating func writeSharedResult(offset: Int, length: Int) {
+        writeMultipleIntegers(SharedPayloadFraming.sharedResultKind, UInt32(length), UInt32(offset))
     }
 }
 
@@ -98,13 +129,7 @@ struct PoolRequestDecoder: NIOSingleStepByteToMessageDecoder {
     }
 
     mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> PoolRequest? {
-        if let request = try decode(buffer: &buffer) { return request }
-        if buffer.readableBytes > 0 {
-            let left = buffer.readableBytes
-            buffer.moveReaderIndex(to: buffer.writerIndex)
-            throw HandlerFramingError.truncated(bytesLeft: left)
-        }
-        return nil
+        try decodeLastWhole(buffer: &buffer, truncated: HandlerFramingError.truncated(bytesLeft:))
     }
 }
 
@@ -140,13 +165,7 @@ struct PoolReplyDecoder: LengthPrefixedDecoder {
     }
 
     mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> PoolReply? {
-        guard isSharedResult(at: buffer) else {
-            return try replies.decodeLast(buffer: &buffer, seenEOF: seenEOF).map(PoolReply.handler)
-        }
-        if let reply = try decode(buffer: &buffer) { return reply }
-        let left = buffer.readableBytes
-        buffer.moveReaderIndex(to: buffer.writerIndex)
-        throw HandlerFramingError.truncated(bytesLeft: left)
+        try decodeLastWhole(buffer: &buffer, truncated: HandlerFramingError.truncated(bytesLeft:))
     }
 }
 

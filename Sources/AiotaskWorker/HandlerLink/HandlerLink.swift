@@ -31,6 +31,8 @@ struct HandlerLink {
     private var currentRegion: Range<Int>?
     /// Where tasks from the arena are copied: the same memory for each, once the handler let go of the last one.
     private var sharedTask = FastCopyBuffers.allocator.buffer(capacity: 0)
+    /// The header of the reply being sent.
+    private var header = ByteBuffer()
     /// The stream index of the next task read.
     private var nextIndex: UInt32 = 0
     /// Smallest read attempted, so that many small tasks arrive in one `read`.
@@ -114,55 +116,41 @@ struct HandlerLink {
         }
     }
 
-    /// Sends `reply` in one `writev` (more only if the pipe takes it in parts); a result that fits its task's region
-    /// in the arena goes there, and only its place on the link.
+    /// Sends `reply` in one `writev` (more only if the pipe takes it in parts): its header, then its bytes as they
+    /// are; a result that fits its task's region in the arena goes there, and only its place on the link.
     ///
-    /// - Throws: ``Failure`` when writing fails (the supervisor closed the link).
-    func send(_ reply: HandlerReply) throws {
+    /// - Throws: ``Failure`` when writing fails (the supervisor closed the link), or the reply is longer than the
+    ///   framing can say.
+    mutating func send(_ reply: HandlerReply) throws {
+        // The header is encoded by the framing itself, into a buffer kept from reply to reply.
+        header.clear()
         if case .result(let bytes) = reply, let arena, let region = currentRegion, bytes.readableBytes <= region.count {
             arena.write(bytes, at: region.lowerBound)
-            var reference = ByteBuffer()
-            reference.writeMultipleIntegers(
-                SharedPayloadFraming.sharedResultKind,
-                UInt32(bytes.readableBytes),
-                UInt32(region.lowerBound)
-            )
-            return try reference.withUnsafeReadableBytes {
+            header.writeSharedResult(offset: region.lowerBound, length: bytes.readableBytes)
+            return try header.withUnsafeReadableBytes {
                 try writeAll($0, UnsafeRawBufferPointer(start: nil, count: 0))
             }
         }
-        var header: (UInt8, UInt8, UInt8, UInt8, UInt8) = (0, 0, 0, 0, 0)
         switch reply {
         case .result(let bytes):
-            try bytes.withUnsafeReadableBytes { body in
-                try Self.fill(&header, kind: 0, length: body.count)
-                try withUnsafeBytes(of: &header) { head in
-                    try writeAll(UnsafeRawBufferPointer(rebasing: head[0..<5]), body)
-                }
+            try Self.checkLength(bytes.readableBytes)
+            header.writeHandlerReplyHeader(reply)
+            try header.withUnsafeReadableBytes { head in
+                try bytes.withUnsafeReadableBytes { body in try writeAll(head, body) }
             }
-        case .error(let message):
-            var text = message
-            try text.withUTF8 { body in
-                try Self.fill(&header, kind: 1, length: body.count)
-                try withUnsafeBytes(of: &header) { head in
-                    try writeAll(UnsafeRawBufferPointer(rebasing: head[0..<5]), UnsafeRawBufferPointer(body))
-                }
+        case .error(var message):
+            try Self.checkLength(message.utf8.count)
+            header.writeHandlerReplyHeader(reply)
+            try header.withUnsafeReadableBytes { head in
+                try message.withUTF8 { body in try writeAll(head, UnsafeRawBufferPointer(body)) }
             }
         }
     }
 
-    private static func fill(
-        _ header: inout (UInt8, UInt8, UInt8, UInt8, UInt8),
-        kind: UInt8,
-        length: Int
-    ) throws {
-        guard let length = UInt32(exactly: length) else {
+    private static func checkLength(_ length: Int) throws {
+        guard UInt32(exactly: length) != nil else {
             throw Failure(description: "a reply of \(length) bytes does not fit the handler framing")
         }
-        header = (
-            kind, UInt8(length >> 24), UInt8(truncatingIfNeeded: length >> 16),
-            UInt8(truncatingIfNeeded: length >> 8), UInt8(truncatingIfNeeded: length)
-        )
     }
 
     /// Writes `head` then `body`, resuming after partial writes.

@@ -1,0 +1,143 @@
+import NIOCore
+
+/// Writes the frames of one channel so that those produced in the same event-loop tick leave together, in one
+/// gathering write, flushed once at the end of the tick; large payloads leave as they are, never copied.
+///
+/// The server's client connections, the client library and the links to pool processes all write this way: each
+/// answer, request or task is encoded into one output buffer, and the buffer is written and flushed once, when the
+/// tick ends (or earlier, at ``flush()``, when a read completes). A payload over ``copyLimit`` is not copied into
+/// the buffer: its header joins the frames before it, and its bytes follow as they are, in the same gathering write.
+///
+/// Confined to the channel's event loop; it keeps no frame of its own, so appending a frame allocates nothing but
+/// the buffer's growth.
+public final class CoalescingFrameWriter {
+    /// Largest payload copied into the output buffer; a larger one is written as it is, after its header.
+    public static let copyLimit = 16 * 1024
+    /// Largest output buffer kept for the next tick once flushed: a larger one, grown by a burst, is let go so that
+    /// an idle connection holds little memory.
+    static let retainedCapacity = 64 * 1024
+
+    private let channel: any Channel
+    /// Frames encoded since the last write.
+    private var buffered: ByteBuffer
+    private var isFlushScheduled = false
+    /// Set once writing stopped: appended frames are dropped.
+    private var isDiscarding = false
+
+    /// - Parameter channel: Where the frames go; its allocator makes the output buffers.
+    public init(channel: any Channel) {
+        self.channel = channel
+        self.buffered = channel.allocator.buffer(capacity: 0)
+    }
+
+    /// Bytes encoded and not handed to the channel yet.
+    public var bufferedBytes: Int { buffered.readableBytes }
+
+    /// Appends what `encode` writes, to leave at the end of this tick.
+    public func append(_ encode: (inout ByteBuffer) -> Void) {
+        guard !isDiscarding else { return }
+        encode(&buffered)
+        scheduleFlush()
+    }
+
+    /// Appends the bytes `header` writes followed by `payload`: copied into the buffer up to ``copyLimit`` bytes,
+    /// written as it is, behind the frames before it, when larger.
+    public func append(header: (inout ByteBuffer) -> Void, payload: ByteBuffer) {
+        guard !isDiscarding else { return }
+        header(&buffered)
+        if payload.readableBytes <= Self.copyLimit {
+            buffered.writeImmutableBuffer(payload)
+        } else {
+            writeBuffered()
+            channel.write(payload, promise: nil)
+        }
+        scheduleFlush()
+    }
+
+    /// Appends `frame`; the task bytes of a large extension frame are written as they are, after its header.
+    ///
+    /// - Throws: what `ByteBuffer.writeFrame(_:)` throws for a frame too large to encode; nothing is
+    ///   appended then.
+    public func append(_ frame: Frame) throws {
+        guard !isDiscarding else { return }
+        if frame.type.isExtension, let taskData = frame.taskData, taskData.readableBytes > Self.copyLimit,
+            frame.payloadLength <= UInt32.max
+        {
+            return append(header: { $0.writeFrameHeader(frame) }, payload: taskData)
+        }
+        try buffered.writeFrame(frame)
+        scheduleFlush()
+    }
+
+    /// Hands the frames appended so far to the channel, unflushed: for a write of one's own that must follow them.
+    public func writeBuffered() {
+        guard buffered.readableBytes > 0 else { return }
+        channel.write(buffered, promise: nil)
+        // The write is still pending: the next frames go into a buffer of their own.
+        buffered = channel.allocator.buffer(capacity: 0)
+    }
+
+    /// Writes and flushes what was appended now, instead of at the end of the tick (when a read completes, so
+    /// that answers to what was read leave before the next read).
+    public func flush() {
+        isFlushScheduled = false
+        if buffered.readableBytes > 0 {
+            channel.write(buffered, promise: nil)
+            // The kernel has normally taken the bytes by now, so the buffer's memory is reused (a fresh one is
+            // allocated, without copying, if the write is still pending).
+            if buffered.capacity <= Self.retainedCapacity {
+                buffered.clear()
+            } else {
+                buffered = channel.allocator.buffer(capacity: 0)
+            }
+        }
+        // Also flushes a large payload written past the buffer.
+        channel.flush()
+    }
+
+    /// Drops what is buffered and everything appended from now on: the connection is over.
+    public func discard() {
+        isDiscarding = true
+        buffered.clear()
+    }
+
+    /// Flushes once at the end of the current tick, so frames produced together leave together.
+    private func scheduleFlush() {
+        guard !isFlushScheduled else { return }
+        isFlushScheduled = true
+        channel.eventLoop.assumeIsolated().execute { [self] in
+            guard isFlushScheduled, !isDiscarding else { return }
+            flush()
+        }
+    }
+}
+
+extension Frame {
+    /// The task bytes this frame carries after its fixed fields (`ENQUEUE`, `SUBMIT`, `DONE`, `RESULT`); nil for
+    /// the others.
+    public var taskData: ByteBuffer? {
+        switch self {
+        case .enqueue(_, let payload), .done(_, let payload), .result(_, let payload), .submit(_, _, let payload):
+            payload
+        default:
+            nil
+        }
+    }
+}
+
+extension ByteBuffer {
+    /// Appends all of `frame` but its ``Frame/taskData``, which must follow: the header, whose length covers the
+    /// task bytes, and the fields in front of them. `frame` is an extension frame of at most 2³² − 1 payload bytes.
+    mutating func writeFrameHeader(_ frame: Frame) {
+        writeMultipleIntegers(frame.type.rawValue, UInt32(frame.payloadLength))
+        switch frame {
+        case .submit(let id, let timeout, _):
+            writeTaskID(id)
+            writeInteger(TimeoutEncoding.milliseconds(timeout))
+        case .enqueue(let id, _), .done(let id, _), .result(let id, _):
+            writeTaskID(id)
+        default:
+            preconditionFailure("a \(frame.type) frame carries no task data")
+        }
+    }
+}
