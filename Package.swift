@@ -12,6 +12,7 @@ let package = Package(
     products: [
         .library(name: "AiotaskProtocol", targets: ["AiotaskProtocol"]),
         .library(name: "AiotaskClient", targets: ["AiotaskClient"]),
+        .library(name: "AiotaskServer", targets: ["AiotaskServer"]),
         .library(name: "AiotaskWorker", targets: ["AiotaskWorker"]),
         .executable(name: "aiotaskd", targets: ["aiotaskd"]),
         .executable(name: "aiotask", targets: ["aiotask"]),
@@ -70,11 +71,28 @@ let package = Package(
             ],
             swiftSettings: upcomingFeatures
         ),
+        // The embeddable server: connections, scheduling, the pool and its processes, the link to a pool process.
+        // No command line, no systemd, no exit: an application runs it as one service among its own.
+        .target(
+            name: "AiotaskServer",
+            dependencies: [
+                "AiotaskProtocol",
+                "AiotaskChildProcess",
+                "CAiotaskShims",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: upcomingFeatures
+        ),
+        // What a handler author imports: `Daemon.main { … }`, the daemon shell around the server (settings, config
+        // file, command line, systemd lifecycle) and the pool-process runtime. Re-exports AiotaskServer.
         .target(
             name: "AiotaskWorker",
             dependencies: [
                 "AiotaskProtocol",
-                "AiotaskChildProcess",
+                "AiotaskServer",
                 "CAiotaskShims",
                 "Systemd",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -153,6 +171,7 @@ let package = Package(
             name: "AiotaskWorkerTests",
             dependencies: [
                 "AiotaskWorker",
+                "AiotaskServer",
                 "AiotaskChildProcess",
                 "AiotaskClient",
                 "AiotaskTestSupport",

@@ -1,4 +1,5 @@
 import AiotaskProtocol
+import AiotaskServer
 import CAiotaskShims
 import NIOCore
 
@@ -18,13 +19,13 @@ public enum WorkerRole: String, Sendable {
     /// Arm the parent-death signal, then `exec` the external handler program named by the arguments.
     case exec
 
-    static let environmentKey = "AIOTASK_ROLE"
-    static let supervisorPIDKey = "AIOTASK_SUPERVISOR_PID"
+    static let environmentKey = PoolProcessEnvironment.roleKey
+    static let supervisorPIDKey = PoolProcessEnvironment.supervisorPIDKey
     /// The pool slot a process serves, for the handler's own logging.
-    static let workerIndexKey = "AIOTASK_WORKER_INDEX"
+    static let workerIndexKey = PoolProcessEnvironment.workerIndexKey
 
     /// The path that re-executes the running binary, even after its file was replaced by an upgrade.
-    static let currentExecutablePath = "/proc/self/exe"
+    static let currentExecutablePath = PoolProcessEnvironment.currentExecutablePath
 
     /// The role this process was started in, or nil when it is not a pool process.
     public static var current: WorkerRole? {

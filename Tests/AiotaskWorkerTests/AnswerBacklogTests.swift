@@ -1,6 +1,7 @@
 import NIOCore
 import Testing
 
+@testable import AiotaskServer
 @testable import AiotaskWorker
 
 /// The rules of a connection whose client leaves its answers unread, without a channel or a process.

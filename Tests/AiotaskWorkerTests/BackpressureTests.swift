@@ -5,6 +5,7 @@ import Foundation
 import NIOCore
 import Testing
 
+@testable import AiotaskServer
 @testable import AiotaskWorker
 
 @Suite("Backpressure")

@@ -5,6 +5,7 @@ import Logging
 import NIOCore
 import Testing
 
+@testable import AiotaskServer
 @testable import AiotaskWorker
 
 /// Bad input ends the offending connection (with an ERROR frame if it said HELLO), is logged, and harms no other

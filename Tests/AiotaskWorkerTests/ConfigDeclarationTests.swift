@@ -5,6 +5,7 @@ import Logging
 import NIOCore
 import Testing
 
+@testable import AiotaskServer
 @testable import AiotaskWorker
 
 /// The settings' declarations (``DaemonSettings/declarations``) against the command line, the defaults of

@@ -2,6 +2,7 @@ import AiotaskProtocol
 import Logging
 import Testing
 
+@testable import AiotaskServer
 @testable import AiotaskWorker
 
 /// The config file's syntax, how the command line overrides it, and how settings are checked.

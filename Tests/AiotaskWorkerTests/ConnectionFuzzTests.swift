@@ -5,6 +5,7 @@ import Logging
 import NIOCore
 import Testing
 
+@testable import AiotaskServer
 @testable import AiotaskWorker
 
 /// A real server's connection handling fed mutated streams of the frames clients send.

@@ -6,6 +6,7 @@ import Logging
 import NIOCore
 import Testing
 
+@testable import AiotaskServer
 @testable import AiotaskWorker
 
 /// Many connections at once: what the daemon holds and serves, and how it refuses the rest.

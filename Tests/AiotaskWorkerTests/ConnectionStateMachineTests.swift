@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import Testing
 
+@testable import AiotaskServer
 @testable import AiotaskWorker
 
 /// The rules of one client connection on the server, without a socket, a scheduler or a process.

@@ -5,6 +5,7 @@ import Logging
 import NIOCore
 import Testing
 
+@testable import AiotaskServer
 @testable import AiotaskWorker
 
 @Suite("Crashing pool processes")

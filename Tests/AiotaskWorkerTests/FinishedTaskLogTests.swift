@@ -1,6 +1,7 @@
 import AiotaskProtocol
 import Testing
 
+@testable import AiotaskServer
 @testable import AiotaskWorker
 
 @Suite("Finished-task memory")

@@ -1,5 +1,6 @@
 import Foundation
 
+@testable import AiotaskServer
 @testable import AiotaskWorker
 
 #if canImport(Glibc)

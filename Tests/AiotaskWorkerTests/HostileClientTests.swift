@@ -6,6 +6,7 @@ import Logging
 import NIOCore
 import Testing
 
+@testable import AiotaskServer
 @testable import AiotaskWorker
 
 /// Clients that hold a connection without using it: slowloris, idle and non-reading clients.

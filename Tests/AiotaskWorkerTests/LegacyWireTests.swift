@@ -5,6 +5,7 @@ import Logging
 import NIOCore
 import Testing
 
+@testable import AiotaskServer
 @testable import AiotaskWorker
 
 /// A client of aiotask 0.0.2 — which never says HELLO — is served byte for byte in the original protocol.

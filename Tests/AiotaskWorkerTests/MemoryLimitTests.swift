@@ -5,6 +5,7 @@ import Foundation
 import Logging
 import Testing
 
+@testable import AiotaskServer
 @testable import AiotaskWorker
 
 #if canImport(Glibc)

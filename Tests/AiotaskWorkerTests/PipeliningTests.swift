@@ -4,6 +4,7 @@ import Foundation
 import NIOCore
 import Testing
 
+@testable import AiotaskServer
 @testable import AiotaskWorker
 
 /// Clients that write every task before they read a single answer, as naive clients of the original protocol do:

@@ -6,6 +6,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import Testing
 
+@testable import AiotaskServer
 @testable import AiotaskWorker
 
 #if canImport(Glibc)

@@ -7,6 +7,7 @@ import Logging
 import NIOCore
 import Testing
 
+@testable import AiotaskServer
 @testable import AiotaskWorker
 
 /// One process, with one task sent ahead behind the running one, however long that one runs.

@@ -7,6 +7,7 @@ import NIOCore
 import NIOPosix
 import Testing
 
+@testable import AiotaskServer
 @testable import AiotaskWorker
 
 @Suite("ReconnectingClient: a client that outlives its server's restarts", .serialized)

@@ -2,6 +2,7 @@ import AiotaskProtocol
 import NIOCore
 import Testing
 
+@testable import AiotaskServer
 @testable import AiotaskWorker
 
 @Suite("Shared memory: the arena's space and the link's framing")

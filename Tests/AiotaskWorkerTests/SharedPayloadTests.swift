@@ -5,6 +5,7 @@ import Glibc
 import NIOCore
 import Testing
 
+@testable import AiotaskServer
 @testable import AiotaskWorker
 
 /// `count` pseudo-random bytes, different for each `seed`.

@@ -4,6 +4,7 @@ import Foundation
 import NIOCore
 import Testing
 
+@testable import AiotaskServer
 @testable import AiotaskWorker
 
 /// Task frames still arriving hold memory too: they count against `max-queued-bytes` from their header on.

@@ -2,6 +2,7 @@ import AiotaskTestSupport
 import Foundation
 import Testing
 
+@testable import AiotaskServer
 @testable import AiotaskWorker
 
 #if canImport(Glibc)

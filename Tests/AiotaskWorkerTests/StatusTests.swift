@@ -4,6 +4,7 @@ import NIOCore
 import Testing
 
 @testable import AiotaskClient
+@testable import AiotaskServer
 @testable import AiotaskWorker
 
 @Suite("STATUS from live state")

@@ -6,6 +6,7 @@ import Logging
 import NIOCore
 import Testing
 
+@testable import AiotaskServer
 @testable import AiotaskWorker
 
 @Suite("Capture of pool processes' stderr")

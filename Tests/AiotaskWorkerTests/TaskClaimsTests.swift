@@ -3,6 +3,7 @@ import NIOConcurrencyHelpers
 import Synchronization
 import Testing
 
+@testable import AiotaskServer
 @testable import AiotaskWorker
 
 #if canImport(Glibc)

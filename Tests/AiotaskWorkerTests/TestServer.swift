@@ -5,6 +5,7 @@ import Foundation
 import Logging
 import NIOCore
 
+@testable import AiotaskServer
 @testable import AiotaskWorker
 
 /// The executables this package builds, found next to the test binary.

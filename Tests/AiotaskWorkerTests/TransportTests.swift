@@ -4,6 +4,7 @@ import AiotaskTestSupport
 import NIOCore
 import Testing
 
+@testable import AiotaskServer
 @testable import AiotaskWorker
 
 #if canImport(Glibc)

@@ -96,8 +96,8 @@ final class WorkerProcess {
         loop: any EventLoop
     ) throws -> WorkerProcess {
         var environment = [
-            WorkerRole.supervisorPIDKey: String(getpid()),
-            WorkerRole.workerIndexKey: String(slot),
+            PoolProcessEnvironment.supervisorPIDKey: String(getpid()),
+            PoolProcessEnvironment.workerIndexKey: String(slot),
         ]
         if let limit = OpenFileLimit.softLimitForChildren {
             environment[OpenFileLimit.childSoftLimitKey] = String(limit)

@@ -31,7 +31,7 @@ extension ExitStatus: CustomStringConvertible {
 }
 
 /// The conventional name of a signal, such as `SIGKILL`.
-func signalName(_ signal: Int32) -> String {
+package func signalName(_ signal: Int32) -> String {
     switch signal {
     case SIGHUP: "SIGHUP"
     case SIGINT: "SIGINT"

@@ -30,7 +30,7 @@ public enum OpenFileLimit {
 
     /// In a pool process: lowers the soft limit back to the one the supervisor passed (see
     /// ``softLimitForChildren``), and clears the variable.
-    static func restoreChildSoftLimit() {
+    package static func restoreChildSoftLimit() {
         guard let value = getenv(childSoftLimitKey) else { return }
         let wanted = rlim_t(String(cString: value))
         unsetenv(childSoftLimitKey)

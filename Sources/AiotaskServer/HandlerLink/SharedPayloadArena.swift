@@ -17,7 +17,7 @@ import NIOCore
 /// link; the process copies the task out, and puts a result that fits back in the same region. A region belongs to
 /// one task from the moment it is sent until its reply is read, or it is withdrawn unclaimed; the link's messages
 /// order every access, so neither side ever reads a region the other is writing.
-final class SharedPayloadArena {
+package final class SharedPayloadArena {
     /// The environment variable giving a pool process the payload space's size in bytes; set only when the memory was
     /// made. It also tells the process that its link uses ``SharedPayloadFraming``.
     static let capacityKey = "AIOTASK_SHARED_PAYLOAD_BYTES"
@@ -63,7 +63,7 @@ final class SharedPayloadArena {
     ///
     /// Call it before ``TaskClaims/inherited()``, which closes the descriptor. The variable is cleared, so programs
     /// the handler starts do not take it for theirs.
-    static func inherited() -> (isOffered: Bool, arena: SharedPayloadArena?) {
+    package static func inherited() -> (isOffered: Bool, arena: SharedPayloadArena?) {
         guard let value = getenv(capacityKey) else { return (false, nil) }
         let capacity = Int(String(cString: value))
         unsetenv(capacityKey)

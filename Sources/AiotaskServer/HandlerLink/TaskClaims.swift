@@ -18,7 +18,7 @@ import CAiotaskShims
 ///
 /// Processes of external handler programs share none of this: they do not claim, and tasks sent ahead to them
 /// (only with an explicit `prefetch`) stay committed to them.
-final class TaskClaims {
+package final class TaskClaims {
     private let memory: UnsafeMutableRawPointer
 
     /// The environment variable naming the descriptor of the memory in a pool process.
@@ -47,7 +47,7 @@ final class TaskClaims {
 
     /// In a pool process: the memory the supervisor passed, announced as used, or nil when it passed none. The
     /// variable is cleared, so programs the handler starts do not take it for theirs.
-    static func inherited() -> TaskClaims? {
+    package static func inherited() -> TaskClaims? {
         guard let value = getenv(descriptorKey) else { return nil }
         unsetenv(descriptorKey)
         guard let descriptor = CInt(String(cString: value)), let memory = aiotask_claims_map(descriptor) else {

@@ -17,18 +17,18 @@ public struct ProcessCommand: Hashable, Sendable {
         self.displayName = displayName
     }
 
-    /// Whether the process runs a Swift handler of this library (``WorkerRole/handler``), which claims its tasks
+    /// Whether the process runs a Swift handler of this library (`WorkerRole.handler` in AiotaskWorker), which claims its tasks
     /// (see ``TaskClaims``); an external program does not.
     var runsLibraryHandler: Bool {
-        environment[WorkerRole.environmentKey] == WorkerRole.handler.rawValue
+        environment[PoolProcessEnvironment.roleKey] == PoolProcessEnvironment.handlerRole
     }
 
     /// The running executable, re-executed as a pool process that runs its Swift handler.
     public static func currentExecutable(environment: [String: String] = [:], displayName: String) -> ProcessCommand {
         var environment = environment
-        environment[WorkerRole.environmentKey] = WorkerRole.handler.rawValue
+        environment[PoolProcessEnvironment.roleKey] = PoolProcessEnvironment.handlerRole
         return ProcessCommand(
-            executable: WorkerRole.currentExecutablePath,
+            executable: PoolProcessEnvironment.currentExecutablePath,
             environment: environment,
             displayName: displayName
         )
@@ -39,9 +39,9 @@ public struct ProcessCommand: Hashable, Sendable {
     /// It is started through the running executable, which arms the parent-death signal and then `exec`s it,
     /// so the program dies with the supervisor like every other pool process.
     public static func external(program: String, arguments: [String]) -> ProcessCommand {
-        let environment = [WorkerRole.environmentKey: WorkerRole.exec.rawValue]
+        let environment = [PoolProcessEnvironment.roleKey: PoolProcessEnvironment.execRole]
         return ProcessCommand(
-            executable: WorkerRole.currentExecutablePath,
+            executable: PoolProcessEnvironment.currentExecutablePath,
             arguments: [program] + arguments,
             environment: environment,
             displayName: "exec:" + ([program] + arguments).joined(separator: " ")

@@ -15,7 +15,7 @@ import NIOCore
 /// as soon as it is done, and only blocks in `read` when it has no whole task buffered. With ``TaskClaims``, it
 /// claims each task before returning it, and skips those the supervisor withdrew. With a ``SharedPayloadArena``, it
 /// takes large tasks from the arena, and puts results that fit back in their task's region.
-struct HandlerLink {
+package struct HandlerLink {
     /// Why the link failed.
     struct Failure: Error, CustomStringConvertible {
         let description: String
@@ -40,7 +40,7 @@ struct HandlerLink {
 
     /// - Parameter sharedPayloads: whether the link uses ``SharedPayloadFraming`` (the supervisor offered an
     ///   arena), and the arena, unless it could not be mapped.
-    init(
+    package init(
         input: CInt,
         output: CInt,
         maximumLength: Int,
@@ -59,7 +59,7 @@ struct HandlerLink {
     /// The next task to run, claimed, or nil when the supervisor closed the link between tasks.
     ///
     /// - Throws: ``Failure`` when reading fails, or ``HandlerFramingError`` when the stream breaks the framing.
-    mutating func nextTask() throws -> ByteBuffer? {
+    package mutating func nextTask() throws -> ByteBuffer? {
         while let request = try nextFrame() {
             let index = nextIndex
             nextIndex &+= 1
@@ -121,7 +121,7 @@ struct HandlerLink {
     ///
     /// - Throws: ``Failure`` when writing fails (the supervisor closed the link), or the reply is longer than the
     ///   framing can say.
-    mutating func send(_ reply: HandlerReply) throws {
+    package mutating func send(_ reply: HandlerReply) throws {
         // The header is encoded by the framing itself, into a buffer kept from reply to reply.
         header.clear()
         if case .result(let bytes) = reply, let arena, let region = currentRegion, bytes.readableBytes <= region.count {

@@ -24,7 +24,7 @@ import NIOConcurrencyHelpers
 /// - reaps the ones that exit by themselves (a subreaper must, or they stay zombies), once a second.
 ///
 /// Only the daemon does this (`Daemon.run`): a program that runs a server in-process is left as it is.
-final class OrphanReaper: Sendable {
+package final class OrphanReaper: Sendable {
     /// What a sweep kills, besides reaping the zombies.
     enum Scope {
         /// Nothing.
@@ -61,7 +61,7 @@ final class OrphanReaper: Sendable {
 
     /// Makes this process a child subreaper and starts reaping; nil (with a warning) if the kernel refuses.
     @discardableResult
-    static func start(logger: Logger) -> OrphanReaper? {
+    package static func start(logger: Logger) -> OrphanReaper? {
         let result = aiotask_set_child_subreaper()
         guard result == 0 else {
             logger.warning(
@@ -83,7 +83,7 @@ final class OrphanReaper: Sendable {
 
     /// Kills every process left, and waits until they are reaped. For the end of shutdown, once the pool
     /// processes are gone.
-    func killAll() {
+    package func killAll() {
         queue.sync { sweep(.all) }
     }
 
@@ -131,7 +131,7 @@ final class OrphanReaper: Sendable {
         case .none: return false
         case .all: return true
         case .slot(let index):
-            let found = Self.environmentValue(of: pid, key: WorkerRole.workerIndexKey)
+            let found = Self.environmentValue(of: pid, key: PoolProcessEnvironment.workerIndexKey)
             return found == nil || found == index
         }
     }

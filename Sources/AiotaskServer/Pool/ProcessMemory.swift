@@ -5,9 +5,9 @@
 #endif
 
 /// The memory a pool process holds, read from `/proc/PID/stat`.
-enum ProcessMemory {
+package enum ProcessMemory {
     /// Bytes in one mebibyte, the unit of the memory limit's setting and messages.
-    static let mebibyte = 1 << 20
+    package static let mebibyte = 1 << 20
 
     static let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
 
