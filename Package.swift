@@ -80,13 +80,14 @@ let package = Package(
             ],
             swiftSettings: upcomingFeatures
         ),
+        // The command-line client; its `bench` is a load generator against a given server. The benchmark suite, which
+        // starts its own daemons, is the package in Benchmarks/.
         .executableTarget(
             name: "aiotask",
             dependencies: [
                 "AiotaskClient",
                 "AiotaskProtocol",
                 "CAiotaskShims",
-                "AiotaskTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -99,6 +100,7 @@ let package = Package(
             path: "Examples/ExampleWorker",
             swiftSettings: upcomingFeatures
         ),
+        // Helpers of the tests only: no shipped target depends on it.
         .target(
             name: "AiotaskTestSupport",
             dependencies: [.product(name: "NIOConcurrencyHelpers", package: "swift-nio")],
