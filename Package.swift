@@ -27,6 +27,8 @@ let package = Package(
         .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"),
     ],
     targets: [
+        // The wire format only: frames, codes, their encoder and decoders, task ids, addresses, INFO, the
+        // handler-link framing, the version. No channel, no allocator, no event loop.
         .target(
             name: "AiotaskProtocol",
             dependencies: [
@@ -35,10 +37,24 @@ let package = Package(
             ],
             swiftSettings: upcomingFeatures
         ),
+        // The NIO glue that the client, the server and the pool links share: stream decoding, direct frame reads,
+        // the fast-copy allocator, the malloc tuning. Internal (no product): what crosses into the other targets
+        // is `package`.
+        .target(
+            name: "AiotaskTransport",
+            dependencies: [
+                "AiotaskProtocol",
+                // glibc's malloc settings (MemoryTuning); Linux only, so that the client library builds elsewhere.
+                .target(name: "CAiotaskShims", condition: .when(platforms: [.linux])),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: upcomingFeatures
+        ),
         .target(
             name: "AiotaskClient",
             dependencies: [
                 "AiotaskProtocol",
+                "AiotaskTransport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
@@ -62,6 +78,7 @@ let package = Package(
             name: "AiotaskWorker",
             dependencies: [
                 "AiotaskProtocol",
+                "AiotaskTransport",
                 "CAiotaskShims",
                 "Systemd",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -87,7 +104,7 @@ let package = Package(
             dependencies: [
                 "AiotaskClient",
                 "AiotaskProtocol",
-                "CAiotaskShims",
+                "AiotaskTransport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -112,6 +129,7 @@ let package = Package(
             dependencies: [
                 "AiotaskProtocol",
                 "AiotaskTestSupport",
+                "AiotaskTransport",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),

@@ -1,4 +1,5 @@
 import AiotaskClient
+import AiotaskTransport
 import ArgumentParser
 import Foundation
 import NIOCore
@@ -69,7 +70,7 @@ struct BenchCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        LargeBufferTuning.keepLargeBuffersInHeap()
+        MemoryTuning.keepLargeBuffersInHeap()
         let report: BenchReport
         do {
             report = try await measure()
