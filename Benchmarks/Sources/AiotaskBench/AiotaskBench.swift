@@ -50,7 +50,7 @@ struct AiotaskBench {
         let rounds = smoke ? 1 : repeats
         let suite = BenchSuite(daemon: daemon, client: client, repeats: rounds, smoke: smoke)
         do {
-            let figures = try await suite.run { writeError("aiotask-bench: \($0)") }
+            let figures = try await suite.run { @Sendable in writeError("aiotask-bench: \($0)") }
             print(BenchSuite.table(figures, repeats: rounds))
         } catch {
             writeError("aiotask-bench: suite failed: \(error)")
