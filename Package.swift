@@ -28,12 +28,25 @@ let package = Package(
         .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"),
     ],
     targets: [
+        // The wire format only: frames, codes, their encoder and decoders, task ids, addresses, INFO, the
+        // handler-link framing, the version. No channel, no allocator, no event loop.
         .target(
             name: "AiotaskProtocol",
             dependencies: [
-                // `mallopt` (MemoryTuning), which Swift's Glibc module does not declare.
-                "CAiotaskShims",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: upcomingFeatures
+        ),
+        // The NIO glue that the client, the server and the pool links share: stream decoding (InboundStream), direct
+        // frame reads, the coalescing frame writer, the fast-copy allocator, the malloc tuning. Internal (no product): what crosses into the other targets
+        // is `package`.
+        .target(
+            name: "AiotaskTransport",
+            dependencies: [
+                "AiotaskProtocol",
+                // glibc's malloc settings (MemoryTuning); Linux only, so that the client library builds elsewhere.
+                .target(name: "CAiotaskShims", condition: .when(platforms: [.linux])),
                 .product(name: "NIOCore", package: "swift-nio"),
             ],
             swiftSettings: upcomingFeatures
@@ -42,6 +55,7 @@ let package = Package(
             name: "AiotaskClient",
             dependencies: [
                 "AiotaskProtocol",
+                "AiotaskTransport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
@@ -77,6 +91,7 @@ let package = Package(
             name: "AiotaskServer",
             dependencies: [
                 "AiotaskProtocol",
+                "AiotaskTransport",
                 "AiotaskChildProcess",
                 "CAiotaskShims",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -93,6 +108,7 @@ let package = Package(
             dependencies: [
                 "AiotaskProtocol",
                 "AiotaskServer",
+                "AiotaskTransport",
                 "CAiotaskShims",
                 "Systemd",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -111,13 +127,14 @@ let package = Package(
             ],
             swiftSettings: upcomingFeatures
         ),
+        // The command-line client; its `bench` is a load generator against a given server. The benchmark suite, which
+        // starts its own daemons, is the package in Benchmarks/.
         .executableTarget(
             name: "aiotask",
             dependencies: [
                 "AiotaskClient",
                 "AiotaskProtocol",
-                "CAiotaskShims",
-                "AiotaskTestSupport",
+                "AiotaskTransport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -130,6 +147,7 @@ let package = Package(
             path: "Examples/ExampleWorker",
             swiftSettings: upcomingFeatures
         ),
+        // Helpers of the tests only: no shipped target depends on it.
         .target(
             name: "AiotaskTestSupport",
             dependencies: [
@@ -145,6 +163,7 @@ let package = Package(
             dependencies: [
                 "AiotaskProtocol",
                 "AiotaskTestSupport",
+                "AiotaskTransport",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),

@@ -1,4 +1,5 @@
 import AiotaskProtocol
+import AiotaskTransport
 import NIOCore
 
 /// All per-connection state of an ``AiotaskClient``, owned by the channel's event loop.

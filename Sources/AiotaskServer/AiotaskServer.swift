@@ -1,4 +1,5 @@
 import AiotaskProtocol
+import AiotaskTransport
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore

@@ -1,4 +1,5 @@
 import AiotaskProtocol
+import AiotaskTransport
 import ArgumentParser
 import Foundation
 import Logging

@@ -1,5 +1,6 @@
 import AiotaskClient
 import AiotaskProtocol
+import AiotaskTransport
 import ArgumentParser
 import Foundation
 import NIOCore
@@ -16,7 +17,8 @@ struct BenchCommand: AsyncParsableCommand {
             spread evenly over --connections connections, and checks that each result equals its task (as the \
             echo handler returns it; --no-verify skips that). Prints tasks per second and the latency \
             percentiles; --json prints one JSON object instead. Exits with 1 when a task failed or returned \
-            the wrong result.
+            the wrong result. (The benchmark suite, which starts its own servers and checks every performance \
+            figure, is the aiotask-bench program of the source tree's Benchmarks/ package.)
             """
     )
 
@@ -53,29 +55,7 @@ struct BenchCommand: AsyncParsableCommand {
     )
     var tasksOnEventLoop = true
 
-    @Flag(
-        name: .long,
-        help: """
-            Measure every performance figure against aiotaskd processes started for the purpose (the other load \
-            options and --server are ignored), and print one table.
-            """
-    )
-    var suite = false
-
-    @Option(name: .long, help: "With --suite: how many rounds of measurements the table summarises.")
-    var `repeat` = 5
-
-    @Flag(name: .long, help: "With --suite: one quick round with few tasks, to check that the suite works.")
-    var smoke = false
-
-    @Option(
-        name: .long,
-        help: ArgumentHelp("With --suite: the aiotaskd to start (default: the one next to aiotask).", valueName: "path")
-    )
-    var daemon: String?
-
     func validate() throws {
-        guard `repeat` >= 1 else { throw ValidationError("--repeat must be at least 1") }
         guard tasks >= 1 else { throw ValidationError("--tasks must be at least 1") }
         guard concurrency >= 1 else { throw ValidationError("--concurrency must be at least 1") }
         guard connections >= 1 else { throw ValidationError("--connections must be at least 1") }
@@ -92,7 +72,6 @@ struct BenchCommand: AsyncParsableCommand {
 
     func run() async throws {
         MemoryTuning.keepLargeBuffersInHeap()
-        if suite || smoke { return try await runSuite() }
         let report: BenchReport
         do {
             report = try await measure()
@@ -109,30 +88,6 @@ struct BenchCommand: AsyncParsableCommand {
         if report.failed > 0 || report.mismatched > 0 {
             throw AiotaskCommand.taskFailedExitCode
         }
-    }
-
-    private func runSuite() async throws {
-        let executable = daemon ?? Self.siblingDaemonPath()
-        guard FileManager.default.isExecutableFile(atPath: executable) else {
-            Terminal.writeError("aiotask: cannot find aiotaskd at \(executable) (give --daemon PATH)")
-            throw AiotaskCommand.problemExitCode
-        }
-        let repeats = smoke ? 1 : `repeat`
-        let suite = BenchSuite(daemon: executable, repeats: repeats, smoke: smoke)
-        let figures: [BenchSuite.Figure]
-        do {
-            figures = try await suite.run { Terminal.writeError("aiotask: bench suite: \($0)") }
-        } catch {
-            Terminal.writeError("aiotask: bench suite failed: \(error)")
-            throw AiotaskCommand.problemExitCode
-        }
-        print(BenchSuite.table(figures, repeats: repeats))
-    }
-
-    /// `aiotaskd` in the directory of the running `aiotask`.
-    private static func siblingDaemonPath() -> String {
-        let executable = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
-        return executable.deletingLastPathComponent().appendingPathComponent("aiotaskd").path
     }
 
     /// Connects, runs all tasks, closes, and summarises.

@@ -1,5 +1,6 @@
 import AiotaskProtocol
 import AiotaskTestSupport
+import AiotaskTransport
 import NIOCore
 import NIOPosix
 import Testing

@@ -1,5 +1,6 @@
 import AiotaskProtocol
 import AiotaskTestSupport
+import AiotaskTransport
 import NIOConcurrencyHelpers
 @_spi(CustomByteBufferAllocator) import NIOCore
 import NIOEmbedded

@@ -1,4 +1,5 @@
 import AiotaskProtocol
+import AiotaskTransport
 import Foundation
 import Logging
 import NIOCore

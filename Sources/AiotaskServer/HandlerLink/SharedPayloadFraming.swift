@@ -1,4 +1,5 @@
 import AiotaskProtocol
+import AiotaskTransport
 import NIOCore
 
 /// The framing of the link to a pool process that was offered a ``SharedPayloadArena``: the handler framing

@@ -1,5 +1,6 @@
 import AiotaskChildProcess
 import AiotaskProtocol
+import AiotaskTransport
 import Logging
 import NIOCore
 import NIOPosix

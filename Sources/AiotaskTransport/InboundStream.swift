@@ -1,3 +1,4 @@
+import AiotaskProtocol
 import NIOCore
 
 /// The reading side of a channel handler that decodes its channel's bytes with a ``StreamDecoder``: each read cut
@@ -10,18 +11,18 @@ import NIOCore
 /// the middle of a read, does not touch the decoder being read with.)
 ///
 /// Confined to the channel's event loop.
-public final class InboundStream<Decoder: LengthPrefixedDecoder> {
+package final class InboundStream<Decoder: LengthPrefixedDecoder> {
     /// The decoder; its framing's settings may change between reads.
-    public var decoder: StreamDecoder<Decoder>
+    package var decoder: StreamDecoder<Decoder>
     /// Set while messages are being handed on, one of which may close the channel.
     private var isDecoding = false
     /// Set once the stream broke the framing, or ended.
-    public private(set) var isOver = false
+    package private(set) var isOver = false
 
     /// - Parameters:
     ///   - decoder: The framing.
     ///   - readWindow: The window of the channel's ``DirectFrameReads``, if it reads through them.
-    public init(_ decoder: Decoder, readWindow: ReadWindow? = nil) {
+    package init(_ decoder: Decoder, readWindow: ReadWindow? = nil) {
         self.decoder = StreamDecoder(decoder, readWindow: readWindow)
     }
 
@@ -30,7 +31,7 @@ public final class InboundStream<Decoder: LengthPrefixedDecoder> {
     ///
     /// - Returns: whether a message was handed on.
     @discardableResult
-    public func read(
+    package func read(
         _ bytes: ByteBuffer,
         receive: (Decoder.InboundOut) -> Void,
         broke: (any Error) -> Void
@@ -52,13 +53,13 @@ public final class InboundStream<Decoder: LengthPrefixedDecoder> {
     }
 
     /// Decodes nothing more: the stream or the channel failed.
-    public func stop() {
+    package func stop() {
         isOver = true
     }
 
     /// At the channel's end: hands on the messages that arrived just before it, and reports a stream that ends inside
     /// a message to `broke` — unless the end comes from inside ``read(_:receive:broke:)`` or the stream is over.
-    public func end(receive: (Decoder.InboundOut) -> Void, broke: (any Error) -> Void) {
+    package func end(receive: (Decoder.InboundOut) -> Void, broke: (any Error) -> Void) {
         guard !isOver, !isDecoding else { return }
         isOver = true
         do {

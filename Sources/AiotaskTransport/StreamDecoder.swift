@@ -1,3 +1,4 @@
+import AiotaskProtocol
 import NIOCore
 
 /// Cuts the bytes a channel handler reads into messages with a ``LengthPrefixedDecoder``, handing each message

@@ -19,9 +19,12 @@
 /// from this allocator start at offset 2048 of a page instead, half a page from the offsets the kernel's pages
 /// use, so neither a read into them nor a write from them (a header of up to a few dozen bytes ahead of the
 /// payload) falls in that window.
-public enum FastCopyBuffers {
+///
+/// `@usableFromInline`: ``StreamDecoder``'s inlinable code assembles frames in these buffers.
+@usableFromInline
+package enum FastCopyBuffers {
     /// Buffers at least this large start mid-page; smaller ones are plain `malloc` blocks.
-    public static let threshold = 16 * 1024
+    package static let threshold = 16 * 1024
     /// Where in a page a large buffer starts.
     static let pageOffset = 2048
     static let pageSize = 4096
@@ -32,7 +35,7 @@ public enum FastCopyBuffers {
     private static let alignedTag: UInt64 = 0x6169_6F74_616C_6700
 
     /// The allocator; use it for read buffers and for the buffers large payloads are assembled in.
-    public static let allocator = ByteBufferAllocator(
+    package static let allocator = ByteBufferAllocator(
         allocate: { size in
             FastCopyBuffers.allocate(size)
         },
@@ -49,7 +52,8 @@ public enum FastCopyBuffers {
 
     /// An empty buffer of exactly `capacity` bytes (`ByteBufferAllocator.buffer(capacity:)` rounds up to a power of
     /// two, which would double the memory a large frame holds).
-    public static func buffer(exactCapacity capacity: Int) -> ByteBuffer {
+    @usableFromInline
+    package static func buffer(exactCapacity capacity: Int) -> ByteBuffer {
         guard capacity > 0, let memory = allocate(capacity) else { return allocator.buffer(capacity: capacity) }
         return ByteBuffer(
             takingOwnershipOf: UnsafeMutableRawBufferPointer(start: memory, count: capacity),

@@ -1,3 +1,4 @@
+import AiotaskProtocol
 import NIOCore
 
 /// Writes the frames of one channel so that those produced in the same event-loop tick leave together, in one
@@ -10,9 +11,9 @@ import NIOCore
 ///
 /// Confined to the channel's event loop; it keeps no frame of its own, so appending a frame allocates nothing but
 /// the buffer's growth.
-public final class CoalescingFrameWriter {
+package final class CoalescingFrameWriter {
     /// Largest payload copied into the output buffer; a larger one is written as it is, after its header.
-    public static let copyLimit = 16 * 1024
+    package static let copyLimit = 16 * 1024
     /// Largest output buffer kept for the next tick once flushed: a larger one, grown by a burst, is let go so that
     /// an idle connection holds little memory.
     static let retainedCapacity = 64 * 1024
@@ -25,16 +26,16 @@ public final class CoalescingFrameWriter {
     private var isDiscarding = false
 
     /// - Parameter channel: Where the frames go; its allocator makes the output buffers.
-    public init(channel: any Channel) {
+    package init(channel: any Channel) {
         self.channel = channel
         self.buffered = channel.allocator.buffer(capacity: 0)
     }
 
     /// Bytes encoded and not handed to the channel yet.
-    public var bufferedBytes: Int { buffered.readableBytes }
+    package var bufferedBytes: Int { buffered.readableBytes }
 
     /// Appends what `encode` writes, to leave at the end of this tick.
-    public func append(_ encode: (inout ByteBuffer) -> Void) {
+    package func append(_ encode: (inout ByteBuffer) -> Void) {
         guard !isDiscarding else { return }
         encode(&buffered)
         scheduleFlush()
@@ -42,7 +43,7 @@ public final class CoalescingFrameWriter {
 
     /// Appends the bytes `header` writes followed by `payload`: copied into the buffer up to ``copyLimit`` bytes,
     /// written as it is, behind the frames before it, when larger.
-    public func append(header: (inout ByteBuffer) -> Void, payload: ByteBuffer) {
+    package func append(header: (inout ByteBuffer) -> Void, payload: ByteBuffer) {
         guard !isDiscarding else { return }
         header(&buffered)
         if payload.readableBytes <= Self.copyLimit {
@@ -58,7 +59,7 @@ public final class CoalescingFrameWriter {
     ///
     /// - Throws: what `ByteBuffer.writeFrame(_:)` throws for a frame too large to encode; nothing is
     ///   appended then.
-    public func append(_ frame: Frame) throws {
+    package func append(_ frame: Frame) throws {
         guard !isDiscarding else { return }
         if frame.type.isExtension, let taskData = frame.taskData, taskData.readableBytes > Self.copyLimit,
             frame.payloadLength <= UInt32.max
@@ -70,7 +71,7 @@ public final class CoalescingFrameWriter {
     }
 
     /// Hands the frames appended so far to the channel, unflushed: for a write of one's own that must follow them.
-    public func writeBuffered() {
+    package func writeBuffered() {
         guard buffered.readableBytes > 0 else { return }
         channel.write(buffered, promise: nil)
         // The write is still pending: the next frames go into a buffer of their own.
@@ -79,7 +80,7 @@ public final class CoalescingFrameWriter {
 
     /// Writes and flushes what was appended now, instead of at the end of the tick (when a read completes, so
     /// that answers to what was read leave before the next read).
-    public func flush() {
+    package func flush() {
         isFlushScheduled = false
         if buffered.readableBytes > 0 {
             channel.write(buffered, promise: nil)
@@ -96,7 +97,7 @@ public final class CoalescingFrameWriter {
     }
 
     /// Drops what is buffered and everything appended from now on: the connection is over.
-    public func discard() {
+    package func discard() {
         isDiscarding = true
         buffered.clear()
     }
@@ -115,7 +116,7 @@ public final class CoalescingFrameWriter {
 extension Frame {
     /// The task bytes this frame carries after its fixed fields (`ENQUEUE`, `SUBMIT`, `DONE`, `RESULT`); nil for
     /// the others.
-    public var taskData: ByteBuffer? {
+    package var taskData: ByteBuffer? {
         switch self {
         case .enqueue(_, let payload), .done(_, let payload), .result(_, let payload), .submit(_, _, let payload):
             payload

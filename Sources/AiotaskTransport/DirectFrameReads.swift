@@ -19,43 +19,43 @@
 ///
 /// Install it with ``install(on:)``, which also limits the channel to one read per readiness event: NIO's pool of
 /// read buffers must never keep a window for later reads.
-public struct DirectFrameReads: RecvByteBufferAllocator {
+package struct DirectFrameReads: RecvByteBufferAllocator {
     /// The window the decoder offers; shared by the decoder and the channel.
-    public let window: ReadWindow
+    package let window: ReadWindow
     private var sizing: AdaptiveRecvByteBufferAllocator
 
     /// Sizes reads by default: starting small and growing up to 1 MiB while reads keep filling the buffer, so a large
     /// message arrives in a few `read` calls (NIO's default stops at 64 KiB), and an idle connection holds no large
     /// buffer.
-    public static let largeReads = AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 2048, maximum: 1 << 20)
+    package static let largeReads = AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 2048, maximum: 1 << 20)
 
     /// - Parameters:
     ///   - window: Shared with the ``StreamDecoder`` of the channel's handler.
     ///   - sizing: Sizes every read not into a window.
-    public init(window: ReadWindow = ReadWindow(), sizing: AdaptiveRecvByteBufferAllocator = largeReads) {
+    package init(window: ReadWindow = ReadWindow(), sizing: AdaptiveRecvByteBufferAllocator = largeReads) {
         self.window = window
         self.sizing = sizing
     }
 
     /// Makes `self` the channel's receive allocator. Call it on the channel's event loop, before the channel reads.
     /// A channel without synchronous options is left as it is: its reads are copied into frames as before.
-    public func install(on channel: any Channel) throws {
+    package func install(on channel: any Channel) throws {
         guard let options = channel.syncOptions else { return }
         try options.setOption(.maxMessagesPerRead, value: 1)
         try options.setOption(.recvAllocator, value: self)
     }
 
-    public func buffer(allocator: ByteBufferAllocator) -> ByteBuffer {
+    package func buffer(allocator: ByteBufferAllocator) -> ByteBuffer {
         window.take() ?? sizing.buffer(allocator: allocator)
     }
 
-    public func nextBufferSize() -> Int? {
+    package func nextBufferSize() -> Int? {
         // No size while a window is offered: NIO's pool then asks `buffer(allocator:)` for a fresh buffer (given
         // that `record` says reads may grow) instead of reusing one of its own.
         window.isOffered ? nil : sizing.nextBufferSize()
     }
 
-    public mutating func record(actualReadBytes: Int) -> Bool {
+    package mutating func record(actualReadBytes: Int) -> Bool {
         if !window.lastReadWasWindow { _ = sizing.record(actualReadBytes: actualReadBytes) }
         return true
     }
@@ -65,6 +65,7 @@ public struct DirectFrameReads: RecvByteBufferAllocator {
 /// empty end of the decoder's assembly buffer.
 ///
 /// Used only on the channel's event loop (hence `@unchecked Sendable`, which NIO's allocator protocol requires).
+/// Public, unlike the rest of this target: ``StreamDecoder``'s public initializer takes one.
 public final class ReadWindow: @unchecked Sendable {
     /// The window offered, until the channel takes it for a read.
     private var offered: ByteBuffer?

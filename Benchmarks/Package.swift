@@ -1,0 +1,39 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+// The benchmark suite of aiotask, kept out of the main package so that nothing shipped carries it (as swift-nio keeps
+// its Benchmarks/). `aiotask-bench` starts aiotaskd processes of its own, measures every performance figure with the
+// shipped `aiotask bench` load generator, and prints one table against the targets; see docs/performance.md.
+//
+//   swift build -c release
+//   swift build -c release --package-path Benchmarks --scratch-path .build --product aiotask-bench
+//   .build/release/aiotask-bench --repeat 5
+//
+// Built in the root's build folder (`--scratch-path .build`, from the repository's root), it reuses the products the
+// root's release build made there and compiles only its own module; in a build folder of its own it builds NIO too.
+// Name the product: a plain `swift build` in the shared folder also built what the root's last plan held (its DocC
+// and manual tools, minutes).
+let package = Package(
+    name: "AiotaskBenchmarks",
+    platforms: [.macOS(.v15)],
+    products: [.executable(name: "aiotask-bench", targets: ["AiotaskBench"])],
+    dependencies: [
+        .package(name: "aiotask", path: ".."),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+    ],
+    targets: [
+        .executableTarget(
+            name: "AiotaskBench",
+            dependencies: [
+                .product(name: "AiotaskClient", package: "aiotask"),
+                .product(name: "AiotaskProtocol", package: "aiotask"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: [
+                .enableUpcomingFeature("ExistentialAny"),
+                .enableUpcomingFeature("MemberImportVisibility"),
+            ]
+        )
+    ]
+)
