@@ -80,9 +80,8 @@ public enum Daemon {
         }
 
         signal(SIGPIPE, SIG_IGN)
-        // Ignored, not left to their default action (ending the process): the signal sources below and the group's
-        // receive them all the same, and one that comes when no source is left — a second SIGTERM while draining —
-        // does nothing.
+        // As before the signal sources: ignored rather than left to their default action (ending the process), so
+        // that one arriving while no source is registered does nothing.
         for trapped in DaemonLifecycle.trappedSignals { signal(trapped.rawValue, SIG_IGN) }
         // Trapped before the server starts, so that a SIGTERM while the pool starts stops the daemon once it is up.
         let signals = await UnixSignalsSequence(trapping: DaemonLifecycle.trappedSignals)
