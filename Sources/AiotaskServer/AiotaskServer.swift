@@ -11,7 +11,12 @@ import NIOPosix
     import Musl
 #endif
 
-/// A running aiotask worker: its listening sockets and its supervised pool, all on one event loop.
+/// An aiotask worker: its listening sockets and its supervised pool, all on one event loop.
+///
+/// It is a `Service` of swift-service-lifecycle: ``run()`` starts it if it is not started yet, serves until
+/// graceful shutdown or cancellation, then drains and returns, so an application can run it in its own
+/// `ServiceGroup` beside its other services. ``start(configuration:logger:eventLoop:)`` and ``shutdown()`` do the
+/// two halves by hand, on the same path:
 ///
 /// ```swift
 /// let server = try await AiotaskServer.start(configuration: configuration, logger: logger)
@@ -19,30 +24,66 @@ import NIOPosix
 /// try await server.shutdown()
 /// ```
 public final class AiotaskServer: Sendable {
-    /// The local addresses the server listens on, in the order of the configuration (adopted sockets last).
-    public let localAddresses: [SocketAddress]
+    /// Where the server is in its life. Moves only forward: created → starting → running → stopping → stopped (a
+    /// failed start, or a shutdown before any start, goes straight to stopped).
+    private enum Lifecycle {
+        case created
+        case starting
+        case running(Running)
+        case stopping(Running)
+        case stopped(Running?)
 
+        /// The pool and sockets, once started; kept while stopping and after, so that statistics stay readable.
+        var running: Running? {
+            switch self {
+            case .created, .starting: nil
+            case .running(let running), .stopping(let running): running
+            case .stopped(let running): running
+            }
+        }
+    }
+
+    /// What a started server holds.
+    private struct Running: Sendable {
+        let supervisor: NIOLoopBound<Supervisor>
+        let listeners: [any Channel]
+        let ownedSocketPaths: [String]
+        let localAddresses: [SocketAddress]
+    }
+
+    /// What ``shutdown()`` is to do, decided under the lock.
+    private enum ShutdownAction {
+        case drain(Running)
+        case waitForStart
+        case waitForDrain
+    }
+
+    private let configuration: WorkerConfiguration
     private let loop: any EventLoop
-    private let supervisor: NIOLoopBound<Supervisor>
-    private let listeners: [any Channel]
-    private let ownedSocketPaths: [String]
-    private let drainTimeout: Duration
     private let logger: Logger
+    private let lifecycle = NIOLockedValueBox(Lifecycle.created)
+    /// Signalled by graceful shutdown or cancellation of ``run()``: what ``run()`` serves until.
+    let stopRequested = OneShotEvent()
+    /// Signalled once the start has succeeded or failed.
+    private let startFinished = OneShotEvent()
+    /// Signalled once the server has drained and stopped its pool (or will never start).
+    private let stopped = OneShotEvent()
 
-    private init(
-        loop: any EventLoop,
-        supervisor: NIOLoopBound<Supervisor>,
-        listeners: [any Channel],
-        ownedSocketPaths: [String],
-        drainTimeout: Duration,
-        logger: Logger
-    ) {
-        self.loop = loop
-        self.supervisor = supervisor
-        self.listeners = listeners
-        self.ownedSocketPaths = ownedSocketPaths
-        self.localAddresses = listeners.compactMap(\.localAddress)
-        self.drainTimeout = drainTimeout
+    /// The local addresses the server listens on, in the order of the configuration (adopted sockets last); empty
+    /// until it has started.
+    public var localAddresses: [SocketAddress] {
+        lifecycle.withLockedValue { $0.running?.localAddresses ?? [] }
+    }
+
+    /// A server that does nothing until ``run()`` starts it.
+    ///
+    /// - Parameters:
+    ///   - configuration: the addresses to listen on, the handler the pool runs, and the limits.
+    ///   - logger: where the server and its pool log.
+    ///   - eventLoop: the loop everything runs on; by default one of NIO's shared loops.
+    public init(configuration: WorkerConfiguration, logger: Logger, eventLoop: (any EventLoop)? = nil) {
+        self.configuration = configuration
+        self.loop = eventLoop ?? MultiThreadedEventLoopGroup.singleton.next()
         self.logger = logger
     }
 
@@ -59,6 +100,35 @@ public final class AiotaskServer: Sendable {
         logger: Logger,
         eventLoop: (any EventLoop)? = nil
     ) async throws -> AiotaskServer {
+        let server = AiotaskServer(configuration: configuration, logger: logger, eventLoop: eventLoop)
+        try await server.startIfCreated()
+        return server
+    }
+
+    /// Starts the server unless it was started (or stopped) before.
+    func startIfCreated() async throws {
+        let isFirst = lifecycle.withLockedValue { state -> Bool in
+            guard case .created = state else { return false }
+            state = .starting
+            return true
+        }
+        guard isFirst else { return }
+        defer { startFinished.signal() }
+        do {
+            let running = try await Self.listen(configuration: configuration, loop: loop, logger: logger)
+            lifecycle.withLockedValue { $0 = .running(running) }
+        } catch {
+            lifecycle.withLockedValue { $0 = .stopped(nil) }
+            stopped.signal()
+            throw error
+        }
+    }
+
+    private static func listen(
+        configuration: WorkerConfiguration,
+        loop: any EventLoop,
+        logger: Logger
+    ) async throws -> Running {
         guard !configuration.listenAddresses.isEmpty || !configuration.adoptedSockets.isEmpty else {
             throw ServerError.nothingToListenOn
         }
@@ -70,7 +140,6 @@ public final class AiotaskServer: Sendable {
                 throw ServerError.cannotListen(ListenError(address: "unix:\(path)", error: error))
             }
         }
-        let loop = eventLoop ?? MultiThreadedEventLoopGroup.singleton.next()
         let supervisor = try await loop.submit {
             NIOLoopBound(Supervisor(loop: loop, configuration: configuration, logger: logger), eventLoop: loop)
         }.get()
@@ -111,13 +180,11 @@ public final class AiotaskServer: Sendable {
             try? await loop.flatSubmit { supervisor.value.shutdown(drainTimeout: .zero, announce: false) }.get()
             throw ServerError.cannotListen(ListenError(address: binding, error: error))
         }
-        return AiotaskServer(
-            loop: loop,
+        return Running(
             supervisor: supervisor,
             listeners: listeners,
             ownedSocketPaths: ownedSocketPaths,
-            drainTimeout: configuration.drainTimeout,
-            logger: logger
+            localAddresses: listeners.compactMap(\.localAddress)
         )
     }
 
@@ -146,21 +213,32 @@ public final class AiotaskServer: Sendable {
             }
     }
 
+    /// The pool and sockets of a started server.
+    ///
+    /// - Throws: ``ServerError/notStarted`` before the server has started.
+    private func started() throws(ServerError) -> Running {
+        guard let running = lifecycle.withLockedValue({ $0.running }) else { throw ServerError.notStarted }
+        return running
+    }
+
     /// The server's live statistics.
     public func info() async throws -> ServerInfo {
-        try await loop.submit { [supervisor] in supervisor.value.info() }.get()
+        let supervisor = try started().supervisor
+        return try await loop.submit { supervisor.value.info() }.get()
     }
 
     /// Applies a new configuration to the running server without closing its sockets or losing a task
     /// (see `docs` on reload: the pool is rolled over to the new handler and size). Listening addresses and
     /// adopted sockets are kept as they are.
     public func reload(_ configuration: WorkerConfiguration) async throws {
-        try await loop.submit { [supervisor] in supervisor.value.reload(configuration) }.get()
+        let supervisor = try started().supervisor
+        try await loop.submit { supervisor.value.reload(configuration) }.get()
     }
 
     /// Whether the event loop answers within `limit` and the pool keeps at least one process alive.
     public func isHealthy(within limit: Duration) async -> Bool {
-        let answer = loop.submit { [supervisor] in supervisor.value.isHealthy }
+        guard let supervisor = try? started().supervisor else { return false }
+        let answer = loop.submit { supervisor.value.isHealthy }
         // The timer must not run on the loop being checked: a stuck loop would never fire it.
         let once = OneShotContinuation<Bool>()
         return await withCheckedContinuation { continuation in
@@ -178,7 +256,8 @@ public final class AiotaskServer: Sendable {
 
     /// A one-line summary of the pool, queue and counters, for `systemctl status`.
     public func statusLine() async throws -> String {
-        try await loop.submit { [supervisor] in supervisor.value.statusLine }.get()
+        let supervisor = try started().supervisor
+        return try await loop.submit { supervisor.value.statusLine }.get()
     }
 
     #if DEBUG
@@ -191,20 +270,58 @@ public final class AiotaskServer: Sendable {
     /// How many tasks went to the current pool processes through shared memory, and how many arena regions they
     /// hold now.
     func sharedPayloadUsage() async throws -> (tasks: Int, regionsInUse: Int) {
-        try await loop.submit { [supervisor] in supervisor.value.sharedPayloadUsage }.get()
+        let supervisor = try started().supervisor
+        return try await loop.submit { supervisor.value.sharedPayloadUsage }.get()
     }
 
     /// The number of tasks queued or running.
     public func tasksInFlight() async throws -> Int {
-        try await loop.submit { [supervisor] in supervisor.value.tasksInFlight }.get()
+        let supervisor = try started().supervisor
+        return try await loop.submit { supervisor.value.tasksInFlight }.get()
     }
 
     /// Stops listening, says `GOODBYE` to the extended clients, drains the tasks in flight (up to the configured
     /// drain timeout), fails what is left with `shuttingDown` or `interrupted`, and stops every pool process.
+    ///
+    /// The path ``run()`` ends with. Called again, or while ``run()`` drains, it waits for that drain; while the
+    /// server starts, it waits for the start, then drains; on a server never started, it only makes sure the server
+    /// never starts. A ``run()`` serving the server goes on until graceful shutdown or cancellation (a service that
+    /// returned earlier would end its group), then returns at once.
     public func shutdown() async throws {
-        for listener in listeners { try? await listener.close() }
-        for path in ownedSocketPaths { unlink(path) }
-        try await loop.flatSubmit { [supervisor, drainTimeout] in
+        let action = lifecycle.withLockedValue { state -> ShutdownAction in
+            switch state {
+            case .created:
+                state = .stopped(nil)
+                stopped.signal()
+                return .waitForDrain
+            case .running(let running):
+                state = .stopping(running)
+                return .drain(running)
+            case .starting:
+                return .waitForStart
+            case .stopping, .stopped:
+                return .waitForDrain
+            }
+        }
+        let running: Running
+        switch action {
+        case .drain(let toDrain):
+            running = toDrain
+        case .waitForStart:
+            await startFinished.wait()
+            return try await shutdown()
+        case .waitForDrain:
+            await stopped.wait()
+            return
+        }
+        // Whatever happens below, the server is stopped for everyone waiting on it.
+        defer {
+            lifecycle.withLockedValue { $0 = .stopped(running) }
+            stopped.signal()
+        }
+        for listener in running.listeners { try? await listener.close() }
+        for path in running.ownedSocketPaths { unlink(path) }
+        try await loop.flatSubmit { [supervisor = running.supervisor, drainTimeout = configuration.drainTimeout] in
             supervisor.value.shutdown(drainTimeout: drainTimeout)
         }.get()
         logger.info("worker stopped")
@@ -217,7 +334,7 @@ public struct ServerError: Error, Hashable, Sendable, CustomStringConvertible {
     /// What kind of problem this is.
     public struct Code: Hashable, Sendable {
         private enum Base: Hashable, Sendable {
-            case nothingToListenOn, cannotListen
+            case nothingToListenOn, cannotListen, notStarted
         }
 
         private let base: Base
@@ -230,6 +347,9 @@ public struct ServerError: Error, Hashable, Sendable, CustomStringConvertible {
         public static let nothingToListenOn = Code(.nothingToListenOn)
         /// Binding or adopting a socket failed.
         public static let cannotListen = Code(.cannotListen)
+        /// The server was asked for something only a started server has; ``AiotaskServer/run()`` has not started
+        /// it yet.
+        public static let notStarted = Code(.notStarted)
     }
 
     public var code: Code
@@ -239,6 +359,9 @@ public struct ServerError: Error, Hashable, Sendable, CustomStringConvertible {
     /// The configuration names no address and no socket was passed in.
     public static let nothingToListenOn = ServerError(code: .nothingToListenOn, listenError: nil)
 
+    /// The server has not started yet.
+    public static let notStarted = ServerError(code: .notStarted, listenError: nil)
+
     /// Binding or adopting a socket failed: which address, and why.
     public static func cannotListen(_ error: ListenError) -> ServerError {
         ServerError(code: .cannotListen, listenError: error)
@@ -246,6 +369,7 @@ public struct ServerError: Error, Hashable, Sendable, CustomStringConvertible {
 
     public var description: String {
         if let listenError { return listenError.description }
+        if code == .notStarted { return "the server has not started" }
         return "no address to listen on: give --listen ADDRESS, or pass sockets"
     }
 }

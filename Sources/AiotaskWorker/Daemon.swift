@@ -4,7 +4,9 @@ import ArgumentParser
 import Foundation
 import Logging
 import NIOCore
+import ServiceLifecycle
 import Systemd
+import UnixSignals
 
 #if canImport(Glibc)
     import Glibc
@@ -15,54 +17,31 @@ import Systemd
 /// Runs a complete worker daemon: settings, logging, sockets (its own or systemd's), the server, the
 /// sd_notify lifecycle with its watchdog, and signals (SIGTERM/SIGINT drain and stop, SIGHUP reloads).
 public enum Daemon {
-    /// The entry point of an executable whose tasks are handled by a Swift closure.
-    ///
-    /// In a pool process it serves tasks with `handler`; otherwise it is the supervisor: it reads the
-    /// command line (the same options as `aiotaskd`, without `--handler`) and runs until SIGTERM or SIGINT,
-    /// its pool made of re-executions of this same binary.
-    ///
-    /// ```swift
-    /// @main struct Uppercase {
-    ///     static func main() async {
-    ///         await Daemon.main { task in ByteBuffer(bytes: task.readableBytesView.map { … }) }
-    ///     }
-    /// }
-    /// ```
-    public static func main(handler: @escaping TaskHandler) async -> Never {
-        await runPoolProcessIfRequested(handler: handler)
-        let options = WorkerProgramCommand.parseOptionsOrExit()
-        let name = WorkerProgramCommand.programName
-        await run(options: options) { settings throws(ConfigurationError) in
-            if let spec = settings.handler {
-                throw ConfigurationError(setting: "handler", reason: "\(spec): this program runs its own Swift handler")
-            }
-            return .currentExecutable(displayName: "swift:\(name)")
-        }
-    }
-
-    /// In a pool process, serves tasks (role `handler`) or becomes the external handler (role `exec`), and
-    /// never returns; in the supervisor, returns at once.
-    public static func runPoolProcessIfRequested(handler: @escaping TaskHandler) async {
-        switch WorkerRole.current {
-        case .handler: await WorkerRole.serveTasks(with: handler)
-        case .exec: WorkerRole.execExternalHandler(arguments: Array(CommandLine.arguments.dropFirst()))
-        case nil: return
-        }
-    }
-
     /// The config file's settings (if `--config` names one) overridden by the command line's.
     public static func readSettings(_ options: DaemonOptions) throws(ConfigurationError) -> DaemonSettings {
-        guard let path = options.config else { return options.settings }
+        try readSettings(config: options.config, commandLine: options.settings)
+    }
+
+    /// The settings of the file at `config`, if any, overridden by `commandLine`'s.
+    private static func readSettings(
+        config path: String?,
+        commandLine: DaemonSettings
+    ) throws(ConfigurationError) -> DaemonSettings {
+        guard let path else { return commandLine }
         let text: String
         do {
             text = try String(contentsOfFile: path, encoding: .utf8)
         } catch {
             throw ConfigurationError(setting: "config", reason: "cannot read \(path): \(error.localizedDescription)")
         }
-        return try ConfigFile.parse(text, path: path).overridden(by: options.settings)
+        return try ConfigFile.parse(text, path: path).overridden(by: commandLine)
     }
 
-    /// Runs the worker until SIGTERM or SIGINT, then drains and exits 0.
+    /// Runs the worker until SIGTERM or SIGINT, then drains; returns the exit status for the process: 0 after a
+    /// clean stop, 78 for an invalid configuration or passed sockets, 1 when the server cannot start or stop.
+    ///
+    /// The server and the service manager's side (`DaemonLifecycle`) run as two services of one `ServiceGroup`,
+    /// which drains on SIGTERM and SIGINT; SIGHUP reloads.
     ///
     /// - Parameters:
     ///   - options: the command line, which overrides the file its `--config` names, if any (``readSettings(_:)``).
@@ -71,7 +50,7 @@ public enum Daemon {
     public static func run(
         options: DaemonOptions,
         resolveHandler: @escaping @Sendable (DaemonSettings) throws(ConfigurationError) -> ProcessCommand
-    ) async -> Never {
+    ) async -> Int32 {
         MemoryTuning.keepLargeBuffersInHeap()
         let notifier = Notifier()
         let settings: DaemonSettings
@@ -80,7 +59,7 @@ public enum Daemon {
             settings = try readSettings(options)
             configuration = try settings.configuration(handler: try resolveHandler(settings))
         } catch {
-            fail(notifier, EINVAL, "invalid configuration: \(error)", exitCode: 78)
+            return fail(notifier, EINVAL, "invalid configuration: \(error)", exitCode: 78)
         }
         let level = settings.logLevel ?? .info
         LoggingSystem.bootstrap { _ in JournalLogHandler(identifier: "aiotaskd", level: level) }
@@ -94,7 +73,7 @@ public enum Daemon {
             activated = try SocketActivation.takeListeningSockets()
         } catch {
             logger.critical("\(error)")
-            fail(notifier, EBADF, error.description, exitCode: 78)
+            return fail(notifier, EBADF, error.description, exitCode: 78)
         }
         configuration.adoptedSockets = activated.map { AdoptedSocket(descriptor: $0.descriptor, name: $0.name) }
         if configuration.listenAddresses.isEmpty && activated.isEmpty {
@@ -102,7 +81,11 @@ public enum Daemon {
         }
 
         signal(SIGPIPE, SIG_IGN)
-        let signals = SignalEvents()
+        // As before the signal sources: ignored rather than left to their default action (ending the process), so
+        // that one arriving while no source is registered does nothing.
+        for trapped in DaemonLifecycle.trappedSignals { signal(trapped.rawValue, SIG_IGN) }
+        // Trapped before the server starts, so that a SIGTERM while the pool starts stops the daemon once it is up.
+        let signals = await UnixSignalsSequence(trapping: DaemonLifecycle.trappedSignals)
         let server: AiotaskServer
         do {
             server = try await AiotaskServer.start(configuration: configuration, logger: logger)
@@ -114,7 +97,7 @@ public enum Daemon {
                 code = errno
             }
             logger.critical("\(message)")
-            fail(notifier, code, message, exitCode: 1)
+            return fail(notifier, code, message, exitCode: 1)
         }
         for socket in activated { SocketActivation.restoreBacklog(of: socket, default: SOMAXCONN) }
         logger.info(
@@ -123,46 +106,47 @@ public enum Daemon {
         )
         notifier.ready(status: (try? await server.statusLine()) ?? "Ready")
 
-        let statusUpdates = Task { await refreshStatus(of: server, notifier: notifier) }
-        let watchdog = Task { await feedWatchdog(for: server, notifier: notifier, logger: logger) }
-
-        signalLoop: for await signalNumber in signals.stream {
-            switch signalNumber {
-            case SIGHUP:
+        // What a reload reads again: the command line itself is not `Sendable`.
+        let (configPath, commandLine) = (options.config, options.settings)
+        let lifecycle = DaemonLifecycle(
+            server: server,
+            signals: signals,
+            notifier: notifier,
+            logger: logger,
+            reload: { current in
                 await reload(
                     server,
-                    current: configuration,
+                    current: current,
                     started: settings,
-                    options: options,
+                    configPath: configPath,
+                    commandLine: commandLine,
                     resolveHandler: resolveHandler,
                     notifier: notifier,
                     logger: logger
                 )
-                .map { configuration = $0 }
-            #if DEBUG
-                case SIGUSR2:
-                    logger.warning("SIGUSR2: stalling the event loop (debug builds only)")
-                    server.debugStallEventLoop()
-            #endif
-            default:
-                logger.info("received \(signalName(signalNumber)); stopping")
-                break signalLoop
-            }
-        }
-
-        statusUpdates.cancel()
-        watchdog.cancel()
-        notifier.stopping(status: "Stopping: draining \((try? await server.tasksInFlight()) ?? 0) tasks in flight")
-        let drainProgress = Task { await reportDrain(of: server, notifier: notifier) }
+            },
+            configuration: configuration
+        )
+        let group = ServiceGroup(
+            configuration: ServiceGroupConfiguration(
+                services: [
+                    .init(service: server),
+                    // Its stop is the daemon's: when it has drained the server, the group ends.
+                    .init(service: lifecycle, successTerminationBehavior: .gracefullyShutdownGroup),
+                ],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger
+            )
+        )
+        var status: Int32 = 0
         do {
-            try await server.shutdown()
+            try await group.run()
         } catch {
             logger.error("shutdown failed: \(error)")
-            exit(1)
+            status = 1
         }
-        drainProgress.cancel()
         reaper?.killAll()
-        exit(0)
+        return status
     }
 
     /// Re-reads the settings and rolls the server over to them; a bad new configuration is rejected and the
@@ -172,7 +156,8 @@ public enum Daemon {
         _ server: AiotaskServer,
         current: WorkerConfiguration,
         started: DaemonSettings,
-        options: DaemonOptions,
+        configPath: String?,
+        commandLine: DaemonSettings,
         resolveHandler: (DaemonSettings) throws(ConfigurationError) -> ProcessCommand,
         notifier: Notifier,
         logger: Logger
@@ -181,7 +166,7 @@ public enum Daemon {
         logger.info("SIGHUP: reloading configuration")
         var next: WorkerConfiguration
         do {
-            let settings = try readSettings(options)
+            let settings = try readSettings(config: configPath, commandLine: commandLine)
             next = try settings.configuration(handler: try resolveHandler(settings))
             for name in started.changesNeedingRestart(to: settings) {
                 logger.warning("\(name) cannot change on reload; restart the service to apply it")
@@ -226,102 +211,10 @@ public enum Daemon {
         }
     }
 
-    /// Refreshes `STATUS=` every two seconds.
-    private static func refreshStatus(of server: AiotaskServer, notifier: Notifier) async {
-        guard notifier.isEnabled else { return }
-        while !Task.isCancelled {
-            try? await Task.sleep(for: .seconds(2))
-            if let line = try? await server.statusLine() { notifier.status(line) }
-        }
-    }
-
-    /// Sends `WATCHDOG=1` at half the interval systemd asked for, but only while the event loop answers and
-    /// the pool keeps a process alive: a stuck loop or a dead pool stops the pings and systemd restarts us.
-    private static func feedWatchdog(for server: AiotaskServer, notifier: Notifier, logger: Logger) async {
-        guard let interval = Notifier.watchdogInterval() else { return }
-        logger.info("watchdog enabled: pinging every \(interval / 2)")
-        while !Task.isCancelled {
-            if await server.isHealthy(within: interval / 4) {
-                notifier.watchdog()
-            } else {
-                logger.error(
-                    "unhealthy: the event loop is stuck or no worker process stays alive; not pinging the watchdog"
-                )
-            }
-            try? await Task.sleep(for: interval / 2)
-        }
-    }
-
-    /// While draining, asks systemd for more time every few seconds and says how much is left.
-    private static func reportDrain(of server: AiotaskServer, notifier: Notifier) async {
-        guard notifier.isEnabled else { return }
-        while !Task.isCancelled {
-            let left = (try? await server.tasksInFlight()) ?? 0
-            notifier.extendTimeout(by: .seconds(15), status: "Stopping: draining \(left) tasks in flight")
-            try? await Task.sleep(for: .seconds(5))
-        }
-    }
-
-    /// Reports a fatal start-up error to systemd (`ERRNO=`, `STATUS=`) and stderr, then exits.
-    private static func fail(_ notifier: Notifier, _ code: Int32, _ message: String, exitCode: Int32) -> Never {
+    /// Reports a fatal start-up error to systemd (`ERRNO=`, `STATUS=`) and stderr; returns `exitCode`.
+    private static func fail(_ notifier: Notifier, _ code: Int32, _ message: String, exitCode: Int32) -> Int32 {
         notifier.failed(errno: code, status: "Failed: \(message)")
         StandardError.writeLine("aiotaskd: \(message)")
-        exit(exitCode)
-    }
-}
-
-/// The command line of a program built on ``Daemon/main(handler:)``: the daemon's options, plus `--help`, `-h` and
-/// `--version` named after the program.
-struct WorkerProgramCommand: ParsableCommand {
-    /// The name the program was started by, for its help text and its pool's display name.
-    static var programName: String { URL(fileURLWithPath: CommandLine.arguments[0]).lastPathComponent }
-
-    static var configuration: CommandConfiguration {
-        CommandConfiguration(
-            commandName: programName,
-            abstract: "An aiotask worker: runs submitted tasks with this program's own handler, in a supervised pool.",
-            discussion: "Without --listen the worker listens on unix:\(ServerAddress.defaultUnixPath).",
-            version: AiotaskVersion.current
-        )
-    }
-
-    @OptionGroup var options: DaemonOptions
-
-    /// The parsed options; on `--help`, `-h` or `--version` prints the text and exits 0, on a usage error
-    /// prints it and exits 64.
-    static func parseOptionsOrExit() -> DaemonOptions {
-        do {
-            var command = try parseAsRoot()
-            // `--help` and `-h` parse to ArgumentParser's own help command, not to this one.
-            guard let parsed = command as? Self else {
-                try command.run()
-                Foundation.exit(0)
-            }
-            return parsed.options
-        } catch {
-            exit(withError: error)
-        }
-    }
-}
-
-/// Delivers the signals the daemon acts on as an async stream instead of their default actions.
-final class SignalEvents {
-    private let sources: [any DispatchSourceSignal]
-    let stream: AsyncStream<Int32>
-
-    init() {
-        let (stream, continuation) = AsyncStream.makeStream(of: Int32.self)
-        self.stream = stream
-        var signals = [SIGTERM, SIGINT, SIGHUP]
-        #if DEBUG
-            signals.append(SIGUSR2)
-        #endif
-        sources = signals.map { signalNumber in
-            signal(signalNumber, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
-            source.setEventHandler { continuation.yield(signalNumber) }
-            source.resume()
-            return source
-        }
+        return exitCode
     }
 }

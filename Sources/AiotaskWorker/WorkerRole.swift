@@ -38,23 +38,26 @@ public enum WorkerRole: String, Sendable {
     /// processes.
     ///
     /// The kernel kills this process when the supervisor's spawning thread exits; the parent pid check closes
-    /// the window in which the supervisor died before the signal was armed.
-    static func attachToSupervisor() {
+    /// the window in which the supervisor died before the signal was armed. Returns false if it did: the process
+    /// has nothing to serve and is to end with status 0.
+    static func attachToSupervisor() -> Bool {
         _ = aiotask_set_parent_death_signal(SIGKILL)
         if let expected = getenv(supervisorPIDKey).flatMap({ pid_t(String(cString: $0)) }), getppid() != expected {
-            exit(0)
+            return false
         }
         OpenFileLimit.restoreChildSoftLimit()
         unsetenv(environmentKey)
         unsetenv(supervisorPIDKey)
+        return true
     }
 
-    /// Replaces this process with the external handler program given as arguments. Never returns.
-    static func execExternalHandler(arguments: [String]) -> Never {
-        attachToSupervisor()
+    /// Replaces this process with the external handler program given as arguments. Returns only if it cannot,
+    /// with the exit status for the process.
+    static func execExternalHandler(arguments: [String]) -> Int32 {
+        guard attachToSupervisor() else { return 0 }
         guard let program = arguments.first else {
             StandardError.writeLine("aiotask: no handler program given")
-            exit(127)
+            return 127
         }
         let pointers: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
         // `exec` keeps the calling thread's signal mask and every ignored signal. This code runs on a thread of
@@ -64,16 +67,16 @@ public enum WorkerRole: String, Sendable {
         execv(program, pointers)
         let reason = String(cString: strerror(errno))
         StandardError.writeLine("aiotask: cannot execute handler program \(program): \(reason)")
-        exit(127)
+        return 127
     }
 
     /// Serves tasks with `handler` on the link the supervisor gave as stdin and stdout, until the supervisor
-    /// closes it. Never returns.
+    /// closes it; returns the exit status for the process.
     ///
     /// The link is moved off descriptors 0 and 1 first, and stdout is pointed at stderr, so stray prints from
     /// handler code land in the supervisor's log instead of corrupting the framing.
-    static func serveTasks(with handler: @escaping TaskHandler) async -> Never {
-        attachToSupervisor()
+    static func serveTasks(with handler: @escaping TaskHandler) async -> Int32 {
+        guard attachToSupervisor() else { return 0 }
         let input = fcntl(0, F_DUPFD_CLOEXEC, 3)
         let output = fcntl(1, F_DUPFD_CLOEXEC, 3)
         let devNull = open("/dev/null", O_RDONLY)
@@ -82,10 +85,10 @@ public enum WorkerRole: String, Sendable {
         dup2(2, 1)
         do {
             try await serve(handler: handler, input: input, output: output)
-            exit(0)
+            return 0
         } catch {
             StandardError.writeLine("aiotask: handler link failed: \(error)")
-            exit(70)
+            return 70
         }
     }
 

@@ -53,13 +53,15 @@ struct AiotaskDaemonCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        await Daemon.run(options: options) { settings throws(ConfigurationError) in
+        let status = await Daemon.run(options: options) { settings throws(ConfigurationError) in
             do {
                 return try Self.resolve(settings.handler ?? BuiltinHandler.echo.rawValue)
             } catch {
                 throw ConfigurationError(setting: "handler", reason: "\(error)")
             }
         }
+        // `main` ends the process with it.
+        if status != 0 { throw ExitCode(status) }
     }
 
     /// Turns a `--handler` spec into the command the pool runs.

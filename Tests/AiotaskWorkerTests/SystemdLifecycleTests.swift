@@ -87,6 +87,37 @@ struct SystemdLifecycleTests {
         try await daemon.notifications.next("STOPPING")
     }
 
+    @Test(
+        "signals while draining change nothing: a second SIGTERM, a SIGINT and a SIGHUP neither cut the drain nor reload; the task finishes, exit 0"
+    )
+    func signalsWhileDraining() async throws {
+        let directory = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let socketPath = directory + "/aiotask.sock"
+        let daemon = try SocketActivatedDaemon.start(
+            listen: socketPath,
+            ["--handler", "chaos", "--workers", "1", "--drain-timeout", "20"]
+        )
+        defer { daemon.cleanUp() }
+        try await daemon.waitUntilListening()
+
+        try await withTimeout(.seconds(50)) {
+            let client = try await SystemdTestKit.connect(to: .unix(path: socketPath))
+            let running = try await client.enqueue(ByteBuffer(string: "sleep 2000"))
+            try await Self.waitUntilRunning(running)
+
+            daemon.process.signal(SIGTERM)
+            let stopping = try await daemon.notifications.next("STOPPING")
+            for signal in [SIGTERM, SIGINT, SIGHUP] { daemon.process.signal(signal) }
+            #expect(String(buffer: try await running.result()) == "slept 2000")
+            #expect(try await daemon.process.wait() == .exited(0))
+            let after = daemon.notifications.messages.dropFirst(stopping.index + 1)
+            #expect(!after.contains { $0["RELOADING"] != nil || $0["READY"] != nil }, "\(after)")
+            let stops = daemon.process.standardError.components(separatedBy: "; stopping").count - 1
+            #expect(stops == 1, "stderr: \(daemon.process.standardError)")
+        }
+    }
+
     @Test("SIGHUP twice under load, resizing the pool from the config file: every task gets its result")
     func reloadsLoseNoTask() async throws {
         let directory = try makeTemporaryDirectory()
