@@ -75,7 +75,7 @@ struct SchedulerTests {
         #expect(pool.scheduler.queuedCount == 2)
     }
 
-    @Test("a withdrawal that brings nothing back ends the dispatch")
+    @Test("nothing is withdrawn while no slot is idle, and a withdrawal that brings nothing back ends the dispatch")
     func emptyWithdrawal() {
         var pool = SchedulerHarness(workers: 2)
         pool.becomeIdle(0)
@@ -86,6 +86,7 @@ struct SchedulerTests {
         _ = pool.dispatch()
         pool.slots[0].claims = true
         pool.slots[0].hasClaimedAll = true
+        #expect(pool.dispatch() == [])
         pool.becomeIdle(1)
         #expect(pool.dispatch() == ["withdraw from 0"])
         #expect(pool.sentAhead(to: 0).count == 1)
