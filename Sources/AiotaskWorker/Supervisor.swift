@@ -174,7 +174,7 @@ final class Supervisor {
     private func markStarted(_ slot: PoolSlot) {
         guard readyPromise != nil else { return }
         slotsStarted.insert(slot.index)
-        if slotsStarted.count == poolSlots.count(where: { _ in true }) {
+        if slotsStarted.count == slots.count(where: { $0 != nil }) {
             readyPromise?.succeed()
             readyPromise = nil
         }
