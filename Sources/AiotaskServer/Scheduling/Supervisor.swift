@@ -9,42 +9,26 @@ import NIOCore
     import Musl
 #endif
 
-/// The heart of the worker: the queue, the pool's slots, and every task's way from arrival to answer.
+/// The heart of the worker: holds the pool's slots, the connections and the drain's timers, and carries out what
+/// its ``Scheduler`` decides for every task's way from arrival to answer.
 ///
-/// Confined to the server's single event loop: connections, process links and timers all run there, so the
-/// state below needs no lock. The work itself happens in the pool's processes.
+/// The scheduling rules — the queue, dispatch, prefetch and withdrawal, cancel, drain, reload roll-over — are the
+/// ``Scheduler``'s, a value this class feeds events and whose actions it carries out on `PoolSlot`s and
+/// connections. Confined to the server's single event loop: connections, process links and timers all run there,
+/// so the state below needs no lock. The work itself happens in the pool's processes.
 final class Supervisor {
     let loop: any EventLoop
     private(set) var configuration: WorkerConfiguration
     let logger: Logger
     let retiredProcesses: RetiredProcesses
 
-    private var slots: [PoolSlot] = []
-    private var idleSlots: [PoolSlot] = []
-    /// Waiting tasks in arrival order; cancelled ones stay until they reach the front (see ``queuedCount``).
-    private var queue = CircularBuffer<TaskRecord>()
-    /// Tasks in `queue` that still wait (not finished while queued).
-    private(set) var queuedCount = 0
-    /// Task bytes held by the tasks that wait.
-    private var queuedBytes = 0
-    /// Task bytes of frames still arriving, reserved when their headers arrived (``reserve(_:)``).
-    private var reservedBytes = 0
-
-    private var submitted = 0
-    private var succeeded = 0
-    private var failed = 0
-    private var restarts = 0
+    /// The pool's slots by index (``Scheduler/members`` says which are there).
+    private var slots: [PoolSlot?] = []
+    private var scheduler: Scheduler<TaskRecord>
     private var sessions: [ObjectIdentifier: ClientConnectionHandler] = [:]
     private let startedAt = NIODeadline.now()
     private var throughput = ThroughputMeter()
 
-    private(set) var isAccepting = true
-    /// Set at the drain deadline: from then on a task that was not started is answered `shuttingDown` instead of
-    /// going back to the queue.
-    private var isPastDrainDeadline = false
-    /// Tasks in flight by the payload limit they were accepted under. A reload may lower the limit: a task accepted
-    /// before it must still get its result, so a new process's link takes replies up to ``maximumReplyLength``.
-    private var tasksByPayloadLimit: [Int: Int] = [:]
     private var drainPromise: EventLoopPromise<Void>?
     /// Completed when the last connection is gone, once shutdown has closed them all.
     private var sessionsClosed: EventLoopPromise<Void>?
@@ -56,6 +40,30 @@ final class Supervisor {
         self.configuration = configuration
         self.logger = logger
         self.retiredProcesses = RetiredProcesses(logger: logger)
+        self.scheduler = Scheduler(limits: Self.limits(of: configuration))
+    }
+
+    private static func limits(of configuration: WorkerConfiguration) -> Scheduler<TaskRecord>.Limits {
+        .init(
+            queueCapacity: configuration.queueCapacity,
+            maximumPayloadLength: configuration.maximumPayloadLength,
+            maximumQueuedBytes: configuration.maximumQueuedBytes,
+            allowsPrefetch: configuration.prefetch != 0
+        )
+    }
+
+    /// Whether new tasks are taken (false once the drain began).
+    var isAccepting: Bool { scheduler.isAccepting }
+
+    /// Tasks that wait: queued, held back, or sent ahead and not started.
+    var queuedCount: Int { scheduler.queuedCount }
+
+    /// The slots in the pool, in index order.
+    private var poolSlots: some Sequence<PoolSlot> { slots.lazy.compactMap { $0 } }
+
+    private func slot(_ index: Int) -> PoolSlot {
+        guard let slot = slots[index] else { preconditionFailure("no pool slot has index \(index)") }
+        return slot
     }
 
     // MARK: Pool
@@ -64,14 +72,15 @@ final class Supervisor {
     func start() -> EventLoopFuture<Void> {
         let promise = loop.makePromise(of: Void.self)
         readyPromise = promise
-        slots = (0..<max(1, configuration.workers)).map { PoolSlot(index: $0, supervisor: self) }
-        for slot in slots { slot.start() }
+        let indexes = scheduler.start(workers: configuration.workers)
+        slots = indexes.map { PoolSlot(index: $0, supervisor: self) }
+        for slot in poolSlots { slot.start() }
         return promise.futureResult
     }
 
     func slotBecameIdle(_ slot: PoolSlot) {
         markStarted(slot)
-        idleSlots.append(slot)
+        scheduler.slotBecameIdle(slot.index)
         dispatch()
         checkDrained()
     }
@@ -92,7 +101,9 @@ final class Supervisor {
     }
 
     func slotRetired(_ slot: PoolSlot) {
-        slots.removeAll { $0 === slot }
+        guard slots.indices.contains(slot.index), slots[slot.index] === slot else { return }
+        slots[slot.index] = nil
+        scheduler.slotRetired(slot.index)
         checkDrained()
     }
 
@@ -107,27 +118,29 @@ final class Supervisor {
     /// process still runs.
     func reload(_ newConfiguration: WorkerConfiguration) {
         configuration = newConfiguration
-        let target = max(1, newConfiguration.workers)
-        for slot in slots where slot.index < target { slot.stayInPool() }
-        for slot in slots where slot.index >= target && !slot.isRetiring { slot.retire() }
-        for slot in slots where !slot.isRetiring { slot.renew() }
-        let taken = Set(slots.map(\.index))
-        let added = (0..<target).filter { !taken.contains($0) }.map { PoolSlot(index: $0, supervisor: self) }
-        slots.append(contentsOf: added)
-        for slot in added { slot.start() }
+        let rollOver = scheduler.reload(limits: Self.limits(of: newConfiguration), workers: newConfiguration.workers)
+        if slots.count < scheduler.members.count {
+            slots.append(contentsOf: repeatElement(nil, count: scheduler.members.count - slots.count))
+        }
+        for index in rollOver.stay { slot(index).stayInPool() }
+        // An idle slot leaves at once, through ``slotRetired(_:)``.
+        for index in rollOver.retire { slot(index).retire() }
+        for index in rollOver.renew { slot(index).renew() }
+        for index in rollOver.start { slots[index] = PoolSlot(index: index, supervisor: self) }
+        for index in rollOver.start { slot(index).start() }
         dispatch()
     }
 
     /// The longest reply a new process's link accepts: the payload limit, or a larger one some task still in flight
     /// was accepted under.
     var maximumReplyLength: Int {
-        max(configuration.maximumPayloadLength, tasksByPayloadLimit.keys.max() ?? 0)
+        max(configuration.maximumPayloadLength, scheduler.maximumPayloadLimitInFlight)
     }
 
     /// Whether the pool can run tasks: at least one slot keeps a process alive. A pool whose processes all keep
     /// dying is not, and the watchdog stops reporting health so that systemd restarts the service.
     var isHealthy: Bool {
-        slots.contains(where: \.isKeepingProcessAlive)
+        poolSlots.contains(where: \.isKeepingProcessAlive)
     }
 
     /// A one-line summary for `systemctl status`.
@@ -144,14 +157,14 @@ final class Supervisor {
 
     /// Over the current pool processes: tasks sent through shared memory, and arena regions in use.
     var sharedPayloadUsage: (tasks: Int, regionsInUse: Int) {
-        slots.compactMap(\.process).reduce(into: (0, 0)) { usage, process in
+        poolSlots.compactMap(\.process).reduce(into: (0, 0)) { usage, process in
             usage.tasks += process.sharedTaskCount
             usage.regionsInUse += process.sharedRegionsInUse
         }
     }
 
     func noteRestart() {
-        restarts += 1
+        scheduler.noteRestart()
     }
 
     func slotFailedToStart(_ slot: PoolSlot) {
@@ -161,89 +174,48 @@ final class Supervisor {
     private func markStarted(_ slot: PoolSlot) {
         guard readyPromise != nil else { return }
         slotsStarted.insert(slot.index)
-        if slotsStarted.count == slots.count {
+        if slotsStarted.count == slots.count(where: { $0 != nil }) {
             readyPromise?.succeed()
             readyPromise = nil
         }
     }
 
-    /// Hands waiting tasks to idle processes, then sends some ahead to busy ones (``WorkerConfiguration/prefetch``)
-    /// so that a process finds its next task waiting instead of waiting a round trip for it. When the queue is
-    /// empty and a process idle, tasks sent ahead to a busy process and not started yet are withdrawn to run on
-    /// it (``TaskClaims``).
+    /// Carries out the ``Scheduler``'s dispatch: waiting tasks go to idle processes, then some are sent ahead to
+    /// busy ones, and a process idle while the queue is empty takes the tasks sent ahead to a busy one and not
+    /// started (``Scheduler/nextDispatch(_:)``).
     func dispatch() {
-        // Past the drain deadline nothing starts: a process started then (replacing a stopped one) stays idle.
-        guard !isPastDrainDeadline else { return }
-        var now: NIODeadline?
-        while true {
-            // Cancelled tasks are dropped before a slot is taken, so no idle slot is lost on them.
-            dropFinishedHead()
-            guard let record = queue.first else {
-                if hasIdleSlot, withdrawFromBusiestSlot() { continue }
-                return
-            }
-            // A client that is not reading its answers has its tasks held back (they stay counted as waiting), so
-            // that its answers pile up no further; they run once it reads (``release(_:)``).
-            if record.session.isHoldingTasks {
-                queue.removeFirst()
+        var pool = PoolView(slots: slots)
+        while let action = scheduler.nextDispatch(&pool) {
+            switch action {
+            case .run(let record, let index):
+                slot(index).run(record)
+            case .prefetch(let record, let index):
+                slot(index).prefetch(record)
+            case .hold(let record):
                 record.session.hold(record)
-                continue
-            }
-            if let slot = nextIdleSlot() {
-                queue.removeFirst()
-                leaveQueue(record)
-                slot.run(record)
-            } else if let slot = slotToPrefetch(size: record.payload.readableBytes, at: now ?? .now()) {
-                now = now ?? .now()
-                queue.removeFirst()
-                record.state = .prefetched
-                slot.prefetch(record)
-            } else {
-                return
+            case .withdraw(let index):
+                // The running task is then taken as slow, and no more tasks are sent ahead behind it.
+                guard slot(index).withdrawSentAhead(forIdleProcess: true) else { return }
             }
         }
-    }
-
-    /// The busy slot with the fewest tasks sent ahead that may take one more of `size` bytes, if any.
-    private func slotToPrefetch(size: Int, at now: NIODeadline) -> PoolSlot? {
-        guard configuration.prefetch != 0 else { return nil }
-        var best: PoolSlot?
-        for slot in slots where slot.canPrefetch(size: size, at: now) {
-            if best.map({ slot.prefetchedCount < $0.prefetchedCount }) ?? true { best = slot }
-        }
-        return best
-    }
-
-    private var hasIdleSlot: Bool {
-        idleSlots.contains { $0.isIdle }
-    }
-
-    /// Withdraws the tasks not started from the slot holding the most tasks sent ahead; whether any came back.
-    private func withdrawFromBusiestSlot() -> Bool {
-        var busiest: PoolSlot?
-        for slot in slots where slot.canWithdraw {
-            if busiest.map({ slot.prefetchedCount > $0.prefetchedCount }) ?? true { busiest = slot }
-        }
-        return busiest?.withdrawSentAhead(forIdleProcess: true) ?? false
     }
 
     /// A task sent ahead starts running: it leaves the waiting counts.
     func prefetchedTaskStarts(_ record: TaskRecord) {
-        leaveQueue(record)
+        scheduler.prefetchedTaskStarts(record)
     }
 
-    /// Puts tasks that were sent ahead to a process that is gone back at the front of the queue, in order, to run
-    /// elsewhere. They never left the waiting counts. Past the drain deadline they are answered `shuttingDown`.
+    /// Puts tasks that were sent ahead to a process that is gone, or withdrawn, back at the front of the queue, in
+    /// order, to run elsewhere. They never left the waiting counts. Past the drain deadline they are answered
+    /// `shuttingDown`.
     func requeue(_ records: [TaskRecord]) {
-        if isPastDrainDeadline {
+        switch scheduler.putBack(records) {
+        case .queued:
+            break
+        case .answerNotStarted:
             for record in records where !record.isFinished {
                 finish(record, .failure(.shuttingDown, Self.notStartedAtShutdown))
             }
-            return
-        }
-        for record in records.reversed() where !record.isFinished {
-            record.state = .queued
-            queue.prepend(record)
         }
     }
 
@@ -259,7 +231,7 @@ final class Supervisor {
     /// as `workerCrashed`, or past the drain deadline as `interrupted`.
     func failPossiblyStarted(_ records: [TaskRecord], on process: WorkerProcess, _ status: ExitStatus) {
         for record in records where !record.isFinished {
-            if isPastDrainDeadline {
+            if scheduler.isPastDrainDeadline {
                 finish(record, .failure(.interrupted, "the server shut down while the task may have been running"))
             } else {
                 let message = "worker process \(process.pid) \(status) while it may have been running the task"
@@ -282,79 +254,37 @@ final class Supervisor {
 
     private static let notStartedAtShutdown = "the server shut down before the task started"
 
-    private func nextIdleSlot() -> PoolSlot? {
-        while let slot = idleSlots.popLast() {
-            if slot.isIdle { return slot }
-        }
-        return nil
-    }
-
-    private func dropFinishedHead() {
-        while let first = queue.first, first.isFinished { queue.removeFirst() }
-    }
-
     // MARK: Tasks
 
     /// Takes a new task, or answers it at once when the queue is full or the server is stopping.
     func accept(_ record: TaskRecord) {
-        submitted += 1
-        guard isAccepting else {
-            return refuse(record, .shuttingDown, "the server is shutting down")
+        switch scheduler.taskArrived(record) {
+        case .queued:
+            dispatch()
+        case .refused(let reason, let message):
+            finish(record, .failure(reason, message))
         }
-        guard queuedCount < configuration.queueCapacity else {
-            let message = "queue full: \(queuedCount) tasks waiting (capacity \(configuration.queueCapacity))"
-            return refuse(record, .rejected, message)
-        }
-        let size = record.payload.readableBytes
-        // The connection's decoder may still apply a higher limit, from before a reload lowered it.
-        guard size <= configuration.maximumPayloadLength else {
-            let limit = configuration.maximumPayloadLength
-            return refuse(record, .payloadTooLarge, "task of \(size) bytes exceeds the limit of \(limit) bytes")
-        }
-        guard queuedBytes + reservedBytes + size <= configuration.maximumQueuedBytes else {
-            return refuse(record, .rejected, queueFullMessage(adding: size))
-        }
-        record.payloadLimit = configuration.maximumPayloadLength
-        tasksByPayloadLimit[configuration.maximumPayloadLength, default: 0] += 1
-        queue.append(record)
-        queuedCount += 1
-        queuedBytes += size
-        dispatch()
     }
 
-    /// Reserves room in the queue's byte limit for a task frame of `length` bytes whose header has arrived and
-    /// whose rest is on its way; false, reserving nothing, when there is no room. Frames being received and tasks
-    /// waiting share `max-queued-bytes`, so slow uploads on many connections cannot hold more memory than the
-    /// queue may.
+    /// Reserves room in the queue's byte limit for a task frame of `length` bytes whose header has arrived (see
+    /// ``Scheduler/reserve(_:)``); false, reserving nothing, when there is no room.
     func reserve(_ length: Int) -> Bool {
-        guard queuedBytes + reservedBytes + length <= configuration.maximumQueuedBytes else { return false }
-        reservedBytes += length
-        return true
+        scheduler.reserve(length)
     }
 
     /// Gives back a reservation of ``reserve(_:)``: its frame is whole, or its connection gone.
     func unreserve(_ length: Int) {
-        reservedBytes -= length
+        scheduler.unreserve(length)
     }
 
     /// Why a task of `size` bytes does not fit the queue's byte limit.
     func queueFullMessage(adding size: Int) -> String {
-        let limit = configuration.maximumQueuedBytes
-        return reservedBytes == 0
-            ? "queue full: \(queuedBytes) bytes waiting (limit \(limit) bytes)"
-            : "queue full: \(queuedBytes) bytes waiting and \(reservedBytes) arriving (limit \(limit) bytes)"
+        scheduler.queueFullMessage(adding: size)
     }
 
     /// Counts a task refused before it was queued, and answers it with `reason`.
     func accept(rejected record: TaskRecord, _ reason: FailureReason, _ message: String) {
-        submitted += 1
-        refuse(record, reason, message)
-    }
-
-    /// Answers a task that never entered the queue. It is marked finished first, so that ``finish(_:_:workerPID:)``
-    /// does not count it out of a queue it was never in.
-    private func refuse(_ record: TaskRecord, _ reason: FailureReason, _ message: String) {
-        record.state = .finished
+        scheduler.taskRefusedOnArrival(record)
         finish(record, .failure(reason, message))
     }
 
@@ -368,36 +298,23 @@ final class Supervisor {
     /// Stops a task whose client is gone; nobody is answered.
     func abandon(_ record: TaskRecord) {
         stop(record)
-        record.state = .finished
-        releasePayloadLimit(of: record)
-        failed += 1
+        scheduler.taskAbandoned(record)
         logger.debug("task abandoned: its client disconnected", metadata: ["task_id": "\(record.id)"])
         checkDrained()
         dispatch()
     }
 
-    /// Takes a waiting task out of the queue's counts (the record itself may stay until it reaches the front).
-    private func leaveQueue(_ record: TaskRecord) {
-        queuedCount -= 1
-        queuedBytes -= record.payload.readableBytes
-    }
-
-    /// Marks `record` finished wherever it is: out of the queue's counts; withdrawn, with the rest not started,
-    /// if it was sent ahead to a process that claims its tasks; its process stopped if it runs.
+    /// Marks `record` finished wherever it is, and has its slot withdraw it (sent ahead to a process that claims
+    /// its tasks) or stop its process (running).
     private func stop(_ record: TaskRecord) {
-        switch record.state {
-        case .queued:
-            leaveQueue(record)
-        case .prefetched:
-            leaveQueue(record)
-            record.state = .finished
-            slots.first { $0.holds(record) }?.withdrawCancelled()
-        case .running:
-            for slot in slots where slot.isBusy { slot.interrupt(record) }
-        case .finished:
-            return
+        switch scheduler.stop(record) {
+        case .none:
+            break
+        case .withdrawFromItsSlot:
+            poolSlots.first { $0.holds(record) }?.withdrawCancelled()
+        case .interruptItsSlot:
+            for slot in poolSlots where slot.isBusy { slot.interrupt(record) }
         }
-        record.state = .finished
     }
 
     /// Records the outcome of `record` and passes it to its connection.
@@ -410,22 +327,19 @@ final class Supervisor {
                 "result of \(result.readableBytes) bytes exceeds the client's limit of \(limit) bytes"
             )
         }
-        switch record.state {
-        case .queued, .prefetched: leaveQueue(record)
-        case .running, .finished: break
+        if case .success = outcome {
+            scheduler.taskFinished(record, succeeded: true)
+        } else {
+            scheduler.taskFinished(record, succeeded: false)
         }
-        record.state = .finished
-        releasePayloadLimit(of: record)
         throughput.count(at: .now())
         switch outcome {
         case .success:
-            succeeded += 1
             // The metadata of a success is built only when it is logged: this runs once per task.
             if logger.logLevel <= .debug {
                 logger.debug("task done", metadata: metadata(of: record, workerPID: workerPID))
             }
         case .failure(let reason, let message):
-            failed += 1
             var metadata = metadata(of: record, workerPID: workerPID)
             metadata["reason"] = "\(reason)"
             metadata["message_id"] = "\(LogMessageID.forFailure(reason))"
@@ -435,14 +349,6 @@ final class Supervisor {
         }
         record.session.complete(record, outcome)
         checkDrained()
-    }
-
-    /// The task is no longer in flight: its payload limit no longer counts for ``maximumReplyLength``.
-    private func releasePayloadLimit(of record: TaskRecord) {
-        guard let limit = record.payloadLimit else { return }
-        record.payloadLimit = nil
-        let left = (tasksByPayloadLimit[limit] ?? 1) - 1
-        tasksByPayloadLimit[limit] = left > 0 ? left : nil
     }
 
     private func metadata(of record: TaskRecord, workerPID: Int32?) -> Logger.Metadata {
@@ -458,7 +364,8 @@ final class Supervisor {
     // MARK: Statistics
 
     func info() -> ServerInfo {
-        let busy = slots.filter(\.isBusy).count
+        let busy = poolSlots.count(where: \.isBusy)
+        let counters = scheduler.counters
         return ServerInfo(
             version: AiotaskVersion.current,
             pid: Int(getpid()),
@@ -466,12 +373,17 @@ final class Supervisor {
             handler: configuration.handler.displayName,
             workers: .init(
                 configured: max(1, configuration.workers),
-                alive: slots.filter { $0.process != nil }.count,
+                alive: poolSlots.count { $0.process != nil },
                 busy: busy,
-                restarts: restarts
+                restarts: counters.restarts
             ),
-            queue: .init(length: queuedCount, capacity: configuration.queueCapacity),
-            tasks: .init(submitted: submitted, succeeded: succeeded, failed: failed, running: busy),
+            queue: .init(length: scheduler.queuedCount, capacity: configuration.queueCapacity),
+            tasks: .init(
+                submitted: counters.submitted,
+                succeeded: counters.succeeded,
+                failed: counters.failed,
+                running: busy
+            ),
             connections: sessions.count,
             tasksPerSecond: throughput.rate(at: .now())
         )
@@ -486,7 +398,7 @@ final class Supervisor {
     /// - Parameter announce: logs the drain; false when the server never started listening, so that a failed
     ///   start does not read like a stop.
     func shutdown(drainTimeout: Duration, announce: Bool = true) -> EventLoopFuture<Void> {
-        isAccepting = false
+        scheduler.drain()
         if announce { logger.info("draining \(tasksInFlight) tasks in flight; new tasks are refused") }
         for session in sessions.values { session.sayGoodbye() }
         let drained = loop.makePromise(of: Void.self)
@@ -499,7 +411,8 @@ final class Supervisor {
             deadline.cancel()
             readyPromise?.succeed()
             readyPromise = nil
-            for slot in slots { slot.stop() }
+            scheduler.stopAllSlots()
+            for slot in poolSlots { slot.stop() }
             let stopped = loop.makePromise(of: Void.self)
             let killer = loop.assumeIsolated().scheduleTask(in: .init(configuration.killGracePeriod * 2)) {
                 [retiredProcesses] in
@@ -527,11 +440,11 @@ final class Supervisor {
     }
 
     private var inFlightCount: Int {
-        queuedCount + slots.filter(\.isBusy).count
+        scheduler.tasksInFlight(busySlots: poolSlots.count(where: \.isBusy))
     }
 
     private func checkDrained() {
-        guard let drainPromise, inFlightCount == 0 else { return }
+        guard let drainPromise, scheduler.isDrained(busySlots: poolSlots.count(where: \.isBusy)) else { return }
         self.drainPromise = nil
         drainPromise.succeed()
     }
@@ -542,22 +455,54 @@ final class Supervisor {
     /// ``HeldTasks``); until its process is dead, such a task keeps the drain open, and it may yet get its result.
     private func failEverythingInFlight() {
         logger.warning("drain deadline reached; failing \(inFlightCount) tasks still in flight")
-        isPastDrainDeadline = true
         // The queue, and the tasks connections held back while their clients did not read: none of them started.
-        for record in queue where !record.isFinished {
+        for record in scheduler.drainDeadline() where !record.isFinished {
             finish(record, .failure(.shuttingDown, Self.notStartedAtShutdown))
         }
         for record in sessions.values.flatMap(\.tasksHeld) {
             finish(record, .failure(.shuttingDown, Self.notStartedAtShutdown))
         }
-        queue.removeAll()
         // Stopping a process answers the tasks sent ahead to it that it never started (through requeue), and holds
         // the others until it is dead.
-        let running = slots.compactMap { $0.interruptAtDrainDeadline() }
+        let running = poolSlots.compactMap { $0.interruptAtDrainDeadline() }
         for record in running {
             finish(record, .failure(.interrupted, "the server shut down while the task was running"))
         }
         checkDrained()
+    }
+}
+
+/// What the ``Scheduler`` reads of the pool's slots and connections while it dispatches.
+private struct PoolView: SchedulerPool {
+    let slots: [PoolSlot?]
+    /// Read once per dispatch, at the first task that may be sent ahead.
+    private var now: NIODeadline?
+
+    init(slots: [PoolSlot?]) {
+        self.slots = slots
+    }
+
+    func isIdle(_ slot: Int) -> Bool {
+        slots[slot]?.isIdle ?? false
+    }
+
+    mutating func canPrefetch(_ slot: Int, size: Int) -> Bool {
+        guard let slot = slots[slot] else { return false }
+        let now = self.now ?? .now()
+        self.now = now
+        return slot.canPrefetch(size: size, at: now)
+    }
+
+    func prefetchedCount(_ slot: Int) -> Int {
+        slots[slot]?.prefetchedCount ?? 0
+    }
+
+    func canWithdraw(_ slot: Int) -> Bool {
+        slots[slot]?.canWithdraw ?? false
+    }
+
+    func isHoldingTasks(_ task: TaskRecord) -> Bool {
+        task.session.isHoldingTasks
     }
 }
 

@@ -8,32 +8,31 @@ enum TaskOutcome {
 }
 
 /// One accepted task, from its arrival to its answer. Lives on the server's event loop.
-final class TaskRecord {
-    enum State {
-        case queued
-        /// Sent to a busy process behind its current task (prefetch); not started yet.
-        case prefetched
-        case running(pid: Int32)
-        case finished
-    }
+///
+/// Its place on the way (``TaskState``) is the ``Scheduler``'s to set, but for `running`, which its pool slot sets.
+final class TaskRecord: SchedulableTask {
+    typealias State = TaskState
 
     let id: TaskID
     /// The connection that submitted it; it receives the outcome.
     let session: ClientConnectionHandler
     /// The task bytes; released once handed to a process.
     var payload: ByteBuffer
+    /// The task's length in bytes, as it arrived (``payload`` is emptied once a process has it).
+    let size: Int
     /// The client's timeout, or nil for the server's default.
     let timeout: Duration?
     let acceptedAt: NIODeadline
     var state: State = .queued
     /// The payload limit in force when the task was queued, while it is in flight (see
-    /// ``Supervisor/maximumReplyLength``).
+    /// ``Supervisor/maximumReplyLength``); the ``Scheduler`` keeps it.
     var payloadLimit: Int?
 
     init(id: TaskID, session: ClientConnectionHandler, payload: ByteBuffer, timeout: Duration?) {
         self.id = id
         self.session = session
         self.payload = payload
+        self.size = payload.readableBytes
         self.timeout = timeout
         self.acceptedAt = .now()
     }
