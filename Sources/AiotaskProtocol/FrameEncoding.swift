@@ -77,8 +77,8 @@ extension Frame {
 }
 
 /// How a task timeout travels: whole milliseconds in 32 bits, 0 meaning "the server's default".
-enum TimeoutEncoding {
-    static func milliseconds(_ timeout: Duration?) -> UInt32 {
+package enum TimeoutEncoding {
+    package static func milliseconds(_ timeout: Duration?) -> UInt32 {
         guard let timeout else { return 0 }
         let (seconds, attoseconds) = timeout.components
         // Saturate rather than trap on durations beyond what 32-bit milliseconds can say (about 49.7 days).
@@ -89,7 +89,7 @@ enum TimeoutEncoding {
         return UInt32(clamping: max(1, milliseconds))
     }
 
-    static func duration(milliseconds: UInt32) -> Duration? {
+    package static func duration(milliseconds: UInt32) -> Duration? {
         milliseconds == 0 ? nil : .milliseconds(milliseconds)
     }
 }

@@ -1,6 +1,7 @@
 import AiotaskProtocol
 import Testing
 
+@testable import AiotaskServer
 @testable import AiotaskWorker
 
 /// The scheduling rules — queue, dispatch, prefetch and withdrawal, cancel, drain, reload roll-over — without a

@@ -7,6 +7,7 @@ import NIOCore
 import ServiceLifecycle
 import Testing
 
+@testable import AiotaskServer
 @testable import AiotaskWorker
 
 #if canImport(Glibc)

@@ -2,6 +2,9 @@ import Foundation
 
 #if canImport(Glibc)
     import Glibc
+    // `timespec` and `timeval` are declared again by the Swift runtime's shims, which some dependencies
+    // import; member import visibility then wants their module named too.
+    import SwiftOverlayShims
 #elseif canImport(Musl)
     import Musl
 #endif
