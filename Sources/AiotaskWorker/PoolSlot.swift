@@ -358,7 +358,7 @@ final class PoolSlot {
         guard case .idle(let process) = state else {
             preconditionFailure("PoolSlot.run called on a slot that is not idle")
         }
-        begin(record, index: process.send(record.payload), on: process)
+        begin(record, index: process.send(record.payload, context: record.context(in: configuration)), on: process)
     }
 
     /// Sends `record` to the busy process, to run after the tasks it has.
@@ -366,7 +366,7 @@ final class PoolSlot {
         guard case .busy(let process, _) = state else {
             preconditionFailure("PoolSlot.prefetch called on a slot that is not busy")
         }
-        let index = process.send(record.payload)
+        let index = process.send(record.payload, context: record.context(in: configuration))
         pipeline.append(SentTask(record: record, index: index))
         pipelineBytes += record.payload.readableBytes
     }

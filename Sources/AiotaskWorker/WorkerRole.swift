@@ -10,7 +10,7 @@ import NIOCore
 
 /// What a process started by the pool is to do, told by the supervisor through `AIOTASK_ROLE`.
 ///
-/// Any executable that links this library checks for a role first thing (``Daemon/main(handler:)`` does), so
+/// Any executable that links this library checks for a role first thing (`Daemon.main(handler:)` does), so
 /// the pool can re-execute it as a pool process.
 public enum WorkerRole: String, Sendable {
     /// Serve tasks with the executable's Swift handler on stdin and stdout.
@@ -66,12 +66,17 @@ public enum WorkerRole: String, Sendable {
         exit(127)
     }
 
+    /// Serves tasks with `handler`, which ignores their context; as the context-taking form does.
+    static func serveTasks(with handler: @escaping TaskHandler) async -> Never {
+        await serveTasks(with: { task, _ in try await handler(task) } as TaskContextHandler)
+    }
+
     /// Serves tasks with `handler` on the link the supervisor gave as stdin and stdout, until the supervisor
     /// closes it. Never returns.
     ///
     /// The link is moved off descriptors 0 and 1 first, and stdout is pointed at stderr, so stray prints from
     /// handler code land in the supervisor's log instead of corrupting the framing.
-    static func serveTasks(with handler: @escaping TaskHandler) async -> Never {
+    static func serveTasks(with handler: @escaping TaskContextHandler) async -> Never {
         attachToSupervisor()
         let input = fcntl(0, F_DUPFD_CLOEXEC, 3)
         let output = fcntl(1, F_DUPFD_CLOEXEC, 3)
@@ -89,7 +94,7 @@ public enum WorkerRole: String, Sendable {
     }
 
     /// Answers tasks one at a time until the supervisor closes the link.
-    private static func serve(handler: @escaping TaskHandler, input: CInt, output: CInt) async throws {
+    private static func serve(handler: @escaping TaskContextHandler, input: CInt, output: CInt) async throws {
         // The arena is mapped from the claims' descriptor, which taking the claims closes.
         let sharedPayloads = SharedPayloadArena.inherited()
         var link = HandlerLink(
@@ -97,7 +102,8 @@ public enum WorkerRole: String, Sendable {
             output: output,
             maximumLength: Int(UInt32.max),
             claims: TaskClaims.inherited(),
-            sharedPayloads: sharedPayloads
+            sharedPayloads: sharedPayloads,
+            hasTaskContext: TaskContextHeader.isInherited()
         )
         while let task = try link.nextTask() {
             // Swift's concurrency threads block most signals, and a process the handler starts without resetting
@@ -106,7 +112,7 @@ public enum WorkerRole: String, Sendable {
             aiotask_unblock_signals()
             let reply: HandlerReply
             do {
-                reply = .result(try await handler(task))
+                reply = .result(try await handler(task, TaskContext(header: link.currentContext)))
             } catch {
                 reply = .error(String(describing: error))
             }
