@@ -35,4 +35,27 @@ struct ErrorCodeTests {
         #expect(HandlerFramingError.requestTooLarge(length: 5, limit: 4).code == .requestTooLarge)
         #expect(HandlerFramingError.requestTooLarge(length: 5, limit: 4) != .replyTooLarge(length: 5, limit: 4))
     }
+
+    @Test(
+        "an address error's code names the part of the address that is wrong",
+        arguments: [
+            ("http://x:1", AddressError.Code.unknownScheme),
+            ("unix:", .invalidSocketPath),
+            ("unix:/" + String(repeating: "p", count: 107), .invalidSocketPath),
+            ("tcp://:80", .invalidHost),
+            ("tcp://[::1:80", .invalidHost),
+            ("tcp://::1:80", .invalidHost),
+            ("tcp://localhost", .invalidPort),
+            ("tcp://[::1]", .invalidPort),
+            ("tcp://localhost:70000", .invalidPort),
+        ]
+    )
+    func addressErrorCode(_ text: String, _ code: AddressError.Code) {
+        do {
+            _ = try ServerAddress(parsing: text)
+            Issue.record("\(text) parsed")
+        } catch {
+            #expect(error.code == code)
+        }
+    }
 }
