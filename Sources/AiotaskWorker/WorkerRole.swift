@@ -66,7 +66,8 @@ public enum WorkerRole: String, Sendable {
         exit(127)
     }
 
-    /// Serves tasks with `handler`, which ignores their context; as the context-taking form does.
+    /// Serves tasks with `handler`, which is not given their context; otherwise as the form taking a
+    /// ``TaskContextHandler``.
     static func serveTasks(with handler: @escaping TaskHandler) async -> Never {
         await serveTasks(with: { task, _ in try await handler(task) } as TaskContextHandler)
     }
