@@ -50,11 +50,12 @@ public struct TaskContext: Sendable {
     }
 
     /// The context of a task as the link to the supervisor announced it, started now.
-    init(header: TaskContextHeader?, startedAt now: ContinuousClock.Instant = .now) {
+    init(header: TaskContextHeader?, startedAt now: ContinuousClock.Instant? = nil) {
         // A process given no context (started by hand rather than by a pool) still gets one: the nil UUID, no
         // deadline.
         let header = header ?? TaskContextHeader(id: TaskID(high: 0, low: 0), timeout: nil)
-        self.init(id: header.id, deadline: header.timeout.map { now + $0 })
+        // The clock is read only for a task that has a timeout.
+        self.init(id: header.id, deadline: header.timeout.map { (now ?? .now) + $0 })
     }
 
     /// Every task's logger is this one, with the task's id added.

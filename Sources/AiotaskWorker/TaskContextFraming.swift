@@ -92,13 +92,20 @@ struct ContextualPoolRequestDecoder {
 
     mutating func decode(buffer: inout ByteBuffer) throws -> Decoded? {
         guard hasContext else { return try requests.decode(buffer: &buffer).map { (nil, $0) } }
-        guard buffer.readableBytes >= TaskContextHeader.length else { return nil }
-        // The request is decoded past the header first: nothing is consumed until both are whole.
-        var rest = buffer
-        rest.moveReaderIndex(forwardBy: TaskContextHeader.length)
-        guard let request = try requests.decode(buffer: &rest) else { return nil }
-        let (high, low, timeout) = buffer.readMultipleIntegers(as: (UInt64, UInt64, UInt64).self)!
-        buffer.moveReaderIndex(to: rest.readerIndex)
+        guard
+            let (high, low, timeout) = buffer.getMultipleIntegers(
+                at: buffer.readerIndex,
+                as: (UInt64, UInt64, UInt64).self
+            )
+        else { return nil }
+        // The request is decoded past the header; the header is given back until the request is whole. The buffer
+        // is not copied: a copy would cost a reference count on its storage for each task.
+        let start = buffer.readerIndex
+        buffer.moveReaderIndex(forwardBy: TaskContextHeader.length)
+        guard let request = try requests.decode(buffer: &buffer) else {
+            buffer.moveReaderIndex(to: start)
+            return nil
+        }
         return (TaskContextHeader(id: TaskID(high: high, low: low), encodedTimeout: timeout), request)
     }
 
