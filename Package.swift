@@ -128,6 +128,7 @@ let package = Package(
             dependencies: [
                 "AiotaskWorker",
                 .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: upcomingFeatures
         ),

@@ -15,23 +15,90 @@ public enum HandlerReply: Hashable, Sendable {
     static let errorKind: UInt8 = 1
 }
 
-/// A handler process broke the handler framing.
-public enum HandlerFramingError: Error, Hashable, Sendable, CustomStringConvertible {
+/// A handler process broke the handler framing (or, on its side, the supervisor did).
+///
+/// Switch on its ``code``; the other properties say what was wrong, as far as the code has them.
+public struct HandlerFramingError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// What kind of violation this is.
+    public struct Code: Hashable, Sendable {
+        private enum Base: Hashable, Sendable {
+            case unknownReplyKind, replyTooLarge, requestTooLarge, truncated
+        }
+
+        private let base: Base
+
+        private init(_ base: Base) {
+            self.base = base
+        }
+
+        /// The kind byte is neither 0 (result) nor 1 (error) (``HandlerFramingError/kind``).
+        public static let unknownReplyKind = Code(.unknownReplyKind)
+        /// The declared length of a reply exceeds the limit.
+        public static let replyTooLarge = Code(.replyTooLarge)
+        /// The declared length of a request exceeds the limit.
+        public static let requestTooLarge = Code(.requestTooLarge)
+        /// The stream ended inside a frame (``HandlerFramingError/bytesLeft``).
+        public static let truncated = Code(.truncated)
+    }
+
+    /// What kind of violation this is.
+    public var code: Code
+    /// For ``Code/unknownReplyKind``: the kind byte received.
+    public var kind: UInt8?
+    /// For ``Code/replyTooLarge`` and ``Code/requestTooLarge``: the declared length.
+    public var length: Int?
+    /// For ``Code/replyTooLarge`` and ``Code/requestTooLarge``: the largest length accepted.
+    public var limit: Int?
+    /// For ``Code/truncated``: the bytes of the unfinished frame.
+    public var bytesLeft: Int?
+
+    /// An error of the given kind; the static functions named after the codes fill in what each one has.
+    public init(_ code: Code, kind: UInt8? = nil, length: Int? = nil, limit: Int? = nil, bytesLeft: Int? = nil) {
+        self.code = code
+        self.kind = kind
+        self.length = length
+        self.limit = limit
+        self.bytesLeft = bytesLeft
+    }
+
     /// The kind byte is neither 0 (result) nor 1 (error).
-    case unknownReplyKind(UInt8)
+    public static func unknownReplyKind(_ kind: UInt8) -> HandlerFramingError {
+        HandlerFramingError(.unknownReplyKind, kind: kind)
+    }
+
     /// The declared length exceeds the limit.
-    case replyTooLarge(length: Int, limit: Int)
+    public static func replyTooLarge(length: Int, limit: Int) -> HandlerFramingError {
+        HandlerFramingError(.replyTooLarge, length: length, limit: limit)
+    }
+
     /// A request longer than the limit.
-    case requestTooLarge(length: Int, limit: Int)
+    public static func requestTooLarge(length: Int, limit: Int) -> HandlerFramingError {
+        HandlerFramingError(.requestTooLarge, length: length, limit: limit)
+    }
+
     /// The stream ended inside a frame.
-    case truncated(bytesLeft: Int)
+    public static func truncated(bytesLeft: Int) -> HandlerFramingError {
+        HandlerFramingError(.truncated, bytesLeft: bytesLeft)
+    }
 
     public var description: String {
-        switch self {
-        case .unknownReplyKind(let kind): "reply kind \(kind) is neither 0 (result) nor 1 (error)"
-        case .replyTooLarge(let length, let limit): "reply of \(length) bytes exceeds the limit of \(limit) bytes"
-        case .requestTooLarge(let length, let limit): "request of \(length) bytes exceeds the limit of \(limit) bytes"
-        case .truncated(let bytesLeft): "stream ended inside a frame (\(bytesLeft) bytes left over)"
+        switch code {
+        case .unknownReplyKind:
+            "reply kind \(kind.map { "\($0)" } ?? "?") is neither 0 (result) nor 1 (error)"
+        case .replyTooLarge: "reply of \(length ?? 0) bytes exceeds the limit of \(limit ?? 0) bytes"
+        case .requestTooLarge: "request of \(length ?? 0) bytes exceeds the limit of \(limit ?? 0) bytes"
+        default: "stream ended inside a frame (\(bytesLeft ?? 0) bytes left over)"
+        }
+    }
+}
+
+extension HandlerFramingError.Code: CustomStringConvertible {
+    public var description: String {
+        switch base {
+        case .unknownReplyKind: "unknown reply kind"
+        case .replyTooLarge: "reply too large"
+        case .requestTooLarge: "request too large"
+        case .truncated: "truncated"
         }
     }
 }

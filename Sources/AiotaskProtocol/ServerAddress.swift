@@ -13,34 +13,42 @@ public enum ServerAddress: Hashable, Sendable {
         if text.hasPrefix("unix:") {
             var path = String(text.dropFirst("unix:".count))
             if path.hasPrefix("//") { path.removeFirst(2) }
-            guard path.hasPrefix("/") || !path.isEmpty else { throw AddressError(text, "empty socket path") }
-            guard path.utf8.count < 108 else { throw AddressError(text, "socket path longer than 107 bytes") }
+            guard path.hasPrefix("/") || !path.isEmpty else {
+                throw AddressError(text, .invalidSocketPath, "empty socket path")
+            }
+            guard path.utf8.count < 108 else {
+                throw AddressError(text, .invalidSocketPath, "socket path longer than 107 bytes")
+            }
             self = .unix(path: path)
             return
         }
         guard text.hasPrefix("tcp://") else {
-            throw AddressError(text, "expected tcp://HOST:PORT or unix:/PATH")
+            throw AddressError(text, .unknownScheme, "expected tcp://HOST:PORT or unix:/PATH")
         }
         let rest = text.dropFirst("tcp://".count)
         let host: Substring
         let portText: Substring
         if rest.hasPrefix("[") {
-            guard let close = rest.firstIndex(of: "]") else { throw AddressError(text, "missing ] after IPv6 host") }
+            guard let close = rest.firstIndex(of: "]") else {
+                throw AddressError(text, .invalidHost, "missing ] after IPv6 host")
+            }
             host = rest[rest.index(after: rest.startIndex)..<close]
             let afterHost = rest[rest.index(after: close)...]
-            guard afterHost.hasPrefix(":") else { throw AddressError(text, "missing :PORT") }
+            guard afterHost.hasPrefix(":") else { throw AddressError(text, .invalidPort, "missing :PORT") }
             portText = afterHost.dropFirst()
         } else {
-            guard let colon = rest.lastIndex(of: ":") else { throw AddressError(text, "missing :PORT") }
+            guard let colon = rest.lastIndex(of: ":") else { throw AddressError(text, .invalidPort, "missing :PORT") }
             host = rest[..<colon]
             portText = rest[rest.index(after: colon)...]
-            guard !host.contains(":") else { throw AddressError(text, "put an IPv6 host in brackets: [::1]") }
+            guard !host.contains(":") else {
+                throw AddressError(text, .invalidHost, "put an IPv6 host in brackets: [::1]")
+            }
         }
-        guard !host.isEmpty else { throw AddressError(text, "missing host") }
+        guard !host.isEmpty else { throw AddressError(text, .invalidHost, "missing host") }
         guard portText.utf8.allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }),
             let port = Int(portText), (0...65535).contains(port)
         else {
-            throw AddressError(text, "port must be a number from 0 to 65535")
+            throw AddressError(text, .invalidPort, "port must be a number from 0 to 65535")
         }
         self = .tcp(host: String(host), port: port)
     }
@@ -55,15 +63,40 @@ extension ServerAddress: CustomStringConvertible {
     }
 }
 
-/// A server address that could not be parsed.
+/// A server address that could not be parsed: switch on its ``code``; its ``reason`` says what is wrong in words.
 public struct AddressError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// Which part of the address is wrong.
+    public struct Code: Hashable, Sendable {
+        private enum Base: Hashable, Sendable {
+            case unknownScheme, invalidSocketPath, invalidHost, invalidPort
+        }
+
+        private let base: Base
+
+        private init(_ base: Base) {
+            self.base = base
+        }
+
+        /// Neither `tcp://` nor `unix:`.
+        public static let unknownScheme = Code(.unknownScheme)
+        /// A Unix socket path that is empty or longer than a socket address holds (107 bytes).
+        public static let invalidSocketPath = Code(.invalidSocketPath)
+        /// A TCP host that is missing, or an IPv6 host without its brackets.
+        public static let invalidHost = Code(.invalidHost)
+        /// A TCP port that is missing or not a number from 0 to 65535.
+        public static let invalidPort = Code(.invalidPort)
+    }
+
     /// The text that was given.
     public var text: String
+    /// Which part of the address is wrong.
+    public var code: Code
     /// What is wrong with it.
     public var reason: String
 
-    init(_ text: String, _ reason: String) {
+    init(_ text: String, _ code: Code, _ reason: String) {
         self.text = text
+        self.code = code
         self.reason = reason
     }
 

@@ -11,7 +11,7 @@ import NIOCore
 
 /// What a process started by the pool is to do, told by the supervisor through `AIOTASK_ROLE`.
 ///
-/// Any executable that links this library checks for a role first thing (``Daemon/main(handler:)`` does), so
+/// Any executable that links this library checks for a role first thing (`Daemon.main(handler:)` does), so
 /// the pool can re-execute it as a pool process.
 public enum WorkerRole: String, Sendable {
     /// Serve tasks with the executable's Swift handler on stdin and stdout.
@@ -70,12 +70,18 @@ public enum WorkerRole: String, Sendable {
         return 127
     }
 
+    /// Serves tasks with `handler`, which is not given their context; otherwise as the form taking a
+    /// ``TaskContextHandler``.
+    static func serveTasks(with handler: @escaping TaskHandler) async -> Int32 {
+        await serveTasks(with: { task, _ in try await handler(task) } as TaskContextHandler)
+    }
+
     /// Serves tasks with `handler` on the link the supervisor gave as stdin and stdout, until the supervisor
     /// closes it; returns the exit status for the process.
     ///
     /// The link is moved off descriptors 0 and 1 first, and stdout is pointed at stderr, so stray prints from
     /// handler code land in the supervisor's log instead of corrupting the framing.
-    static func serveTasks(with handler: @escaping TaskHandler) async -> Int32 {
+    static func serveTasks(with handler: @escaping TaskContextHandler) async -> Int32 {
         guard attachToSupervisor() else { return 0 }
         let input = fcntl(0, F_DUPFD_CLOEXEC, 3)
         let output = fcntl(1, F_DUPFD_CLOEXEC, 3)
@@ -93,7 +99,7 @@ public enum WorkerRole: String, Sendable {
     }
 
     /// Answers tasks one at a time until the supervisor closes the link.
-    private static func serve(handler: @escaping TaskHandler, input: CInt, output: CInt) async throws {
+    private static func serve(handler: @escaping TaskContextHandler, input: CInt, output: CInt) async throws {
         // The arena is mapped from the claims' descriptor, which taking the claims closes.
         let sharedPayloads = SharedPayloadArena.inherited()
         var link = HandlerLink(
@@ -101,7 +107,8 @@ public enum WorkerRole: String, Sendable {
             output: output,
             maximumLength: Int(UInt32.max),
             claims: TaskClaims.inherited(),
-            sharedPayloads: sharedPayloads
+            sharedPayloads: sharedPayloads,
+            hasTaskContext: TaskContextHeader.isInherited()
         )
         while let task = try link.nextTask() {
             // Swift's concurrency threads block most signals, and a process the handler starts without resetting
@@ -110,7 +117,7 @@ public enum WorkerRole: String, Sendable {
             aiotask_unblock_signals()
             let reply: HandlerReply
             do {
-                reply = .result(try await handler(task))
+                reply = .result(try await handler(task, TaskContext(header: link.currentContext)))
             } catch {
                 reply = .error(String(describing: error))
             }

@@ -17,26 +17,113 @@ public struct ActivatedSocket: Hashable, Sendable {
 }
 
 /// Why the sockets systemd passed cannot be served.
-public enum SocketActivationError: Error, Hashable, Sendable, CustomStringConvertible {
+///
+/// Switch on its ``code``; the other properties say what was wrong, as far as the code has them.
+public struct SocketActivationError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// What kind of problem this is.
+    public struct Code: Hashable, Sendable {
+        private enum Base: Hashable, Sendable {
+            case wrongListenPID, invalidEnvironment, datagramSocket, notAListeningStreamSocket
+        }
+
+        private let base: Base
+
+        private init(_ base: Base) {
+            self.base = base
+        }
+
+        /// `LISTEN_PID` names another process: the sockets are not meant for this one.
+        public static let wrongListenPID = Code(.wrongListenPID)
+        /// `LISTEN_FDS` is not a number, or sd_listen_fds failed (``SocketActivationError/errnoCode``).
+        public static let invalidEnvironment = Code(.invalidEnvironment)
+        /// A passed descriptor is a datagram socket; aiotask needs stream sockets.
+        public static let datagramSocket = Code(.datagramSocket)
+        /// A passed descriptor is not a listening stream socket (`Accept=yes`, a FIFO, a file, …).
+        public static let notAListeningStreamSocket = Code(.notAListeningStreamSocket)
+    }
+
+    /// What kind of problem this is.
+    public var code: Code
+    /// For ``Code/wrongListenPID``: this process's pid.
+    public var expectedPID: Int32?
+    /// For ``Code/wrongListenPID``: the text of `LISTEN_PID`.
+    public var foundPID: String?
+    /// For ``Code/invalidEnvironment``: the `errno` sd_listen_fds failed with, when it gave one.
+    public var errnoCode: Int32?
+    /// For ``Code/invalidEnvironment``: why, in words (the system's text for ``errnoCode``).
+    public var reason: String?
+    /// For ``Code/datagramSocket`` and ``Code/notAListeningStreamSocket``: the descriptor.
+    public var descriptor: Int32?
+    /// For ``Code/datagramSocket`` and ``Code/notAListeningStreamSocket``: the descriptor's `FileDescriptorName=`.
+    public var name: String?
+
+    /// An error of the given kind; the static functions named after the codes fill in what each one has.
+    public init(
+        _ code: Code,
+        expectedPID: Int32? = nil,
+        foundPID: String? = nil,
+        errnoCode: Int32? = nil,
+        reason: String? = nil,
+        descriptor: Int32? = nil,
+        name: String? = nil
+    ) {
+        self.code = code
+        self.expectedPID = expectedPID
+        self.foundPID = foundPID
+        self.errnoCode = errnoCode
+        self.reason = reason
+        self.descriptor = descriptor
+        self.name = name
+    }
+
     /// `LISTEN_PID` names another process: the sockets are not meant for this one.
-    case wrongListenPID(expected: Int32, found: String)
-    /// `LISTEN_FDS` is not a number, or sd_listen_fds failed.
-    case invalidEnvironment(String)
+    public static func wrongListenPID(expected: Int32, found: String) -> SocketActivationError {
+        SocketActivationError(.wrongListenPID, expectedPID: expected, foundPID: found)
+    }
+
+    /// `LISTEN_FDS` is not a number, or sd_listen_fds failed, for `reason`.
+    public static func invalidEnvironment(_ reason: String) -> SocketActivationError {
+        SocketActivationError(.invalidEnvironment, reason: reason)
+    }
+
+    /// sd_listen_fds failed with `errno`.
+    public static func invalidEnvironment(errno code: Int32) -> SocketActivationError {
+        SocketActivationError(.invalidEnvironment, errnoCode: code, reason: String(cString: strerror(code)))
+    }
+
     /// A passed descriptor is a datagram socket; aiotask needs stream sockets.
-    case datagramSocket(descriptor: Int32, name: String)
+    public static func datagramSocket(descriptor: Int32, name: String) -> SocketActivationError {
+        SocketActivationError(.datagramSocket, descriptor: descriptor, name: name)
+    }
+
     /// A passed descriptor is not a listening stream socket (`Accept=yes`, a FIFO, a file, …).
-    case notAListeningStreamSocket(descriptor: Int32, name: String)
+    public static func notAListeningStreamSocket(descriptor: Int32, name: String) -> SocketActivationError {
+        SocketActivationError(.notAListeningStreamSocket, descriptor: descriptor, name: name)
+    }
 
     public var description: String {
-        switch self {
-        case .wrongListenPID(let expected, let found):
-            "LISTEN_PID=\(found) does not name this process (\(expected)); refusing the passed sockets"
-        case .invalidEnvironment(let reason):
-            "cannot take the sockets passed by systemd: \(reason)"
-        case .datagramSocket(let descriptor, let name):
-            "passed socket \(name) (fd \(descriptor)) is a datagram socket; use ListenStream= in the socket unit"
-        case .notAListeningStreamSocket(let descriptor, let name):
-            "passed descriptor \(name) (fd \(descriptor)) is not a listening stream socket; use ListenStream= and Accept=no"
+        let socket = "\(name ?? "?") (fd \(descriptor.map { "\($0)" } ?? "?"))"
+        switch code {
+        case .wrongListenPID:
+            return
+                "LISTEN_PID=\(foundPID ?? "") does not name this process (\(expectedPID.map { "\($0)" } ?? "?")); refusing the passed sockets"
+        case .invalidEnvironment:
+            return "cannot take the sockets passed by systemd: \(reason ?? "")"
+        case .datagramSocket:
+            return "passed socket \(socket) is a datagram socket; use ListenStream= in the socket unit"
+        default:
+            return "passed descriptor \(socket) is not a listening stream socket; use ListenStream= and Accept=no"
+        }
+    }
+}
+
+extension SocketActivationError.Code: CustomStringConvertible {
+    public var description: String {
+        switch base {
+        case .wrongListenPID: "wrong LISTEN_PID"
+        case .invalidEnvironment: "invalid environment"
+        case .datagramSocket: "datagram socket"
+        case .notAListeningStreamSocket: "not a listening stream socket"
         }
     }
 }
@@ -53,7 +140,7 @@ public enum SocketActivation {
         var names: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?
         let count = sd_listen_fds_with_names(1, &names)
         guard count >= 0 else {
-            throw .invalidEnvironment(String(cString: strerror(-count)))
+            throw .invalidEnvironment(errno: -count)
         }
         defer {
             if let names {

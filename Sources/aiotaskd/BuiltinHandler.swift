@@ -32,28 +32,28 @@ enum BuiltinHandler: String, CaseIterable {
         case .burn: "keeps a CPU busy for the milliseconds given as the task text"
         case .fail: "fails every task, with the task text as the error message"
         case .chaos:
-            "obeys the command in the task: echo TEXT, sleep MS, fail MESSAGE, exit CODE, signal N, stderr TEXT, pid, hang, orphan [exit], escape, garbage, flood-stderr BYTES, leak MB, hog MB"
+            "obeys the command in the task: echo TEXT, sleep MS, fail MESSAGE, exit CODE, signal N, stderr TEXT, pid, hang, orphan [exit], escape, garbage, flood-stderr BYTES, leak MB, hog MB, context TEXT"
         }
     }
 
-    var handler: TaskHandler {
+    var handler: TaskContextHandler {
         switch self {
         case .echo:
-            return { $0 }
+            return { task, _ in task }
         case .sha256:
-            return { task in
+            return { task, _ in
                 let digest = task.withUnsafeReadableBytes { SHA256.hash(data: $0) }
                 return ByteBuffer(
                     string: digest.map { byte in (byte < 16 ? "0" : "") + String(byte, radix: 16) }.joined()
                 )
             }
         case .sleep:
-            return { task in
+            return { task, _ in
                 try await Task.sleep(for: .milliseconds(try Self.milliseconds(in: task)))
                 return task
             }
         case .burn:
-            return { task in
+            return { task, _ in
                 let milliseconds = try Self.milliseconds(in: task)
                 let end = ContinuousClock.now + .milliseconds(milliseconds)
                 var spins: UInt64 = 0
@@ -61,9 +61,9 @@ enum BuiltinHandler: String, CaseIterable {
                 return ByteBuffer(string: "burned \(milliseconds) ms (\(spins) spins)")
             }
         case .fail:
-            return { task in throw HandlerFailure(message: String(buffer: task)) }
+            return { task, _ in throw HandlerFailure(message: String(buffer: task)) }
         case .chaos:
-            return { task in try await ChaosCommand(parsing: String(buffer: task)).perform() }
+            return { task, context in try await ChaosCommand(parsing: String(buffer: task)).perform(in: context) }
         }
     }
 

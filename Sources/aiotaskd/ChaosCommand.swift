@@ -1,4 +1,5 @@
 import AiotaskWorker
+import Logging
 import NIOCore
 
 #if canImport(Glibc)
@@ -39,6 +40,9 @@ enum ChaosCommand {
     case leak(Int)
     /// `hog MB`: allocate and touch that many MiB, then hang without answering.
     case hog(Int)
+    /// `context TEXT`: log TEXT through the task context's logger, then return `ID MS`: the task's id and the
+    /// milliseconds left until its deadline (`none` without one).
+    case context(String)
 
     init(parsing text: String) throws {
         let parts = text.split(separator: " ", maxSplits: 1).map(String.init)
@@ -62,6 +66,7 @@ enum ChaosCommand {
         case "flood-stderr": self = .floodStandardError(try Self.number(argument))
         case "leak": self = .leak(try Self.number(argument))
         case "hog": self = .hog(try Self.number(argument))
+        case "context": self = .context(argument)
         default: throw HandlerFailure(message: "unknown chaos command '\(text.prefix(40))'")
         }
     }
@@ -73,7 +78,7 @@ enum ChaosCommand {
         return value
     }
 
-    func perform() async throws -> ByteBuffer {
+    func perform(in context: TaskContext) async throws -> ByteBuffer {
         switch self {
         case .echo(let text):
             return ByteBuffer(string: text)
@@ -143,6 +148,13 @@ enum ChaosCommand {
         case .hog(let megabytes):
             Self.allocateAndTouch(megabytes: megabytes)
             while true { Glibc.sleep(3600) }
+        case .context(let text):
+            context.logger.info("\(text)")
+            let left = context.deadline.map { deadline in
+                let (seconds, attoseconds) = (deadline - .now).components
+                return String(seconds * 1000 + attoseconds / 1_000_000_000_000_000)
+            }
+            return ByteBuffer(string: "\(context.id) \(left ?? "none")")
         }
     }
 

@@ -87,12 +87,12 @@ struct FrameDecoderErrorTests {
             if case .frame(let frame) = frames.first { #expect(frame.type == testCase.type) }
         } else {
             let error = protocolError { _ = try decodeAll(bytes) }
-            guard case .malformedFrame(let type, let reason) = error else {
+            guard let error, error.code == .malformedFrame else {
                 Issue.record("expected malformedFrame, got \(String(describing: error))")
                 return
             }
-            #expect(type == testCase.type)
-            #expect(!reason.isEmpty)
+            #expect(error.frameType == testCase.type)
+            #expect(error.reason?.isEmpty == false)
         }
     }
 

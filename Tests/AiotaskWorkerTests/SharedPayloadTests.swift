@@ -128,9 +128,10 @@ struct SharedPayloadTests {
             arena = mmap.mmap(int(os.environ["AIOTASK_CLAIMS_FD"]), 8192 + size)
             arena[4096:4100] = struct.pack("<I", 0x61696F70)
             while True:
-                header = read_exactly(5)
-                if header is None:
+                # Each task comes after its context (id, timeout), which a library handler is sent.
+                if read_exactly(24) is None:
                     break
+                header = read_exactly(5)
                 kind, length = struct.unpack(">BI", header)
                 if kind == 1:
                     (offset,) = struct.unpack(">I", read_exactly(4))

@@ -1,5 +1,7 @@
+import AiotaskProtocol
 import AiotaskTestSupport
 import Foundation
+import NIOCore
 import Testing
 
 @testable import AiotaskServer
@@ -103,6 +105,27 @@ struct ServerErrorTests {
             #expect(error.listenError?.address == "\(worker.address)")
             #expect(error.listenError?.code == EADDRINUSE)
             #expect(error.description == "cannot listen on \(worker.address): another process is listening there")
+            let underlying = try #require(error.listenError?.underlying as? UnixSocketPathError)
+            #expect(underlying.code == .inUse)
+        }
+        try await worker.stop()
+    }
+
+    @Test("a TCP address that cannot be bound keeps the system's error, not only its words")
+    func keepsUnderlyingError() async throws {
+        let worker = try await TestServer.start(workers: 1, listen: [.tcp(host: "127.0.0.1", port: 0)])
+        let port = try #require(worker.server.localAddresses.compactMap(\.port).first)
+        do {
+            let configuration = WorkerConfiguration(
+                listenAddresses: [.tcp(host: "127.0.0.1", port: port)],
+                handler: .builtin("echo")
+            )
+            _ = try await AiotaskServer.start(configuration: configuration, logger: worker.logs.logger)
+            Issue.record("a second server bound a port in use")
+        } catch let error as ServerError {
+            #expect(error.code == .cannotListen)
+            let underlying = try #require(error.listenError?.underlying as? IOError)
+            #expect(underlying.errnoCode == EADDRINUSE)
         }
         try await worker.stop()
     }

@@ -20,12 +20,27 @@ public struct ListenError: Error, Hashable, Sendable, CustomStringConvertible {
     public var code: Int32?
     /// Why, in plain words: `address already in use`, `no such file or directory`.
     public var reason: String
+    /// The error binding or adopting the socket threw (an `IOError`, a `SocketAddressError`, a
+    /// ``UnixSocketPathError``, …), for a program that wants more than the words; not part of equality.
+    public var underlying: (any Error)?
+
+    public static func == (lhs: ListenError, rhs: ListenError) -> Bool {
+        lhs.address == rhs.address && lhs.code == rhs.code && lhs.reason == rhs.reason
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(address)
+        hasher.combine(code)
+        hasher.combine(reason)
+    }
 
     public var description: String { "cannot listen on \(address): \(reason)" }
 
     /// Describes `error`, thrown while binding or adopting the socket named `address`.
     public init(address: String, error: any Error) {
         self.address = address
+        // A ListenError passed on keeps what it wrapped.
+        underlying = (error as? ListenError).map { $0.underlying } ?? error
         switch error {
         case let error as IOError:
             code = error.errnoCode
@@ -40,7 +55,7 @@ public struct ListenError: Error, Hashable, Sendable, CustomStringConvertible {
             code = error.code
             reason = error.reason
         case let error as UnixSocketPathError:
-            code = error.code == .inUse ? EADDRINUSE : error.code == .notASocket ? ENOTSOCK : nil
+            code = error.code == .inUse ? EADDRINUSE : error.code == .notASocket ? ENOTSOCK : error.errnoCode
             reason = error.reason
         default:
             code = nil

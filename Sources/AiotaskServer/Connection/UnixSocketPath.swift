@@ -20,7 +20,7 @@ enum UnixSocketPath {
         var status = stat()
         guard lstat(path, &status) == 0 else {
             if errno == ENOENT { return }
-            throw UnixSocketPathError(path: path, code: .cannotCheck, detail: String(cString: strerror(errno)))
+            throw UnixSocketPathError(cannotCheck: path, errno: errno)
         }
         guard status.st_mode & S_IFMT == S_IFSOCK else { throw UnixSocketPathError(path: path, code: .notASocket) }
 
@@ -31,12 +31,12 @@ enum UnixSocketPath {
         case ECONNREFUSED:
             // Nobody listens: the file was left behind by a process that is gone.
             if unlink(path) != 0 && errno != ENOENT {
-                throw UnixSocketPathError(path: path, code: .cannotCheck, detail: String(cString: strerror(errno)))
+                throw UnixSocketPathError(cannotCheck: path, errno: errno)
             }
         case ENOENT:
             return
         case let error:
-            throw UnixSocketPathError(path: path, code: .cannotCheck, detail: String(cString: strerror(error)))
+            throw UnixSocketPathError(cannotCheck: path, errno: error)
         }
     }
 
@@ -85,6 +85,8 @@ public struct UnixSocketPathError: Error, CustomStringConvertible, Sendable {
     public var code: Code
     /// The system's reason, for ``Code/cannotCheck``.
     public var detail: String = ""
+    /// The `errno` the check failed with, for ``Code/cannotCheck``.
+    public var errnoCode: Int32?
 
     /// Why the path cannot be listened on, in plain words.
     public var reason: String {
@@ -97,5 +99,17 @@ public struct UnixSocketPathError: Error, CustomStringConvertible, Sendable {
 
     public var description: String {
         "cannot listen on unix:\(path): \(reason)"
+    }
+
+    init(path: String, code: Code, detail: String = "", errnoCode: Int32? = nil) {
+        self.path = path
+        self.code = code
+        self.detail = detail
+        self.errnoCode = errnoCode
+    }
+
+    /// The check of `path` failed with `errno`.
+    init(cannotCheck path: String, errno code: Int32) {
+        self.init(path: path, code: .cannotCheck, detail: String(cString: strerror(code)), errnoCode: code)
     }
 }

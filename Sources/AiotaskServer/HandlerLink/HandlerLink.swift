@@ -25,9 +25,11 @@ package struct HandlerLink {
     private let input: CInt
     private let output: CInt
     private var buffer: ByteBuffer
-    private var decoder: PoolRequestDecoder
+    private var decoder: ContextualPoolRequestDecoder
     private let claims: TaskClaims?
     private let arena: SharedPayloadArena?
+    /// What the supervisor said about the task last returned by ``nextTask()``, if it sends a header with each.
+    package private(set) var currentContext: TaskContextHeader?
     /// The arena region of the task being run, where its result goes if it fits.
     private var currentRegion: Range<Int>?
     /// Where tasks from the arena are copied: the same memory for each, once the handler let go of the last one.
@@ -41,18 +43,23 @@ package struct HandlerLink {
 
     /// - Parameter sharedPayloads: whether the link uses ``SharedPayloadFraming`` (the supervisor offered an
     ///   arena), and the arena, unless it could not be mapped.
+    /// - Parameter hasTaskContext: whether each task comes after a ``TaskContextHeader``.
     package init(
         input: CInt,
         output: CInt,
         maximumLength: Int,
         claims: TaskClaims? = nil,
-        sharedPayloads: (isOffered: Bool, arena: SharedPayloadArena?) = (false, nil)
+        sharedPayloads: (isOffered: Bool, arena: SharedPayloadArena?) = (false, nil),
+        hasTaskContext: Bool = false
     ) {
         self.input = input
         self.output = output
         // Large tasks land where the kernel copies fast (see FastCopyBuffers).
         self.buffer = FastCopyBuffers.allocator.buffer(capacity: Self.minimumRead)
-        self.decoder = PoolRequestDecoder(maximumLength: maximumLength, hasKinds: sharedPayloads.isOffered)
+        self.decoder = ContextualPoolRequestDecoder(
+            PoolRequestDecoder(maximumLength: maximumLength, hasKinds: sharedPayloads.isOffered),
+            hasContext: hasTaskContext
+        )
         self.claims = claims
         self.arena = sharedPayloads.arena
     }
@@ -61,11 +68,12 @@ package struct HandlerLink {
     ///
     /// - Throws: ``Failure`` when reading fails, or ``HandlerFramingError`` when the stream breaks the framing.
     package mutating func nextTask() throws -> ByteBuffer? {
-        while let request = try nextFrame() {
+        while let (context, request) = try nextFrame() {
             let index = nextIndex
             nextIndex &+= 1
             // A withdrawn task's region may already hold another task: it is never read.
             if let claims, !claims.claim(index) { continue }
+            currentContext = context
             switch request {
             case .inline(let task):
                 currentRegion = nil
@@ -86,7 +94,7 @@ package struct HandlerLink {
     }
 
     /// The next task in the stream, withdrawn or not.
-    private mutating func nextFrame() throws -> PoolRequest? {
+    private mutating func nextFrame() throws -> ContextualPoolRequestDecoder.Decoded? {
         while true {
             if let task = try decoder.decode(buffer: &buffer) { return task }
             // Room for the rest of the frame being read (a large task arrives in few reads), at least 64 KiB.

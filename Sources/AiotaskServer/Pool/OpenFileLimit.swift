@@ -56,7 +56,11 @@ public enum OpenFileLimit {
     public static func raiseSoftLimitToHard() throws(LimitError) -> (before: UInt64, after: UInt64) {
         var limit = rlimit()
         guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else {
-            throw LimitError(reason: "getrlimit(RLIMIT_NOFILE) failed: \(String(cString: strerror(errno)))")
+            let error = errno
+            throw LimitError(
+                reason: "getrlimit(RLIMIT_NOFILE) failed: \(String(cString: strerror(error)))",
+                errnoCode: error
+            )
         }
         let before = UInt64(limit.rlim_cur)
         guard limit.rlim_cur < limit.rlim_max else { return (before, before) }
@@ -74,7 +78,8 @@ public enum OpenFileLimit {
             lastError = errno
         }
         throw LimitError(
-            reason: "cannot raise RLIMIT_NOFILE from \(before): \(String(cString: strerror(lastError)))"
+            reason: "cannot raise RLIMIT_NOFILE from \(before): \(String(cString: strerror(lastError)))",
+            errnoCode: lastError
         )
     }
 }
@@ -83,6 +88,13 @@ public enum OpenFileLimit {
 public struct LimitError: Error, CustomStringConvertible {
     /// What failed, with the system's error.
     public var reason: String
+    /// The `errno` of the failed call.
+    public var errnoCode: Int32?
+
+    init(reason: String, errnoCode: Int32? = nil) {
+        self.reason = reason
+        self.errnoCode = errnoCode
+    }
 
     public var description: String { reason }
 }

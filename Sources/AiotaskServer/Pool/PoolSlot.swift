@@ -358,7 +358,8 @@ final class PoolSlot {
         guard case .idle(let process) = state else {
             preconditionFailure("PoolSlot.run called on a slot that is not idle")
         }
-        begin(record, index: process.send(record.payload), on: process)
+        let context = record.context(defaultTimeout: configuration.defaultTaskTimeout)
+        begin(record, index: process.send(record.payload, context: context), on: process)
     }
 
     /// Sends `record` to the busy process, to run after the tasks it has.
@@ -366,7 +367,8 @@ final class PoolSlot {
         guard case .busy(let process, _) = state else {
             preconditionFailure("PoolSlot.prefetch called on a slot that is not busy")
         }
-        let index = process.send(record.payload)
+        let context = record.context(defaultTimeout: configuration.defaultTaskTimeout)
+        let index = process.send(record.payload, context: context)
         pipeline.append(SentTask(record: record, index: index))
         pipelineBytes += record.payload.readableBytes
     }

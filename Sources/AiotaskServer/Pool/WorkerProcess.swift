@@ -112,12 +112,13 @@ final class WorkerProcess {
             sharedPayloadBytes > 0
             ? claims.flatMap { SharedPayloadArena.create(on: $0.descriptor, capacity: sharedPayloadBytes) } : nil
         if let arena { environment[SharedPayloadArena.capacityKey] = String(arena.capacity) }
+        if command.runsLibraryHandler { environment[TaskContextHeader.environmentKey] = "1" }
         let (child, pipes) = try ChildProcess.spawnPoolProcess(
             command,
             extraEnvironment: environment,
             claimsDescriptor: claims?.descriptor
         )
-        return WorkerProcess(
+        let process = WorkerProcess(
             child: child,
             pipes: pipes,
             slot: slot,
@@ -125,6 +126,8 @@ final class WorkerProcess {
             arena: arena,
             loop: loop
         )
+        process.sendsTaskContext = command.runsLibraryHandler
+        return process
     }
 
     /// Whether tasks sent to the process can be withdrawn until it starts them: it announced that it claims them.
@@ -233,13 +236,17 @@ final class WorkerProcess {
         }
     }
 
-    /// Sends a task down the link and returns its index in the process's stream of tasks. Tasks sent in the same
-    /// event-loop tick leave in one write, at its end.
+    /// Whether each task goes with its ``TaskContextHeader``: the process runs a library handler, which reads it.
+    private(set) var sendsTaskContext = false
+
+    /// Sends a task down the link, after its `context` if the process takes one, and returns its index in the
+    /// process's stream of tasks. Tasks sent in the same event-loop tick leave in one write, at its end.
     @discardableResult
-    func send(_ task: ByteBuffer) -> UInt32 {
+    func send(_ task: ByteBuffer, context: TaskContextHeader) -> UInt32 {
         let index = sentCount
         guard let writer else { return index }
         sentCount &+= 1
+        if sendsTaskContext { writer.append { $0.writeTaskContextHeader(context) } }
         if let arena {
             sendWithKind(task, arena: arena, writer: writer)
         } else {
