@@ -344,6 +344,8 @@ struct PoolSlotStateMachineTests {
         #expect(Did(machine.timedOut(first)) == .none)
         machine.run(FakeTask("t1"), index: 1, at: t0)
         machine.prefetch(FakeTask("t2"), index: 2, bytes: 100)
+        #expect(Did(machine.timedOut(first)) == .none)
+        #expect(machine.isBusy)
         let running = machine.busy?.running.task
         #expect(running?.name == "t1")
         guard let running else { return }
