@@ -54,18 +54,22 @@ final class PoolSlot {
     /// Whether a task of `size` bytes may be sent ahead to this slot's busy process (see
     /// ``PoolSlotStateMachine/canPrefetch(size:at:depth:stallLimit:processIsSound:)``).
     func canPrefetch(size: Int, at now: NIODeadline) -> Bool {
-        guard let (process, _) = machine.busy else { return false }
+        // Called for every busy slot at each dispatch while tasks wait: the settings are read field by field (not
+        // the whole configuration copied), and a full process is turned down before the rest is looked at.
+        guard let (process, _) = machine.busy, process.isSound else { return false }
+        let depth = prefetchDepth(of: process)
+        guard machine.sentAheadCount < depth else { return false }
         return machine.canPrefetch(
             size: size,
             at: now,
-            depth: prefetchDepth(of: process),
-            stallLimit: configuration.prefetchStallLimit,
-            processIsSound: process.isSound
+            depth: depth,
+            stallLimit: supervisor.configuration.prefetchStallLimit,
+            processIsSound: true
         )
     }
 
     private func prefetchDepth(of process: WorkerProcess) -> Int {
-        configuration.prefetch ?? (process.claimsTasks ? Self.automaticPrefetch : 0)
+        supervisor.configuration.prefetch ?? (process.claimsTasks ? Self.automaticPrefetch : 0)
     }
 
     /// Whether the slot holds tasks sent ahead that can be withdrawn (its process claims its tasks).
