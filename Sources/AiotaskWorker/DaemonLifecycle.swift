@@ -3,7 +3,7 @@ import ServiceLifecycle
 import Systemd
 import UnixSignals
 
-/// The daemon's side of the service manager, run as a service beside the ``AiotaskServer`` in the daemon's
+/// The daemon's side of the service manager, run as a service beside the `AiotaskServer` in the daemon's
 /// `ServiceGroup`: `STATUS=` refreshes and watchdog pings while the server serves, SIGHUP reloads, and on SIGTERM or
 /// SIGINT the stop: `STOPPING=1`, then the server's drain with `EXTEND_TIMEOUT_USEC=` every few seconds.
 ///

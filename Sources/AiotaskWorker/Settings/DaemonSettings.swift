@@ -6,7 +6,7 @@ import Logging
 /// The config file uses the long option names as keys, one `key = value` per line, `#` for comments;
 /// `listen` may be repeated. The command line overrides the file (its `--listen`s replace the file's).
 ///
-/// Each setting is declared once, in ``declarations``: its name, its value's kind and range, its default, its
+/// Each setting is declared once, in `DaemonSettings.declarations`: its name, its value's kind and range, its default, its
 /// help, an example and whether a reload applies it. Values are kept by that name, so a new setting needs no
 /// field here: its declaration drives the config file (``ConfigFile``), the command line (``DaemonOptions``),
 /// merging (``overridden(by:)``), checking and converting (``configuration(handler:)``) and `--help`; tests hold
@@ -19,7 +19,7 @@ public struct DaemonSettings: Sendable, Equatable {
 
     /// The value of the setting `name`, if set; `nil` clears it.
     ///
-    /// - Precondition: `name` is declared in ``declarations`` and the value is of its kind.
+    /// - Precondition: `name` is declared in `DaemonSettings.declarations` and the value is of its kind.
     public subscript(name: String) -> SettingValue? {
         get {
             precondition(Self.declaration(named: name) != nil, "\(name) is not declared in DaemonSettings.declarations")

@@ -1,6 +1,6 @@
 import Logging
 
-/// The value of one daemon setting, of the kind its declaration reads (``SettingDeclaration/Kind``).
+/// The value of one daemon setting, of the kind its declaration reads (`SettingDeclaration.Kind`).
 ///
 /// Literals make settings easy to write in code: `settings["workers"] = 4`, `settings["task-timeout"] = 2.5`,
 /// `settings["handler"] = "sha256"`.
