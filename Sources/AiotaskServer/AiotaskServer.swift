@@ -58,7 +58,7 @@ public final class AiotaskServer: Sendable {
         case waitForDrain
     }
 
-    private let configuration: WorkerConfiguration
+    private let configuration: ServerConfiguration
     private let loop: any EventLoop
     private let logger: Logger
     private let lifecycle = NIOLockedValueBox(Lifecycle.created)
@@ -81,7 +81,7 @@ public final class AiotaskServer: Sendable {
     ///   - configuration: the addresses to listen on, the handler the pool runs, and the limits.
     ///   - logger: where the server and its pool log.
     ///   - eventLoop: the loop everything runs on; by default one of NIO's shared loops.
-    public init(configuration: WorkerConfiguration, logger: Logger, eventLoop: (any EventLoop)? = nil) {
+    public init(configuration: ServerConfiguration, logger: Logger, eventLoop: (any EventLoop)? = nil) {
         self.configuration = configuration
         self.loop = eventLoop ?? MultiThreadedEventLoopGroup.singleton.next()
         self.logger = logger
@@ -96,7 +96,7 @@ public final class AiotaskServer: Sendable {
     /// - Throws: ``ServerError`` when there is nothing to listen on or an address cannot be listened on; the
     ///   error of the pool when its processes cannot start.
     public static func start(
-        configuration: WorkerConfiguration,
+        configuration: ServerConfiguration,
         logger: Logger,
         eventLoop: (any EventLoop)? = nil
     ) async throws -> AiotaskServer {
@@ -125,7 +125,7 @@ public final class AiotaskServer: Sendable {
     }
 
     private static func listen(
-        configuration: WorkerConfiguration,
+        configuration: ServerConfiguration,
         loop: any EventLoop,
         logger: Logger
     ) async throws -> Running {
@@ -191,7 +191,7 @@ public final class AiotaskServer: Sendable {
     private static func makeBootstrap(
         loop: any EventLoop,
         supervisor: NIOLoopBound<Supervisor>,
-        configuration: WorkerConfiguration,
+        configuration: ServerConfiguration,
         logger: Logger
     ) -> ServerBootstrap {
         ServerBootstrap(group: loop, childGroup: loop)
@@ -207,7 +207,7 @@ public final class AiotaskServer: Sendable {
                     let reads = DirectFrameReads()
                     try reads.install(on: channel)
                     try channel.pipeline.syncOperations.addHandler(
-                        ClientConnectionHandler(supervisor: supervisor.value, logger: logger, readWindow: reads.window)
+                        ConnectionHandler(supervisor: supervisor.value, logger: logger, readWindow: reads.window)
                     )
                 }
             }
@@ -230,7 +230,7 @@ public final class AiotaskServer: Sendable {
     /// Applies a new configuration to the running server without closing its sockets or losing a task
     /// (see `docs` on reload: the pool is rolled over to the new handler and size). Listening addresses and
     /// adopted sockets are kept as they are.
-    public func reload(_ configuration: WorkerConfiguration) async throws {
+    public func reload(_ configuration: ServerConfiguration) async throws {
         let supervisor = try started().supervisor
         try await loop.submit { supervisor.value.reload(configuration) }.get()
     }

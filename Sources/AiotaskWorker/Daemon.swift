@@ -54,7 +54,7 @@ public enum Daemon {
         MemoryTuning.keepLargeBuffersInHeap()
         let notifier = Notifier()
         let settings: DaemonSettings
-        var configuration: WorkerConfiguration
+        var configuration: ServerConfiguration
         do {
             settings = try readSettings(options)
             configuration = try settings.configuration(handler: try resolveHandler(settings))
@@ -154,17 +154,17 @@ public enum Daemon {
     /// start) is logged. Returns the configuration now in force, or nil if it did not change.
     private static func reload(
         _ server: AiotaskServer,
-        current: WorkerConfiguration,
+        current: ServerConfiguration,
         started: DaemonSettings,
         configPath: String?,
         commandLine: DaemonSettings,
         resolveHandler: (DaemonSettings) throws(ConfigurationError) -> ProcessCommand,
         notifier: Notifier,
         logger: Logger
-    ) async -> WorkerConfiguration? {
+    ) async -> ServerConfiguration? {
         notifier.reloading(status: "Reloading configuration")
         logger.info("SIGHUP: reloading configuration")
-        var next: WorkerConfiguration
+        var next: ServerConfiguration
         do {
             let settings = try readSettings(config: configPath, commandLine: commandLine)
             next = try settings.configuration(handler: try resolveHandler(settings))
@@ -195,7 +195,7 @@ public enum Daemon {
 
     /// Raises the soft limit on open files to the hard limit, so that `max-connections` clients can be served,
     /// and warns when even that is too low for it.
-    private static func raiseOpenFileLimit(for configuration: WorkerConfiguration, logger: Logger) {
+    private static func raiseOpenFileLimit(for configuration: ServerConfiguration, logger: Logger) {
         do {
             let (before, after) = try OpenFileLimit.raiseSoftLimitToHard()
             if after != before { logger.info("raised the open-file limit (RLIMIT_NOFILE) from \(before) to \(after)") }

@@ -33,8 +33,8 @@ struct DaemonLifecycle: Service {
     let logger: Logger
     /// Re-reads the settings and rolls the server over to them; returns the configuration now in force, or nil if it
     /// did not change.
-    let reload: @Sendable (_ current: WorkerConfiguration) async -> WorkerConfiguration?
-    let configuration: WorkerConfiguration
+    let reload: @Sendable (_ current: ServerConfiguration) async -> ServerConfiguration?
+    let configuration: ServerConfiguration
 
     /// What the service is told, in the order it happened.
     private enum Event: Sendable {

@@ -9,7 +9,7 @@ import Testing
 @testable import AiotaskWorker
 
 /// The settings' declarations (``DaemonSettings/declarations``) against the command line, the defaults of
-/// ``WorkerConfiguration`` and the texts that document them: the README table, `packaging/aiotaskd.conf` and
+/// ``ServerConfiguration`` and the texts that document them: the README table, `packaging/aiotaskd.conf` and
 /// `aiotaskd(8)`.
 extension ConfigTests {
     static var names: [String] { DaemonSettings.declarations.map(\.name) }

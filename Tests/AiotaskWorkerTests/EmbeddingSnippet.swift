@@ -5,7 +5,7 @@ import UnixSignals
 
 /// Runs an aiotask server beside the application's own services, until SIGTERM or SIGINT drains them all.
 func runAiotaskServer(
-    _ configuration: WorkerConfiguration,
+    _ configuration: ServerConfiguration,
     beside services: [any Service],
     logger: Logger
 ) async throws {

@@ -105,7 +105,7 @@ struct HandlerTests {
             let text = String(repeating: "€", count: 40_000)
             let failure = try await #require(throws: TaskFailure.self) { try await client.submit(text) }
             #expect(failure.reason == .handlerError)
-            #expect(failure.message.utf8.count <= ClientConnectionHandler.failureMessageLimit)
+            #expect(failure.message.utf8.count <= ConnectionHandler.failureMessageLimit)
             #expect(failure.message.utf8.count > 3_000)
             #expect(!failure.message.contains("\u{FFFD}"))
             let kept = failure.message.prefix { $0 == "€" }
@@ -121,12 +121,12 @@ struct HandlerTests {
 
     @Test("truncating a message keeps short ones and cuts long ones at a scalar boundary")
     func truncation() {
-        #expect(ClientConnectionHandler.truncated("short", toUTF8Count: 4096) == "short")
+        #expect(ConnectionHandler.truncated("short", toUTF8Count: 4096) == "short")
         let exact = String(repeating: "a", count: 4096)
-        #expect(ClientConnectionHandler.truncated(exact, toUTF8Count: 4096) == exact)
+        #expect(ConnectionHandler.truncated(exact, toUTF8Count: 4096) == exact)
         for filler in ["a", "é", "€", "🙂"] {
             let long = String(repeating: filler, count: 5000)
-            let cut = ClientConnectionHandler.truncated(long, toUTF8Count: 4096)
+            let cut = ConnectionHandler.truncated(long, toUTF8Count: 4096)
             #expect(cut.utf8.count <= 4096)
             #expect(cut.hasSuffix("… (\(long.utf8.count) bytes in all)"))
             #expect(long.hasPrefix(cut.prefix { String($0) == filler }))

@@ -41,7 +41,7 @@ struct ServiceLifecycleTests {
     private static func makeServer() throws -> (AiotaskServer, ServerAddress, LogCapture, String) {
         let directory = try makeTemporaryDirectory()
         let address = ServerAddress.unix(path: directory + "/aiotask.sock")
-        var configuration = WorkerConfiguration(listenAddresses: [address], handler: .builtin("chaos"), workers: 1)
+        var configuration = ServerConfiguration(listenAddresses: [address], handler: .builtin("chaos"), workers: 1)
         configuration.killGracePeriod = .milliseconds(500)
         configuration.drainTimeout = .seconds(10) * testSlowdown
         let logs = LogCapture()

@@ -97,7 +97,7 @@ struct ServerErrorTests {
     func cannotListen() async throws {
         let worker = try await TestServer.start(workers: 1)
         do {
-            let configuration = WorkerConfiguration(listenAddresses: [worker.address], handler: .builtin("echo"))
+            let configuration = ServerConfiguration(listenAddresses: [worker.address], handler: .builtin("echo"))
             _ = try await AiotaskServer.start(configuration: configuration, logger: worker.logs.logger)
             Issue.record("a second server took the path of a live one")
         } catch let error as ServerError {
@@ -116,7 +116,7 @@ struct ServerErrorTests {
         let worker = try await TestServer.start(workers: 1, listen: [.tcp(host: "127.0.0.1", port: 0)])
         let port = try #require(worker.server.localAddresses.compactMap(\.port).first)
         do {
-            let configuration = WorkerConfiguration(
+            let configuration = ServerConfiguration(
                 listenAddresses: [.tcp(host: "127.0.0.1", port: port)],
                 handler: .builtin("echo")
             )
@@ -132,7 +132,7 @@ struct ServerErrorTests {
 
     @Test("a server given nothing to listen on throws a ServerError whose code is nothingToListenOn")
     func nothingToListenOn() async throws {
-        let configuration = WorkerConfiguration(handler: .builtin("echo"))
+        let configuration = ServerConfiguration(handler: .builtin("echo"))
         do {
             _ = try await AiotaskServer.start(configuration: configuration, logger: LogCapture().logger)
             Issue.record("a server started with nothing to listen on")

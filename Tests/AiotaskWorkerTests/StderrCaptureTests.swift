@@ -73,7 +73,7 @@ struct StderrCaptureTests {
                 TestServer.workerPID(of: $0) == pid && $0.level == .notice && $0.message != "flood-done"
             }
             let lengths = lines.map(\.message.utf8.count)
-            #expect(lengths.allSatisfy { $0 <= StderrLogHandler.maximumLineLength }, "longest: \(lengths.max() ?? 0)")
+            #expect(lengths.allSatisfy { $0 <= StderrLineReader.maximumLineLength }, "longest: \(lengths.max() ?? 0)")
             let ys = lines.filter { $0.message.first == "y" }
             let euros = lines.filter { $0.message.first == "€" }
             let others = lines.filter { $0.message.first != "y" && $0.message.first != "€" }

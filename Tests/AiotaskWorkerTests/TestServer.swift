@@ -57,11 +57,11 @@ struct TestServer: Sendable {
         workers: Int = 2,
         listen extra: [ServerAddress] = [],
         in directory: String? = nil,
-        configure: (inout WorkerConfiguration) -> Void = { _ in }
+        configure: (inout ServerConfiguration) -> Void = { _ in }
     ) async throws -> TestServer {
         let directory = try directory ?? makeTemporaryDirectory()
         let address = ServerAddress.unix(path: directory + "/aiotask.sock")
-        var configuration = WorkerConfiguration(listenAddresses: [address] + extra, handler: handler, workers: workers)
+        var configuration = ServerConfiguration(listenAddresses: [address] + extra, handler: handler, workers: workers)
         configuration.killGracePeriod = .milliseconds(500)
         configuration.drainTimeout = .seconds(5)
         configure(&configuration)

@@ -13,7 +13,7 @@ import NIOCore
 /// would otherwise pile up without bound. And a client that neither takes an answer nor sends a complete frame
 /// for the write timeout has truly stopped: it is disconnected.
 ///
-/// The caller (``ClientConnectionHandler``) feeds it the channel's events and carries out the actions; it holds
+/// The caller (``ConnectionHandler``) feeds it the channel's events and carries out the actions; it holds
 /// no reference to the channel, so every rule here is tested without one.
 struct AnswerBacklog {
     enum State: Equatable {

@@ -12,7 +12,7 @@ extension TaskRecord: ConnectionTask {}
 
 /// Everything one client connection on the server decides, as a value: events in, actions out.
 ///
-/// ``ClientConnectionHandler`` feeds it the channel's events, the frames the client sends, the answers the scheduler
+/// ``ConnectionHandler`` feeds it the channel's events, the frames the client sends, the answers the scheduler
 /// gives and the timers' expiries, and carries out the actions it returns (write, submit, hold, pause reading,
 /// close…). It holds no channel, timer or scheduler, so every rule here is tested without a socket
 /// (`ConnectionStateMachineTests`).

@@ -23,7 +23,7 @@ package final class SharedPayloadArena {
     /// made. It also tells the process that its link uses ``SharedPayloadFraming``.
     static let capacityKey = "AIOTASK_SHARED_PAYLOAD_BYTES"
     /// The payload space of each pool process running a library handler, unless configured otherwise
-    /// (``WorkerConfiguration/sharedPayloadBytes``).
+    /// (``ServerConfiguration/sharedPayloadBytes``).
     static let defaultCapacity = 4 << 20
     /// Smallest payload placed in the arena; smaller ones travel inline, where a copy costs less than the bookkeeping.
     static let threshold = 64 * 1024

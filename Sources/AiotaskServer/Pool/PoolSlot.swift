@@ -13,9 +13,9 @@ import NIOCore
 /// replacement as soon as it is dead (never two live processes with the slot's index). A process that dies by
 /// itself is restarted with exponential backoff while it keeps crashing.
 final class PoolSlot {
-    typealias StateMachine = PoolSlotStateMachine<WorkerProcess, TaskRecord>
+    typealias StateMachine = PoolSlotStateMachine<PoolProcess, TaskRecord>
 
-    /// How many tasks are sent ahead to a process that claims its tasks, when ``WorkerConfiguration/prefetch`` is
+    /// How many tasks are sent ahead to a process that claims its tasks, when ``ServerConfiguration/prefetch`` is
     /// automatic (see ``PoolSlotStateMachine/automaticPrefetch``).
     static var automaticPrefetch: Int { StateMachine.automaticPrefetch }
 
@@ -33,10 +33,10 @@ final class PoolSlot {
         self.supervisor = supervisor
     }
 
-    private var configuration: WorkerConfiguration { supervisor.configuration }
+    private var configuration: ServerConfiguration { supervisor.configuration }
     private var logger: Logger { supervisor.logger }
 
-    var process: WorkerProcess? { machine.process }
+    var process: PoolProcess? { machine.process }
 
     /// Whether the slot is leaving the pool after its current task.
     var isRetiring: Bool { machine.isRetiring }
@@ -68,7 +68,7 @@ final class PoolSlot {
         )
     }
 
-    private func prefetchDepth(of process: WorkerProcess) -> Int {
+    private func prefetchDepth(of process: PoolProcess) -> Int {
         supervisor.configuration.prefetch ?? (process.claimsTasks ? Self.automaticPrefetch : 0)
     }
 
@@ -146,7 +146,7 @@ final class PoolSlot {
         restartTimer?.cancel()
         restartTimer = nil
         do {
-            let process = try WorkerProcess.spawn(
+            let process = try PoolProcess.spawn(
                 configuration.handler,
                 slot: index,
                 sharedPayloadBytes: configuration.sharedPayloadBytes,
@@ -230,7 +230,7 @@ final class PoolSlot {
     }
 
     /// Marks `record` as running on `process` from now on, and starts its timeout.
-    private func begin(_ record: TaskRecord, on process: WorkerProcess) {
+    private func begin(_ record: TaskRecord, on process: PoolProcess) {
         record.state = .running(pid: process.pid)
         record.payload = ByteBuffer()
         timeoutTimer = nil
@@ -281,7 +281,7 @@ final class PoolSlot {
 
     // MARK: Memory limit
 
-    /// Reads the busy process's memory after ``WorkerConfiguration/memoryCheckInterval``, if a limit is set. One
+    /// Reads the busy process's memory after ``ServerConfiguration/memoryCheckInterval``, if a limit is set. One
     /// reading is pending at a time; the chain ends when the slot is not busy at reading time.
     private func scheduleMemoryCheck() {
         guard memoryCheck == nil, configuration.maximumProcessRSS != nil, !machine.isStopped else { return }
@@ -320,7 +320,7 @@ final class PoolSlot {
     }
 
     /// Whether `process`, having answered a task, is over the memory limit; logged if so.
-    private func isOverMemoryLimit(_ process: WorkerProcess) -> Bool {
+    private func isOverMemoryLimit(_ process: PoolProcess) -> Bool {
         guard let limit = configuration.maximumProcessRSS, let resident = process.residentBytes, resident > limit
         else { return false }
         let message = Self.memoryLimitMessage(resident: resident, limit: limit)
@@ -405,7 +405,7 @@ final class PoolSlot {
         }
     }
 
-    private func end(_ process: WorkerProcess, _ ending: StateMachine.Ending) {
+    private func end(_ process: PoolProcess, _ ending: StateMachine.Ending) {
         switch ending {
         case .retire: process.retire(gracePeriod: configuration.killGracePeriod)
         case .terminate: process.terminate(gracePeriod: configuration.killGracePeriod)
@@ -419,7 +419,7 @@ final class PoolSlot {
     ///
     /// - Parameter runningIsAnswered: whether the process has answered the task it was running.
     private func handOver(
-        _ process: WorkerProcess,
+        _ process: PoolProcess,
         sentAhead: CircularBuffer<StateMachine.SentTask>,
         runningIsAnswered: Bool
     ) {
@@ -442,12 +442,12 @@ final class PoolSlot {
     }
 }
 
-extension PoolSlot: WorkerProcessDelegate {
-    func processIsReady(_ process: WorkerProcess) {
+extension PoolSlot: PoolProcessDelegate {
+    func processIsReady(_ process: PoolProcess) {
         perform(machine.processReady(process))
     }
 
-    func process(_ process: WorkerProcess, didReply reply: HandlerReply) {
+    func process(_ process: PoolProcess, didReply reply: HandlerReply) {
         guard let (current, _) = machine.busy, current === process else {
             process.breakLink("handler replied while it had no task")
             return
@@ -485,7 +485,7 @@ extension PoolSlot: WorkerProcessDelegate {
     /// The process is being killed. The slot keeps it, taking no task on it (see ``isIdle``), until its exit is
     /// reaped: a crashing process closes its link a moment before that, and only the exit status tells why it
     /// died, so its task is failed and the process replaced in ``process(_:didExit:)``.
-    func process(_ process: WorkerProcess, brokeLink reason: String) {
+    func process(_ process: PoolProcess, brokeLink reason: String) {
         guard self.process === process else { return }
         logger.error("worker process broke its link: \(reason)", metadata: ["worker_pid": "\(process.pid)"])
     }
@@ -498,7 +498,7 @@ extension PoolSlot: WorkerProcessDelegate {
         return message + " (\(linkFailure))"
     }
 
-    func process(_ process: WorkerProcess, didExit status: ExitStatus) {
+    func process(_ process: PoolProcess, didExit status: ExitStatus) {
         let action = machine.processExited(
             process,
             at: .now(),

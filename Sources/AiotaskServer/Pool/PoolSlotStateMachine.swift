@@ -136,7 +136,7 @@ struct PoolSlotStateMachine<Process: AnyObject, Task: AnyObject> {
     static var crashLoopThreshold: Int { 3 }
     /// How long a process must live to show that the slot is not crash-looping, even without a task.
     static var stableLifetime: Duration { .seconds(1) }
-    /// How many tasks are sent ahead to a process that claims its tasks, when ``WorkerConfiguration/prefetch`` is
+    /// How many tasks are sent ahead to a process that claims its tasks, when ``ServerConfiguration/prefetch`` is
     /// automatic: enough for replies and tasks to move in batches; they cost nothing should the process stall,
     /// since they are withdrawn.
     static var automaticPrefetch: Int { 32 }

@@ -5,8 +5,8 @@ import Logging
 ///
 /// Their replies are ignored, except those to tasks sent ahead to them (``HeldTasks``); their exit is logged.
 /// Shutdown waits for this set to empty.
-final class RetiredProcesses: WorkerProcessDelegate {
-    private var processes: [Int32: WorkerProcess] = [:]
+final class RetiredProcesses: PoolProcessDelegate {
+    private var processes: [Int32: PoolProcess] = [:]
     /// Tasks sent ahead to a retired process that it may still read, by process id.
     private var heldTasks: [Int32: HeldTasks] = [:]
     private var onEmpty: [() -> Void] = []
@@ -21,7 +21,7 @@ final class RetiredProcesses: WorkerProcessDelegate {
     var count: Int { processes.count }
 
     /// Keeps `process` until it exits; `held`, the tasks sent ahead to it, are settled by its replies and its exit.
-    func adopt(_ process: WorkerProcess, holding held: HeldTasks? = nil) {
+    func adopt(_ process: PoolProcess, holding held: HeldTasks? = nil) {
         guard !process.hasExited else { return }
         processes[process.pid] = process
         if let held { heldTasks[process.pid] = held }
@@ -33,7 +33,7 @@ final class RetiredProcesses: WorkerProcessDelegate {
     }
 
     /// Calls `body` once `process` is dead and its exit reported (at once if it is not kept here: it exited).
-    func whenExited(_ process: WorkerProcess, _ body: @escaping () -> Void) {
+    func whenExited(_ process: PoolProcess, _ body: @escaping () -> Void) {
         guard processes[process.pid] === process else { return body() }
         onExit[process.pid, default: []].append(body)
     }
@@ -43,15 +43,15 @@ final class RetiredProcesses: WorkerProcessDelegate {
         for process in processes.values { process.kill() }
     }
 
-    func processIsReady(_ process: WorkerProcess) {}
+    func processIsReady(_ process: PoolProcess) {}
 
-    func process(_ process: WorkerProcess, didReply reply: HandlerReply) {
+    func process(_ process: PoolProcess, didReply reply: HandlerReply) {
         heldTasks[process.pid]?.received(reply, from: process)
     }
 
-    func process(_ process: WorkerProcess, brokeLink reason: String) {}
+    func process(_ process: PoolProcess, brokeLink reason: String) {}
 
-    func process(_ process: WorkerProcess, didExit status: ExitStatus) {
+    func process(_ process: PoolProcess, didExit status: ExitStatus) {
         logger.debug("retired worker process \(status)", metadata: ["worker_pid": "\(process.pid)"])
         processes[process.pid] = nil
         heldTasks.removeValue(forKey: process.pid)?.processExited(process, status)
@@ -94,7 +94,7 @@ final class HeldTasks {
     }
 
     /// A reply of the retired process: to its running task (ignored), or to the next task held, which ran.
-    func received(_ reply: HandlerReply, from process: WorkerProcess) {
+    func received(_ reply: HandlerReply, from process: PoolProcess) {
         if repliesToSkip > 0 {
             repliesToSkip -= 1
             return
@@ -112,7 +112,7 @@ final class HeldTasks {
     }
 
     /// The process is dead: settles the tasks it did not answer.
-    func processExited(_ process: WorkerProcess, _ status: ExitStatus) {
+    func processExited(_ process: PoolProcess, _ status: ExitStatus) {
         var unanswered = records[answered...].filter { !$0.isFinished }
         guard !unanswered.isEmpty else { return }
         // Unless every reply was read, or the process was still on its running task, the first task it did not

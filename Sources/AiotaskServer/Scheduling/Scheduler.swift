@@ -277,7 +277,7 @@ struct Scheduler<Task: SchedulableTask> {
     }
 
     /// The next step of dispatching, or nil when there is none: waiting tasks go to idle slots, then some are sent
-    /// ahead to busy ones (``WorkerConfiguration/prefetch``), so that a process finds its next task waiting
+    /// ahead to busy ones (``ServerConfiguration/prefetch``), so that a process finds its next task waiting
     /// instead of waiting a round trip for it. When the queue is empty and a slot idle, tasks sent ahead to a busy
     /// slot and not started are withdrawn to run on it (``TaskClaims``).
     ///

@@ -18,24 +18,24 @@ import NIOCore
 /// so the state below needs no lock. The work itself happens in the pool's processes.
 final class Supervisor {
     let loop: any EventLoop
-    private(set) var configuration: WorkerConfiguration
+    private(set) var configuration: ServerConfiguration
     let logger: Logger
     let retiredProcesses: RetiredProcesses
 
     /// The pool's slots by index (``Scheduler/members`` says which are there).
     private var slots: [PoolSlot?] = []
     private var scheduler: Scheduler<TaskRecord>
-    private var sessions: [ObjectIdentifier: ClientConnectionHandler] = [:]
+    private var connections: [ObjectIdentifier: ConnectionHandler] = [:]
     private let startedAt = NIODeadline.now()
     private var throughput = ThroughputMeter()
 
     private var drainPromise: EventLoopPromise<Void>?
     /// Completed when the last connection is gone, once shutdown has closed them all.
-    private var sessionsClosed: EventLoopPromise<Void>?
+    private var connectionsClosed: EventLoopPromise<Void>?
     private var readyPromise: EventLoopPromise<Void>?
     private var slotsStarted = Set<Int>()
 
-    init(loop: any EventLoop, configuration: WorkerConfiguration, logger: Logger) {
+    init(loop: any EventLoop, configuration: ServerConfiguration, logger: Logger) {
         self.loop = loop
         self.configuration = configuration
         self.logger = logger
@@ -43,7 +43,7 @@ final class Supervisor {
         self.scheduler = Scheduler(limits: Self.limits(of: configuration))
     }
 
-    private static func limits(of configuration: WorkerConfiguration) -> Scheduler<TaskRecord>.Limits {
+    private static func limits(of configuration: ServerConfiguration) -> Scheduler<TaskRecord>.Limits {
         .init(
             queueCapacity: configuration.queueCapacity,
             maximumPayloadLength: configuration.maximumPayloadLength,
@@ -86,17 +86,17 @@ final class Supervisor {
     }
 
     /// Adds a connection; false when the connection limit is reached.
-    func register(_ session: ClientConnectionHandler) -> Bool {
-        guard sessions.count < configuration.maximumConnections else { return false }
-        sessions[ObjectIdentifier(session)] = session
+    func register(_ connection: ConnectionHandler) -> Bool {
+        guard connections.count < configuration.maximumConnections else { return false }
+        connections[ObjectIdentifier(connection)] = connection
         return true
     }
 
-    func unregister(_ session: ClientConnectionHandler) {
-        sessions[ObjectIdentifier(session)] = nil
-        if sessions.isEmpty, let sessionsClosed {
-            self.sessionsClosed = nil
-            sessionsClosed.succeed()
+    func unregister(_ connection: ConnectionHandler) {
+        connections[ObjectIdentifier(connection)] = nil
+        if connections.isEmpty, let connectionsClosed {
+            self.connectionsClosed = nil
+            connectionsClosed.succeed()
         }
     }
 
@@ -116,7 +116,7 @@ final class Supervisor {
     /// go (each after its task), and a growing one fills the indexes missing below `workers`. A slot still leaving
     /// after its task whose index is wanted again simply stays, rather than a new slot taking its index while its
     /// process still runs.
-    func reload(_ newConfiguration: WorkerConfiguration) {
+    func reload(_ newConfiguration: ServerConfiguration) {
         configuration = newConfiguration
         let rollOver = scheduler.reload(limits: Self.limits(of: newConfiguration), workers: newConfiguration.workers)
         if slots.count < scheduler.members.count {
@@ -192,7 +192,7 @@ final class Supervisor {
             case .prefetch(let record, let index):
                 slot(index).prefetch(record)
             case .hold(let record):
-                record.session.hold(record)
+                record.connection.hold(record)
             case .withdraw(let index):
                 // The running task is then taken as slow, and no more tasks are sent ahead behind it.
                 guard slot(index).withdrawSentAhead(forIdleProcess: true) else { return }
@@ -229,7 +229,7 @@ final class Supervisor {
 
     /// Settles the tasks sent ahead to `process`, now dead, that it may have started (see ``HeldTasks``): they fail
     /// as `workerCrashed`, or past the drain deadline as `interrupted`.
-    func failPossiblyStarted(_ records: [TaskRecord], on process: WorkerProcess, _ status: ExitStatus) {
+    func failPossiblyStarted(_ records: [TaskRecord], on process: PoolProcess, _ status: ExitStatus) {
         for record in records where !record.isFinished {
             if scheduler.isPastDrainDeadline {
                 finish(record, .failure(.interrupted, "the server shut down while the task may have been running"))
@@ -242,7 +242,7 @@ final class Supervisor {
 
     /// Settles the tasks sent ahead to a stopped process, now dead, that it did not answer (see ``HeldTasks``).
     func settleHeld(
-        _ process: WorkerProcess,
+        _ process: PoolProcess,
         _ status: ExitStatus,
         mayHaveStarted: [TaskRecord],
         notStarted: [TaskRecord]
@@ -320,8 +320,8 @@ final class Supervisor {
     /// Records the outcome of `record` and passes it to its connection.
     func finish(_ record: TaskRecord, _ outcome: TaskOutcome, workerPID: Int32? = nil) {
         var outcome = outcome
-        if case .success(let result) = outcome, result.readableBytes > record.session.resultLimit {
-            let limit = record.session.resultLimit
+        if case .success(let result) = outcome, result.readableBytes > record.connection.resultLimit {
+            let limit = record.connection.resultLimit
             outcome = .failure(
                 .payloadTooLarge,
                 "result of \(result.readableBytes) bytes exceeds the client's limit of \(limit) bytes"
@@ -344,17 +344,17 @@ final class Supervisor {
             metadata["reason"] = "\(reason)"
             metadata["message_id"] = "\(LogMessageID.forFailure(reason))"
             // Cut as the FAILED frame and the handler's stderr lines are: a handler's error text can be any length.
-            let logged = ClientConnectionHandler.truncated(message, toUTF8Count: StderrLogHandler.maximumLineLength)
+            let logged = ConnectionHandler.truncated(message, toUTF8Count: StderrLineReader.maximumLineLength)
             logger.warning("task failed: \(reason): \(logged)", metadata: metadata)
         }
-        record.session.complete(record, outcome)
+        record.connection.complete(record, outcome)
         checkDrained()
     }
 
     private func metadata(of record: TaskRecord, workerPID: Int32?) -> Logger.Metadata {
         var metadata: Logger.Metadata = [
             "task_id": "\(record.id)",
-            "client": "\(record.session.peerDescription)",
+            "client": "\(record.connection.peerDescription)",
             "duration_usec": "\((NIODeadline.now() - record.acceptedAt).nanoseconds / 1000)",
         ]
         if let workerPID { metadata["worker_pid"] = "\(workerPID)" }
@@ -384,7 +384,7 @@ final class Supervisor {
                 failed: counters.failed,
                 running: busy
             ),
-            connections: sessions.count,
+            connections: connections.count,
             tasksPerSecond: throughput.rate(at: .now())
         )
     }
@@ -400,7 +400,7 @@ final class Supervisor {
     func shutdown(drainTimeout: Duration, announce: Bool = true) -> EventLoopFuture<Void> {
         scheduler.drain()
         if announce { logger.info("draining \(tasksInFlight) tasks in flight; new tasks are refused") }
-        for session in sessions.values { session.sayGoodbye() }
+        for connection in connections.values { connection.sayGoodbye() }
         let drained = loop.makePromise(of: Void.self)
         drainPromise = drained
         let deadline = loop.assumeIsolated().scheduleTask(in: .init(drainTimeout)) { [weak self] in
@@ -429,13 +429,13 @@ final class Supervisor {
     /// Closes every connection gracefully and completes `promise` once all are gone, or once the clients had
     /// `linger` to close their side.
     private func closeAllSessions(then promise: EventLoopPromise<Void>, linger: TimeAmount = .seconds(2)) {
-        guard !sessions.isEmpty else { return promise.succeed() }
-        sessionsClosed = promise
-        for session in sessions.values { session.close(linger: linger) }
+        guard !connections.isEmpty else { return promise.succeed() }
+        connectionsClosed = promise
+        for connection in connections.values { connection.close(linger: linger) }
         loop.assumeIsolated().scheduleTask(in: linger + .milliseconds(100)) { [weak self] in
-            guard let self, let sessionsClosed = self.sessionsClosed else { return }
-            self.sessionsClosed = nil
-            sessionsClosed.succeed()
+            guard let self, let connectionsClosed = self.connectionsClosed else { return }
+            self.connectionsClosed = nil
+            connectionsClosed.succeed()
         }
     }
 
@@ -459,7 +459,7 @@ final class Supervisor {
         for record in scheduler.drainDeadline() where !record.isFinished {
             finish(record, .failure(.shuttingDown, Self.notStartedAtShutdown))
         }
-        for record in sessions.values.flatMap(\.tasksHeld) {
+        for record in connections.values.flatMap(\.tasksHeld) {
             finish(record, .failure(.shuttingDown, Self.notStartedAtShutdown))
         }
         // Stopping a process answers the tasks sent ahead to it that it never started (through requeue), and holds
@@ -502,7 +502,7 @@ private struct PoolView: SchedulerPool {
     }
 
     func isHoldingTasks(_ task: TaskRecord) -> Bool {
-        task.session.isHoldingTasks
+        task.connection.isHoldingTasks
     }
 }
 

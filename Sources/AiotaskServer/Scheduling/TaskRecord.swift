@@ -15,7 +15,7 @@ final class TaskRecord: SchedulableTask {
 
     let id: TaskID
     /// The connection that submitted it; it receives the outcome.
-    let session: ClientConnectionHandler
+    let connection: ConnectionHandler
     /// The task bytes; released once handed to a process.
     var payload: ByteBuffer
     /// The task's length in bytes, as it arrived (``payload`` is emptied once a process has it).
@@ -28,9 +28,9 @@ final class TaskRecord: SchedulableTask {
     /// ``Supervisor/maximumReplyLength``); the ``Scheduler`` keeps it.
     var payloadLimit: Int?
 
-    init(id: TaskID, session: ClientConnectionHandler, payload: ByteBuffer, timeout: Duration?) {
+    init(id: TaskID, connection: ConnectionHandler, payload: ByteBuffer, timeout: Duration?) {
         self.id = id
-        self.session = session
+        self.connection = connection
         self.payload = payload
         self.size = payload.readableBytes
         self.timeout = timeout

@@ -4,10 +4,10 @@ import Logging
 extension DaemonSettings {
     /// Every setting of the daemon, in the order of `--help`, the README table and `aiotaskd(8)`.
     ///
-    /// To add a setting: its field in `WorkerConfiguration` (the library's API), one declaration here, and the
+    /// To add a setting: its field in `ServerConfiguration` (the library's API), one declaration here, and the
     /// one-line `@Option(setting:)` that ArgumentParser needs in ``DaemonOptions``; then its line in the README
     /// table, `packaging/aiotaskd.conf` and `packaging/man/aiotaskd.8`. `ConfigDeclarationTests` fail until all of
-    /// them agree with the declaration. The default is the one of `WorkerConfiguration` (a test sets each
+    /// them agree with the declaration. The default is the one of `ServerConfiguration` (a test sets each
     /// declared default explicitly and finds nothing changed).
     static let declarations: [SettingDeclaration] = [
         .addresses(

@@ -89,8 +89,8 @@ public struct DaemonSettings: Sendable, Equatable {
     }
 
     /// A worker configuration running `handler`, with every value checked.
-    public func configuration(handler: ProcessCommand) throws(ConfigurationError) -> WorkerConfiguration {
-        var configuration = WorkerConfiguration(handler: handler)
+    public func configuration(handler: ProcessCommand) throws(ConfigurationError) -> ServerConfiguration {
+        var configuration = ServerConfiguration(handler: handler)
         for declaration in Self.declarations {
             guard let value = values[declaration.name] else { continue }
             try declaration.apply(value, &configuration)

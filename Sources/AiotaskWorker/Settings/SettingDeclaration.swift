@@ -27,7 +27,7 @@ struct SettingDeclaration: Sendable {
     /// Reads the text of one config file line or option.
     let read: @Sendable (_ text: String) throws(ConfigurationError) -> SettingValue
     /// Checks a value and puts it into the configuration.
-    let apply: @Sendable (SettingValue, inout WorkerConfiguration) throws(ConfigurationError) -> Void
+    let apply: @Sendable (SettingValue, inout ServerConfiguration) throws(ConfigurationError) -> Void
 
     /// The help of the command line's option: ``help`` and the default.
     var helpText: String { "\(help) (default: \(defaultValue))" }
@@ -42,7 +42,7 @@ struct SettingDeclaration: Sendable {
         example: String,
         reloadable: Bool = true,
         help: String,
-        configure: @escaping @Sendable (Int, inout WorkerConfiguration) -> Void
+        configure: @escaping @Sendable (Int, inout ServerConfiguration) -> Void
     ) -> Self {
         SettingDeclaration(
             name: name,
@@ -81,7 +81,7 @@ struct SettingDeclaration: Sendable {
         example: String,
         reloadable: Bool = true,
         help: String,
-        configure: @escaping @Sendable (Duration, inout WorkerConfiguration) -> Void
+        configure: @escaping @Sendable (Duration, inout ServerConfiguration) -> Void
     ) -> Self {
         SettingDeclaration(
             name: name,

@@ -5,20 +5,20 @@ import Logging
 import NIOCore
 import NIOPosix
 
-/// What a ``WorkerProcess`` reports, always on the server's event loop.
-protocol WorkerProcessDelegate: AnyObject {
+/// What a ``PoolProcess`` reports, always on the server's event loop.
+protocol PoolProcessDelegate: AnyObject {
     /// The link is up: the process can take a task.
-    func processIsReady(_ process: WorkerProcess)
+    func processIsReady(_ process: PoolProcess)
     /// The process answered its current task.
-    func process(_ process: WorkerProcess, didReply reply: HandlerReply)
+    func process(_ process: PoolProcess, didReply reply: HandlerReply)
     /// The process broke the handler framing or closed its stdout; it is being killed.
-    func process(_ process: WorkerProcess, brokeLink reason: String)
+    func process(_ process: PoolProcess, brokeLink reason: String)
     /// The process is gone (and its process group with it).
-    func process(_ process: WorkerProcess, didExit status: ExitStatus)
+    func process(_ process: PoolProcess, didExit status: ExitStatus)
 }
 
 /// A running pool process: its task link (stdin/stdout), its captured stderr, and the watch on its exit.
-final class WorkerProcess {
+final class PoolProcess {
     let child: ChildProcess
     var pid: Int32 { child.pid }
     /// The supervisor's ends of the process's standard streams, until ``attach(maximumReplyLength:logger:)``
@@ -26,7 +26,7 @@ final class WorkerProcess {
     private let pipes: PoolProcessPipes
     /// The pool slot it serves (`AIOTASK_WORKER_INDEX`), which the processes it leaves behind carry too.
     private let slot: Int
-    weak var delegate: (any WorkerProcessDelegate)?
+    weak var delegate: (any PoolProcessDelegate)?
     private(set) var link: (any Channel)?
     /// Set once the process is reaped: from then on its pid may name another process, so it is never signalled.
     private(set) var hasExited = false
@@ -95,7 +95,7 @@ final class WorkerProcess {
         slot: Int,
         sharedPayloadBytes: Int = SharedPayloadArena.defaultCapacity,
         loop: any EventLoop
-    ) throws -> WorkerProcess {
+    ) throws -> PoolProcess {
         var environment = [
             PoolProcessEnvironment.supervisorPIDKey: String(getpid()),
             PoolProcessEnvironment.workerIndexKey: String(slot),
@@ -118,7 +118,7 @@ final class WorkerProcess {
             extraEnvironment: environment,
             claimsDescriptor: claims?.descriptor
         )
-        let process = WorkerProcess(
+        let process = PoolProcess(
             child: child,
             pipes: pipes,
             slot: slot,
@@ -220,7 +220,7 @@ final class WorkerProcess {
         NIOPipeBootstrap(group: loop)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(StderrLogHandler(logger: processLogger))
+                    try channel.pipeline.syncOperations.addHandler(StderrLineReader(logger: processLogger))
                 }
             }
             .takingOwnershipOfDescriptor(input: pipes.stderrReader)
@@ -384,14 +384,14 @@ final class WorkerProcess {
     }
 }
 
-/// Decodes a process's replies and passes them, and link failures, to its ``WorkerProcess``.
+/// Decodes a process's replies and passes them, and link failures, to its ``PoolProcess``.
 private final class ProcessLinkHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
 
-    private let process: WorkerProcess
+    private let process: PoolProcess
     private let replies: InboundStream<PoolReplyDecoder>
 
-    init(process: WorkerProcess, replies: PoolReplyDecoder, readWindow: ReadWindow) {
+    init(process: PoolProcess, replies: PoolReplyDecoder, readWindow: ReadWindow) {
         self.process = process
         self.replies = InboundStream(replies, readWindow: readWindow)
     }

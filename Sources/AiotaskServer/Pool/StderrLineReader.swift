@@ -6,7 +6,7 @@ import NIOCore
 /// Lines longer than ``maximumLineLength`` bytes are cut into pieces of at most that length (at a UTF-8
 /// character boundary where one is near), each logged as a line: nothing is lost, and a process that never
 /// writes a newline cannot make the supervisor buffer more than one piece.
-final class StderrLogHandler: ChannelInboundHandler {
+final class StderrLineReader: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
 
     static let maximumLineLength = 4096

@@ -9,7 +9,7 @@ import NIOCore
 ///
 /// A connection speaks the original protocol until the client sends an extension frame (normally `HELLO`);
 /// only then does it receive extension frames, so a legacy client never sees a frame it cannot parse.
-final class ClientConnectionHandler: ChannelInboundHandler {
+final class ConnectionHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
     typealias StateMachine = ConnectionStateMachine<TaskRecord>
@@ -109,7 +109,7 @@ final class ClientConnectionHandler: ChannelInboundHandler {
         releaseReservation()
         let supervisor = self.supervisor
         let action = state.frameReceived(inbound, limits: limits, isAccepting: supervisor.isAccepting) {
-            TaskRecord(id: $0, session: self, payload: $1, timeout: $2)
+            TaskRecord(id: $0, connection: self, payload: $1, timeout: $2)
         }
         perform(action)
     }

@@ -2,7 +2,7 @@ import AiotaskProtocol
 import NIOCore
 
 /// Everything that shapes a running worker: where it listens, what its pool runs, and its limits.
-public struct WorkerConfiguration: Sendable {
+public struct ServerConfiguration: Sendable {
     /// Addresses to listen on.
     public var listenAddresses: [ServerAddress]
     /// Already-listening sockets to serve instead of, or besides, `listenAddresses` (e.g. passed by systemd).
@@ -125,3 +125,8 @@ public struct AdoptedSocket: Hashable, Sendable {
         self.name = name
     }
 }
+
+/// The former name of ``ServerConfiguration``, from before "worker" came to mean only what a handler author
+/// builds; kept so that code written against it still compiles.
+@available(*, deprecated, renamed: "ServerConfiguration")
+public typealias WorkerConfiguration = ServerConfiguration
