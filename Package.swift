@@ -14,6 +14,9 @@ let package = Package(
         .library(name: "AiotaskClient", targets: ["AiotaskClient"]),
         .library(name: "AiotaskServer", targets: ["AiotaskServer"]),
         .library(name: "AiotaskWorker", targets: ["AiotaskWorker"]),
+        // The tests' helpers, for the Benchmarks/ package (its daemons and load runs start as `SpawnedProcess`es, the
+        // one child-process type); nothing shipped depends on it.
+        .library(name: "AiotaskTestSupport", targets: ["AiotaskTestSupport"]),
         .executable(name: "aiotaskd", targets: ["aiotaskd"]),
         .executable(name: "aiotask", targets: ["aiotask"]),
         .executable(name: "aiotask-example-worker", targets: ["ExampleWorker"]),

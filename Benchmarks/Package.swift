@@ -27,6 +27,7 @@ let package = Package(
             dependencies: [
                 .product(name: "AiotaskClient", package: "aiotask"),
                 .product(name: "AiotaskProtocol", package: "aiotask"),
+                .product(name: "AiotaskTestSupport", package: "aiotask"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],

@@ -1,4 +1,5 @@
 import AiotaskProtocol
+import AiotaskTestSupport
 import Foundation
 
 /// One load of the suite: `aiotask bench` run as a process against a server, with how many tasks of what size, how
@@ -67,43 +68,25 @@ struct ClientRun {
     var standardOutput: Data
     var standardError: String
 
-    /// Runs `executable` with `arguments`, its output into files, and awaits its exit without holding a thread.
+    /// Runs `executable` with `arguments` as a ``SpawnedProcess`` (the one way aiotask starts a child: a process
+    /// group of its own, only its standard streams), collects its output, and awaits its exit without a thread.
     static func run(_ executable: String, _ arguments: [String]) async throws -> ClientRun {
-        let directory = FileManager.default.temporaryDirectory
-            .appendingPathComponent("aiotask-bench-\(getpid())-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: directory) }
-        let outputPath = directory.appendingPathComponent("stdout")
-        let errorPath = directory.appendingPathComponent("stderr")
-        _ = FileManager.default.createFile(atPath: outputPath.path, contents: nil)
-        _ = FileManager.default.createFile(atPath: errorPath.path, contents: nil)
-        let output = try FileHandle(forWritingTo: outputPath)
-        let error = try FileHandle(forWritingTo: errorPath)
-
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        process.standardInput = FileHandle.nullDevice
-        process.standardOutput = output
-        process.standardError = error
-        let status: Int32 = try await withCheckedThrowingContinuation { continuation in
-            process.terminationHandler = { continuation.resume(returning: $0.terminationStatus) }
-            do {
-                try process.run()
-            } catch {
-                process.terminationHandler = nil
-                continuation.resume(
-                    throwing: DaemonUnderTest.Failure(description: "cannot start \(executable): \(error)")
-                )
-            }
+        let process: SpawnedProcess
+        do {
+            process = try SpawnedProcess.spawn(executable, arguments)
+        } catch {
+            throw DaemonUnderTest.Failure(description: "cannot start \(executable): \(error)")
         }
-        try? output.close()
-        try? error.close()
+        // The longest measurement runs for seconds; the limit only stops a hung one.
+        let status: Int32 =
+            switch try await process.wait(limit: .seconds(600)) {
+            case .exited(let code): code
+            case .signaled(let signal): 128 + signal
+            }
         return ClientRun(
             status: status,
-            standardOutput: (try? Data(contentsOf: outputPath)) ?? Data(),
-            standardError: ((try? String(contentsOf: errorPath, encoding: .utf8)) ?? "")
-                .trimmingCharacters(in: .whitespacesAndNewlines)
+            standardOutput: Data(process.standardOutputBytes),
+            standardError: process.standardError.trimmingCharacters(in: .whitespacesAndNewlines)
         )
     }
 }

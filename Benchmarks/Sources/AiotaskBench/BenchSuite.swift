@@ -143,9 +143,9 @@ struct BenchSuite {
                 large.values.append(largeRun.tasksPerSecond * Double(1 << 20) / 1e9)
 
                 rssConnections.values.append(try await residentBytes(of: echo, withIdleConnections: idleCount) / 1e6)
-                echo.stop()
+                await echo.stop()
             } catch {
-                echo.stop()
+                await echo.stop()
                 throw error
             }
 
@@ -159,9 +159,9 @@ struct BenchSuite {
                         .checkedRun(client: client, against: unprefetched.address)
                         .tasksPerSecond
                 )
-                unprefetched.stop()
+                await unprefetched.stop()
             } catch {
-                unprefetched.stop()
+                await unprefetched.stop()
                 throw error
             }
 
@@ -180,9 +180,9 @@ struct BenchSuite {
                         verify: false
                     ).checkedRun(client: client, against: sha.address)
                     shaRates.append(report.tasksPerSecond)
-                    sha.stop()
+                    await sha.stop()
                 } catch {
-                    sha.stop()
+                    await sha.stop()
                     throw error
                 }
             }

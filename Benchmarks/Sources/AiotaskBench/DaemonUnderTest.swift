@@ -1,5 +1,6 @@
 import AiotaskClient
 import AiotaskProtocol
+import AiotaskTestSupport
 import Foundation
 import NIOCore
 
@@ -16,53 +17,46 @@ final class DaemonUnderTest {
         let description: String
     }
 
-    let process: Process
+    let process: SpawnedProcess
     let port: Int
-    let logPath: String
     let socketPath: String
     var address: ServerAddress { .tcp(host: "127.0.0.1", port: port) }
     var unixAddress: ServerAddress { .unix(path: socketPath) }
-    var pid: Int32 { process.processIdentifier }
+    var pid: Int32 { process.pid }
 
-    private init(process: Process, port: Int, logPath: String, socketPath: String) {
+    private init(process: SpawnedProcess, port: Int, socketPath: String) {
         self.process = process
         self.port = port
-        self.logPath = logPath
         self.socketPath = socketPath
     }
 
     /// Starts `executable` with `--listen` on a free port plus `arguments`, and waits until it answers `HELLO`.
     static func start(executable: String, arguments: [String]) async throws -> DaemonUnderTest {
         let port = try freePort()
-        let logPath = NSTemporaryDirectory() + "aiotask-bench-\(getpid())-\(port).log"
         let socketPath = NSTemporaryDirectory() + "aiotask-bench-\(getpid())-\(port).sock"
-        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = ["--listen", "tcp://127.0.0.1:\(port)", "--listen", "unix:\(socketPath)"] + arguments
-        process.standardInput = FileHandle.nullDevice
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle(forWritingAtPath: logPath)
+        let process: SpawnedProcess
         do {
-            try process.run()
+            process = try SpawnedProcess.spawn(
+                executable,
+                ["--listen", "tcp://127.0.0.1:\(port)", "--listen", "unix:\(socketPath)"] + arguments
+            )
         } catch {
             throw Failure(description: "cannot start \(executable): \(error)")
         }
-        let daemon = DaemonUnderTest(process: process, port: port, logPath: logPath, socketPath: socketPath)
+        let daemon = DaemonUnderTest(process: process, port: port, socketPath: socketPath)
         let deadline = ContinuousClock.now + .seconds(20)
         while true {
-            if !process.isRunning {
-                throw Failure(
-                    description: "\(executable) exited with status \(process.terminationStatus) (log: \(logPath))"
-                )
+            if process.hasExited {
+                let exit = try await process.wait()
+                throw Failure(description: "\(executable) \(exit): \(process.standardError)")
             }
             if let client = try? await AiotaskClient.connect(to: daemon.address, connectTimeout: .seconds(2)) {
                 try? await client.close()
                 return daemon
             }
             if ContinuousClock.now > deadline {
-                daemon.stop()
-                throw Failure(description: "\(executable) did not answer within 20 s (log: \(logPath))")
+                await daemon.stop()
+                throw Failure(description: "\(executable) did not answer within 20 s: \(process.standardError)")
             }
             try await Task.sleep(for: .milliseconds(20))
         }
@@ -83,13 +77,10 @@ final class DaemonUnderTest {
         throw Failure(description: "no VmRSS in /proc/\(pid)/status")
     }
 
-    /// Stops the daemon (SIGTERM) and waits for it, then removes its log.
-    func stop() {
-        if process.isRunning {
-            process.terminate()
-            process.waitUntilExit()
-        }
-        try? FileManager.default.removeItem(atPath: logPath)
+    /// Stops the daemon (SIGTERM: it drains) and waits for it, then removes its socket.
+    func stop() async {
+        process.signal(SIGTERM)
+        _ = try? await process.wait(limit: .seconds(60))
         try? FileManager.default.removeItem(atPath: socketPath)
     }
 
