@@ -6,13 +6,11 @@ import PackageDescription
 // shipped `aiotask bench` load generator, and prints one table against the targets; see docs/performance.md.
 //
 //   swift build -c release
-//   swift build -c release --package-path Benchmarks --scratch-path .build --product aiotask-bench
-//   .build/release/aiotask-bench --repeat 5
+//   swift build -c release --package-path Benchmarks --scratch-path .build/benchmarks --product aiotask-bench
+//   .build/benchmarks/release/aiotask-bench --repeat 5
 //
-// Built in the root's build folder (`--scratch-path .build`, from the repository's root), it reuses the products the
-// root's release build made there and compiles only its own module; in a build folder of its own it builds NIO too.
-// Name the product: a plain `swift build` in the shared folder also built what the root's last plan held (its DocC
-// and manual tools, minutes).
+// It has a build folder of its own (`.build/benchmarks`): built in the root's folder, a clean clone's first build
+// failed with "no target named aiotask-bench in build description" (SwiftPM 6.3 re-resolved the shared checkouts).
 let package = Package(
     name: "AiotaskBenchmarks",
     platforms: [.macOS(.v15)],
