@@ -82,18 +82,22 @@ package final class CoalescingFrameWriter {
     /// that answers to what was read leave before the next read).
     package func flush() {
         isFlushScheduled = false
-        if buffered.readableBytes > 0 {
-            channel.write(buffered, promise: nil)
-            // The kernel has normally taken the bytes by now, so the buffer's memory is reused (a fresh one is
-            // allocated, without copying, if the write is still pending).
-            if buffered.capacity <= Self.retainedCapacity {
-                buffered.clear()
-            } else {
-                buffered = channel.allocator.buffer(capacity: 0)
-            }
-        }
+        let written = buffered.readableBytes
+        if written > 0 { channel.write(buffered, promise: nil) }
         // Also flushes a large payload written past the buffer.
         channel.flush()
+        guard written > 0, !isDiscarding else { return }
+        // Frames appended while the flush ran (a handler it called back may append) stay; the ones written go.
+        if buffered.readableBytes > written {
+            buffered.moveReaderIndex(forwardBy: written)
+        } else if buffered.capacity <= Self.retainedCapacity {
+            // Cleared after the flush, not before: the kernel has normally taken the bytes by now, so the channel
+            // holds the buffer no more and its memory is reused. Cleared while the write was pending, it was a
+            // fresh, empty buffer each tick, grown — copying — frame by frame.
+            buffered.clear()
+        } else {
+            buffered = channel.allocator.buffer(capacity: 0)
+        }
     }
 
     /// Drops what is buffered and everything appended from now on: the connection is over.
