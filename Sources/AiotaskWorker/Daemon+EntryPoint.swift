@@ -9,7 +9,7 @@ import Foundation
 #endif
 
 // The entry points of the executables built on this library, and the only place in it that ends the process: the
-// rest returns an exit status (``Daemon/run(options:resolveHandler:)``, ``WorkerRole``) or throws, and what that
+// rest returns an exit status (``Daemon/run(options:resolveHandler:)``, ``PoolProcessRole``) or throws, and what that
 // means for the process is decided here.
 
 extension Daemon {
@@ -28,8 +28,8 @@ extension Daemon {
     /// ```
     public static func main(handler: @escaping TaskHandler) async -> Never {
         await runPoolProcessIfRequested(handler: handler)
-        let options = WorkerProgramCommand.parseOptionsOrExit()
-        let name = WorkerProgramCommand.programName
+        let options = DaemonMainCommand.parseOptionsOrExit()
+        let name = DaemonMainCommand.programName
         let status = await run(options: options) { settings throws(ConfigurationError) in
             if let spec = settings.handler {
                 throw ConfigurationError(setting: "handler", reason: "\(spec): this program runs its own Swift handler")
@@ -42,9 +42,9 @@ extension Daemon {
     /// In a pool process, serves tasks (role `handler`) or becomes the external handler (role `exec`), then ends
     /// the process; in the supervisor, returns at once. Call it first thing in `main`.
     public static func runPoolProcessIfRequested(handler: @escaping TaskHandler) async {
-        switch WorkerRole.current {
-        case .handler: exit(await WorkerRole.serveTasks(with: handler))
-        case .exec: exit(WorkerRole.execExternalHandler(arguments: Array(CommandLine.arguments.dropFirst())))
+        switch PoolProcessRole.current {
+        case .handler: exit(await PoolProcessRole.serveTasks(with: handler))
+        case .exec: exit(PoolProcessRole.execExternalHandler(arguments: Array(CommandLine.arguments.dropFirst())))
         case nil: return
         }
     }
@@ -77,9 +77,9 @@ extension Daemon {
     /// In a pool process, serves tasks with `handler`, which also takes each task's ``TaskContext`` (role `handler`),
     /// or becomes the external handler (role `exec`), then ends the process; in the supervisor, returns at once.
     public static func runPoolProcessIfRequested(handler: @escaping TaskContextHandler) async {
-        switch WorkerRole.current {
-        case .handler: exit(await WorkerRole.serveTasks(with: handler))
-        case .exec: exit(WorkerRole.execExternalHandler(arguments: Array(CommandLine.arguments.dropFirst())))
+        switch PoolProcessRole.current {
+        case .handler: exit(await PoolProcessRole.serveTasks(with: handler))
+        case .exec: exit(PoolProcessRole.execExternalHandler(arguments: Array(CommandLine.arguments.dropFirst())))
         case nil: return
         }
     }
@@ -87,7 +87,7 @@ extension Daemon {
 
 /// The command line of a program built on ``Daemon/main(handler:)``: the daemon's options, plus `--help`, `-h` and
 /// `--version` named after the program.
-struct WorkerProgramCommand: ParsableCommand {
+struct DaemonMainCommand: ParsableCommand {
     /// The name the program was started by, for its help text and its pool's display name.
     static var programName: String { URL(fileURLWithPath: CommandLine.arguments[0]).lastPathComponent }
 

@@ -29,7 +29,7 @@ struct AiotaskDaemonCommand: AsyncParsableCommand {
     @OptionGroup var options: DaemonOptions
 
     static func main() async {
-        if WorkerRole.current == .handler {
+        if PoolProcessRole.current == .handler {
             let name = getenv(builtinKey).map { String(cString: $0) } ?? ""
             guard let builtin = BuiltinHandler(rawValue: name) else {
                 StandardError.writeLine("aiotaskd: unknown built-in handler '\(name)'")

@@ -144,7 +144,7 @@ struct SharedPayloadTests {
         let command = ProcessCommand(
             executable: HandlerScript.python,
             arguments: [script.path],
-            environment: [WorkerRole.environmentKey: WorkerRole.handler.rawValue],
+            environment: [PoolProcessRole.environmentKey: PoolProcessRole.handler.rawValue],
             displayName: "lying"
         )
         let worker = try await TestServer.start(handler: command, workers: 1)

@@ -27,7 +27,7 @@ extension ProcessCommand {
     static func builtin(_ name: String) -> ProcessCommand {
         ProcessCommand(
             executable: Products.aiotaskd,
-            environment: [WorkerRole.environmentKey: WorkerRole.handler.rawValue, "AIOTASK_BUILTIN": name],
+            environment: [PoolProcessRole.environmentKey: PoolProcessRole.handler.rawValue, "AIOTASK_BUILTIN": name],
             displayName: name
         )
     }
@@ -37,7 +37,7 @@ extension ProcessCommand {
         ProcessCommand(
             executable: Products.aiotaskd,
             arguments: [path] + arguments,
-            environment: [WorkerRole.environmentKey: WorkerRole.exec.rawValue],
+            environment: [PoolProcessRole.environmentKey: PoolProcessRole.exec.rawValue],
             displayName: "exec:\(path)"
         )
     }

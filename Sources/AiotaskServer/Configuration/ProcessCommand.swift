@@ -17,9 +17,9 @@ public struct ProcessCommand: Hashable, Sendable {
         self.displayName = displayName
     }
 
-    /// Whether the process runs a Swift handler of this library (`WorkerRole.handler` in AiotaskWorker), which claims its tasks
+    /// Whether the process runs a Swift handler of this library (`PoolProcessRole.handler` in AiotaskWorker), which claims its tasks
     /// (see ``TaskClaims``); an external program does not.
-    var runsLibraryHandler: Bool {
+    var runsSwiftHandler: Bool {
         environment[PoolProcessEnvironment.roleKey] == PoolProcessEnvironment.handlerRole
     }
 

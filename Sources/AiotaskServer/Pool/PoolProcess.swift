@@ -104,7 +104,7 @@ final class PoolProcess {
             environment[OpenFileLimit.childSoftLimitKey] = String(limit)
         }
         // Without the shared memory (memfd unavailable) the process simply takes no withdrawable prefetch.
-        let claims = command.runsLibraryHandler ? TaskClaims.create() : nil
+        let claims = command.runsSwiftHandler ? TaskClaims.create() : nil
         if claims != nil { environment[TaskClaims.descriptorKey] = String(TaskClaims.childDescriptor) }
         defer { if let claims { close(claims.descriptor) } }
         // Likewise, without the arena every task and result simply travels through the link.
@@ -112,7 +112,7 @@ final class PoolProcess {
             sharedPayloadBytes > 0
             ? claims.flatMap { SharedPayloadArena.create(on: $0.descriptor, capacity: sharedPayloadBytes) } : nil
         if let arena { environment[SharedPayloadArena.capacityKey] = String(arena.capacity) }
-        if command.runsLibraryHandler { environment[TaskContextHeader.environmentKey] = "1" }
+        if command.runsSwiftHandler { environment[TaskContextHeader.environmentKey] = "1" }
         let (child, pipes) = try ChildProcess.spawnPoolProcess(
             command,
             extraEnvironment: environment,
@@ -126,7 +126,7 @@ final class PoolProcess {
             arena: arena,
             loop: loop
         )
-        process.sendsTaskContext = command.runsLibraryHandler
+        process.sendsTaskContext = command.runsSwiftHandler
         return process
     }
 

@@ -1,5 +1,5 @@
 /// What the server puts into a pool process's environment, and what the pool-process runtime
-/// (`WorkerRole` in AiotaskWorker) reads back: which role to take, which supervisor to serve, which slot it holds.
+/// (`PoolProcessRole` in AiotaskWorker) reads back: which role to take, which supervisor to serve, which slot it holds.
 package enum PoolProcessEnvironment {
     /// The role a re-executed binary takes: ``handlerRole`` or ``execRole``.
     package static let roleKey = "AIOTASK_ROLE"

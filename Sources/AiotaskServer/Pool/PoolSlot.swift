@@ -9,7 +9,7 @@ import NIOCore
 /// reads a process's memory and claims, and tells the supervisor about tasks.
 ///
 /// A process that must go — its task timed out or was cancelled, it reached its task quota or its memory limit,
-/// it broke the framing — is handed to the supervisor's ``RetiredProcesses`` to die, and the slot starts a
+/// it broke the framing — is handed to the supervisor's ``EndingProcesses`` to die, and the slot starts a
 /// replacement as soon as it is dead (never two live processes with the slot's index). A process that dies by
 /// itself is restarted with exponential backoff while it keeps crashing.
 final class PoolSlot {
@@ -164,7 +164,7 @@ final class PoolSlot {
             )
             process.attach(maximumReplyLength: supervisor.maximumReplyLength, logger: logger)
             logger.debug("worker process started", metadata: ["worker_pid": "\(process.pid)", "slot": "\(index)"])
-            if configuration.handler.runsLibraryHandler,
+            if configuration.handler.runsSwiftHandler,
                 !process.sharesMemory(arenaWanted: configuration.sharedPayloadBytes > 0)
             {
                 logger.warning(
@@ -368,7 +368,7 @@ final class PoolSlot {
             supervisor.noteRestart()
             handOver(process, sentAhead: sentAhead, runningIsAnswered: runningIsAnswered)
             end(process, replacement.ending)
-            supervisor.retiredProcesses.whenExited(process) { [weak self] in
+            supervisor.endingProcesses.whenExited(process) { [weak self] in
                 guard let self else { return }
                 self.perform(self.machine.predecessorDied(process))
             }
@@ -415,7 +415,7 @@ final class PoolSlot {
 
     /// Hands `process`, alive, over to die on its own, so the slot can start another at once. The tasks sent ahead
     /// to it that it never started go back to the supervisor's queue; those it may still read stay with it until it
-    /// is dead (``HeldTasks``), so that none runs twice or is reported as never started after it ran.
+    /// is dead (``TasksInDyingProcess``), so that none runs twice or is reported as never started after it ran.
     ///
     /// - Parameter runningIsAnswered: whether the process has answered the task it was running.
     private func handOver(
@@ -423,13 +423,13 @@ final class PoolSlot {
         sentAhead: CircularBuffer<StateMachine.SentTask>,
         runningIsAnswered: Bool
     ) {
-        var held: HeldTasks?
+        var held: TasksInDyingProcess?
         if !sentAhead.isEmpty {
             let firstWithdrawn = process.withdrawAllUnclaimed()
             let split = StateMachine.settle(sentAhead, firstWithdrawn: firstWithdrawn)
             supervisor.requeue(split.notStarted)
             if !split.mayBeRead.isEmpty {
-                held = HeldTasks(
+                held = TasksInDyingProcess(
                     split.mayBeRead,
                     runningIsAnswered: runningIsAnswered,
                     areClaimed: firstWithdrawn != nil,
@@ -437,8 +437,8 @@ final class PoolSlot {
                 )
             }
         }
-        process.delegate = supervisor.retiredProcesses
-        supervisor.retiredProcesses.adopt(process, holding: held)
+        process.delegate = supervisor.endingProcesses
+        supervisor.endingProcesses.adopt(process, holding: held)
     }
 }
 

@@ -20,7 +20,7 @@ final class Supervisor {
     let loop: any EventLoop
     private(set) var configuration: ServerConfiguration
     let logger: Logger
-    let retiredProcesses: RetiredProcesses
+    let endingProcesses: EndingProcesses
 
     /// The pool's slots by index (``Scheduler/members`` says which are there).
     private var slots: [PoolSlot?] = []
@@ -39,7 +39,7 @@ final class Supervisor {
         self.loop = loop
         self.configuration = configuration
         self.logger = logger
-        self.retiredProcesses = RetiredProcesses(logger: logger)
+        self.endingProcesses = EndingProcesses(logger: logger)
         self.scheduler = Scheduler(limits: Self.limits(of: configuration))
     }
 
@@ -227,7 +227,7 @@ final class Supervisor {
         dispatch()
     }
 
-    /// Settles the tasks sent ahead to `process`, now dead, that it may have started (see ``HeldTasks``): they fail
+    /// Settles the tasks sent ahead to `process`, now dead, that it may have started (see ``TasksInDyingProcess``): they fail
     /// as `workerCrashed`, or past the drain deadline as `interrupted`.
     func failPossiblyStarted(_ records: [TaskRecord], on process: PoolProcess, _ status: ExitStatus) {
         for record in records where !record.isFinished {
@@ -240,7 +240,7 @@ final class Supervisor {
         }
     }
 
-    /// Settles the tasks sent ahead to a stopped process, now dead, that it did not answer (see ``HeldTasks``).
+    /// Settles the tasks sent ahead to a stopped process, now dead, that it did not answer (see ``TasksInDyingProcess``).
     func settleHeld(
         _ process: PoolProcess,
         _ status: ExitStatus,
@@ -415,10 +415,10 @@ final class Supervisor {
             for slot in poolSlots { slot.stop() }
             let stopped = loop.makePromise(of: Void.self)
             let killer = loop.assumeIsolated().scheduleTask(in: .init(configuration.killGracePeriod * 2)) {
-                [retiredProcesses] in
-                retiredProcesses.killAll()
+                [endingProcesses] in
+                endingProcesses.killAll()
             }
-            retiredProcesses.whenEmpty { [self] in
+            endingProcesses.whenEmpty { [self] in
                 killer.cancel()
                 closeAllSessions(then: stopped)
             }
@@ -452,7 +452,7 @@ final class Supervisor {
     /// At the drain deadline: every busy process is stopped and its task fails as `interrupted`; tasks never started
     /// fail as `shuttingDown`. A task sent ahead to a process counts as never started only when that is proved: it
     /// was withdrawn before the process claimed it (a Swift handler), or the process died without reading it (see
-    /// ``HeldTasks``); until its process is dead, such a task keeps the drain open, and it may yet get its result.
+    /// ``TasksInDyingProcess``); until its process is dead, such a task keeps the drain open, and it may yet get its result.
     private func failEverythingInFlight() {
         logger.warning("drain deadline reached; failing \(inFlightCount) tasks still in flight")
         // The queue, and the tasks connections held back while their clients did not read: none of them started.

@@ -13,7 +13,7 @@ import NIOCore
 ///
 /// Any executable that links this library checks for a role first thing (`Daemon.main(handler:)` does), so
 /// the pool can re-execute it as a pool process.
-public enum WorkerRole: String, Sendable {
+public enum PoolProcessRole: String, Sendable {
     /// Serve tasks with the executable's Swift handler on stdin and stdout.
     case handler
     /// Arm the parent-death signal, then `exec` the external handler program named by the arguments.
@@ -28,9 +28,9 @@ public enum WorkerRole: String, Sendable {
     static let currentExecutablePath = PoolProcessEnvironment.currentExecutablePath
 
     /// The role this process was started in, or nil when it is not a pool process.
-    public static var current: WorkerRole? {
+    public static var current: PoolProcessRole? {
         guard let value = getenv(environmentKey) else { return nil }
-        return WorkerRole(rawValue: String(cString: value))
+        return PoolProcessRole(rawValue: String(cString: value))
     }
 
     /// Ties this process's life to the supervisor's, returns to the open-file limit the supervisor started with,
@@ -127,3 +127,7 @@ public enum WorkerRole: String, Sendable {
         }
     }
 }
+
+/// The former name of ``PoolProcessRole``; kept so that code written against it still compiles.
+@available(*, deprecated, renamed: "PoolProcessRole")
+public typealias WorkerRole = PoolProcessRole

@@ -3,12 +3,12 @@ import Logging
 
 /// Processes on their way out — timed out, cancelled, recycled, or stopped at shutdown — kept until they exit.
 ///
-/// Their replies are ignored, except those to tasks sent ahead to them (``HeldTasks``); their exit is logged.
+/// Their replies are ignored, except those to tasks sent ahead to them (``TasksInDyingProcess``); their exit is logged.
 /// Shutdown waits for this set to empty.
-final class RetiredProcesses: PoolProcessDelegate {
+final class EndingProcesses: PoolProcessDelegate {
     private var processes: [Int32: PoolProcess] = [:]
     /// Tasks sent ahead to a retired process that it may still read, by process id.
-    private var heldTasks: [Int32: HeldTasks] = [:]
+    private var heldTasks: [Int32: TasksInDyingProcess] = [:]
     private var onEmpty: [() -> Void] = []
     /// What to do once a process is dead, by process id.
     private var onExit: [Int32: [() -> Void]] = [:]
@@ -21,7 +21,7 @@ final class RetiredProcesses: PoolProcessDelegate {
     var count: Int { processes.count }
 
     /// Keeps `process` until it exits; `held`, the tasks sent ahead to it, are settled by its replies and its exit.
-    func adopt(_ process: PoolProcess, holding held: HeldTasks? = nil) {
+    func adopt(_ process: PoolProcess, holding held: TasksInDyingProcess? = nil) {
         guard !process.hasExited else { return }
         processes[process.pid] = process
         if let held { heldTasks[process.pid] = held }
@@ -73,7 +73,7 @@ final class RetiredProcesses: PoolProcessDelegate {
 /// only once it has answered the one before (docs/handler-protocol.md): the tasks it answered get their answers;
 /// the one after its last answer may have been started and fails; the rest were never read, and run elsewhere (or,
 /// past the drain deadline, fail as never started). Tasks a Swift handler's process has claimed count as started.
-final class HeldTasks {
+final class TasksInDyingProcess {
     private let records: [TaskRecord]
     /// Replies still to come for tasks before `records` (the running task's), skipped.
     private var repliesToSkip: Int
