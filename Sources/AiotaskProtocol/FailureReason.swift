@@ -10,7 +10,7 @@ public struct FailureReason: RawRepresentable, Hashable, Sendable {
 
     /// The handler reported an error; the message is its description.
     public static let handlerError = FailureReason(rawValue: 1)
-    /// The worker process running the task died; the message gives the exit status or signal.
+    /// The pool process running the task died; the message gives the exit status or signal.
     public static let workerCrashed = FailureReason(rawValue: 2)
     /// The task ran longer than its timeout and its process was killed.
     public static let timedOut = FailureReason(rawValue: 3)

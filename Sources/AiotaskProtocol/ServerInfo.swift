@@ -8,9 +8,9 @@ public struct ServerInfo: Codable, Hashable, Sendable {
     public var uptimeSeconds: Double
     /// The handler the pool runs, as configured (`echo`, `exec:/path …`, …).
     public var handler: String
-    /// Worker processes.
+    /// Pool processes.
     public var workers: Workers
-    /// The queue of tasks waiting for a worker process.
+    /// The queue of tasks waiting for a pool process.
     public var queue: Queue
     /// Task counters since start.
     public var tasks: Tasks

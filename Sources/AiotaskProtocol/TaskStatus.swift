@@ -9,9 +9,9 @@ public struct TaskStatus: RawRepresentable, Hashable, Sendable {
         self.rawValue = rawValue
     }
 
-    /// Waiting in the queue for a free worker process.
+    /// Waiting in the queue for a free pool process.
     public static let inQueue = TaskStatus(rawValue: 0)
-    /// Running in a worker process.
+    /// Running in a pool process.
     public static let processing = TaskStatus(rawValue: 1)
     /// Finished with a result, which has been sent.
     public static let done = TaskStatus(rawValue: 2)

@@ -15,7 +15,7 @@ import Foundation
 extension Daemon {
     /// The entry point of an executable whose tasks are handled by a Swift closure.
     ///
-    /// In a pool process it serves tasks with `handler`; otherwise it is the supervisor: it reads the
+    /// In a pool process it serves tasks with `handler`; otherwise it is the daemon: it reads the
     /// command line (the same options as `aiotaskd`, without `--handler`) and runs until SIGTERM or SIGINT,
     /// its pool made of re-executions of this same binary. Ends the process with the daemon's exit status.
     ///
@@ -40,7 +40,7 @@ extension Daemon {
     }
 
     /// In a pool process, serves tasks (role `handler`) or becomes the external handler (role `exec`), then ends
-    /// the process; in the supervisor, returns at once. Call it first thing in `main`.
+    /// the process; in the daemon, returns at once. Call it first thing in `main`.
     public static func runPoolProcessIfRequested(handler: @escaping TaskHandler) async {
         switch PoolProcessRole.current {
         case .handler: exit(await PoolProcessRole.serveTasks(with: handler))
@@ -69,13 +69,13 @@ extension Daemon {
     /// ```
     public static func main(handler: @escaping TaskContextHandler) async -> Never {
         await runPoolProcessIfRequested(handler: handler)
-        // From here on this process is the supervisor, which never runs the handler itself: its pool processes are
-        // re-executions of this binary, which stay in the call above. The closure form's supervisor serves as is.
-        await main(handler: { _ in preconditionFailure("the supervisor of the pool ran a handler") } as TaskHandler)
+        // From here on this process is the daemon, which never runs the handler itself: its pool processes are
+        // re-executions of this binary, which stay in the call above. The closure form's daemon serves as is.
+        await main(handler: { _ in preconditionFailure("the daemon of the pool ran a handler") } as TaskHandler)
     }
 
     /// In a pool process, serves tasks with `handler`, which also takes each task's ``TaskContext`` (role `handler`),
-    /// or becomes the external handler (role `exec`), then ends the process; in the supervisor, returns at once.
+    /// or becomes the external handler (role `exec`), then ends the process; in the daemon, returns at once.
     public static func runPoolProcessIfRequested(handler: @escaping TaskContextHandler) async {
         switch PoolProcessRole.current {
         case .handler: exit(await PoolProcessRole.serveTasks(with: handler))

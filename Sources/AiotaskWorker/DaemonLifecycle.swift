@@ -119,7 +119,7 @@ struct DaemonLifecycle: Service {
                 notifier.watchdog()
             } else {
                 logger.error(
-                    "unhealthy: the event loop is stuck or no worker process stays alive; not pinging the watchdog"
+                    "unhealthy: the event loop is stuck or no pool process stays alive; not pinging the watchdog"
                 )
             }
             try? await Task.sleep(for: interval / 2)

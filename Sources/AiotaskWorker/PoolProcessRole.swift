@@ -9,7 +9,7 @@ import NIOCore
     import Musl
 #endif
 
-/// What a process started by the pool is to do, told by the supervisor through `AIOTASK_ROLE`.
+/// What a process started by the pool is to do, told by the daemon through `AIOTASK_ROLE`.
 ///
 /// Any executable that links this library checks for a role first thing (`Daemon.main(handler:)` does), so
 /// the pool can re-execute it as a pool process.
@@ -20,7 +20,7 @@ public enum PoolProcessRole: String, Sendable {
     case exec
 
     static let environmentKey = PoolProcessEnvironment.roleKey
-    static let supervisorPIDKey = PoolProcessEnvironment.supervisorPIDKey
+    static let daemonPIDKey = PoolProcessEnvironment.daemonPIDKey
     /// The pool slot a process serves, for the handler's own logging.
     static let workerIndexKey = PoolProcessEnvironment.workerIndexKey
 
@@ -33,21 +33,21 @@ public enum PoolProcessRole: String, Sendable {
         return PoolProcessRole(rawValue: String(cString: value))
     }
 
-    /// Ties this process's life to the supervisor's, returns to the open-file limit the supervisor started with,
+    /// Ties this process's life to the daemon's, returns to the open-file limit the daemon started with,
     /// and clears the role from the environment, so that programs the handler starts are not mistaken for pool
     /// processes.
     ///
-    /// The kernel kills this process when the supervisor's spawning thread exits; the parent pid check closes
-    /// the window in which the supervisor died before the signal was armed. Returns false if it did: the process
+    /// The kernel kills this process when the daemon's spawning thread exits; the parent pid check closes
+    /// the window in which the daemon died before the signal was armed. Returns false if it did: the process
     /// has nothing to serve and is to end with status 0.
     static func attachToSupervisor() -> Bool {
         _ = aiotask_set_parent_death_signal(SIGKILL)
-        if let expected = getenv(supervisorPIDKey).flatMap({ pid_t(String(cString: $0)) }), getppid() != expected {
+        if let expected = getenv(daemonPIDKey).flatMap({ pid_t(String(cString: $0)) }), getppid() != expected {
             return false
         }
         OpenFileLimit.restoreChildSoftLimit()
         unsetenv(environmentKey)
-        unsetenv(supervisorPIDKey)
+        unsetenv(daemonPIDKey)
         return true
     }
 
@@ -76,11 +76,11 @@ public enum PoolProcessRole: String, Sendable {
         await serveTasks(with: { task, _ in try await handler(task) } as TaskContextHandler)
     }
 
-    /// Serves tasks with `handler` on the link the supervisor gave as stdin and stdout, until the supervisor
+    /// Serves tasks with `handler` on the link the daemon gave as stdin and stdout, until the daemon
     /// closes it; returns the exit status for the process.
     ///
     /// The link is moved off descriptors 0 and 1 first, and stdout is pointed at stderr, so stray prints from
-    /// handler code land in the supervisor's log instead of corrupting the framing.
+    /// handler code land in the daemon's log instead of corrupting the framing.
     static func serveTasks(with handler: @escaping TaskContextHandler) async -> Int32 {
         guard attachToSupervisor() else { return 0 }
         let input = fcntl(0, F_DUPFD_CLOEXEC, 3)
@@ -98,7 +98,7 @@ public enum PoolProcessRole: String, Sendable {
         }
     }
 
-    /// Answers tasks one at a time until the supervisor closes the link.
+    /// Answers tasks one at a time until the daemon closes the link.
     private static func serve(handler: @escaping TaskContextHandler, input: CInt, output: CInt) async throws {
         // The arena is mapped from the claims' descriptor, which taking the claims closes.
         let sharedPayloads = SharedPayloadArena.inherited()
@@ -122,7 +122,7 @@ public enum PoolProcessRole: String, Sendable {
                 reply = .error(String(describing: error))
             }
             // A blocking write: the reply is in the pipe before the next task starts, so should that task kill
-            // the process, the supervisor has this answer and fails only the task that was running.
+            // the process, the daemon has this answer and fails only the task that was running.
             try link.send(reply)
         }
     }

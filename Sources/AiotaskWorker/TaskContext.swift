@@ -49,7 +49,7 @@ public struct TaskContext: Sendable {
         self.customLogger = logger
     }
 
-    /// The context of a task as the link to the supervisor announced it, started now.
+    /// The context of a task as the link to the daemon announced it, started now.
     init(header: TaskContextHeader?, startedAt now: ContinuousClock.Instant? = nil) {
         // A process given no context (started by hand rather than by a pool) still gets one: the nil UUID, no
         // deadline.

@@ -105,7 +105,7 @@ int aiotask_set_malloc_thresholds(int mmap_threshold, int trim_threshold) {
 /*
  * Task claims. One 64-bit word holds two stream indexes: the high half is `withdrawn_below` (tasks before it
  * that were not claimed are withdrawn), the low half `next` (one past the last task claimed). The process
- * claims task i only while i >= withdrawn_below, by moving `next` to i + 1; the supervisor withdraws by moving
+ * claims task i only while i >= withdrawn_below, by moving `next` to i + 1; the daemon withdraws by moving
  * `withdrawn_below` to the number of tasks sent, once every task before the first it may withdraw is claimed
  * (so that none it still awaits an answer to is withdrawn). Both are compare-and-swap on the same word, so
  * exactly one of them wins each task. Indexes wrap around; they are compared as serial numbers (tasks in flight to one process

@@ -32,7 +32,7 @@ enum ChaosCommand {
     /// `escape`: start a child that sleeps for an hour in a session (and process group) of its own, out of reach
     /// of the group kill, and return its pid.
     case escape
-    /// `garbage`: write bytes that are no reply into the link to the supervisor, then hang.
+    /// `garbage`: write bytes that are no reply into the link to the daemon, then hang.
     case garbage
     /// `flood-stderr BYTES`: write that many bytes to stderr, in lines of 100, then return `flooded BYTES`.
     case floodStandardError(Int)
@@ -127,9 +127,9 @@ enum ChaosCommand {
             return ByteBuffer(string: String(pid))
         case .garbage:
             guard let link = Self.replyDescriptor() else {
-                throw HandlerFailure(message: "cannot find the link to the supervisor")
+                throw HandlerFailure(message: "cannot find the link to the daemon")
             }
-            // Kind 0xFF is neither a result nor an error: the supervisor must take this as a broken link.
+            // Kind 0xFF is neither a result nor an error: the daemon must take this as a broken link.
             let bytes: [UInt8] = [0xFF, 0xDE, 0xAD, 0xBE, 0xEF, 0x00, 0x01, 0x02]
             _ = bytes.withUnsafeBytes { write(link, $0.baseAddress, $0.count) }
             while true { Glibc.sleep(3600) }

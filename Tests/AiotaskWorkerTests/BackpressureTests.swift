@@ -14,9 +14,9 @@ struct BackpressureTests {
         "a client that never reads its answers is read up to its limits and no further, instead of filling the server's memory"
     )
     func clientThatNeverReads() async throws {
-        let worker = try await TestServer.start(workers: 1) { $0.maximumTasksPerConnection = 1000 }
+        let server = try await TestServer.start(workers: 1) { $0.maximumTasksPerConnection = 1000 }
         try await withTimeout(.seconds(60)) {
-            guard case .unix(let path) = worker.address else { return }
+            guard case .unix(let path) = server.address else { return }
             let socket = try connectNonBlocking(toUnixPath: path)
             defer { close(socket) }
 
@@ -48,7 +48,7 @@ struct BackpressureTests {
                 let error = errno
                 try #require(count < 0 && (error == EAGAIN || error == EWOULDBLOCK), "write failed: errno \(error)")
                 // Blocked: done once the server says it stopped reading this client; until then, wait for room.
-                if worker.logs.entries.contains(where: { $0.message.hasPrefix(pausedReading) }) { break }
+                if server.logs.entries.contains(where: { $0.message.hasPrefix(pausedReading) }) { break }
                 var descriptor = pollfd(fd: socket, events: Int16(POLLOUT), revents: 0)
                 _ = poll(&descriptor, 1, 100)
             }
@@ -56,16 +56,16 @@ struct BackpressureTests {
             let taken = (1000 + AnswerBacklog.immediateAnswerLimit + 64) * payload.readableBytes
             #expect(written < taken, "the server read \(written) bytes, past the connection's limits")
             // What it holds of them is the connection's limit, no more.
-            let observer = try await worker.client()
+            let observer = try await server.client()
             #expect(try await observer.serverInfo().queue.length <= 1000)
             try await observer.close()
 
             // Every other client is still served.
-            let client = try await worker.client()
+            let client = try await server.client()
             #expect(try await client.submit("still served") == Array("still served".utf8))
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 }
 

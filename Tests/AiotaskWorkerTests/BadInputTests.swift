@@ -20,23 +20,23 @@ struct BadInputTests {
 
     @Test("garbage bytes close their connection and are logged, while another connection's task carries on")
     func garbage() async throws {
-        let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 2)
+        let server = try await TestServer.start(handler: .builtin("chaos"), workers: 2)
         try await withTimeout {
-            let bystander = try await worker.client()
+            let bystander = try await server.client()
             let running = try await bystander.enqueue(ByteBuffer(string: "sleep 300"))
-            try await RawConnection.with(worker.address) { connection in
+            try await RawConnection.with(server.address) { connection in
                 try await connection.send([0x00, 0xde, 0xad, 0xbe, 0xef, 0x42, 0x42])
                 #expect(try await connection.readUntilClosed().isEmpty)
             }
-            let warning = await worker.logs.first { $0.message.contains("protocol violation") }
+            let warning = await server.logs.first { $0.message.contains("protocol violation") }
             #expect(warning.level == .warning)
             #expect(warning.message.contains("unknown frame type 0"))
             #expect(try await running.result() == ByteBuffer(string: "slept 300"))
             #expect(try await bystander.submit("echo still here") == Array("still here".utf8))
             try await bystander.close()
-            try await worker.expectServing("echo fresh", answer: "fresh")
+            try await server.expectServing("echo fresh", answer: "fresh")
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test(
@@ -44,9 +44,9 @@ struct BadInputTests {
         arguments: [false, true]
     )
     func unknownType(extended: Bool) async throws {
-        let worker = try await TestServer.start()
+        let server = try await TestServer.start()
         try await withTimeout {
-            try await RawConnection.with(worker.address) { connection in
+            try await RawConnection.with(server.address) { connection in
                 try await connection.send((extended ? Self.hello : []) + [0x05, 0x00, 0x00])
                 let frames = try await connection.readUntilClosed()
                 if extended {
@@ -58,33 +58,33 @@ struct BadInputTests {
                     #expect(frames.isEmpty)
                 }
             }
-            let warning = await worker.logs.first { $0.message.contains("protocol violation") }
+            let warning = await server.logs.first { $0.message.contains("protocol violation") }
             #expect(warning.message.contains("unknown frame type 5"))
-            try await worker.expectServing()
+            try await server.expectServing()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("an unknown extension type byte closes the connection at once")
     func unknownExtensionType() async throws {
-        let worker = try await TestServer.start()
+        let server = try await TestServer.start()
         try await withTimeout {
-            try await RawConnection.with(worker.address) { connection in
+            try await RawConnection.with(server.address) { connection in
                 // Only the type byte: the server must not wait for a length to know it is bad.
                 try await connection.send(Self.hello + [0x89])
                 let frames = try await connection.readUntilClosed()
                 #expect(frames.map(\.type) == [Self.serverHello, Self.errorType])
             }
-            try await worker.expectServing()
+            try await server.expectServing()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("a control frame longer than 64 KiB closes the connection without its payload being awaited")
     func controlFrameOverLimit() async throws {
-        let worker = try await TestServer.start()
+        let server = try await TestServer.start()
         try await withTimeout(.seconds(10)) {
-            try await RawConnection.with(worker.address) { connection in
+            try await RawConnection.with(server.address) { connection in
                 // INFO_REQUEST announcing 1 MiB; the payload is never sent, so only a check on the header ends this.
                 try await connection.send(Self.hello + [0x85, 0x00, 0x10, 0x00, 0x00])
                 let frames = try await connection.readUntilClosed()
@@ -93,11 +93,11 @@ struct BadInputTests {
                 #expect(frames[1].type == Self.errorType)
                 #expect(String(decoding: frames[1].payload, as: UTF8.self).contains("exceeds the limit"))
             }
-            let warning = await worker.logs.first { $0.message.contains("protocol violation") }
+            let warning = await server.logs.first { $0.message.contains("protocol violation") }
             #expect(warning.message.contains("INFO_REQUEST frame of 1048576 bytes"))
-            try await worker.expectServing()
+            try await server.expectServing()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test(
@@ -110,9 +110,9 @@ struct BadInputTests {
         ]
     )
     func truncatedFrame(bytes: [UInt8], isRefused: Bool) async throws {
-        let worker = try await TestServer.start { $0.maximumPayloadLength = 1024 }
+        let server = try await TestServer.start { $0.maximumPayloadLength = 1024 }
         try await withTimeout {
-            try await RawConnection.with(worker.address) { connection in
+            try await RawConnection.with(server.address) { connection in
                 try await connection.send(bytes)
                 connection.finishSending()
                 let frames = try await connection.readUntilClosed()
@@ -127,18 +127,18 @@ struct BadInputTests {
                     #expect(frames.isEmpty, "\(frames)")
                 }
             }
-            let warning = await worker.logs.first { $0.message.contains("protocol violation") }
+            let warning = await server.logs.first { $0.message.contains("protocol violation") }
             #expect(warning.message.contains("stream ended inside a frame"))
-            try await worker.expectServing()
+            try await server.expectServing()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("a task id used twice on one connection is an ERROR, then the connection is closed")
     func duplicateTaskID() async throws {
-        let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 1)
+        let server = try await TestServer.start(handler: .builtin("chaos"), workers: 1)
         try await withTimeout {
-            try await RawConnection.with(worker.address) { connection in
+            try await RawConnection.with(server.address) { connection in
                 let id = TaskID.random()
                 try await connection.send(Self.hello)
                 try await connection.send(.submit(id, timeout: nil, payload: ByteBuffer(string: "sleep 5000")))
@@ -150,16 +150,16 @@ struct BadInputTests {
                 #expect(String(decoding: frames[1].payload, as: UTF8.self).contains("\(id) is already in use"))
             }
             // The first task went with its connection, so the pool is free again.
-            try await worker.expectServing("echo next", answer: "next")
+            try await server.expectServing("echo next", answer: "next")
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("a task over the payload limit fails with payloadTooLarge, and the connection serves the next task")
     func oversizedTask() async throws {
-        let worker = try await TestServer.start { $0.maximumPayloadLength = 1024 }
+        let server = try await TestServer.start { $0.maximumPayloadLength = 1024 }
         try await withTimeout {
-            try await RawConnection.with(worker.address) { connection in
+            try await RawConnection.with(server.address) { connection in
                 let large = TaskID.random()
                 let next = TaskID.random()
                 try await connection.send(Self.hello)
@@ -179,9 +179,9 @@ struct BadInputTests {
                 let result = try await connection.readFrame()
                 #expect(result == RawFrame(type: Self.resultType, payload: next.bytes + Array("next".utf8)))
             }
-            try await worker.expectServing()
+            try await server.expectServing()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test(
@@ -196,58 +196,58 @@ struct BadInputTests {
         ]
     )
     func serverOnlyFrame(frame: [UInt8]) async throws {
-        let worker = try await TestServer.start { $0.maximumPayloadLength = 1024 }
+        let server = try await TestServer.start { $0.maximumPayloadLength = 1024 }
         try await withTimeout {
-            try await RawConnection.with(worker.address) { connection in
+            try await RawConnection.with(server.address) { connection in
                 try await connection.send(frame)
                 #expect(try await connection.readUntilClosed().isEmpty)
             }
-            let warning = await worker.logs.first { $0.message.contains("protocol violation") }
+            let warning = await server.logs.first { $0.message.contains("protocol violation") }
             #expect(warning.message.contains("which only a server sends"))
-            try await worker.expectServing()
+            try await server.expectServing()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("a RESULT from an extended client is answered with ERROR and the connection closed")
     func serverOnlyFrameExtended() async throws {
-        let worker = try await TestServer.start()
+        let server = try await TestServer.start()
         try await withTimeout {
-            try await RawConnection.with(worker.address) { connection in
+            try await RawConnection.with(server.address) { connection in
                 try await connection.send(Self.hello)
                 try await connection.send(.result(TaskID.random(), ByteBuffer(string: "forged")))
                 let frames = try await connection.readUntilClosed()
                 #expect(frames.map(\.type) == [Self.serverHello, Self.errorType])
                 #expect(frames.last.map { String(decoding: $0.payload, as: UTF8.self) }?.contains("RESULT") == true)
             }
-            try await worker.expectServing()
+            try await server.expectServing()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("a frame of the wrong size for its type closes the connection")
     func malformedFrame() async throws {
-        let worker = try await TestServer.start()
+        let server = try await TestServer.start()
         try await withTimeout {
-            try await RawConnection.with(worker.address) { connection in
+            try await RawConnection.with(server.address) { connection in
                 // STATUS carries exactly 16 bytes.
                 try await connection.sendLegacy(type: 0x04, [UInt8](repeating: 1, count: 15))
                 #expect(try await connection.readUntilClosed().isEmpty)
             }
-            let warning = await worker.logs.first { $0.message.contains("protocol violation") }
+            let warning = await server.logs.first { $0.message.contains("protocol violation") }
             #expect(warning.message.contains("malformed STATUS frame"))
-            try await worker.expectServing()
+            try await server.expectServing()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("after every kind of bad input on one server, a fresh client is served")
     func barrage() async throws {
-        let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 2) {
+        let server = try await TestServer.start(handler: .builtin("chaos"), workers: 2) {
             $0.maximumPayloadLength = 1024
         }
         try await withTimeout(.seconds(30)) {
-            let bystander = try await worker.client()
+            let bystander = try await server.client()
             let id = TaskID.random().bytes
             let inputs: [[UInt8]] = [
                 [0xff, 0xff, 0xff, 0xff, 0xff],
@@ -263,7 +263,7 @@ struct BadInputTests {
                 Self.hello + [0x80, 0x00, 0x00, 0x00, 0x01, 0x01],
             ]
             for input in inputs {
-                try await RawConnection.with(worker.address) { connection in
+                try await RawConnection.with(server.address) { connection in
                     try await connection.send(input)
                     let frames = try await connection.readUntilClosed()
                     // A client that said HELLO is told why (HELLO, then ERROR); one of the original protocol, which
@@ -275,13 +275,13 @@ struct BadInputTests {
                     }
                 }
             }
-            let violations = worker.logs.entries.filter { $0.message.contains("protocol violation") }
+            let violations = server.logs.entries.filter { $0.message.contains("protocol violation") }
             #expect(violations.count == inputs.count)
             #expect(try await bystander.submit("echo unharmed") == Array("unharmed".utf8))
             try await bystander.close()
-            try await worker.expectServing("echo fresh", answer: "fresh")
+            try await server.expectServing("echo fresh", answer: "fresh")
         }
-        try await worker.stop()
+        try await server.stop()
     }
 }
 

@@ -41,7 +41,7 @@ struct ConnectionFuzzTests {
 
     @Test("800 mutated client streams: every answer is well-formed, the server stays up and serves a good client")
     func mutatedClientStreams() async throws {
-        let worker = try await TestServer.start(workers: 2) {
+        let server = try await TestServer.start(workers: 2) {
             $0.maximumPayloadLength = 256
             $0.idleTimeout = nil
         }
@@ -49,12 +49,12 @@ struct ConnectionFuzzTests {
             var generator = SplitMix64(seed: 0xc0ff_ee15)
             var mutator = Mutator(generator: SplitMix64(seed: 0xbad_c11e))
             let splices = try (0..<8).map { _ in try Self.validStream(using: &generator) }
-            let good = try await worker.client()
+            let good = try await server.client()
             var problems: [String] = []
             for iteration in 0..<800 {
                 let valid = try Self.validStream(using: &generator)
                 let bytes = iteration % 10 == 0 ? valid : mutator.mutate(valid, splices: splices, maximumMutations: 4)
-                let socket = try UnixSocket(path: worker.socketPath, receiveTimeout: .seconds(10))
+                let socket = try UnixSocket(path: server.socketPath, receiveTimeout: .seconds(10))
                 // The server may close the connection before it has read everything: sending then fails.
                 socket.send(bytes)
                 socket.finishSending()
@@ -75,15 +75,15 @@ struct ConnectionFuzzTests {
             #expect(problems.isEmpty, "\(problems.count) problems, the first: \(problems.prefix(3))")
             // Every connection is closed and forgotten, every task answered or abandoned; the pool is whole.
             try await good.waitForInfo { $0.connections == 1 && $0.queue.length == 0 && $0.tasks.running == 0 }
-            try await worker.waitForFullPool()
+            try await server.waitForFullPool()
             #expect(try await good.submit("after") == Array("after".utf8))
             try await good.close()
         }
         #expect(
-            !worker.logs.entries.contains { $0.level >= .error },
-            "\(worker.logs.entries.filter { $0.level >= .error }.prefix(3))"
+            !server.logs.entries.contains { $0.level >= .error },
+            "\(server.logs.entries.filter { $0.level >= .error }.prefix(3))"
         )
-        try await worker.stop()
+        try await server.stop()
     }
 
     /// A description of what is wrong with the bytes the server sent, or nil if they are whole frames. The last

@@ -79,12 +79,12 @@ struct ConnectionScaleTests {
 
     @Test("a flood of connections past max-connections is refused and logged, and those within it are served")
     func flood() async throws {
-        let worker = try await TestServer.start(workers: 1) { $0.maximumConnections = 100 }
+        let server = try await TestServer.start(workers: 1) { $0.maximumConnections = 100 }
         try await withTimeout {
-            let sockets = try (0..<500).map { _ in try UnixSocket(path: worker.socketPath) }
+            let sockets = try (0..<500).map { _ in try UnixSocket(path: server.socketPath) }
             // The server accepts in order: the first 100 are held, every later one is closed without a byte.
             for socket in sockets[100...] { #expect(try socket.receiveUntilClosed().isEmpty) }
-            let refusals = worker.logs.entries.filter { $0.message.hasPrefix("refusing connection: 100 connections") }
+            let refusals = server.logs.entries.filter { $0.message.hasPrefix("refusing connection: 100 connections") }
             #expect(refusals.count == 400)
             #expect(refusals.allSatisfy { $0.level == .warning })
             for socket in sockets[..<100] {
@@ -93,7 +93,7 @@ struct ConnectionScaleTests {
                 #expect(try socket.receive(count: 20) == [3, 0, 17] + id.bytes + [0x2a])
             }
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     /// The soft and hard `Max open files` of a process, from `/proc/PID/limits`.

@@ -12,9 +12,9 @@ import Testing
 struct CrashTests {
     @Test("a process that exits fails its task with workerCrashed naming the exit code, and is replaced")
     func exitCode() async throws {
-        let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 2)
+        let server = try await TestServer.start(handler: .builtin("chaos"), workers: 2)
         try await withTimeout {
-            let client = try await worker.client()
+            let client = try await server.client()
             let bystander = try await client.enqueue("sleep 500")
             let failure = try #require(try await client.failure(of: "exit 3"))
             #expect(failure.reason == .workerCrashed)
@@ -22,30 +22,30 @@ struct CrashTests {
 
             // The crash is logged with the pid of the process that died, which the failure names too.
             let crashedPID = try #require(Self.pid(in: failure.message))
-            let logged = await worker.logs.first { $0.message.contains("exited with code 3") }
+            let logged = await server.logs.first { $0.message.contains("exited with code 3") }
             #expect(logged.level == .error)
             #expect(TestServer.workerPID(of: logged) == crashedPID)
 
             // The task running on the other process at the time is unaffected.
             #expect(try await bystander.text() == "slept 500")
 
-            try await worker.waitForFullPool()
-            let info = try await worker.server.info()
+            try await server.waitForFullPool()
+            let info = try await server.server.info()
             #expect(info.workers.restarts >= 1)
             #expect(try await client.submit("echo after") == Array("after".utf8))
             #expect(try await client.workerPID() != crashedPID)
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test(
         "a crash message gives the broken link's reason in parentheses, and no empty parentheses when there is none",
         arguments: [
-            (nil, "worker process 42 exited with code 3"),
-            ("", "worker process 42 exited with code 3"),
-            (" ", "worker process 42 exited with code 3"),
-            ("handler closed its stdout", "worker process 42 exited with code 3 (handler closed its stdout)"),
+            (nil, "pool process 42 exited with code 3"),
+            ("", "pool process 42 exited with code 3"),
+            (" ", "pool process 42 exited with code 3"),
+            ("handler closed its stdout", "pool process 42 exited with code 3 (handler closed its stdout)"),
         ] as [(String?, String)]
     )
     func crashMessage(linkFailure: String?, expected: String) {
@@ -54,31 +54,31 @@ struct CrashTests {
 
     @Test("a process killed by a signal fails its task with workerCrashed naming the signal")
     func signal() async throws {
-        let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 1)
+        let server = try await TestServer.start(handler: .builtin("chaos"), workers: 1)
         try await withTimeout {
-            let client = try await worker.client()
+            let client = try await server.client()
             let before = try await client.workerPID()
             let failure = try #require(try await client.failure(of: "signal 11"))
             #expect(failure.reason == .workerCrashed)
             #expect(failure.message.contains("SIGSEGV"), "\(failure.message)")
             #expect(failure.message.contains("\(before)"), "\(failure.message)")
 
-            try await worker.waitForFullPool()
+            try await server.waitForFullPool()
             let after = try await client.workerPID()
             #expect(after != before)
             #expect(try await client.submit("echo still serving") == Array("still serving".utf8))
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("the pool recovers from crashes in a row, and the tasks after them succeed")
     func repeatedCrashes() async throws {
-        let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 1) {
+        let server = try await TestServer.start(handler: .builtin("chaos"), workers: 1) {
             $0.maximumRestartBackoff = .milliseconds(200)
         }
         try await withTimeout {
-            let client = try await worker.client()
+            let client = try await server.client()
             for code in 1...3 {
                 let failure = try #require(try await client.failure(of: "exit \(code)"))
                 #expect(failure.reason == .workerCrashed)
@@ -86,11 +86,11 @@ struct CrashTests {
             }
             // Queued behind the crashes, waiting out the backoff: still served.
             #expect(try await client.submit("echo recovered") == Array("recovered".utf8))
-            try await worker.waitForFullPool()
-            #expect(try await worker.server.info().workers.restarts >= 3)
+            try await server.waitForFullPool()
+            #expect(try await server.server.info().workers.restarts >= 3)
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test(
@@ -99,9 +99,9 @@ struct CrashTests {
     func answeredBeforeDeath() async throws {
         // With tasks sent ahead, the process starts `exit 3` right after writing the reply to the task before it:
         // that reply must reach the supervisor, and be read, before the exit is taken as a crash.
-        let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 1) { $0.prefetch = 2 }
+        let server = try await TestServer.start(handler: .builtin("chaos"), workers: 1) { $0.prefetch = 2 }
         try await withTimeout {
-            let client = try await worker.client()
+            let client = try await server.client()
             // A large reply takes the supervisor several reads, so the exit is seen before the reply is all read.
             let large = String(repeating: "x", count: 512 * 1024)
             for round in 0..<20 {
@@ -116,7 +116,7 @@ struct CrashTests {
             }
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test(
@@ -129,7 +129,7 @@ struct CrashTests {
         #expect(PoolSlot.backoff(crashes: crashes, maximum: .seconds(3)) == .milliseconds(milliseconds))
     }
 
-    /// The pid in a failure message such as `worker process 1234 exited with code 3`.
+    /// The pid in a failure message such as `pool process 1234 exited with code 3`.
     static func pid(in message: String) -> Int32? {
         let words = message.split(separator: " ")
         guard let index = words.firstIndex(of: "process"), index + 1 < words.count else { return nil }

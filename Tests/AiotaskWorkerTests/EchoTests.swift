@@ -11,20 +11,20 @@ import Testing
 struct EchoTests {
     @Test("a task submitted over a Unix socket comes back from the echo handler")
     func echoOverUnixSocket() async throws {
-        let worker = try await TestServer.start()
+        let server = try await TestServer.start()
         try await withTimeout {
-            let client = try await worker.client()
+            let client = try await server.client()
             #expect(try await client.submit("hello") == Array("hello".utf8))
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("large tasks (written without copying, read in pieces) and small ones in flight together come back intact")
     func largeAndSmallTasksTogether() async throws {
-        let worker = try await TestServer.start { $0.prefetch = 2 }
+        let server = try await TestServer.start { $0.prefetch = 2 }
         try await withTimeout {
-            let client = try await worker.client()
+            let client = try await server.client()
             // Larger than the 16 KiB copy limit and than the 1 MiB pipe, so every large path is taken.
             let sizes = [2 * 1024 * 1024 + 3, 17, 20_000, 0, 1024 * 1024 + 1, 5]
             try await withThrowingTaskGroup(of: Bool.self) { group in
@@ -38,6 +38,6 @@ struct EchoTests {
             }
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 }

@@ -12,16 +12,16 @@ import Testing
 struct GracefulShutdownTests {
     @Test("shutdown says GOODBYE, refuses later tasks as shuttingDown, answers the running one, then ends the stream")
     func goodbyeThenCleanClose() async throws {
-        let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 1)
+        let server = try await TestServer.start(handler: .builtin("chaos"), workers: 1)
         try await withTimeout(.seconds(30)) {
-            try await RawConnection.with(worker.address) { connection in
+            try await RawConnection.with(server.address) { connection in
                 try await connection.send(.hello(Hello(maximumPayloadLength: 1 << 20)))
                 #expect(try await connection.readFrame()?.type == FrameType.hello.rawValue)
                 let running = TaskID.random()
                 try await connection.send(.submit(running, timeout: nil, payload: ByteBuffer(string: "sleep 3000")))
-                while try await worker.server.info().workers.busy == 0 { try await Task.sleep(for: .milliseconds(5)) }
+                while try await server.server.info().workers.busy == 0 { try await Task.sleep(for: .milliseconds(5)) }
 
-                let stopping = Task { try await worker.server.shutdown() }
+                let stopping = Task { try await server.server.shutdown() }
                 let goodbye = try await connection.readFrame()
                 #expect(goodbye?.type == FrameType.goodbye.rawValue)
                 // Sent while the running task keeps the server draining for three seconds.
@@ -37,24 +37,24 @@ struct GracefulShutdownTests {
                 try await stopping.value
             }
         }
-        try? FileManager.default.removeItem(atPath: worker.directory)
+        try? FileManager.default.removeItem(atPath: server.directory)
     }
 
     @Test("a client that connects while the server drains is told GOODBYE right after HELLO")
     func goodbyeAfterLateHello() async throws {
-        let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 1)
+        let server = try await TestServer.start(handler: .builtin("chaos"), workers: 1)
         try await withTimeout(.seconds(30)) {
-            try await RawConnection.with(worker.address) { early in
+            try await RawConnection.with(server.address) { early in
                 try await early.send(.hello(Hello(maximumPayloadLength: 1 << 20)))
                 _ = try await early.readFrame()
-                try await RawConnection.with(worker.address) { late in
+                try await RawConnection.with(server.address) { late in
                     try await early.send(
                         .submit(TaskID.random(), timeout: nil, payload: ByteBuffer(string: "sleep 3000"))
                     )
-                    while try await worker.server.info().workers.busy == 0 {
+                    while try await server.server.info().workers.busy == 0 {
                         try await Task.sleep(for: .milliseconds(5))
                     }
-                    let stopping = Task { try await worker.server.shutdown() }
+                    let stopping = Task { try await server.server.shutdown() }
                     #expect(try await early.readFrame()?.type == FrameType.goodbye.rawValue)
 
                     try await late.send(.hello(Hello(maximumPayloadLength: 1 << 20)))
@@ -64,7 +64,7 @@ struct GracefulShutdownTests {
                 }
             }
         }
-        try? FileManager.default.removeItem(atPath: worker.directory)
+        try? FileManager.default.removeItem(atPath: server.directory)
     }
 
     @Test(
@@ -92,7 +92,7 @@ struct GracefulShutdownTests {
             """
         )
         defer { script.remove() }
-        let worker = try await TestServer.start(handler: script.command, workers: 2) {
+        let server = try await TestServer.start(handler: script.command, workers: 2) {
             $0.prefetch = 8
             $0.prefetchStallLimit = .seconds(3600)
             $0.drainTimeout = .milliseconds(300)
@@ -100,7 +100,7 @@ struct GracefulShutdownTests {
         }
         let count = 40
         let answers = try await withTimeout(.seconds(30)) {
-            try await RawConnection.with(worker.address) { connection in
+            try await RawConnection.with(server.address) { connection in
                 try await connection.send(.hello(Hello(maximumPayloadLength: 1 << 20)))
                 #expect(try await connection.readFrame()?.type == FrameType.hello.rawValue)
                 let tasks = (0..<count).map { (TaskID.random(), "task-\($0)") }
@@ -116,11 +116,11 @@ struct GracefulShutdownTests {
                     return names.filter { $0.hasPrefix("started-") }.count
                 }
                 while true {
-                    let busy = try await worker.server.info().workers.busy
+                    let busy = try await server.server.info().workers.busy
                     if started() == 2 && busy == 2 { break }
                     try await Task.sleep(for: .milliseconds(5))
                 }
-                try await worker.server.shutdown()
+                try await server.server.shutdown()
                 return try await DrainAnswers(tasks, frames: connection.readUntilClosed())
             }
         }

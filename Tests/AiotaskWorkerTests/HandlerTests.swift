@@ -20,22 +20,22 @@ import Testing
 struct HandlerTests {
     @Test("echo returns the task unchanged, including empty and binary tasks")
     func echo() async throws {
-        let worker = try await TestServer.start(handler: .builtin("echo"), workers: 1)
+        let server = try await TestServer.start(handler: .builtin("echo"), workers: 1)
         try await withTimeout {
-            let client = try await worker.client()
+            let client = try await server.client()
             #expect(try await client.submit([UInt8]()) == [])
             let binary: [UInt8] = [0, 255, 0x80, 10, 13, 0]
             #expect(try await client.submit(binary) == binary)
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("sha256 returns the hex digest of the task")
     func sha256() async throws {
-        let worker = try await TestServer.start(handler: .builtin("sha256"), workers: 1)
+        let server = try await TestServer.start(handler: .builtin("sha256"), workers: 1)
         try await withTimeout {
-            let client = try await worker.client()
+            let client = try await server.client()
             let abc = try await client.submit("abc")
             #expect(
                 String(decoding: abc, as: UTF8.self)
@@ -48,14 +48,14 @@ struct HandlerTests {
             )
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("sleep waits the given milliseconds, then echoes; a bad number is a handler error")
     func sleep() async throws {
-        let worker = try await TestServer.start(handler: .builtin("sleep"), workers: 2)
+        let server = try await TestServer.start(handler: .builtin("sleep"), workers: 2)
         try await withTimeout {
-            let client = try await worker.client()
+            let client = try await server.client()
             // Side by side, a short sleep answers while a long one still runs: each waits its own time.
             let long = try await client.enqueue("60000")
             _ = try await client.waitForInfo { $0.tasks.running == 1 }
@@ -68,39 +68,39 @@ struct HandlerTests {
             #expect(failure.message.contains("expected a whole number of milliseconds"))
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("burn keeps a CPU busy for the given milliseconds and returns")
     func burn() async throws {
-        let worker = try await TestServer.start(handler: .builtin("burn"), workers: 1)
+        let server = try await TestServer.start(handler: .builtin("burn"), workers: 1)
         try await withTimeout {
-            let client = try await worker.client()
+            let client = try await server.client()
             let result = String(decoding: try await client.submit("30"), as: UTF8.self)
             #expect(result.hasPrefix("burned 30 ms ("))
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("fail fails every task with its text as the message")
     func fail() async throws {
-        let worker = try await TestServer.start(handler: .builtin("fail"), workers: 1)
+        let server = try await TestServer.start(handler: .builtin("fail"), workers: 1)
         try await withTimeout {
-            let client = try await worker.client()
+            let client = try await server.client()
             let failure = try await #require(throws: TaskFailure.self) { try await client.submit("it broke") }
             #expect(failure.reason == .handlerError)
             #expect(failure.message == "it broke")
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("a handler error longer than a control frame allows is cut short, and the connection carries on")
     func longErrorMessage() async throws {
-        let worker = try await TestServer.start(handler: .builtin("fail"), workers: 1)
+        let server = try await TestServer.start(handler: .builtin("fail"), workers: 1)
         try await withTimeout {
-            let client = try await worker.client()
+            let client = try await server.client()
             // 3-byte characters, so that a cut at a fixed byte count would split one.
             let text = String(repeating: "€", count: 40_000)
             let failure = try await #require(throws: TaskFailure.self) { try await client.submit(text) }
@@ -116,7 +116,7 @@ struct HandlerTests {
             #expect(next.message == "short")
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("truncating a message keeps short ones and cuts long ones at a scalar boundary")
@@ -137,9 +137,9 @@ struct HandlerTests {
     @Test("the Python example handler upper-cases tasks and reports fail:MESSAGE as a handler error")
     func pythonExample() async throws {
         let program = Products.repositoryRoot + "/Examples/handlers/python/uppercase.py"
-        let worker = try await TestServer.start(handler: .program(program), workers: 1)
+        let server = try await TestServer.start(handler: .program(program), workers: 1)
         try await withTimeout {
-            let client = try await worker.client()
+            let client = try await server.client()
             #expect(try await client.submit("hello") == Array("HELLO".utf8))
             let failure = try await #require(throws: TaskFailure.self) { try await client.submit("fail:oops") }
             #expect(failure.reason == .handlerError)
@@ -147,7 +147,7 @@ struct HandlerTests {
             #expect(try await client.submit("still up") == Array("STILL UP".utf8))
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("a handler that writes garbage to stdout fails its task as a crash, and the pool recovers")
@@ -163,19 +163,19 @@ struct HandlerTests {
             """
         )
         defer { script.remove() }
-        let worker = try await TestServer.start(handler: script.command, workers: 1)
+        let server = try await TestServer.start(handler: script.command, workers: 1)
         try await withTimeout {
-            let client = try await worker.client()
+            let client = try await server.client()
             #expect(try await client.submit("abc") == Array("cba".utf8))
             let failure = try await #require(throws: TaskFailure.self) { try await client.submit("garbage") }
             #expect(failure.reason == .workerCrashed)
             #expect(failure.message.contains("framing"))
-            let logged = await worker.logs.first { $0.message.contains("broke its link") }
+            let logged = await server.logs.first { $0.message.contains("broke its link") }
             #expect(logged.level == .error)
             #expect(try await client.submit("recovered") == Array("derevocer".utf8))
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("a handler program and the processes it starts begin with no signal blocked and none ignored")
@@ -198,30 +198,30 @@ struct HandlerTests {
             """
         )
         defer { script.remove() }
-        let worker = try await TestServer.start(handler: script.command, workers: 1)
+        let server = try await TestServer.start(handler: script.command, workers: 1)
         try await withTimeout {
-            let client = try await worker.client()
+            let client = try await server.client()
             let lines = String(decoding: try await client.submit("status"), as: UTF8.self).split(separator: "\n")
             let masks = lines.map { $0.split(whereSeparator: { $0 == " " || $0 == "\t" }) }
             #expect(masks.map { "\($0[0]) \($0[1])" } == ["handler SigBlk:", "child SigBlk:", "child SigIgn:"])
             #expect(masks.allSatisfy { $0.last == "0000000000000000" }, "\(lines)")
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("a process a Swift handler starts with a plain posix_spawn inherits no blocked signal")
     func swiftHandlerChildSignals() async throws {
-        let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 1) {
+        let server = try await TestServer.start(handler: .builtin("chaos"), workers: 1) {
             $0.killGracePeriod = .milliseconds(100)
         }
         let survivors = Survivors()
         defer { survivors.kill() }
         try await withTimeout {
-            let client = try await worker.client()
+            let client = try await server.client()
             // `orphan` starts `sleep 3600` with posix_spawnp and no attributes, from the handler's thread.
             let task = try await client.enqueue("orphan", timeout: .seconds(30))
-            let line = await worker.logs.first { $0.message.hasPrefix("orphan pid ") }
+            let line = await server.logs.first { $0.message.hasPrefix("orphan pid ") }
             let pid = try #require(pid_t(line.message.dropFirst("orphan pid ".count)))
             survivors.add([try ProcessDeathWatch(pid: pid)])
             let status = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
@@ -233,36 +233,36 @@ struct HandlerTests {
             task.cancel()
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("a handler program that does not exist makes the pool restart with backoff, and the server stays up")
     func missingProgram() async throws {
-        let worker = try await TestServer.start(handler: .program("/nonexistent/aiotask-handler"), workers: 1) {
+        let server = try await TestServer.start(handler: .program("/nonexistent/aiotask-handler"), workers: 1) {
             $0.maximumRestartBackoff = .milliseconds(400)
         }
         try await withTimeout {
-            let reason = await worker.logs.first { $0.message.contains("cannot execute handler program") }
+            let reason = await server.logs.first { $0.message.contains("cannot execute handler program") }
             #expect(reason.message.contains("/nonexistent/aiotask-handler"))
             // Crashing again and again, the slot waits longer and longer before each restart.
-            let firstWait = await worker.logs.first { $0.message.hasPrefix("restarting worker process after") }
-            let secondWait = await worker.logs.first {
-                $0.message.hasPrefix("restarting worker process after") && $0.message != firstWait.message
+            let firstWait = await server.logs.first { $0.message.hasPrefix("restarting pool process after") }
+            let secondWait = await server.logs.first {
+                $0.message.hasPrefix("restarting pool process after") && $0.message != firstWait.message
             }
             #expect(firstWait.level == .warning)
             #expect(secondWait.level == .warning)
-            let client = try await worker.client()
+            let client = try await server.client()
             let info = try await client.serverInfo()
             #expect(info.workers.restarts >= 3)
             let handle = try await client.enqueue(ByteBuffer(string: "anything"))
             let failure = try await #require(throws: TaskFailure.self) { try await handle.result() }
             #expect(failure.reason == .workerCrashed)
-            #expect(failure.message.contains("worker process"))
+            #expect(failure.message.contains("pool process"))
             // The server itself answers all along.
             #expect(try await client.serverInfo().workers.configured == 1)
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("the Swift example worker reverses words, reports non-text tasks, and exits 0 on SIGTERM")

@@ -61,24 +61,24 @@ struct LegacyClientTests {
 
     @Test("automatic speaks the extended protocol to aiotaskd")
     func automaticToAiotaskd() async throws {
-        let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 1)
+        let server = try await TestServer.start(handler: .builtin("chaos"), workers: 1)
         try await withTimeout {
-            let client = try await AiotaskClient.connect(to: worker.address, protocol: .automatic)
+            let client = try await AiotaskClient.connect(to: server.address, protocol: .automatic)
             #expect(client.wireProtocol == .extended)
             let failure = try await #require(throws: TaskFailure.self) { try await client.submit("fail boom") }
             #expect(failure.reason == .handlerError)
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test(
         "in the legacy protocol a timeout, a cancel and server statistics throw legacyProtocol, and the connection carries on"
     )
     func extendedOnlyRequests() async throws {
-        let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 2)
+        let server = try await TestServer.start(handler: .builtin("chaos"), workers: 2)
         try await withTimeout {
-            let client = try await AiotaskClient.connect(to: worker.address, protocol: .legacy)
+            let client = try await AiotaskClient.connect(to: server.address, protocol: .legacy)
             let isLegacyError: @Sendable (any Error) -> Bool = {
                 ($0 as? AiotaskClientError)?.code == .legacyProtocol
             }
@@ -95,21 +95,21 @@ struct LegacyClientTests {
             #expect(try await client.submit("echo still here") == Array("still here".utf8))
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("in the legacy protocol a task that fails on aiotaskd fails with reason unknown instead of waiting forever")
     func failureSeenAsNotFound() async throws {
-        let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 1)
+        let server = try await TestServer.start(handler: .builtin("chaos"), workers: 1)
         try await withTimeout {
-            let client = try await AiotaskClient.connect(to: worker.address, protocol: .legacy)
+            let client = try await AiotaskClient.connect(to: server.address, protocol: .legacy)
             let failure = try await #require(throws: TaskFailure.self) { try await client.submit("fail boom") }
             #expect(failure.reason == .unknown)
             #expect(failure.message.contains("NOT_FOUND"), "\(failure.message)")
             #expect(try await client.submit("echo next") == Array("next".utf8))
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test(

@@ -25,23 +25,23 @@ struct LegacyWireTests {
 
     @Test("ENQUEUE is answered with DONE carrying the same id and the result, byte for byte")
     func enqueueThenDone() async throws {
-        let worker = try await TestServer.start(workers: 1)
+        let server = try await TestServer.start(workers: 1)
         try await withTimeout {
-            try await RawConnection.with(worker.address) { connection in
+            try await RawConnection.with(server.address) { connection in
                 // The example frame of docs/protocol.md, as the original client encodes it.
                 try await connection.send([0x01, 0x00, 0x15] + Self.exampleID + Array("hello".utf8))
                 let bytes = try await connection.readBytes(count: 3 + 16 + 5)
                 #expect(bytes == [0x03, 0x00, 0x15] + Self.exampleID + Array("hello".utf8))
             }
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("STATUS of a finished task is answered UPDATE DONE, of an unknown one UPDATE NOT_FOUND")
     func statusQueries() async throws {
-        let worker = try await TestServer.start(workers: 1)
+        let server = try await TestServer.start(workers: 1)
         try await withTimeout {
-            try await RawConnection.with(worker.address) { connection in
+            try await RawConnection.with(server.address) { connection in
                 let id = TaskID.random().bytes
                 try await connection.sendLegacy(type: Self.enqueue, id + Array("x".utf8))
                 #expect(try await connection.readFrame() == RawFrame(type: Self.done, payload: id + [0x78]))
@@ -56,14 +56,14 @@ struct LegacyWireTests {
                 #expect(unknownAnswer == [0x02, 0x00, 0x11] + unknown + [Self.notFound])
             }
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("a task of the fail handler is answered UPDATE NOT_FOUND, and STATUS keeps saying NOT_FOUND")
     func failHandler() async throws {
-        let worker = try await TestServer.start(handler: .builtin("fail"), workers: 1)
+        let server = try await TestServer.start(handler: .builtin("fail"), workers: 1)
         try await withTimeout {
-            try await RawConnection.with(worker.address) { connection in
+            try await RawConnection.with(server.address) { connection in
                 let id = TaskID.random().bytes
                 try await connection.sendLegacy(type: Self.enqueue, id + Array("boom".utf8))
                 #expect(try await connection.readFrame() == RawFrame(type: Self.update, payload: id + [Self.notFound]))
@@ -71,17 +71,17 @@ struct LegacyWireTests {
                 #expect(try await connection.readFrame() == RawFrame(type: Self.update, payload: id + [Self.notFound]))
             }
             // The reason is in the server's log, since the client cannot be told.
-            let logged = await worker.logs.first { $0.message.contains("task failed") }
+            let logged = await server.logs.first { $0.message.contains("task failed") }
             #expect(logged.message.contains("boom"))
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("a failed task gets no DONE: the next task's DONE follows its UPDATE NOT_FOUND")
     func failedTaskNeverDone() async throws {
-        let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 1)
+        let server = try await TestServer.start(handler: .builtin("chaos"), workers: 1)
         try await withTimeout {
-            try await RawConnection.with(worker.address) { connection in
+            try await RawConnection.with(server.address) { connection in
                 let failing = TaskID.random().bytes
                 let next = TaskID.random().bytes
                 // One process runs them in order, so whatever is sent for the first comes before the second's DONE.
@@ -102,7 +102,7 @@ struct LegacyWireTests {
                 )
             }
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("a result of 65,519 bytes is sent as DONE; one byte more is answered UPDATE NOT_FOUND")
@@ -115,15 +115,15 @@ struct LegacyWireTests {
             """
         )
         defer { script.remove() }
-        let worker = try await TestServer.start(handler: script.command, workers: 1)
+        let server = try await TestServer.start(handler: script.command, workers: 1)
         try await withTimeout {
-            try await RawConnection.with(worker.address) { connection in
+            try await RawConnection.with(server.address) { connection in
                 let fits = TaskID.random().bytes
                 try await connection.sendLegacy(type: Self.enqueue, fits + Array("65519".utf8))
                 let done = try #require(try await connection.readFrame())
                 #expect(
                     done.type == Self.done,
-                    "log: \(worker.logs.entries.filter { $0.level >= .warning }.map(\.message))"
+                    "log: \(server.logs.entries.filter { $0.level >= .warning }.map(\.message))"
                 )
                 #expect(done.taskID == fits)
                 #expect(done.afterTaskID == (0..<65_519).map { UInt8($0 % 251) })
@@ -134,17 +134,17 @@ struct LegacyWireTests {
                     try await connection.readFrame() == RawFrame(type: Self.update, payload: tooLarge + [Self.notFound])
                 )
             }
-            let logged = await worker.logs.first { $0.message.contains("exceeds the client's limit") }
+            let logged = await server.logs.first { $0.message.contains("exceeds the client's limit") }
             #expect(logged.level == .warning)
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("a task over the server's limit is answered UPDATE NOT_FOUND and the connection carries on")
     func taskOverServerLimit() async throws {
-        let worker = try await TestServer.start(workers: 1) { $0.maximumPayloadLength = 1024 }
+        let server = try await TestServer.start(workers: 1) { $0.maximumPayloadLength = 1024 }
         try await withTimeout {
-            try await RawConnection.with(worker.address) { connection in
+            try await RawConnection.with(server.address) { connection in
                 let large = TaskID.random().bytes
                 let small = TaskID.random().bytes
                 try await connection.send(
@@ -159,17 +159,17 @@ struct LegacyWireTests {
                 )
             }
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("a legacy connection never receives a frame of type 128 or more, whatever happens to its tasks")
     func neverAnExtensionFrame() async throws {
-        let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 1) {
+        let server = try await TestServer.start(handler: .builtin("chaos"), workers: 1) {
             $0.maximumPayloadLength = 1024
             $0.defaultTaskTimeout = .milliseconds(300)
         }
         try await withTimeout {
-            try await RawConnection.with(worker.address) { connection in
+            try await RawConnection.with(server.address) { connection in
                 let ids = (0..<6).map { _ in TaskID.random().bytes }
                 let unknown = TaskID.random().bytes
                 // Success, handler error, crash, timeout, oversized task, and status queries.
@@ -195,13 +195,13 @@ struct LegacyWireTests {
                 #expect(rest.isEmpty, "got \(rest.map(\.type)) after the violation")
             }
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("the original client's framing, run by a Python client, gets every result over TCP")
     func pythonLegacyClient() async throws {
-        let worker = try await TestServer.start(workers: 2, listen: [.tcp(host: "127.0.0.1", port: 0)])
-        let port = try #require(worker.server.localAddresses.first { $0.protocol == .inet }?.port)
+        let server = try await TestServer.start(workers: 2, listen: [.tcp(host: "127.0.0.1", port: 0)])
+        let port = try #require(server.server.localAddresses.first { $0.protocol == .inet }?.port)
         try await withTimeout(.seconds(30)) {
             let client = try SpawnedProcess.spawn(
                 "python3",
@@ -214,8 +214,8 @@ struct LegacyWireTests {
             #expect(exit == .exited(0), "stdout: \(client.standardOutput)\nstderr: \(client.standardError)")
             #expect(client.standardOutput.contains("500/500 tasks matched"))
         }
-        let info = try await worker.server.info()
+        let info = try await server.server.info()
         #expect(info.tasks.succeeded == 500)
-        try await worker.stop()
+        try await server.stop()
     }
 }

@@ -11,18 +11,18 @@ import Testing
 struct LimitTests {
     @Test("a connection past its in-flight limit has its task rejected at once; other connections are not held to it")
     func tasksPerConnection() async throws {
-        let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 1) {
+        let server = try await TestServer.start(handler: .builtin("chaos"), workers: 1) {
             $0.maximumTasksPerConnection = 2
         }
         try await withTimeout {
-            let client = try await worker.client()
+            let client = try await server.client()
             let running = try await client.enqueue("sleep 60000")
             let queued = try await client.enqueue("echo queued")
             let failure = try await client.failure(of: "echo one too many")
             #expect(failure?.reason == .rejected)
             #expect(failure?.message == "too many tasks in flight on this connection (limit 2)")
 
-            let other = try await worker.client()
+            let other = try await server.client()
             let accepted = try await other.enqueue("echo other")
             #expect(try await accepted.status() == .inQueue)
 
@@ -32,16 +32,16 @@ struct LimitTests {
             try await other.close()
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("a task that would take the queued bytes past their limit is rejected; smaller ones still queue")
     func queuedBytes() async throws {
-        let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 1) {
+        let server = try await TestServer.start(handler: .builtin("chaos"), workers: 1) {
             $0.maximumQueuedBytes = 1000
         }
         try await withTimeout {
-            let client = try await worker.client()
+            let client = try await server.client()
             let running = try await client.enqueue("sleep 60000")
             _ = try await client.waitForInfo { $0.tasks.running == 1 }
             let large = "echo " + String(repeating: "a", count: 595)
@@ -56,29 +56,29 @@ struct LimitTests {
             #expect(try await small.text() == "small")
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("connections past the limit are closed as they arrive and logged; a freed place can be taken again")
     func connections() async throws {
-        let worker = try await TestServer.start(workers: 1) { $0.maximumConnections = 1 }
+        let server = try await TestServer.start(workers: 1) { $0.maximumConnections = 1 }
         try await withTimeout {
-            let first = try await worker.client()
+            let first = try await server.client()
             await #expect(throws: AiotaskClientError.self) {
-                _ = try await AiotaskClient.connect(to: worker.address, connectTimeout: .seconds(5))
+                _ = try await AiotaskClient.connect(to: server.address, connectTimeout: .seconds(5))
             }
-            _ = await worker.logs.first { $0.message.contains("refusing connection: 1 connections are open") }
+            _ = await server.logs.first { $0.message.contains("refusing connection: 1 connections are open") }
             #expect(try await first.submit("still served") == Array("still served".utf8))
             try await first.close()
 
             // The server sees the close a moment later; until then a new connection is still refused.
             var next: AiotaskClient?
             while next == nil {
-                next = try? await AiotaskClient.connect(to: worker.address, connectTimeout: .seconds(5))
+                next = try? await AiotaskClient.connect(to: server.address, connectTimeout: .seconds(5))
             }
             #expect(try await next?.submit("next") == Array("next".utf8))
             try await next?.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 }

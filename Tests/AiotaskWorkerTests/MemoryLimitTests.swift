@@ -21,35 +21,35 @@ struct MemoryLimitTests {
 
     @Test("a process that grows past the limit while it runs a task is killed; the task fails naming the limit")
     func enforcedWhileRunning() async throws {
-        let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 1) {
+        let server = try await TestServer.start(handler: .builtin("chaos"), workers: 1) {
             $0.maximumProcessRSS = Self.limit
             $0.memoryCheckInterval = .milliseconds(20)
         }
         try await withTimeout {
-            let client = try await worker.client()
+            let client = try await server.client()
             let before = try await client.workerPID()
             let death = try ProcessDeathWatch(pid: before)
             // `hog` never answers: only the supervisor's reading of its memory ends it.
             let failure = try #require(try await client.failure(of: "hog 200"))
             #expect(failure.reason == .workerCrashed)
             #expect(
-                failure.message.hasPrefix("worker process \(before) exceeded the memory limit: "),
+                failure.message.hasPrefix("pool process \(before) exceeded the memory limit: "),
                 "\(failure.message)"
             )
             #expect(failure.message.hasSuffix(" MiB > 64 MiB"), "\(failure.message)")
             #expect(await death.waitForExit(limit: .seconds(10)), "the process over the limit is still alive")
 
-            let logged = await worker.logs.first { $0.metadata["message_id"] == LogMessageID.memoryLimitExceeded }
+            let logged = await server.logs.first { $0.metadata["message_id"] == LogMessageID.memoryLimitExceeded }
             #expect(logged.level == .error)
             #expect(TestServer.workerPID(of: logged) == before)
 
             // The pool carries on with a fresh process.
-            try await worker.waitForFullPool()
+            try await server.waitForFullPool()
             #expect(try await client.workerPID() != before)
             #expect(try await client.submit("echo after") == Array("after".utf8))
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test(
@@ -75,12 +75,12 @@ struct MemoryLimitTests {
             """
         )
         defer { script.remove() }
-        let worker = try await TestServer.start(handler: script.command, workers: 1) {
+        let server = try await TestServer.start(handler: script.command, workers: 1) {
             $0.maximumProcessRSS = Self.limit
             $0.memoryCheckInterval = .milliseconds(20)
         }
         try await withTimeout {
-            let client = try await worker.client()
+            let client = try await server.client()
             let failure = try #require(try await client.failure(of: "grow", timeout: .seconds(15)))
             #expect(failure.reason == .workerCrashed)
             #expect(failure.message.contains(" with its children exceeded the memory limit: "), "\(failure.message)")
@@ -97,47 +97,47 @@ struct MemoryLimitTests {
                     "the child over the limit is still alive"
                 )
             } catch let error as ProcessDeathWatch.WatchError where error.errno == ESRCH {}
-            try await worker.waitForFullPool()
+            try await server.waitForFullPool()
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("a process left over the limit by a task keeps the task's result and is replaced before the next one")
     func checkedAfterEachTask() async throws {
-        let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 1) {
+        let server = try await TestServer.start(handler: .builtin("chaos"), workers: 1) {
             $0.maximumProcessRSS = Self.limit
             // No reading while a task runs: only the check after it can see the leak.
             $0.memoryCheckInterval = .seconds(3600)
         }
         try await withTimeout {
-            let client = try await worker.client()
+            let client = try await server.client()
             let first = try await client.workerPID()
             // Under the limit, the process serves on.
             #expect(try await client.submit("leak 4") == Array("leaked 4".utf8))
             #expect(try await client.workerPID() == first)
 
             #expect(try await client.submit("leak 100") == Array("leaked 100".utf8))
-            let logged = await worker.logs.first { $0.metadata["message_id"] == LogMessageID.memoryLimitExceeded }
+            let logged = await server.logs.first { $0.metadata["message_id"] == LogMessageID.memoryLimitExceeded }
             #expect(TestServer.workerPID(of: logged) == first)
             #expect(logged.message.contains("after a task"), "\(logged.message)")
             #expect(try await client.workerPID() != first)
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("without a limit, a process that leaks serves on")
     func noLimit() async throws {
-        let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 1)
+        let server = try await TestServer.start(handler: .builtin("chaos"), workers: 1)
         try await withTimeout {
-            let client = try await worker.client()
+            let client = try await server.client()
             let first = try await client.workerPID()
             #expect(try await client.submit("leak 100") == Array("leaked 100".utf8))
             #expect(try await client.workerPID() == first)
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("the resident size is read from /proc/PID/stat only for a live child of the reader")

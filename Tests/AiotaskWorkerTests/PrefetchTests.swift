@@ -41,9 +41,9 @@ private func sleepyScript() throws -> HandlerScript {
 struct PrefetchTests {
     @Test("a task sent ahead waits in the process's pipe, reports inQueue, and runs next on the same process")
     func runsNext() async throws {
-        let worker = try await prefetchingWorker()
+        let server = try await prefetchingWorker()
         try await withTimeout {
-            let client = try await worker.client()
+            let client = try await server.client()
             let running = try await client.enqueue("sleep 2000")
             _ = try await client.waitForInfo { $0.tasks.running == 1 }
             let ahead = try await client.enqueue("pid")
@@ -53,14 +53,14 @@ struct PrefetchTests {
             #expect(try await client.workerPID() == pid_t(pid))
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("when the process dies, only its running task fails; the task it had not started runs on another one")
     func crashRequeues() async throws {
-        let worker = try await prefetchingWorker()
+        let server = try await prefetchingWorker()
         try await withTimeout {
-            let client = try await worker.client()
+            let client = try await server.client()
             let doomedPID = try await client.workerPID()
             let running = try await client.enqueue("sleep 60000")
             _ = try await client.waitForInfo { $0.tasks.running == 1 }
@@ -74,14 +74,14 @@ struct PrefetchTests {
             #expect(ranOn != doomedPID)
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("a timed-out task's process is replaced, and the task sent ahead of it still gets its result")
     func timeoutRequeues() async throws {
-        let worker = try await prefetchingWorker()
+        let server = try await prefetchingWorker()
         try await withTimeout {
-            let client = try await worker.client()
+            let client = try await server.client()
             let slow = try await client.enqueue("sleep 60000", timeout: .milliseconds(300))
             _ = try await client.waitForInfo { $0.tasks.running == 1 }
             let ahead = try await client.enqueue("echo after the timeout")
@@ -89,16 +89,16 @@ struct PrefetchTests {
             #expect(try await ahead.text() == "after the timeout")
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("cancelling a task sent ahead to a Swift handler withdraws it: answered at once, the process carries on")
     func cancelAheadWithdraws() async throws {
-        let worker = try await prefetchingWorker()
-        let outcome = try await cancelBehindRunningTask(on: worker)
+        let server = try await prefetchingWorker()
+        let outcome = try await cancelBehindRunningTask(on: server)
         #expect(outcome.sameProcess)
         #expect(outcome.restarts == 0)
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test(
@@ -107,9 +107,9 @@ struct PrefetchTests {
     func cancelAheadOfProgram() async throws {
         let script = try sleepyScript()
         defer { script.remove() }
-        let worker = try await prefetchingWorker(handler: script.command)
-        #expect(try await !cancelBehindRunningTask(on: worker).sameProcess)
-        try await worker.stop()
+        let server = try await prefetchingWorker(handler: script.command)
+        #expect(try await !cancelBehindRunningTask(on: server).sameProcess)
+        try await server.stop()
     }
 
     @Test(
@@ -118,21 +118,21 @@ struct PrefetchTests {
     func noAutomaticPrefetchToPrograms() async throws {
         let script = try sleepyScript()
         defer { script.remove() }
-        let worker = try await TestServer.start(handler: script.command, workers: 1) {
+        let server = try await TestServer.start(handler: script.command, workers: 1) {
             $0.prefetchStallLimit = .seconds(3600)
         }
-        let outcome = try await cancelBehindRunningTask(on: worker)
+        let outcome = try await cancelBehindRunningTask(on: server)
         #expect(outcome.sameProcess)
         #expect(outcome.restarts == 0)
-        try await worker.stop()
+        try await server.stop()
     }
 
     /// On a pool of one process: runs `sleep 2000`, submits a second task behind it and cancels that one, which
     /// must be answered `cancelled` at once while the first completes. Returns whether the pool's process is then
     /// still the one that ran them, and the pool's restart count.
-    private func cancelBehindRunningTask(on worker: TestServer) async throws -> (sameProcess: Bool, restarts: Int) {
+    private func cancelBehindRunningTask(on server: TestServer) async throws -> (sameProcess: Bool, restarts: Int) {
         try await withTimeout {
-            let client = try await worker.client()
+            let client = try await server.client()
             let firstPID = try await client.workerPID()
             // Long enough that the cancel's answer, if it is not held back, comes while this one still runs.
             let running = try await client.enqueue("sleep \(2000 * testSlowdown)")
@@ -145,7 +145,7 @@ struct PrefetchTests {
             // task finished first, its result would be in and the server would no longer know it.
             #expect(try await running.status() == .processing, "the cancel was answered after the running task")
             #expect(try await running.text().hasPrefix("slept"))
-            try await worker.waitForFullPool()
+            try await server.waitForFullPool()
             let outcome = (try await client.workerPID() == firstPID, try await client.serverInfo().workers.restarts)
             try await client.close()
             return outcome
@@ -154,11 +154,11 @@ struct PrefetchTests {
 
     @Test("tasks sent ahead to a process busy with a long task are withdrawn and run on the process that is idle")
     func withdrawnToIdleProcess() async throws {
-        let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 2) {
+        let server = try await TestServer.start(handler: .builtin("chaos"), workers: 2) {
             $0.prefetchStallLimit = .seconds(3600)
         }
         try await withTimeout {
-            let client = try await worker.client()
+            let client = try await server.client()
             // Both processes have started serving (and so claim their tasks) once both answered a task.
             let warmUp = [try await client.enqueue("sleep 100"), try await client.enqueue("sleep 100")]
             for task in warmUp { #expect(try await task.text() == "slept 100") }
@@ -174,12 +174,12 @@ struct PrefetchTests {
             for handle in handles { pids.insert(try await handle.text()) }
             #expect(pids.count == 1, "every task ran on the process that became idle, not behind the long task")
             #expect(try await long.status() == .processing)
-            let withdrawal = await worker.logs.first { $0.message.contains("withdrew") }
+            let withdrawal = await server.logs.first { $0.message.contains("withdrew") }
             #expect(withdrawal.level == .debug)
             long.cancel()
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test(
@@ -206,13 +206,13 @@ struct PrefetchTests {
             """
         )
         defer { script.remove() }
-        let worker = try await TestServer.start(handler: script.command, workers: 1) {
+        let server = try await TestServer.start(handler: script.command, workers: 1) {
             $0.prefetch = 2
             $0.prefetchStallLimit = .seconds(3600)
             $0.killGracePeriod = .seconds(2) * testSlowdown
         }
         try await withTimeout {
-            let client = try await worker.client()
+            let client = try await server.client()
             // Once the program ignores SIGTERM: the timeout must find it running the task, not starting up.
             while !FileManager.default.fileExists(atPath: directory + "/started") {
                 try await Task.sleep(for: .milliseconds(5))
@@ -223,10 +223,10 @@ struct PrefetchTests {
             #expect(await slow.failure()?.reason == .timedOut)
             #expect(try await ahead[0].text() == "first")
             #expect(try await ahead[1].text() == "second")
-            try await worker.waitForFullPool()
+            try await server.waitForFullPool()
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
         let ran = try String(contentsOfFile: ranLog, encoding: .utf8).split(separator: "\n").sorted()
         #expect(ran == ["first", "second", "slow"], "each task ran once")
     }

@@ -20,17 +20,17 @@ import Testing
 struct ProcessIsolationTests {
     @Test("a pool process inherits no socket, not even one left open across exec")
     func noInheritedSockets() async throws {
-        let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 1)
+        let server = try await TestServer.start(handler: .builtin("chaos"), workers: 1)
         // A listening socket without close-on-exec, as a careless library could leave behind: only the spawn's
         // own closing of every descriptor above 2 keeps it out of the pool.
-        let leaky = try LeakySocket(path: worker.directory + "/leaky.sock")
+        let leaky = try LeakySocket(path: server.directory + "/leaky.sock")
         defer { leaky.close() }
         try await withTimeout {
-            let client = try await worker.client()
+            let client = try await server.client()
             let first = try await client.workerPID()
             // Replace the process now that the server listens, a client is connected and the leaky socket exists.
             _ = try await client.failure(of: "exit 1")
-            try await worker.waitForFullPool()
+            try await server.waitForFullPool()
             let pid = try await client.workerPID()
             #expect(pid != first)
 
@@ -40,7 +40,7 @@ struct ProcessIsolationTests {
             #expect(sockets.isEmpty, "pool process \(pid) holds sockets: \(sockets)")
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test(
@@ -95,9 +95,9 @@ struct ProcessIsolationTests {
 
     @Test("each pool process leads a process group of its own")
     func ownProcessGroup() async throws {
-        let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 2)
+        let server = try await TestServer.start(handler: .builtin("chaos"), workers: 2)
         try await withTimeout {
-            let started = worker.logs.entries.filter { $0.message == "worker process started" }
+            let started = server.logs.entries.filter { $0.message == "pool process started" }
             let pids = started.compactMap(TestServer.workerPID(of:))
             #expect(pids.count == 2)
             for pid in pids {
@@ -105,7 +105,7 @@ struct ProcessIsolationTests {
                 #expect(getpgid(pid) != getpgrp())
             }
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("pool processes die with the daemon, even when killed with SIGKILL and busy with a task")
@@ -139,8 +139,11 @@ struct ProcessIsolationTests {
 
             kill(daemon.pid, SIGKILL)
             #expect(await daemon.wait() == SIGKILL)
-            for worker in workers {
-                #expect(await worker.waitForExit(limit: .seconds(5)), "pool process \(worker.pid) outlived its daemon")
+            for process in workers {
+                #expect(
+                    await process.waitForExit(limit: .seconds(5)),
+                    "pool process \(process.pid) outlived its daemon"
+                )
             }
             try? await client.close()
         }

@@ -11,11 +11,11 @@ import Testing
 struct QueueLimitTests {
     @Test("a task beyond the queue's capacity is rejected at once; the queued ones still run")
     func rejectWhenFull() async throws {
-        let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 1) {
+        let server = try await TestServer.start(handler: .builtin("chaos"), workers: 1) {
             $0.queueCapacity = 2
         }
         try await withTimeout {
-            let client = try await worker.client()
+            let client = try await server.client()
             // The running task only ends when cancelled, so the rejection cannot have waited for the queue to move.
             let running = try await client.enqueue("sleep 60000")
             let first = try await client.enqueue("echo first")
@@ -40,17 +40,17 @@ struct QueueLimitTests {
             #expect(try await client.submit("echo fourth") == Array("fourth".utf8))
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("the capacity counts the tasks of every connection together")
     func sharedAcrossConnections() async throws {
-        let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 1) {
+        let server = try await TestServer.start(handler: .builtin("chaos"), workers: 1) {
             $0.queueCapacity = 1
         }
         try await withTimeout {
-            let one = try await worker.client()
-            let two = try await worker.client()
+            let one = try await server.client()
+            let two = try await server.client()
             let running = try await one.enqueue("sleep 60000")
             let queued = try await one.enqueue("echo queued")
             try await one.waitForInfo { $0.queue.length == 1 }
@@ -63,6 +63,6 @@ struct QueueLimitTests {
             try await one.close()
             try await two.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 }

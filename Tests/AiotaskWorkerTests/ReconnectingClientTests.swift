@@ -122,8 +122,8 @@ struct ReconnectingClientTests {
 
     @Test("concurrent tasks share one connection, made once; after close() every request fails at once")
     func sharesOneConnection() async throws {
-        let worker = try await TestServer.start(workers: 2)
-        let client = ReconnectingClient(to: worker.address)
+        let server = try await TestServer.start(workers: 2)
+        let client = ReconnectingClient(to: server.address)
         try await withTimeout {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for index in 0..<200 {
@@ -135,7 +135,7 @@ struct ReconnectingClientTests {
                 try await group.waitForAll()
             }
             #expect(try await client.serverInfo().connections == 1)
-            let connects = worker.logs.entries.filter { $0.message == "client connected" }
+            let connects = server.logs.entries.filter { $0.message == "client connected" }
             #expect(connects.count == 1, "connections made: \(connects.count)")
             try await client.close()
             do {
@@ -145,6 +145,6 @@ struct ReconnectingClientTests {
                 #expect(error == AiotaskClientError(.connectionLost, reason: "the client was closed"))
             }
         }
-        try await worker.stop()
+        try await server.stop()
     }
 }

@@ -28,9 +28,9 @@ private func payload(_ count: Int, seed: UInt64) -> ByteBuffer {
 struct SharedPayloadTests {
     @Test("tasks from just under the threshold to past the arena's size come back byte for byte; large ones used it")
     func echoAcrossSizes() async throws {
-        let worker = try await TestServer.start(workers: 1)
+        let server = try await TestServer.start(workers: 1)
         try await withTimeout {
-            let client = try await worker.client()
+            let client = try await server.client()
             let sizes = [
                 0, 100, SharedPayloadArena.threshold - 1, SharedPayloadArena.threshold, 1 << 20, 3 << 20 + 7,
                 SharedPayloadArena.defaultCapacity + 1,
@@ -39,39 +39,39 @@ struct SharedPayloadTests {
                 let task = payload(size, seed: UInt64(seed))
                 #expect(try await client.submit(task) == task, "\(size) bytes")
             }
-            let usage = try await worker.server.sharedPayloadUsage()
+            let usage = try await server.server.sharedPayloadUsage()
             // The three between the threshold and the arena's size; the one larger than the arena went inline.
             #expect(usage.tasks == 3)
             #expect(usage.regionsInUse == 0)
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("with a smaller arena, a task larger than it travels inline; with none, every task does")
     func configuredSize() async throws {
         for megabytes in [1, 0] {
-            let worker = try await TestServer.start(workers: 1) { $0.sharedPayloadBytes = megabytes << 20 }
+            let server = try await TestServer.start(workers: 1) { $0.sharedPayloadBytes = megabytes << 20 }
             try await withTimeout {
-                let client = try await worker.client()
+                let client = try await server.client()
                 // Answered once the process has mapped its arena: tasks sent before that travel inline.
                 #expect(try await client.submit("ready") == Array("ready".utf8))
                 for (seed, size) in [512 * 1024, 2 << 20].enumerated() {
                     let task = payload(size, seed: UInt64(seed))
                     #expect(try await client.submit(task) == task, "\(size) bytes")
                 }
-                #expect(try await worker.server.sharedPayloadUsage().tasks == megabytes)
+                #expect(try await server.server.sharedPayloadUsage().tasks == megabytes)
                 try await client.close()
             }
-            try await worker.stop()
+            try await server.stop()
         }
     }
 
     @Test("many large tasks in flight, sent ahead and answered in turn, leave no region behind")
     func regionsAreReturned() async throws {
-        let worker = try await TestServer.start(workers: 2)
+        let server = try await TestServer.start(workers: 2)
         try await withTimeout {
-            let client = try await worker.client()
+            let client = try await server.client()
             let tasks = (0..<24).map { payload(256 * 1024 + $0, seed: UInt64($0)) }
             try await withThrowingTaskGroup(of: Bool.self) { group in
                 for task in tasks {
@@ -79,21 +79,21 @@ struct SharedPayloadTests {
                 }
                 for try await matched in group { #expect(matched) }
             }
-            let usage = try await worker.server.sharedPayloadUsage()
+            let usage = try await server.server.sharedPayloadUsage()
             #expect(usage.tasks >= 2)
             #expect(usage.regionsInUse == 0)
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("large tasks sent ahead to a busy process and withdrawn run on another one, and free their regions")
     func withdrawnTasksFreeTheirRegions() async throws {
-        let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 2) {
+        let server = try await TestServer.start(handler: .builtin("chaos"), workers: 2) {
             $0.prefetchStallLimit = .seconds(3600)
         }
         try await withTimeout {
-            let client = try await worker.client()
+            let client = try await server.client()
             // Both processes busy for a minute, so the large tasks are sent ahead behind them.
             let stuck = try await client.enqueue("sleep 60000")
             let interrupted = try await client.enqueue("sleep 60000")
@@ -106,14 +106,14 @@ struct SharedPayloadTests {
             // waiting behind the stuck one: only so can all four finish within the test's time.
             interrupted.cancel()
             for (handle, text) in zip(handles, texts) { #expect(try await handle.text() == text) }
-            let usage = try await worker.server.sharedPayloadUsage()
+            let usage = try await server.server.sharedPayloadUsage()
             #expect(usage.tasks >= 2)
             #expect(usage.regionsInUse == 0)
-            #expect(worker.logs.entries.contains { $0.message.contains("withdrew") })
+            #expect(server.logs.entries.contains { $0.message.contains("withdrew") })
             stuck.cancel()
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("a process that points at shared memory outside its task's region fails that task, and the pool goes on")
@@ -147,18 +147,18 @@ struct SharedPayloadTests {
             environment: [PoolProcessRole.environmentKey: PoolProcessRole.handler.rawValue],
             displayName: "lying"
         )
-        let worker = try await TestServer.start(handler: command, workers: 1)
+        let server = try await TestServer.start(handler: command, workers: 1)
         try await withTimeout {
-            let client = try await worker.client()
+            let client = try await server.client()
             #expect(try await client.submit("small") == Array("small".utf8))
             let failure = try await client.enqueue(payload(100_000, seed: 1)).failure()
             #expect(failure?.reason == .workerCrashed)
             #expect(failure?.message.contains("at offset 64 of shared memory") == true)
             #expect(try await client.submit("after") == Array("after".utf8))
-            let broken = worker.logs.entries.filter { $0.message.contains("broke its link") }
+            let broken = server.logs.entries.filter { $0.message.contains("broke its link") }
             #expect(broken.contains { $0.message.contains("100000 bytes at offset 0") })
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 }

@@ -95,39 +95,39 @@ func bindAndAbandonUnixSocket(at path: String) throws {
 struct ServerErrorTests {
     @Test("a server that cannot listen throws a ServerError whose code is cannotListen, with the address and errno")
     func cannotListen() async throws {
-        let worker = try await TestServer.start(workers: 1)
+        let server = try await TestServer.start(workers: 1)
         do {
-            let configuration = ServerConfiguration(listenAddresses: [worker.address], handler: .builtin("echo"))
-            _ = try await AiotaskServer.start(configuration: configuration, logger: worker.logs.logger)
+            let configuration = ServerConfiguration(listenAddresses: [server.address], handler: .builtin("echo"))
+            _ = try await AiotaskServer.start(configuration: configuration, logger: server.logs.logger)
             Issue.record("a second server took the path of a live one")
         } catch let error as ServerError {
             #expect(error.code == .cannotListen)
-            #expect(error.listenError?.address == "\(worker.address)")
+            #expect(error.listenError?.address == "\(server.address)")
             #expect(error.listenError?.code == EADDRINUSE)
-            #expect(error.description == "cannot listen on \(worker.address): another process is listening there")
+            #expect(error.description == "cannot listen on \(server.address): another process is listening there")
             let underlying = try #require(error.listenError?.underlying as? UnixSocketPathError)
             #expect(underlying.code == .inUse)
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("a TCP address that cannot be bound keeps the system's error, not only its words")
     func keepsUnderlyingError() async throws {
-        let worker = try await TestServer.start(workers: 1, listen: [.tcp(host: "127.0.0.1", port: 0)])
-        let port = try #require(worker.server.localAddresses.compactMap(\.port).first)
+        let server = try await TestServer.start(workers: 1, listen: [.tcp(host: "127.0.0.1", port: 0)])
+        let port = try #require(server.server.localAddresses.compactMap(\.port).first)
         do {
             let configuration = ServerConfiguration(
                 listenAddresses: [.tcp(host: "127.0.0.1", port: port)],
                 handler: .builtin("echo")
             )
-            _ = try await AiotaskServer.start(configuration: configuration, logger: worker.logs.logger)
+            _ = try await AiotaskServer.start(configuration: configuration, logger: server.logs.logger)
             Issue.record("a second server bound a port in use")
         } catch let error as ServerError {
             #expect(error.code == .cannotListen)
             let underlying = try #require(error.listenError?.underlying as? IOError)
             #expect(underlying.errnoCode == EADDRINUSE)
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("a server given nothing to listen on throws a ServerError whose code is nothingToListenOn")

@@ -11,9 +11,9 @@ import Testing
 struct StatusTests {
     @Test("STATUS follows a task from the queue through its process to its end")
     func lifecycle() async throws {
-        let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 1)
+        let server = try await TestServer.start(handler: .builtin("chaos"), workers: 1)
         try await withTimeout(.seconds(10)) {
-            let client = try await worker.client()
+            let client = try await server.client()
             // The pool's one process is idle, so the first task runs at once and the second waits behind it.
             let running = try await client.enqueue("sleep 60000")
             let waiting = try await client.enqueue("echo waited")
@@ -34,16 +34,16 @@ struct StatusTests {
             #expect(try await client.status(of: TaskID.random()) == .notFound)
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("a connection remembers only its most recent finished tasks")
     func finishedTasksBounded() async throws {
-        let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 1) {
+        let server = try await TestServer.start(handler: .builtin("chaos"), workers: 1) {
             $0.finishedTasksRemembered = 2
         }
         try await withTimeout(.seconds(10)) {
-            let client = try await worker.client()
+            let client = try await server.client()
             var tasks: [TaskHandle] = []
             for index in 1...3 {
                 let task = try await client.enqueue("echo \(index)")
@@ -60,15 +60,15 @@ struct StatusTests {
             #expect(try await tasks[2].status() == .done)
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("each connection has its own tasks: another connection's id is unknown")
     func perConnection() async throws {
-        let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 1)
+        let server = try await TestServer.start(handler: .builtin("chaos"), workers: 1)
         try await withTimeout(.seconds(10)) {
-            let owner = try await worker.client()
-            let stranger = try await worker.client()
+            let owner = try await server.client()
+            let stranger = try await server.client()
             let task = try await owner.enqueue("sleep 60000")
             #expect(try await task.status() == .processing)
             #expect(try await stranger.status(of: task.id) == .notFound)
@@ -77,6 +77,6 @@ struct StatusTests {
             try await owner.close()
             try await stranger.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 }

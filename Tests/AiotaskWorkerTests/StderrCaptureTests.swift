@@ -13,38 +13,38 @@ import Testing
 struct StderrCaptureTests {
     @Test("a line a handler writes to stderr is logged with the pid of its process")
     func lineLoggedWithPID() async throws {
-        let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 1)
+        let server = try await TestServer.start(handler: .builtin("chaos"), workers: 1)
         try await withTimeout(.seconds(10)) {
-            let client = try await worker.client()
+            let client = try await server.client()
             let pid = try await client.workerPID()
             #expect(try await client.submit("stderr hello-marker") == Array("logged".utf8))
-            let entry = await worker.logs.first { $0.message == "hello-marker" }
+            let entry = await server.logs.first { $0.message == "hello-marker" }
             #expect(TestServer.workerPID(of: entry) == pid)
             #expect(entry.level == .notice)
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("each process's lines carry its own pid")
     func linesOfSeveralProcesses() async throws {
-        let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 1) {
+        let server = try await TestServer.start(handler: .builtin("chaos"), workers: 1) {
             $0.maximumTasksPerProcess = 2
         }
         try await withTimeout(.seconds(10)) {
-            let client = try await worker.client()
+            let client = try await server.client()
             let first = try await client.workerPID()
             _ = try await client.submit("stderr from-first")
             let second = try await client.workerPID()
             _ = try await client.submit("stderr from-second")
             #expect(first != second)
-            let one = await worker.logs.first { $0.message == "from-first" }
-            let two = await worker.logs.first { $0.message == "from-second" }
+            let one = await server.logs.first { $0.message == "from-first" }
+            let two = await server.logs.first { $0.message == "from-second" }
             #expect(TestServer.workerPID(of: one) == first)
             #expect(TestServer.workerPID(of: two) == second)
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("1 MiB of stderr without a newline is logged in lines of at most 4,096 bytes that add up to all of it")
@@ -62,14 +62,14 @@ struct StderrCaptureTests {
             """
         )
         defer { script.remove() }
-        let worker = try await TestServer.start(handler: script.command, workers: 1)
+        let server = try await TestServer.start(handler: script.command, workers: 1)
         try await withTimeout {
-            let client = try await worker.client()
+            let client = try await server.client()
             #expect(try await client.submit("flood") == Array("flooded".utf8))
-            let done = await worker.logs.first { $0.message == "flood-done" }
+            let done = await server.logs.first { $0.message == "flood-done" }
             let pid = try #require(TestServer.workerPID(of: done))
             // The process's stderr lines (notices), not the supervisor's own entries about it.
-            let lines = worker.logs.entries.filter {
+            let lines = server.logs.entries.filter {
                 TestServer.workerPID(of: $0) == pid && $0.level == .notice && $0.message != "flood-done"
             }
             let lengths = lines.map(\.message.utf8.count)
@@ -83,25 +83,25 @@ struct StderrCaptureTests {
             #expect(euros.allSatisfy { $0.message.allSatisfy { $0 == "€" } }, "a character was cut in two")
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("a 1.2 MB handler error is cut to 4 KiB in the FAILED frame and in the log line")
     func longErrorCutInLog() async throws {
-        let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 1)
+        let server = try await TestServer.start(handler: .builtin("chaos"), workers: 1)
         try await withTimeout {
-            let client = try await worker.client()
+            let client = try await server.client()
             let message = String(repeating: "e", count: 1_200_000)
             let failure = try #require(try await client.failure(of: "fail \(message)"))
             #expect(failure.reason == .handlerError)
             #expect(failure.message.utf8.count <= 4096)
-            let logged = await worker.logs.first { $0.message.hasPrefix("task failed: ") }
+            let logged = await server.logs.first { $0.message.hasPrefix("task failed: ") }
             // `task failed: REASON: MESSAGE`: the handler's message is cut as in the frame.
             let loggedMessage = logged.message.components(separatedBy: ": ").dropFirst(2).joined(separator: ": ")
             #expect(loggedMessage.utf8.count <= 4096, "\(logged.message.utf8.count) bytes")
             #expect(logged.message.hasSuffix("(1200000 bytes in all)"), "\(logged.message.suffix(40))")
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 }

@@ -20,9 +20,9 @@ struct TaskContextTests {
 
     @Test("each task's context carries the id its client chose, tasks sent ahead too")
     func idOfEachTask() async throws {
-        let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 1)
+        let server = try await TestServer.start(handler: .builtin("chaos"), workers: 1)
         try await withTimeout {
-            let client = try await worker.client()
+            let client = try await server.client()
             // Twenty at once on one process: all but the first are sent ahead behind the one it runs.
             let handles = try await withThrowingTaskGroup(of: TaskHandle.self) { group in
                 for index in 0..<20 {
@@ -36,16 +36,16 @@ struct TaskContextTests {
             }
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("the deadline is the task's start plus the client's timeout, else the server's task-timeout, else none")
     func deadline() async throws {
-        let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 1) {
+        let server = try await TestServer.start(handler: .builtin("chaos"), workers: 1) {
             $0.defaultTaskTimeout = .seconds(400)
         }
         try await withTimeout {
-            let client = try await worker.client()
+            let client = try await server.client()
             let own = try Self.context(in: try await client.submit("context own", timeout: .seconds(200)))
             let left = try #require(own.millisecondsLeft)
             // Read as the handler starts: no more than the timeout, and less only by how long the start took.
@@ -57,7 +57,7 @@ struct TaskContextTests {
             #expect(defaultLeft > 400_000 - 10_000 * testSlowdown)
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
 
         let unlimited = try await TestServer.start(handler: .builtin("chaos"), workers: 1)
         try await withTimeout {
@@ -71,18 +71,18 @@ struct TaskContextTests {
 
     @Test("a line logged through the context's logger reaches the daemon's log with the task id and the process's pid")
     func loggerReachesDaemonLog() async throws {
-        let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 1)
+        let server = try await TestServer.start(handler: .builtin("chaos"), workers: 1)
         try await withTimeout {
-            let client = try await worker.client()
+            let client = try await server.client()
             let pid = try await client.workerPID()
             let handle = try await client.enqueue(ByteBuffer(string: "context context-log-marker"))
             _ = try await handle.result()
-            let entry = await worker.logs.first { $0.message.contains("context-log-marker") }
+            let entry = await server.logs.first { $0.message.contains("context-log-marker") }
             #expect(entry.message == "info task_id=\(handle.id): context-log-marker")
             #expect(TestServer.workerPID(of: entry) == pid)
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("a handler program gets no context: its framing is the documented one")
@@ -97,13 +97,13 @@ struct TaskContextTests {
                 reply(0, read_exactly(length))
             """
         )
-        let worker = try await TestServer.start(handler: .program(script.path), workers: 1)
+        let server = try await TestServer.start(handler: .program(script.path), workers: 1)
         try await withTimeout {
-            let client = try await worker.client()
+            let client = try await server.client()
             #expect(try await client.submit("plain", timeout: .seconds(30)) == Array("plain".utf8))
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 }
 

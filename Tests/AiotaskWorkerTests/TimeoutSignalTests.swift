@@ -57,13 +57,13 @@ extension TimeoutTests {
         let script = try Self.termTrap(staysOnTerm: false)
         defer { script.remove() }
         // A grace far longer than the test waits: only SIGTERM can end the process in time.
-        let worker = try await TestServer.start(handler: script.command, workers: 1) {
+        let server = try await TestServer.start(handler: script.command, workers: 1) {
             $0.killGracePeriod = .seconds(120 * testSlowdown)
         }
         let survivors = Survivors()
         defer { survivors.kill() }
         try await withTimeout(.seconds(20)) {
-            let client = try await worker.client()
+            let client = try await server.client()
             let pid = try #require(pid_t(String(decoding: try await client.submit("pid"), as: UTF8.self)))
             let process = try ProcessDeathWatch(pid: pid)
             survivors.add([process])
@@ -76,13 +76,13 @@ extension TimeoutTests {
             )
             let marker = try String(contentsOfFile: script.directory + "/term", encoding: .utf8)
             #expect(marker.hasPrefix("TERM "), "\(marker)")
-            let exit = await worker.logs.first {
-                $0.message.hasPrefix("retired worker process") && TestServer.workerPID(of: $0) == pid
+            let exit = await server.logs.first {
+                $0.message.hasPrefix("retired pool process") && TestServer.workerPID(of: $0) == pid
             }
             #expect(exit.message.contains("exited with code 0"), "\(exit.message)")
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("a timed-out handler program that traps SIGTERM and stays is killed with SIGKILL only after the kill grace")
@@ -90,13 +90,13 @@ extension TimeoutTests {
         let script = try Self.termTrap(staysOnTerm: true)
         defer { script.remove() }
         let grace = Duration.seconds(1)
-        let worker = try await TestServer.start(handler: script.command, workers: 1) {
+        let server = try await TestServer.start(handler: script.command, workers: 1) {
             $0.killGracePeriod = grace
         }
         let survivors = Survivors()
         defer { survivors.kill() }
         try await withTimeout(.seconds(20)) {
-            let client = try await worker.client()
+            let client = try await server.client()
             let pid = try #require(pid_t(String(decoding: try await client.submit("pid"), as: UTF8.self)))
             let process = try ProcessDeathWatch(pid: pid)
             survivors.add([process])
@@ -104,8 +104,8 @@ extension TimeoutTests {
             let failure = try #require(try await client.failure(of: "hang", timeout: .milliseconds(200)))
             #expect(failure.reason == .timedOut)
             #expect(await process.waitForExit(limit: .seconds(10 * testSlowdown)), "process \(pid) outlived SIGKILL")
-            let exit = await worker.logs.first {
-                $0.message.hasPrefix("retired worker process") && TestServer.workerPID(of: $0) == pid
+            let exit = await server.logs.first {
+                $0.message.hasPrefix("retired pool process") && TestServer.workerPID(of: $0) == pid
             }
             #expect(exit.message.contains("SIGKILL"), "\(exit.message)")
 
@@ -119,18 +119,18 @@ extension TimeoutTests {
             #expect(livedAfterTerm >= 0.5, "the process lived \(livedAfterTerm) s after SIGTERM; the grace is \(grace)")
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("a timed-out Swift-handler process acts on SIGTERM: it dies of it within the kill grace")
     func sigtermReachesSwiftHandler() async throws {
-        let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 1) {
+        let server = try await TestServer.start(handler: .builtin("chaos"), workers: 1) {
             $0.killGracePeriod = .seconds(120 * testSlowdown)
         }
         let survivors = Survivors()
         defer { survivors.kill() }
         try await withTimeout(.seconds(20)) {
-            let client = try await worker.client()
+            let client = try await server.client()
             let pid = try await client.workerPID()
             let process = try ProcessDeathWatch(pid: pid)
             survivors.add([process])
@@ -141,12 +141,12 @@ extension TimeoutTests {
                 await process.waitForExit(limit: .seconds(10 * testSlowdown)),
                 "process \(pid) did not act on SIGTERM"
             )
-            let exit = await worker.logs.first {
-                $0.message.hasPrefix("retired worker process") && TestServer.workerPID(of: $0) == pid
+            let exit = await server.logs.first {
+                $0.message.hasPrefix("retired pool process") && TestServer.workerPID(of: $0) == pid
             }
             #expect(exit.message.contains("SIGTERM"), "\(exit.message)")
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 }

@@ -19,11 +19,11 @@ import Testing
 struct TimeoutTests {
     @Test("the server's default timeout fails a task that runs too long with timedOut")
     func serverDefault() async throws {
-        let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 1) {
+        let server = try await TestServer.start(handler: .builtin("chaos"), workers: 1) {
             $0.defaultTaskTimeout = .milliseconds(500)
         }
         try await withTimeout(.seconds(10)) {
-            let client = try await worker.client()
+            let client = try await server.client()
             // It runs first, then fails on the server's timeout, which its message names.
             let task = try await client.enqueue("sleep 60000")
             _ = try await client.waitForInfo { $0.tasks.running == 1 }
@@ -34,48 +34,48 @@ struct TimeoutTests {
             #expect(try await client.submit("sleep 10") == Array("slept 10".utf8))
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("a client's timeout overrides a larger server default")
     func clientOverridesLargerDefault() async throws {
-        let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 1) {
+        let server = try await TestServer.start(handler: .builtin("chaos"), workers: 1) {
             $0.defaultTaskTimeout = .seconds(30)
         }
         try await withTimeout(.seconds(10)) {
-            let client = try await worker.client()
+            let client = try await server.client()
             let failure = try #require(try await client.failure(of: "sleep 60000", timeout: .milliseconds(200)))
             #expect(failure.reason == .timedOut)
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("a client's timeout applies where the server has none")
     func clientTimeoutWithoutDefault() async throws {
-        let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 1) {
+        let server = try await TestServer.start(handler: .builtin("chaos"), workers: 1) {
             $0.defaultTaskTimeout = nil
         }
         try await withTimeout(.seconds(10)) {
-            let client = try await worker.client()
+            let client = try await server.client()
             let failure = try #require(try await client.failure(of: "sleep 60000", timeout: .milliseconds(200)))
             #expect(failure.reason == .timedOut)
             // The timeout is per task: the next one, without, runs past it.
             #expect(try await client.submit("sleep 400") == Array("slept 400".utf8))
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("a timed-out process that ignores SIGTERM is killed with SIGKILL after the grace period")
     func sigkillAfterGrace() async throws {
-        let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 1) {
+        let server = try await TestServer.start(handler: .builtin("chaos"), workers: 1) {
             $0.killGracePeriod = .milliseconds(200)
         }
         let survivors = Survivors()
         defer { survivors.kill() }
         try await withTimeout(.seconds(10)) {
-            let client = try await worker.client()
+            let client = try await server.client()
             let pid = try await client.workerPID()
             let process = try ProcessDeathWatch(pid: pid)
             survivors.add([process])
@@ -83,15 +83,15 @@ struct TimeoutTests {
             let failure = try #require(try await client.failure(of: "hang", timeout: .milliseconds(200)))
             #expect(failure.reason == .timedOut)
             #expect(await process.waitForExit(limit: .seconds(5)), "process \(pid) outlived its SIGKILL")
-            let exit = await worker.logs.first {
-                $0.message.hasPrefix("retired worker process") && TestServer.workerPID(of: $0) == pid
+            let exit = await server.logs.first {
+                $0.message.hasPrefix("retired pool process") && TestServer.workerPID(of: $0) == pid
             }
             #expect(exit.message.contains("SIGKILL"), "\(exit.message)")
 
             #expect(try await client.workerPID() != pid)
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test(
@@ -137,18 +137,18 @@ struct TimeoutTests {
             """
         )
         defer { script.remove() }
-        let worker = try await TestServer.start(handler: script.command, workers: 1) {
+        let server = try await TestServer.start(handler: script.command, workers: 1) {
             $0.killGracePeriod = .seconds(1) * testSlowdown
         }
         try await withTimeout(.seconds(30)) {
-            let client = try await worker.client()
+            let client = try await server.client()
             let first = try #require(pid_t(String(decoding: try await client.submit("pid"), as: UTF8.self)))
             #expect(try await client.failure(of: "60000", timeout: .milliseconds(100))?.reason == .timedOut)
             let second = try #require(pid_t(String(decoding: try await client.submit("pid"), as: UTF8.self)))
             #expect(second != first)
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
         let overlaps = (try? String(contentsOfFile: directory + "/overlaps", encoding: .utf8)) ?? ""
         #expect(overlaps.isEmpty, "processes started while one with their index was alive: \(overlaps)")
         let registered = try String(contentsOfFile: directory + "/registry", encoding: .utf8)
@@ -157,16 +157,16 @@ struct TimeoutTests {
 
     @Test("a timeout kills the whole process group, so a handler's own child dies too")
     func processGroupKilled() async throws {
-        let worker = try await TestServer.start(handler: .builtin("chaos"), workers: 1) {
+        let server = try await TestServer.start(handler: .builtin("chaos"), workers: 1) {
             $0.killGracePeriod = .milliseconds(200)
         }
         let survivors = Survivors()
         defer { survivors.kill() }
         try await withTimeout(.seconds(10)) {
-            let client = try await worker.client()
+            let client = try await server.client()
             let task = try await client.enqueue("orphan", timeout: .seconds(3))
 
-            let line = await worker.logs.first { $0.message.hasPrefix("orphan pid ") }
+            let line = await server.logs.first { $0.message.hasPrefix("orphan pid ") }
             let orphanPID = try #require(pid_t(line.message.dropFirst("orphan pid ".count)))
             let workerPID = try #require(TestServer.workerPID(of: line))
             let orphan = try ProcessDeathWatch(pid: orphanPID)
@@ -182,6 +182,6 @@ struct TimeoutTests {
             )
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 }

@@ -13,62 +13,62 @@ import Testing
     import Musl
 #endif
 
-/// Clients reach the worker over every kind of socket it listens on, and get their own results back.
+/// Clients reach the server over every kind of socket it listens on, and get their own results back.
 @Suite("Transports")
 struct TransportTests {
-    @Test("a client reaches the worker over TCP on 127.0.0.1")
+    @Test("a client reaches the server over TCP on 127.0.0.1")
     func tcpIPv4() async throws {
-        let worker = try await TestServer.start(listen: [.tcp(host: "127.0.0.1", port: 0)])
+        let server = try await TestServer.start(listen: [.tcp(host: "127.0.0.1", port: 0)])
         try await withTimeout {
-            let address = try #require(worker.server.localAddresses.first { $0.protocol == .inet })
+            let address = try #require(server.server.localAddresses.first { $0.protocol == .inet })
             let port = try #require(address.port)
             #expect(port != 0)
             let client = try await AiotaskClient.connect(to: .tcp(host: "127.0.0.1", port: port))
             #expect(try await client.submit("over ipv4") == Array("over ipv4".utf8))
             // The server saw a TCP peer on the loopback address, not the Unix socket.
-            let connected = await worker.logs.first { $0.message == "client connected" }
+            let connected = await server.logs.first { $0.message == "client connected" }
             #expect(connected.metadata["client"]?.hasPrefix("127.0.0.1:") == true)
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
-    @Test("a client reaches the worker over TCP on [::1]", .enabled(if: hasIPv6Loopback, "no IPv6 loopback here"))
+    @Test("a client reaches the server over TCP on [::1]", .enabled(if: hasIPv6Loopback, "no IPv6 loopback here"))
     func tcpIPv6() async throws {
-        let worker = try await TestServer.start(listen: [.tcp(host: "::1", port: 0)])
+        let server = try await TestServer.start(listen: [.tcp(host: "::1", port: 0)])
         try await withTimeout {
-            let address = try #require(worker.server.localAddresses.first { $0.protocol == .inet6 })
+            let address = try #require(server.server.localAddresses.first { $0.protocol == .inet6 })
             let port = try #require(address.port)
             let client = try await AiotaskClient.connect(to: "tcp://[::1]:\(port)")
             #expect(try await client.submit("over ipv6") == Array("over ipv6".utf8))
-            let connected = await worker.logs.first { $0.message == "client connected" }
+            let connected = await server.logs.first { $0.message == "client connected" }
             #expect(connected.metadata["client"]?.hasPrefix("::1:") == true)
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
-    @Test("a client reaches the worker over a Unix socket")
+    @Test("a client reaches the server over a Unix socket")
     func unixSocket() async throws {
-        let worker = try await TestServer.start()
+        let server = try await TestServer.start()
         try await withTimeout {
-            guard case .unix(let path) = worker.address else { Issue.record("not a Unix address"); return }
-            #expect(worker.server.localAddresses.contains { $0.protocol == .unix })
+            guard case .unix(let path) = server.address else { Issue.record("not a Unix address"); return }
+            #expect(server.server.localAddresses.contains { $0.protocol == .unix })
             let client = try await AiotaskClient.connect(to: "unix:\(path)")
             #expect(try await client.submit("over unix") == Array("over unix".utf8))
-            let connected = await worker.logs.first { $0.message == "client connected" }
+            let connected = await server.logs.first { $0.message == "client connected" }
             #expect(connected.metadata["client"] == "unix")
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("5,000 concurrent tasks over 4 connections each get their own result")
     func manyConcurrentTasks() async throws {
-        let worker = try await TestServer.start(workers: 2)
+        let server = try await TestServer.start(workers: 2)
         try await withTimeout(.seconds(40)) {
             var clients: [AiotaskClient] = []
-            for _ in 0..<4 { clients.append(try await worker.client()) }
+            for _ in 0..<4 { clients.append(try await server.client()) }
             let taskCount = 5_000
             let mismatches = try await withThrowingTaskGroup(of: Int.self) { group in
                 for index in 0..<taskCount {
@@ -83,24 +83,24 @@ struct TransportTests {
                 return try await group.reduce(0, +)
             }
             #expect(mismatches == 0)
-            let info = try await worker.server.info()
+            let info = try await server.server.info()
             #expect(info.tasks.succeeded == taskCount)
             #expect(info.connections == 4)
             for client in clients { try await client.close() }
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("a 5 MiB task comes back whole over the extended protocol", arguments: [false, true])
     func largePayload(overTCP: Bool) async throws {
-        let worker = try await TestServer.start(listen: overTCP ? [.tcp(host: "127.0.0.1", port: 0)] : [])
+        let server = try await TestServer.start(listen: overTCP ? [.tcp(host: "127.0.0.1", port: 0)] : [])
         try await withTimeout(.seconds(30)) {
             let client: AiotaskClient
             if overTCP {
-                let port = try #require(worker.server.localAddresses.first { $0.protocol == .inet }?.port)
+                let port = try #require(server.server.localAddresses.first { $0.protocol == .inet }?.port)
                 client = try await AiotaskClient.connect(to: .tcp(host: "127.0.0.1", port: port))
             } else {
-                client = try await worker.client()
+                client = try await server.client()
             }
             let payload = pseudoRandomBytes(count: 5 * 1024 * 1024)
             async let first = client.submit(payload)
@@ -111,14 +111,14 @@ struct TransportTests {
             #expect(secondResult == Array(payload.reversed()))
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 
     @Test("a result over the limit the client announced fails with payloadTooLarge; the connection carries on")
     func resultOverClientLimit() async throws {
-        let worker = try await TestServer.start(workers: 1)
+        let server = try await TestServer.start(workers: 1)
         try await withTimeout {
-            let client = try await AiotaskClient.connect(to: worker.address, maximumResultLength: 1000)
+            let client = try await AiotaskClient.connect(to: server.address, maximumResultLength: 1000)
             let failure = try await #require(throws: TaskFailure.self) {
                 try await client.submit([UInt8](repeating: 0x61, count: 1001))
             }
@@ -127,11 +127,11 @@ struct TransportTests {
             let fits = [UInt8](repeating: 0x62, count: 1000)
             #expect(try await client.submit(fits) == fits)
             // The refused result is counted as a failure, not as a success.
-            let tasks = try await worker.server.info().tasks
+            let tasks = try await server.server.info().tasks
             #expect(tasks.succeeded == 1 && tasks.failed == 1)
             try await client.close()
         }
-        try await worker.stop()
+        try await server.stop()
     }
 }
 

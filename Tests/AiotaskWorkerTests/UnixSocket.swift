@@ -1,10 +1,8 @@
+import AiotaskTestSupport
 import Foundation
 
 #if canImport(Glibc)
     import Glibc
-    // `timespec` and `timeval` are declared again by the Swift runtime's shims, which some dependencies
-    // import; member import visibility then wants their module named too.
-    import SwiftOverlayShims
 #elseif canImport(Musl)
     import Musl
 #endif
@@ -33,12 +31,7 @@ final class UnixSocket {
             close(descriptor)
             throw POSIXError(.init(rawValue: error) ?? .EIO)
         }
-        let seconds = receiveTimeout.components.seconds
-        var timeout = timeval(
-            tv_sec: Int(seconds),
-            tv_usec: Int(receiveTimeout.components.attoseconds / 1_000_000_000_000)
-        )
-        setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        setReceiveTimeout(descriptor, receiveTimeout)
     }
 
     deinit {

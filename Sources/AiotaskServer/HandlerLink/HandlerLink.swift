@@ -8,13 +8,13 @@ import NIOCore
     import Musl
 #endif
 
-/// The handler process's side of its link to the supervisor: plain blocking reads and writes on the two pipe
+/// The handler process's side of its link to the daemon: plain blocking reads and writes on the two pipe
 /// descriptors.
 ///
 /// A pool process runs one task at a time, so it needs no event loop: it reads as many bytes as the pipe holds
-/// (several tasks at once when the supervisor sends tasks ahead), answers each task with a single `writev`
+/// (several tasks at once when the daemon sends tasks ahead), answers each task with a single `writev`
 /// as soon as it is done, and only blocks in `read` when it has no whole task buffered. With ``TaskClaims``, it
-/// claims each task before returning it, and skips those the supervisor withdrew. With a ``SharedPayloadArena``, it
+/// claims each task before returning it, and skips those the daemon withdrew. With a ``SharedPayloadArena``, it
 /// takes large tasks from the arena, and puts results that fit back in their task's region.
 package struct HandlerLink {
     /// Why the link failed.
@@ -28,7 +28,7 @@ package struct HandlerLink {
     private var decoder: ContextualPoolRequestDecoder
     private let claims: TaskClaims?
     private let arena: SharedPayloadArena?
-    /// What the supervisor said about the task last returned by ``nextTask()``, if it sends a header with each.
+    /// What the daemon said about the task last returned by ``nextTask()``, if it sends a header with each.
     package private(set) var currentContext: TaskContextHeader?
     /// The arena region of the task being run, where its result goes if it fits.
     private var currentRegion: Range<Int>?
@@ -41,7 +41,7 @@ package struct HandlerLink {
     /// Smallest read attempted, so that many small tasks arrive in one `read`.
     private static let minimumRead = 64 * 1024
 
-    /// - Parameter sharedPayloads: whether the link uses ``SharedPayloadFraming`` (the supervisor offered an
+    /// - Parameter sharedPayloads: whether the link uses ``SharedPayloadFraming`` (the daemon offered an
     ///   arena), and the arena, unless it could not be mapped.
     /// - Parameter hasTaskContext: whether each task comes after a ``TaskContextHeader``.
     package init(
@@ -64,7 +64,7 @@ package struct HandlerLink {
         self.arena = sharedPayloads.arena
     }
 
-    /// The next task to run, claimed, or nil when the supervisor closed the link between tasks.
+    /// The next task to run, claimed, or nil when the daemon closed the link between tasks.
     ///
     /// - Throws: ``Failure`` when reading fails, or ``HandlerFramingError`` when the stream breaks the framing.
     package mutating func nextTask() throws -> ByteBuffer? {
@@ -82,7 +82,7 @@ package struct HandlerLink {
                 guard let arena, arena.contains(offset: offset, length: length) else {
                     throw Failure(
                         description:
-                            "the supervisor placed a task of \(length) bytes at offset \(offset) of shared memory this process does not have"
+                            "the daemon placed a task of \(length) bytes at offset \(offset) of shared memory this process does not have"
                     )
                 }
                 currentRegion = offset..<(offset + length)
@@ -128,7 +128,7 @@ package struct HandlerLink {
     /// Sends `reply` in one `writev` (more only if the pipe takes it in parts): its header, then its bytes as they
     /// are; a result that fits its task's region in the arena goes there, and only its place on the link.
     ///
-    /// - Throws: ``Failure`` when writing fails (the supervisor closed the link), or the reply is longer than the
+    /// - Throws: ``Failure`` when writing fails (the daemon closed the link), or the reply is longer than the
     ///   framing can say.
     package mutating func send(_ reply: HandlerReply) throws {
         // The header is encoded by the framing itself, into a buffer kept from reply to reply.

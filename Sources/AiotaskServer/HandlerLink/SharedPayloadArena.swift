@@ -9,11 +9,11 @@ import NIOCore
     import Musl
 #endif
 
-/// Memory a pool process running a library handler shares with the supervisor for large tasks and results, so that
+/// Memory a pool process running a library handler shares with the daemon for large tasks and results, so that
 /// their bytes cross between the two processes with one copy on each side instead of through the link's pipes.
 ///
 /// It lives in the same `memfd` as the process's ``TaskClaims``, after the claims page: a page of header (the
-/// process's announcement that it maps the arena) and ``capacity`` bytes of payload space. The supervisor places a
+/// process's announcement that it maps the arena) and ``capacity`` bytes of payload space. The daemon places a
 /// large task in a region of the space it allocated (``SharedPayloadSpace``) and sends only the region's place on the
 /// link; the process copies the task out, and puts a result that fits back in the same region. A region belongs to
 /// one task from the moment it is sent until its reply is read, or it is withdrawn unclaimed; the link's messages
@@ -52,14 +52,14 @@ package final class SharedPayloadArena {
         munmap(mapping, mappingSize)
     }
 
-    /// In the supervisor: grows the task-claims memory `descriptor` to hold an arena of `capacity` bytes after the
+    /// In the daemon: grows the task-claims memory `descriptor` to hold an arena of `capacity` bytes after the
     /// claims, and maps it; nil if the system refuses (the process then gets every payload through its link).
     static func create(on descriptor: CInt, capacity: Int = defaultCapacity) -> SharedPayloadArena? {
         guard ftruncate(descriptor, off_t(fileOffset + headerSize + capacity)) == 0 else { return nil }
         return map(descriptor, capacity: capacity)
     }
 
-    /// In a pool process: whether the supervisor made an arena for it — its link then uses ``SharedPayloadFraming``,
+    /// In a pool process: whether the daemon made an arena for it — its link then uses ``SharedPayloadFraming``,
     /// whether or not the process can map the arena — and the arena, mapped and announced, unless mapping failed.
     ///
     /// Call it before ``TaskClaims/inherited()``, which closes the descriptor. The variable is cleared, so programs
@@ -87,7 +87,7 @@ package final class SharedPayloadArena {
         mapping.assumingMemoryBound(to: UInt32.self)
     }
 
-    /// In the supervisor: whether the process mapped the arena, so that tasks may be placed in it.
+    /// In the daemon: whether the process mapped the arena, so that tasks may be placed in it.
     var isAnnounced: Bool {
         aiotask_load_acquire(announcement) == Self.announcedMagic
     }

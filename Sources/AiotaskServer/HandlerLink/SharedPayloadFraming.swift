@@ -6,7 +6,7 @@ import NIOCore
 /// (docs/handler-protocol.md), with a kind byte on requests and one more reply kind, so that a payload in the arena
 /// travels on the link as its place there.
 ///
-/// This file is the one place of a link's framing, both sides, with or without the arena: the supervisor writes
+/// This file is the one place of a link's framing, both sides, with or without the arena: the daemon writes
 /// tasks with `CoalescingFrameWriter.appendRequest(_:hasKinds:)` and `appendSharedRequest(offset:length:)` and reads
 /// replies with ``PoolReplyDecoder``; the pool process (``HandlerLink``) reads tasks with ``PoolRequestDecoder`` and
 /// writes replies behind `writeHandlerReplyHeader(_:)`, or as `writeSharedResult(offset:length:)`. The plain
@@ -27,7 +27,7 @@ enum SharedPayloadFraming {
 }
 
 extension CoalescingFrameWriter {
-    /// Appends a task on the supervisor's side of a link to a pool process: its bytes, inline, in the handler framing,
+    /// Appends a task on the daemon's side of a link to a pool process: its bytes, inline, in the handler framing,
     /// or (`hasKinds`) in ``SharedPayloadFraming``; a large task's bytes are not copied.
     func appendRequest(_ task: ByteBuffer, hasKinds: Bool) {
         let length = task.readableBytes
@@ -134,7 +134,7 @@ struct PoolRequestDecoder: NIOSingleStepByteToMessageDecoder {
     }
 }
 
-/// Decodes replies on the supervisor's side of a link, in the handler framing or, for a process offered an arena,
+/// Decodes replies on the daemon's side of a link, in the handler framing or, for a process offered an arena,
 /// in ``SharedPayloadFraming``.
 struct PoolReplyDecoder: LengthPrefixedDecoder {
     typealias InboundOut = PoolReply

@@ -1,4 +1,4 @@
-/// The supervisor's record of which regions of a ``SharedPayloadArena`` hold a task, and where a new one fits.
+/// The daemon's record of which regions of a ``SharedPayloadArena`` hold a task, and where a new one fits.
 ///
 /// A process has few tasks in the arena at a time (the one it runs and those sent ahead, a megabyte or so), so the
 /// regions in use are a short list kept in order of offset, and a new region goes in the first gap large enough.

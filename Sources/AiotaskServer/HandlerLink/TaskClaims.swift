@@ -6,11 +6,11 @@ import CAiotaskShims
     import Musl
 #endif
 
-/// Memory a pool process shares with the supervisor so that tasks sent ahead to it can be taken back.
+/// Memory a pool process shares with the daemon so that tasks sent ahead to it can be taken back.
 ///
-/// The supervisor sends a busy process tasks to run after its current one (prefetch), so that it never waits a
+/// The daemon sends a busy process tasks to run after its current one (prefetch), so that it never waits a
 /// round trip for its next task. A process serving a Swift handler *claims* each task, with one atomic
-/// compare-and-swap, before starting it; the supervisor can *withdraw* every task not claimed yet at any moment
+/// compare-and-swap, before starting it; the daemon can *withdraw* every task not claimed yet at any moment
 /// and learns exactly which ones were, with no message and no wait. A withdrawn task is skipped by the process
 /// (it reads it, and never runs or answers it) and runs on another one. So a task sent ahead never waits behind a
 /// long task while another process is idle, and a task cancelled while sent ahead is answered without stopping
@@ -45,7 +45,7 @@ package final class TaskClaims {
         return (TaskClaims(memory: memory), descriptor)
     }
 
-    /// In a pool process: the memory the supervisor passed, announced as used, or nil when it passed none. The
+    /// In a pool process: the memory the daemon passed, announced as used, or nil when it passed none. The
     /// variable is cleared, so programs the handler starts do not take it for theirs.
     package static func inherited() -> TaskClaims? {
         guard let value = getenv(descriptorKey) else { return nil }
@@ -67,9 +67,9 @@ package final class TaskClaims {
         aiotask_claims_claim(memory, index)
     }
 
-    /// In the supervisor: withdraws every task of the `sent` sent so far that the process has not claimed, and
+    /// In the daemon: withdraws every task of the `sent` sent so far that the process has not claimed, and
     /// returns the index of the first one withdrawn; nil, withdrawing nothing, while a task before index `from`
-    /// (one the supervisor awaits the answer to) is not claimed yet.
+    /// (one the daemon awaits the answer to) is not claimed yet.
     func withdraw(from: UInt32, sent: UInt32) -> UInt32? {
         var firstWithdrawn: UInt32 = 0
         guard aiotask_claims_withdraw(memory, from, sent, &firstWithdrawn) else { return nil }

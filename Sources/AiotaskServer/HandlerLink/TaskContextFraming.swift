@@ -7,11 +7,11 @@ import NIOCore
     import Musl
 #endif
 
-/// What the supervisor tells a Swift handler's pool process about each task, ahead of the task on the link, so that
+/// What the daemon tells a Swift handler's pool process about each task, ahead of the task on the link, so that
 /// the handler's ``TaskContext`` can carry it.
 ///
 /// On the link (docs/handler-protocol.md §2, Swift handlers only): `id: 16 bytes | timeout: UInt64 BE, in
-/// nanoseconds, 0 for none`, then the request as it would be without it. The supervisor sends it to every process
+/// nanoseconds, 0 for none`, then the request as it would be without it. The daemon sends it to every process
 /// that runs a library handler, and says so with ``environmentKey``; an external handler program never gets it.
 package struct TaskContextHeader: Hashable, Sendable {
     /// The task's id, as its client chose it.
@@ -22,10 +22,10 @@ package struct TaskContextHeader: Hashable, Sendable {
     /// Bytes the header takes on the link.
     static let length = TaskID.byteCount + 8
 
-    /// The environment variable by which the supervisor tells a pool process that each task comes with a header.
+    /// The environment variable by which the daemon tells a pool process that each task comes with a header.
     static let environmentKey = "AIOTASK_TASK_CONTEXT"
 
-    /// In a pool process: whether the supervisor sends a header with each task. The variable is cleared, so that
+    /// In a pool process: whether the daemon sends a header with each task. The variable is cleared, so that
     /// programs the handler starts do not take it for theirs.
     package static func isInherited() -> Bool {
         guard let value = getenv(environmentKey) else { return false }
@@ -67,9 +67,9 @@ extension ByteBuffer {
 }
 
 /// Decodes tasks on a pool process's side of its link: a ``PoolRequestDecoder``, with a ``TaskContextHeader`` in
-/// front of each request when the supervisor sends one.
+/// front of each request when the daemon sends one.
 struct ContextualPoolRequestDecoder {
-    /// A request and what the supervisor said about its task.
+    /// A request and what the daemon said about its task.
     typealias Decoded = (context: TaskContextHeader?, request: PoolRequest)
 
     private var requests: PoolRequestDecoder

@@ -52,7 +52,7 @@ final class EndingProcesses: PoolProcessDelegate {
     func process(_ process: PoolProcess, brokeLink reason: String) {}
 
     func process(_ process: PoolProcess, didExit status: ExitStatus) {
-        logger.debug("retired worker process \(status)", metadata: ["worker_pid": "\(process.pid)"])
+        logger.debug("retired pool process \(status)", metadata: ["worker_pid": "\(process.pid)"])
         processes[process.pid] = nil
         heldTasks.removeValue(forKey: process.pid)?.processExited(process, status)
         onExit.removeValue(forKey: process.pid)?.forEach { $0() }

@@ -4,7 +4,7 @@
     import Musl
 #endif
 
-/// How a worker process ended.
+/// How a pool process ended.
 public enum ExitStatus: Hashable, Sendable {
     /// It called `exit` with this code.
     case exited(code: Int32)

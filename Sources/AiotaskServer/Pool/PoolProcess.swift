@@ -97,7 +97,7 @@ final class PoolProcess {
         loop: any EventLoop
     ) throws -> PoolProcess {
         var environment = [
-            PoolProcessEnvironment.supervisorPIDKey: String(getpid()),
+            PoolProcessEnvironment.daemonPIDKey: String(getpid()),
             PoolProcessEnvironment.workerIndexKey: String(slot),
         ]
         if let limit = OpenFileLimit.softLimitForChildren {
@@ -225,7 +225,7 @@ final class PoolProcess {
             }
             .takingOwnershipOfDescriptor(input: pipes.stderrReader)
             .whenFailure { error in
-                processLogger.warning("cannot capture the stderr of worker process \(child.pid): \(error)")
+                processLogger.warning("cannot capture the stderr of pool process \(child.pid): \(error)")
             }
 
         // Noticed without a thread of its own, and handed to the loop.

@@ -5,7 +5,7 @@ package enum PoolProcessEnvironment {
     package static let roleKey = "AIOTASK_ROLE"
     /// The supervisor's pid: a pool process whose parent is another (the supervisor died before it started)
     /// exits at once.
-    package static let supervisorPIDKey = "AIOTASK_SUPERVISOR_PID"
+    package static let daemonPIDKey = "AIOTASK_SUPERVISOR_PID"
     /// The slot's index, in `0..<workers`, which a handler may use to pick a GPU, a port or a shard.
     package static let workerIndexKey = "AIOTASK_WORKER_INDEX"
     /// Serve tasks with the binary's own Swift handler.

@@ -163,17 +163,17 @@ final class PoolSlot {
                 }
             )
             process.attach(maximumReplyLength: supervisor.maximumReplyLength, logger: logger)
-            logger.debug("worker process started", metadata: ["worker_pid": "\(process.pid)", "slot": "\(index)"])
+            logger.debug("pool process started", metadata: ["worker_pid": "\(process.pid)", "slot": "\(index)"])
             if configuration.handler.runsSwiftHandler,
                 !process.sharesMemory(arenaWanted: configuration.sharedPayloadBytes > 0)
             {
                 logger.warning(
-                    "worker process got no memory shared with aiotaskd (memfd_create or mmap failed): tasks sent ahead to it cannot be withdrawn, and large payloads travel through its pipes",
+                    "pool process got no memory shared with aiotaskd (memfd_create or mmap failed): tasks sent ahead to it cannot be withdrawn, and large payloads travel through its pipes",
                     metadata: ["worker_pid": "\(process.pid)", "slot": "\(index)"]
                 )
             }
         } catch {
-            logger.error("cannot start a worker process: \(error)", metadata: ["slot": "\(index)"])
+            logger.error("cannot start a pool process: \(error)", metadata: ["slot": "\(index)"])
             supervisor.slotFailedToStart(self)
             perform(machine.processFailedToStart(maximumBackoff: configuration.maximumRestartBackoff))
         }
@@ -265,7 +265,7 @@ final class PoolSlot {
         let action = machine.timedOut(record)
         guard case .replaceProcess(let process, _, _, _, _) = action else { return }
         logger.warning(
-            "task timed out; terminating its worker process",
+            "task timed out; terminating its pool process",
             metadata: ["task_id": "\(record.id)", "worker_pid": "\(process.pid)", "timeout": "\(timeout)"]
         )
         perform(action)
@@ -303,7 +303,7 @@ final class PoolSlot {
             return
         }
         let record = running.task
-        let who = descendants == 0 ? "worker process \(process.pid)" : "worker process \(process.pid) with its children"
+        let who = descendants == 0 ? "pool process \(process.pid)" : "pool process \(process.pid) with its children"
         let message = "\(who) \(Self.memoryLimitMessage(resident: resident, limit: limit))"
         logger.error(
             "\(message); killing its process group",
@@ -325,7 +325,7 @@ final class PoolSlot {
         else { return false }
         let message = Self.memoryLimitMessage(resident: resident, limit: limit)
         logger.notice(
-            "worker process \(process.pid) \(message) after a task; replacing it",
+            "pool process \(process.pid) \(message) after a task; replacing it",
             metadata: [
                 "worker_pid": "\(process.pid)", "rss_bytes": "\(resident)", "limit_bytes": "\(limit)",
                 "message_id": "\(LogMessageID.memoryLimitExceeded)",
@@ -363,7 +363,7 @@ final class PoolSlot {
         case .replaceProcess(let process, let replacement, let sentAhead, let runningIsAnswered, _):
             cancelTimeout()
             if case .recycle = replacement {
-                logger.debug("recycling worker process", metadata: ["worker_pid": "\(process.pid)"])
+                logger.debug("recycling pool process", metadata: ["worker_pid": "\(process.pid)"])
             }
             supervisor.noteRestart()
             handOver(process, sentAhead: sentAhead, runningIsAnswered: runningIsAnswered)
@@ -396,7 +396,7 @@ final class PoolSlot {
             start()
             return
         }
-        logger.warning("restarting worker process after \(delay)", metadata: ["slot": "\(index)"])
+        logger.warning("restarting pool process after \(delay)", metadata: ["slot": "\(index)"])
         restartTimer?.cancel()
         restartTimer = supervisor.loop.assumeIsolated().scheduleTask(in: .init(delay)) { [weak self] in
             guard let self else { return }
@@ -487,13 +487,13 @@ extension PoolSlot: PoolProcessDelegate {
     /// died, so its task is failed and the process replaced in ``process(_:didExit:)``.
     func process(_ process: PoolProcess, brokeLink reason: String) {
         guard self.process === process else { return }
-        logger.error("worker process broke its link: \(reason)", metadata: ["worker_pid": "\(process.pid)"])
+        logger.error("pool process broke its link: \(reason)", metadata: ["worker_pid": "\(process.pid)"])
     }
 
-    /// The failure message of the task a dying process was running: `worker process 1234 exited with code 3`, then
+    /// The failure message of the task a dying process was running: `pool process 1234 exited with code 3`, then
     /// why its link broke, in parentheses, when there is a reason to give — never an empty `()`.
     static func crashMessage(pid: Int32, status: ExitStatus, linkFailure: String?) -> String {
-        let message = "worker process \(pid) \(status)"
+        let message = "pool process \(pid) \(status)"
         guard let linkFailure, !linkFailure.allSatisfy(\.isWhitespace) else { return message }
         return message + " (\(linkFailure))"
     }
@@ -507,7 +507,7 @@ extension PoolSlot: PoolProcessDelegate {
         guard case .processDied(_, let failedTask, let sentAhead, let delay) = action else { return }
         cancelTimeout()
         logger.error(
-            "worker process \(status)",
+            "pool process \(status)",
             metadata: ["worker_pid": "\(process.pid)", "task_id": "\(failedTask.map { "\($0.id)" } ?? "none")"]
         )
         // The process is dead: a task sent ahead to it that it had not claimed (withdrawn now), or, for a handler

@@ -234,7 +234,7 @@ final class Supervisor {
             if scheduler.isPastDrainDeadline {
                 finish(record, .failure(.interrupted, "the server shut down while the task may have been running"))
             } else {
-                let message = "worker process \(process.pid) \(status) while it may have been running the task"
+                let message = "pool process \(process.pid) \(status) while it may have been running the task"
                 finish(record, .failure(.workerCrashed, message), workerPID: process.pid)
             }
         }

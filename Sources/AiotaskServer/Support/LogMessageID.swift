@@ -6,9 +6,9 @@ public enum LogMessageID {
     public static let taskFailed = "95b6fb5ed04e41f8ab19107df004c1f5"
     /// A task exceeded its timeout and its process group was killed.
     public static let taskTimedOut = "7e57fdaedaaa47e1b62ffb60b6ce3593"
-    /// A worker process died while it ran a task.
+    /// A pool process died while it ran a task.
     public static let workerCrashed = "252003be70ec440dbb6da5207eaeba66"
-    /// A worker process exceeded the memory limit: killed while it ran a task, or replaced after one.
+    /// A pool process exceeded the memory limit: killed while it ran a task, or replaced after one.
     public static let memoryLimitExceeded = "d3c6b1f0a25e4c7e9b8f41e2a7c05d93"
 
     /// The message id of a task that failed for `reason`.

@@ -40,7 +40,7 @@ int aiotask_pipe(int fds[2], int size);
 /// Sets glibc's mmap and trim thresholds (mallopt M_MMAP_THRESHOLD, M_TRIM_THRESHOLD); 0 on success.
 int aiotask_set_malloc_thresholds(int mmap_threshold, int trim_threshold);
 
-/// Size of the memory a pool process shares with the supervisor for task claims.
+/// Size of the memory a pool process shares with the daemon for task claims.
 #define AIOTASK_CLAIMS_SIZE 4096
 
 /// Creates the anonymous memory of a pool process's task claims (memfd, close-on-exec, zeroed).
@@ -56,14 +56,14 @@ void aiotask_claims_unmap(void *claims);
 /// The pool process: says that it claims every task before starting it (see `aiotask_claims_claim`).
 void aiotask_claims_announce(void *claims);
 
-/// The supervisor: whether the process announced that it claims its tasks.
+/// The daemon: whether the process announced that it claims its tasks.
 bool aiotask_claims_announced(void *claims);
 
 /// The pool process: claims the task at `index` (its position in the stream of tasks it was sent), which it
-/// may start only if this returns true; false when the supervisor withdrew it.
+/// may start only if this returns true; false when the daemon withdrew it.
 bool aiotask_claims_claim(void *claims, uint32_t index);
 
-/// The supervisor: withdraws every task not claimed yet, of the `sent` tasks sent so far, provided that every
+/// The daemon: withdraws every task not claimed yet, of the `sent` tasks sent so far, provided that every
 /// task before index `from` is claimed; false, changing nothing, if not. On success `first_withdrawn` is the
 /// index of the first task withdrawn: tasks before it were claimed (or withdrawn before).
 bool aiotask_claims_withdraw(void *claims, uint32_t from, uint32_t sent, uint32_t *first_withdrawn);
