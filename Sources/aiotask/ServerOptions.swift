@@ -175,7 +175,7 @@ struct ServerOptions: ParsableArguments {
     }
 }
 
-extension BalancingStrategy: @retroactive ExpressibleByArgument {
+extension BalancingStrategy: ExpressibleByArgument {
     public init?(argument: String) {
         self.init(rawValue: argument)
     }

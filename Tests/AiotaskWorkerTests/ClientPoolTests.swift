@@ -55,12 +55,13 @@ struct ClientPoolTests {
         let next = NIOLockedValueBox(0)
         try await withThrowingTaskGroup(of: Void.self) { group in
             for _ in 0..<inFlight {
-                group.addTask {
+                group.addTask { () async throws -> Void in
                     while next.withLockedValue({ taken in
                         defer { taken += 1 }
                         return taken < count
                     }) {
-                        #expect(try await pool.submit("echo x") == Array("x".utf8))
+                        let result = try await pool.submit("echo x")
+                        #expect(result == Array("x".utf8))
                     }
                 }
             }
@@ -342,14 +343,15 @@ struct ClientPoolTests {
 
     @Test("a server that says GOODBYE finishes its task and gets no new one; nothing is logged above info")
     func goodbyeIsHonoured() async throws {
-        var servers = try await Self.startServers(workers: 1)
+        let servers = try await Self.startServers(workers: 1)
+        guard case .tcp(let host, let port) = servers[0].1 else { preconditionFailure("servers listen on TCP") }
         let logs = LogCapture()
         let pool = AiotaskClientPool(
             addresses: servers.map(\.1),
             configuration: .init(connectionsPerEndpoint: 2, strategy: .roundRobin),
             logger: logs.logger
         )
-        try await withTimeout(.seconds(60)) {
+        let restarted = try await withTimeout(.seconds(60)) {
             try await Self.running(pool) {
                 try await Self.waitUntilTakingTasks(pool, are: servers.map(\.1))
                 // Round robin: the first task goes to the first server.
@@ -367,20 +369,19 @@ struct ClientPoolTests {
                 #expect(counts == [30, 30], "the tasks after GOODBYE went to the others: \(counts)")
 
                 // Started again on its address, it takes tasks again.
-                let (_, address) = servers[0]
-                guard case .tcp(let host, let port) = address else { return }
                 let restarted = try await TestServer.start(
                     handler: .builtin("chaos"),
                     workers: 1,
                     listen: [.tcp(host: host, port: port)]
                 )
-                servers[0] = (restarted, address)
                 try await Self.waitUntilTakingTasks(pool, are: servers.map(\.1))
                 let above = logs.entries.filter { $0.level > .info }
                 #expect(above.isEmpty, "logged above info: \(above.map(\.message))")
+                return restarted
             }
         }
-        await Self.stop(servers)
+        try await restarted.stop()
+        await Self.stop(Array(servers.dropFirst()))
     }
 
     @Test("graceful shutdown lets the task in flight finish, refuses new ones, then run() returns")

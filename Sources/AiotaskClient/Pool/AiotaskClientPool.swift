@@ -327,14 +327,19 @@ public final class AiotaskClientPool: TaskSubmitter, Service {
         }
     }
 
+    /// Ends the wait of `waiter` unless a connection was found for it already: with `error`, or the machine's own
+    /// (the last connect error) when nil or not an ``AiotaskClientError`` (a cancellation keeps its own error).
     private func stopWaiting(_ waiter: Machine.WaiterID, error: (any Error)?) {
-        let (actions, continuation) = state.withLockedValue { state in
-            let actions = state.machine.stopWaiting(waiter, error: error as? AiotaskClientError)
-            // Cancelled: the machine fails it with its own error; the continuation gets the cancellation.
-            guard let error, !(error is AiotaskClientError), !actions.isEmpty else { return (actions, nil) }
-            return ([], state.waiting.removeValue(forKey: waiter).map { ($0, error) })
+        let clientError = error as? AiotaskClientError
+        let keepsOwnError = error != nil && clientError == nil
+        var cancelled: CheckedContinuation<Machine.ConnectionID, any Error>?
+        let actions: [Machine.Action] = state.withLockedValue { state in
+            let actions = state.machine.stopWaiting(waiter, error: clientError)
+            guard keepsOwnError, !actions.isEmpty else { return actions }
+            cancelled = state.waiting.removeValue(forKey: waiter)
+            return []
         }
-        if let (continuation, error) = continuation { continuation.resume(throwing: error) }
+        if let cancelled, let error { cancelled.resume(throwing: error) }
         perform(actions)
     }
 
@@ -496,7 +501,8 @@ public final class AiotaskClientPool: TaskSubmitter, Service {
                     0,
                     NI_NUMERICHOST
                 ) == 0 {
-                    let address = ServerAddress.tcp(host: String(cString: name), port: port)
+                    let text = String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+                    let address = ServerAddress.tcp(host: text, port: port)
                     if !addresses.contains(address) { addresses.append(address) }
                 }
                 entry = current.pointee.ai_next
