@@ -150,6 +150,17 @@ struct PoolStateMachineTests {
         #expect(delay == .milliseconds(100))
     }
 
+    @Test("GOODBYE on one connection stops new tasks on all the connections to that server")
+    func goodbyeCoversTheServer() {
+        var (machine, connections) = Self.running(.roundRobin, connections: 2)
+        _ = machine.goodbye(connections[0])
+        #expect(machine.takesTasksPerEndpoint == [false, true, true])
+        for _ in 0..<8 {
+            let chosen = Self.take(&machine)
+            #expect(chosen != connections[0] && chosen != connections[1])
+        }
+    }
+
     @Test("a task waits while no endpoint takes tasks, and goes to the first connection made")
     func waitersAreServed() {
         var machine = Machine(addresses: Self.addresses, settings: Self.settings(.roundRobin))

@@ -228,10 +228,12 @@ struct PoolStateMachine {
         return actions
     }
 
-    /// The server said `GOODBYE` on the connection: no new task goes there; the ones sent finish.
+    /// The server said `GOODBYE` on the connection: it is stopping, so no new task goes to any of its connections
+    /// (their own `GOODBYE` is on its way); the ones sent finish.
     mutating func goodbye(_ id: ConnectionID) -> [Action] {
-        connections[id]?.takesTasks = false
+        guard let endpoint = connections[id]?.endpoint else { return [] }
         connections[id]?.sawGoodbye = true
+        for connection in endpoints[endpoint]?.connections ?? [] { connections[connection]?.takesTasks = false }
         return []
     }
 
