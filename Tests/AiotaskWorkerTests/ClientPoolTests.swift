@@ -17,12 +17,15 @@ import Testing
 struct ClientPoolTests {
     static let hosts = ["127.0.0.11", "127.0.0.12", "127.0.0.13"]
 
-    /// Three in-process servers running `chaos`, each on TCP on its own loopback address.
-    static func startServers(workers: Int = 2) async throws -> [(TestServer, ServerAddress)] {
+    /// Three in-process servers running `handler` (`chaos` by default), each on TCP on its own loopback address.
+    static func startServers(
+        workers: Int = 2,
+        handler: String = "chaos"
+    ) async throws -> [(TestServer, ServerAddress)] {
         var servers: [(TestServer, ServerAddress)] = []
         for host in hosts {
             let server = try await TestServer.start(
-                handler: .builtin("chaos"),
+                handler: .builtin(handler),
                 workers: workers,
                 listen: [.tcp(host: host, port: 0)]
             )
@@ -144,6 +147,31 @@ struct ClientPoolTests {
                 try await Self.submit(100, inFlight: 20, to: pool)
                 #expect(try await Self.submitted(servers) == [100, 0, 0])
             }
+        }
+        await Self.stop(servers)
+    }
+
+    @Test("aiotask bench and submit balance over several servers, --server repeated or a comma list")
+    func commandLineTakesSeveralServers() async throws {
+        let servers = try await Self.startServers(handler: "echo")
+        try await withTimeout(.seconds(60)) {
+            let list = servers.map { "\($0.1)" }
+            let report = try await runBench(
+                ["--server", list[0] + "," + list[1], "--server", list[2], "--balance", "round-robin"]
+            )
+            // 2,000 tasks in turn, but the first tasks wait for the first connection made.
+            #expect(report["connections"] as? Int == 6)
+            let counts = try await Self.submitted(servers)
+            #expect(counts.allSatisfy { (600...740).contains($0) }, "\(counts)")
+
+            let submit = try await runCLI(["submit", "--server", list.joined(separator: ","), "via the pool"])
+            #expect(submit.exit == .exited(0), "stderr: \(submit.standardError)")
+            #expect(submit.standardOutput == "via the pool")
+            #expect(try await Self.submitted(servers).reduce(0, +) == 2001)
+
+            let status = try await runCLI(["status", "--server", list.joined(separator: ",")])
+            #expect(status.exit == .exited(2))
+            #expect(status.standardError.contains("talks to one server"), "\(status.standardError)")
         }
         await Self.stop(servers)
     }
