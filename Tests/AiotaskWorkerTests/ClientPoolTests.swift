@@ -84,19 +84,22 @@ struct ClientPoolTests {
 
     // MARK: Balancing
 
-    @Test("round robin gives each of three servers a third of the tasks")
-    func roundRobinSpreads() async throws {
+    @Test(
+        "round robin gives each of three servers a third of the tasks; first available gives the first one all",
+        arguments: [(BalancingStrategy.roundRobin, [100, 100, 100]), (.firstAvailable, [300, 0, 0])]
+    )
+    func spreadsByStrategy(strategy: BalancingStrategy, expected: [Int]) async throws {
         let servers = try await Self.startServers()
         let pool = AiotaskClientPool(
             addresses: servers.map(\.1),
-            configuration: .init(connectionsPerEndpoint: 2, strategy: .roundRobin),
+            configuration: .init(connectionsPerEndpoint: 2, strategy: strategy),
             logger: Logger(label: "test")
         )
         try await withTimeout(.seconds(60)) {
             try await Self.running(pool) {
                 try await Self.waitUntilTakingTasks(pool, are: servers.map(\.1))
                 try await Self.submit(300, inFlight: 30, to: pool)
-                #expect(try await Self.submitted(servers) == [100, 100, 100])
+                #expect(try await Self.submitted(servers) == expected)
             }
         }
         await Self.stop(servers)
@@ -128,24 +131,6 @@ struct ClientPoolTests {
                 #expect(counts[0] - 1 < 20, "the stalled server got \(counts[0] - 1) of 150 tasks: \(counts)")
                 _ = try await blocker.value
                 try await other.close()
-            }
-        }
-        await Self.stop(servers)
-    }
-
-    @Test("first available sends every task to the first server while it is up")
-    func firstAvailableStaysOnTheFirst() async throws {
-        let servers = try await Self.startServers()
-        let pool = AiotaskClientPool(
-            addresses: servers.map(\.1),
-            configuration: .init(connectionsPerEndpoint: 2, strategy: .firstAvailable),
-            logger: Logger(label: "test")
-        )
-        try await withTimeout(.seconds(60)) {
-            try await Self.running(pool) {
-                try await Self.waitUntilTakingTasks(pool, are: servers.map(\.1))
-                try await Self.submit(100, inFlight: 20, to: pool)
-                #expect(try await Self.submitted(servers) == [100, 0, 0])
             }
         }
         await Self.stop(servers)
