@@ -136,6 +136,24 @@ struct ClientPoolTests {
         await Self.stop(servers)
     }
 
+    @Test("a host name is resolved to its addresses, which take the tasks")
+    func resolvesAHostName() async throws {
+        let servers = try await Self.startServers(handler: "echo")
+        guard case .tcp(let host, let port) = servers[1].1 else { preconditionFailure("servers listen on TCP") }
+        let pool = AiotaskClientPool(
+            endpoints: .host(host, port: port, every: .milliseconds(200)),
+            logger: Logger(label: "test")
+        )
+        try await withTimeout(.seconds(60)) {
+            try await Self.running(pool) {
+                try await Self.waitUntilTakingTasks(pool, are: [servers[1].1])
+                #expect(try await pool.submit("resolved") == Array("resolved".utf8))
+                #expect(try await Self.submitted(servers) == [0, 1, 0])
+            }
+        }
+        await Self.stop(servers)
+    }
+
     @Test("aiotask bench and submit balance over several servers, --server repeated or a comma list")
     func commandLineTakesSeveralServers() async throws {
         let servers = try await Self.startServers(handler: "echo")

@@ -113,7 +113,9 @@ public final class AiotaskClientPool: TaskSubmitter, Service {
         }
     }
 
+    /// The servers tasks go to.
     public let endpoints: Endpoints
+    /// How the pool connects, balances and retries.
     public let configuration: Configuration
     private let logger: Logger
 

@@ -3,8 +3,10 @@
 /// Only endpoints that take tasks are chosen: connected, not ejected after a failure, not stopping (`GOODBYE`).
 /// Within the chosen endpoint the task goes to its connection with the fewest tasks outstanding.
 public struct BalancingStrategy: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+    /// The strategy's name: `least-outstanding`, `round-robin` or `first-available` (as `aiotask --balance` takes it).
     public let rawValue: String
 
+    /// The strategy of this name; nil for a name that is none of ``all``.
     public init?(rawValue: String) {
         guard Self.all.contains(where: { $0.rawValue == rawValue }) else { return nil }
         self.rawValue = rawValue
