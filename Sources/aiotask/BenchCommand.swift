@@ -160,10 +160,12 @@ struct BenchLoad: Sendable {
         showProgress: Bool = false,
         reportFirstFailure: Bool = false
     ) async throws -> BenchReport {
-        // The pool's tasks resume on the global executor: they are not tied to one connection's event loop.
+        // The pool's connections run on the singleton group's loops: tasks run on those loops too (each worker on
+        // one), so that a task whose connection shares its loop is handed over and resumed without a thread switch.
+        let loops = tasksOnEventLoop ? Array(MultiThreadedEventLoopGroup.singleton.makeIterator()) : []
         let report = try await measure(
             with: [pool],
-            executors: [nil],
+            executors: loops.isEmpty ? [nil] : loops.map { EventLoopTaskExecutor($0) },
             connections: connections * servers,
             showProgress: showProgress
         )
@@ -203,7 +205,7 @@ struct BenchLoad: Sendable {
         let outcome = try await withThrowingTaskGroup(of: WorkerOutcome.self) { group in
             for worker in 0..<concurrency {
                 let client = clients[worker % clients.count]
-                group.addTask(executorPreference: executors[worker % clients.count]) {
+                group.addTask(executorPreference: executors[worker % executors.count]) {
                     try await Self.runWorker(
                         worker,
                         of: concurrency,
