@@ -35,6 +35,20 @@ struct ClientPoolTests {
         return servers
     }
 
+    /// A pool over `servers` choosing by `strategy`.
+    static func pool(
+        _ servers: [(TestServer, ServerAddress)],
+        _ strategy: BalancingStrategy,
+        connections: Int = 1,
+        logger: Logger = Logger(label: "test")
+    ) -> AiotaskClientPool {
+        AiotaskClientPool(
+            addresses: servers.map(\.1),
+            configuration: .init(connectionsPerEndpoint: connections, strategy: strategy),
+            logger: logger
+        )
+    }
+
     /// Runs `body` while `pool` runs, then cancels the pool.
     static func running<Value: Sendable>(
         _ pool: AiotaskClientPool,
@@ -90,11 +104,7 @@ struct ClientPoolTests {
     )
     func spreadsByStrategy(strategy: BalancingStrategy, expected: [Int]) async throws {
         let servers = try await Self.startServers()
-        let pool = AiotaskClientPool(
-            addresses: servers.map(\.1),
-            configuration: .init(connectionsPerEndpoint: 2, strategy: strategy),
-            logger: Logger(label: "test")
-        )
+        let pool = Self.pool(servers, strategy, connections: 2)
         try await withTimeout(.seconds(60)) {
             try await Self.running(pool) {
                 try await Self.waitUntilTakingTasks(pool, are: servers.map(\.1))
@@ -108,11 +118,7 @@ struct ClientPoolTests {
     @Test("least outstanding sends few tasks to a server whose tasks do not come back")
     func leastOutstandingAvoidsTheBusyServer() async throws {
         let servers = try await Self.startServers(workers: 1)
-        let pool = AiotaskClientPool(
-            addresses: servers.map(\.1),
-            configuration: .init(connectionsPerEndpoint: 1, strategy: .leastOutstanding),
-            logger: Logger(label: "test")
-        )
+        let pool = Self.pool(servers, .leastOutstanding)
         try await withTimeout(.seconds(60)) {
             try await Self.running(pool) {
                 try await Self.waitUntilTakingTasks(pool, are: servers.map(\.1))
@@ -377,11 +383,7 @@ struct ClientPoolTests {
         let servers = try await Self.startServers(workers: 1)
         guard case .tcp(let host, let port) = servers[0].1 else { preconditionFailure("servers listen on TCP") }
         let logs = LogCapture()
-        let pool = AiotaskClientPool(
-            addresses: servers.map(\.1),
-            configuration: .init(connectionsPerEndpoint: 2, strategy: .roundRobin),
-            logger: logs.logger
-        )
+        let pool = Self.pool(servers, .roundRobin, connections: 2, logger: logs.logger)
         let restarted = try await withTimeout(.seconds(60)) {
             try await Self.running(pool) {
                 try await Self.waitUntilTakingTasks(pool, are: servers.map(\.1))
@@ -418,11 +420,7 @@ struct ClientPoolTests {
     @Test("graceful shutdown lets the task in flight finish, refuses new ones, then run() returns")
     func gracefulShutdownDrains() async throws {
         let servers = try await Self.startServers(workers: 1)
-        let pool = AiotaskClientPool(
-            addresses: servers.map(\.1),
-            configuration: .init(connectionsPerEndpoint: 1, strategy: .firstAvailable),
-            logger: Logger(label: "test")
-        )
+        let pool = Self.pool(servers, .firstAvailable)
         let group = ServiceGroup(services: [pool], logger: Logger(label: "test"))
         try await withTimeout(.seconds(60)) {
             try await withThrowingTaskGroup(of: Void.self) { tasks in
