@@ -45,6 +45,10 @@ public final class AiotaskClient: TaskSubmitter {
 
     private let channel: any Channel
     private let handler: NIOLoopBound<ClientChannelHandler>
+    /// Completed when the connection stops taking tasks: `GOODBYE`, or its end.
+    let endOfTasks: EventLoopFuture<ClientChannelHandler.EndOfTasks>
+    /// Completed when the connection is closed.
+    var closeFuture: EventLoopFuture<Void> { channel.closeFuture }
 
     /// The event loop the connection runs on. Code that submits many tasks can run on it (as a task executor)
     /// to hand tasks over and receive results without a thread switch.
@@ -54,6 +58,7 @@ public final class AiotaskClient: TaskSubmitter {
         address: ServerAddress,
         channel: any Channel,
         handler: NIOLoopBound<ClientChannelHandler>,
+        endOfTasks: EventLoopFuture<ClientChannelHandler.EndOfTasks>,
         serverHello: Hello,
         maximumResultLength: Int,
         wireProtocol: WireProtocol
@@ -61,6 +66,7 @@ public final class AiotaskClient: TaskSubmitter {
         self.address = address
         self.channel = channel
         self.handler = handler
+        self.endOfTasks = endOfTasks
         self.serverMaximumPayloadLength = Int(serverHello.maximumPayloadLength)
         self.serverProtocolVersion = serverHello.version
         self.maximumResultLength = maximumResultLength
@@ -181,15 +187,16 @@ public final class AiotaskClient: TaskSubmitter {
 
         if legacy {
             do {
-                let handler = try await channel.eventLoop.submit {
+                let (handler, endOfTasks) = try await channel.eventLoop.submit {
                     let handler = try channel.pipeline.syncOperations.handler(type: ClientChannelHandler.self)
                     try handler.startLegacy()
-                    return NIOLoopBound(handler, eventLoop: channel.eventLoop)
+                    return (NIOLoopBound(handler, eventLoop: channel.eventLoop), try handler.endOfTasksOrThrow())
                 }.get()
                 return AiotaskClient(
                     address: address,
                     channel: channel,
                     handler: handler,
+                    endOfTasks: endOfTasks,
                     serverHello: Hello(version: 0, maximumPayloadLength: UInt32(legacyMaximumPayloadLength)),
                     maximumResultLength: maximumResultLength,
                     wireProtocol: .legacy
@@ -206,7 +213,7 @@ public final class AiotaskClient: TaskSubmitter {
         let handshake = channel.eventLoop.makePromise(of: Hello.self)
         let hello = Hello(version: Hello.currentVersion, maximumPayloadLength: UInt32(maximumResultLength))
         do {
-            let handler = try await channel.eventLoop.submit {
+            let (handler, endOfTasks) = try await channel.eventLoop.submit {
                 let handler = try channel.pipeline.syncOperations.handler(type: ClientChannelHandler.self)
                 handler.startHandshake(
                     hello,
@@ -214,13 +221,14 @@ public final class AiotaskClient: TaskSubmitter {
                     describedTimeout: handshakeLimit.map { min($0, connectTimeout) } ?? connectTimeout,
                     promise: handshake
                 )
-                return NIOLoopBound(handler, eventLoop: channel.eventLoop)
+                return (NIOLoopBound(handler, eventLoop: channel.eventLoop), try handler.endOfTasksOrThrow())
             }.get()
             let serverHello = try await handshake.futureResult.get()
             return AiotaskClient(
                 address: address,
                 channel: channel,
                 handler: handler,
+                endOfTasks: endOfTasks,
                 serverHello: serverHello,
                 maximumResultLength: maximumResultLength,
                 wireProtocol: .extended

@@ -43,11 +43,31 @@ final class ClientChannelHandler: ChannelInboundHandler {
     private var goodbye: String?
     /// Cuts the bytes read into frames.
     private let frames: InboundStream<FrameDecoder>
+    /// Completed when the connection stops taking tasks (see ``endOfTasks``); nil once completed.
+    private var endOfTasksPromise: EventLoopPromise<EndOfTasks>?
+    /// Completed when the connection stops taking tasks: the server said `GOODBYE`, or the connection ended. An
+    /// ``AiotaskClientPool`` watches it to send no more tasks there. Set while the handler is in the pipeline.
+    private(set) var endOfTasks: EventLoopFuture<EndOfTasks>?
+
+    /// Why a connection stopped taking tasks.
+    enum EndOfTasks: Sendable {
+        /// The server said `GOODBYE` with this message: the tasks it took finish, then it closes the connection.
+        case goodbye(String)
+        /// The connection ended with this error.
+        case closed(AiotaskClientError)
+    }
 
     init(maximumResultLength: Int, readWindow: ReadWindow? = nil, legacy: Bool = false) {
         self.maximumResultLength = maximumResultLength
         self.isLegacy = legacy
         self.frames = InboundStream(FrameDecoder(maximumPayloadLength: maximumResultLength), readWindow: readWindow)
+    }
+
+    /// ``endOfTasks``, or `ChannelPipelineError.notFound` once the handler has left the pipeline (the connection
+    /// closed at once).
+    func endOfTasksOrThrow() throws -> EventLoopFuture<EndOfTasks> {
+        guard let endOfTasks else { throw ChannelPipelineError.notFound }
+        return endOfTasks
     }
 
     // MARK: Requests (called on the event loop)
@@ -185,6 +205,9 @@ final class ClientChannelHandler: ChannelInboundHandler {
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         writer = CoalescingFrameWriter(channel: context.channel)
+        let promise = context.eventLoop.makePromise(of: EndOfTasks.self)
+        endOfTasksPromise = promise
+        endOfTasks = promise.futureResult
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
@@ -269,7 +292,10 @@ final class ClientChannelHandler: ChannelInboundHandler {
         case (.failed(let id, let reason, let message), .ready):
             tasks.removeValue(forKey: id)?.fail(TaskFailure(taskID: id, reason: reason, message: message))
         case (.goodbye(let message), .ready):
-            goodbye = message.isEmpty ? "the server is stopping" : message
+            let message = message.isEmpty ? "the server is stopping" : message
+            goodbye = message
+            endOfTasksPromise?.succeed(.goodbye(message))
+            endOfTasksPromise = nil
         case (.update(let id, let status), .ready):
             if isLegacy && status == .notFound, let task = tasks.removeValue(forKey: id) {
                 // The only failure report of the original protocol, sent by aiotaskd when the task fails (or, to
@@ -330,6 +356,8 @@ final class ClientChannelHandler: ChannelInboundHandler {
         if case .closed = previous { return }
         state = .closed(error)
         writer?.discard()
+        endOfTasksPromise?.succeed(.closed(error))
+        endOfTasksPromise = nil
 
         if case .handshaking(let promise, let timer) = previous {
             timer.cancel()

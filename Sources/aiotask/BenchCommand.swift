@@ -14,7 +14,8 @@ struct BenchCommand: AsyncParsableCommand {
         abstract: "Measure the server's throughput and latency.",
         discussion: """
             Runs --tasks tasks of --size pseudo-random bytes, keeping --concurrency of them in flight in total, \
-            spread evenly over --connections connections, and checks that each result equals its task (as the \
+            spread evenly over --connections connections (with several --server addresses: --connections to each, \
+            the tasks balanced over the servers by --balance), and checks that each result equals its task (as the \
             echo handler returns it; --no-verify skips that). Prints tasks per second and the latency \
             percentiles; --json prints one JSON object instead. Exits with 1 when a task failed or returned \
             the wrong result. (The benchmark suite, which starts its own servers and checks every performance \
@@ -33,7 +34,7 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("The size of each task.", valueName: "bytes"))
     var size = 64
 
-    @Option(name: .long, help: "How many connections to spread the tasks over.")
+    @Option(name: .long, help: "How many connections to spread the tasks over (to each server, with several).")
     var connections = 1
 
     @Option(name: .long, help: ArgumentHelp("Seconds each task may run (default: the server's).", valueName: "seconds"))
@@ -102,6 +103,17 @@ struct BenchCommand: AsyncParsableCommand {
             tasksOnEventLoop: tasksOnEventLoop
         )
         let options = self.options
+        if try options.addresses().count > 1 {
+            let (showProgress, reportFirstFailure) = (Terminal.stderrIsTerminal, !json)
+            return try await options.withPool(connectionsPerServer: connections) { pool in
+                try await load.run(
+                    pool: pool,
+                    servers: try options.addresses().count,
+                    showProgress: showProgress,
+                    reportFirstFailure: reportFirstFailure
+                )
+            }
+        }
         return try await load.run(
             connect: { try await options.connect(on: $0) },
             showProgress: Terminal.stderrIsTerminal,
@@ -141,11 +153,48 @@ struct BenchLoad: Sendable {
         }
     }
 
+    /// Runs all tasks through `pool` (whose `run()` is running), balanced over its `servers` servers.
+    func run(
+        pool: AiotaskClientPool,
+        servers: Int,
+        showProgress: Bool = false,
+        reportFirstFailure: Bool = false
+    ) async throws -> BenchReport {
+        // The pool's connections run on the singleton group's loops: tasks run on those loops too (each worker on
+        // one), so that a task whose connection shares its loop is handed over and resumed without a thread switch.
+        let loops = tasksOnEventLoop ? Array(MultiThreadedEventLoopGroup.singleton.makeIterator()) : []
+        let report = try await measure(
+            with: [pool],
+            executors: loops.isEmpty ? [nil] : loops.map { EventLoopTaskExecutor($0) },
+            connections: connections * servers,
+            showProgress: showProgress
+        )
+        if reportFirstFailure, let failure = report.firstFailure {
+            Terminal.writeError("aiotask: first failure: \(failure)")
+        }
+        return report
+    }
+
     private func measure(with clients: [AiotaskClient], showProgress: Bool) async throws -> BenchReport {
         let limit = clients[0].serverMaximumPayloadLength
         guard size <= limit else {
             throw ValidationError("--size \(size) exceeds the server's task limit of \(limit) bytes")
         }
+        return try await measure(
+            with: clients,
+            executors: clients.map { tasksOnEventLoop ? EventLoopTaskExecutor($0.eventLoop) : nil },
+            connections: clients.count,
+            showProgress: showProgress
+        )
+    }
+
+    /// Runs all tasks, `concurrency` at a time spread over `submitters`, the tasks of each on its executor.
+    private func measure<Submitter: TaskSubmitter>(
+        with clients: [Submitter],
+        executors: [EventLoopTaskExecutor?],
+        connections: Int,
+        showProgress: Bool
+    ) async throws -> BenchReport {
 
         let base = Self.pseudoRandomBytes(count: size + Self.payloadOffsets)
         let progress = Progress()
@@ -153,11 +202,10 @@ struct BenchLoad: Sendable {
         let progressTask = showProgress ? Self.showProgress(progress, of: tasks, since: start) : nil
 
         let (tasks, concurrency, size, verify, timeout) = (self.tasks, self.concurrency, self.size, verify, timeout)
-        let executors = clients.map { tasksOnEventLoop ? EventLoopTaskExecutor($0.eventLoop) : nil }
         let outcome = try await withThrowingTaskGroup(of: WorkerOutcome.self) { group in
             for worker in 0..<concurrency {
                 let client = clients[worker % clients.count]
-                group.addTask(executorPreference: executors[worker % clients.count]) {
+                group.addTask(executorPreference: executors[worker % executors.count]) {
                     try await Self.runWorker(
                         worker,
                         of: concurrency,
@@ -186,7 +234,7 @@ struct BenchLoad: Sendable {
             outcome: outcome,
             nanoseconds: elapsed,
             concurrency: concurrency,
-            connections: clients.count,
+            connections: connections,
             size: size
         )
     }
@@ -215,7 +263,7 @@ struct BenchLoad: Sendable {
         _ worker: Int,
         of step: Int,
         tasks: Int,
-        client: AiotaskClient,
+        client: some TaskSubmitter,
         base: ByteBuffer,
         size: Int,
         timeout: Duration?,

@@ -2,6 +2,7 @@ import AiotaskClient
 import AiotaskProtocol
 import ArgumentParser
 import Foundation
+import Logging
 import NIOCore
 
 /// The options every subcommand shares: which server, and how long connecting may take.
@@ -10,11 +11,23 @@ struct ServerOptions: ParsableArguments {
         name: .long,
         help: ArgumentHelp(
             "The server: tcp://HOST:PORT, tcp://[IPV6]:PORT or unix:PATH.",
-            discussion: "Default: $AIOTASK_SERVER, else unix:\(ServerAddress.defaultUnixPath).",
+            discussion: """
+                Default: $AIOTASK_SERVER, else unix:\(ServerAddress.defaultUnixPath). submit and bench take several \
+                servers (repeated, or separated by commas) and balance their tasks over them (see --balance).
+                """,
             valueName: "address"
         )
     )
-    var server: String?
+    var server: [String] = []
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "How tasks are spread over several servers: \(BalancingStrategy.all.map(\.rawValue).joined(separator: ", ")).",
+            valueName: "strategy"
+        )
+    )
+    var balance: BalancingStrategy = .leastOutstanding
 
     @Option(name: .long, help: ArgumentHelp("Seconds to wait for the connection and handshake.", valueName: "seconds"))
     var connectTimeout: Double = 10
@@ -43,19 +56,78 @@ struct ServerOptions: ParsableArguments {
         guard connectTimeout > 0, connectTimeout.isFinite else {
             throw ValidationError("--connect-timeout must be a positive number of seconds")
         }
+        let addresses: [ServerAddress]
         do {
-            _ = try address()
+            addresses = try self.addresses()
         } catch {
             throw ValidationError("\(error)")
         }
+        if addresses.count > 1 && wireProtocol != .extended {
+            throw ValidationError("several servers need the extended protocol (no GOODBYE in the legacy one)")
+        }
     }
 
-    /// The address from `--server`, `$AIOTASK_SERVER`, or the default Unix socket.
+    /// The addresses from `--server` (repeated, or separated by commas), else `$AIOTASK_SERVER` (which may list
+    /// several too), else the default Unix socket.
+    func addresses() throws -> [ServerAddress] {
+        let texts =
+            server.isEmpty
+            ? [
+                ProcessInfo.processInfo.environment["AIOTASK_SERVER"].flatMap { $0.isEmpty ? nil : $0 }
+                    ?? "unix:\(ServerAddress.defaultUnixPath)"
+            ] : server
+        let addresses = try texts.flatMap { $0.split(separator: ",") }.map {
+            try ServerAddress(parsing: $0.trimmingCharacters(in: .whitespaces))
+        }
+        guard !addresses.isEmpty else { throw ValidationError("--server names no address") }
+        return addresses
+    }
+
+    /// The one server of a command that talks to one.
     func address() throws -> ServerAddress {
-        let text =
-            server ?? ProcessInfo.processInfo.environment["AIOTASK_SERVER"].flatMap { $0.isEmpty ? nil : $0 }
-            ?? "unix:\(ServerAddress.defaultUnixPath)"
-        return try ServerAddress(parsing: text)
+        let addresses = try addresses()
+        guard addresses.count == 1 else {
+            throw ValidationError("this command talks to one server; --server names \(addresses.count)")
+        }
+        return addresses[0]
+    }
+
+    /// The client pool over every `--server`, with `connections` connections to each; its `run()` must be running
+    /// for tasks to go out.
+    func pool(connectionsPerServer connections: Int = 1) throws -> AiotaskClientPool {
+        AiotaskClientPool(
+            addresses: try addresses(),
+            configuration: .init(
+                connectionsPerEndpoint: connections,
+                strategy: balance,
+                connectTimeout: Duration.seconds(connectTimeout)
+            ),
+            // Warnings (an endpoint ejected) go to stderr; the normal path logs nothing there.
+            logger: Logger(label: "aiotask") { label in
+                var handler = StreamLogHandler.standardError(label: label)
+                handler.logLevel = .warning
+                return handler
+            }
+        )
+    }
+
+    /// Runs `body` with a pool over every `--server` while the pool runs, then stops the pool.
+    func withPool<Result: Sendable>(
+        connectionsPerServer connections: Int = 1,
+        _ body: @escaping @Sendable (AiotaskClientPool) async throws -> Result
+    ) async throws -> Result {
+        let pool = try pool(connectionsPerServer: connections)
+        return try await withThrowingTaskGroup(of: Result?.self) { group in
+            group.addTask {
+                try await pool.run()
+                return nil
+            }
+            defer { group.cancelAll() }
+            let result = try await body(pool)
+            // Every task has its answer: nothing is lost by closing the connections at once.
+            group.cancelAll()
+            return result
+        }
     }
 
     /// Connects to the server, trying again a few times when it closes the connection before the handshake
@@ -101,6 +173,14 @@ struct ServerOptions: ParsableArguments {
             throw error
         }
     }
+}
+
+extension BalancingStrategy: ExpressibleByArgument {
+    public init?(argument: String) {
+        self.init(rawValue: argument)
+    }
+
+    public static var allValueStrings: [String] { all.map(\.rawValue) }
 }
 
 /// A value of `--protocol`.

@@ -14,7 +14,8 @@ struct SubmitCommand: AsyncParsableCommand {
             they are. When the task fails, the reason goes to stderr and the exit status is 1; connection and \
             server problems exit with 2. A task the server refused because it was stopping (so never started) \
             is submitted again on a new connection, a few times: a service restarting under systemd's socket \
-            serves it.
+            serves it. With several --server addresses the task goes to one of them (--balance), and to another \
+            when one is down or stopping.
             """
     )
 
@@ -39,11 +40,22 @@ struct SubmitCommand: AsyncParsableCommand {
         } else {
             payload = ByteBuffer(bytes: FileHandle.standardInput.readDataToEndOfFile())
         }
+        let timeout = self.timeout.map { Duration.seconds($0) }
+        if try options.addresses().count > 1 {
+            // The pool resubmits a task no server started, to another server, by itself.
+            do {
+                let result = try await options.withPool { try await $0.submit(payload, timeout: timeout) }
+                FileHandle.standardOutput.write(Data(result.readableBytesView))
+                return
+            } catch {
+                throw AiotaskCommand.report(error)
+            }
+        }
         var attempt = 1
         while true {
             do {
                 let result = try await options.withClient { client in
-                    try await client.submit(payload, timeout: timeout.map { Duration.seconds($0) })
+                    try await client.submit(payload, timeout: timeout)
                 }
                 FileHandle.standardOutput.write(Data(result.readableBytesView))
                 return

@@ -14,6 +14,8 @@ struct BenchLoad {
     var connections: Int
     /// Whether `aiotask bench` checks that each result equals its task (true for the echo handler).
     var verify = true
+    /// With several servers: how `aiotask bench --balance` spreads the tasks over them (its `AiotaskClientPool`).
+    var balance = "least-outstanding"
 
     /// What `aiotask bench --json` reports, as far as the suite reads it.
     struct Report: Decodable {
@@ -38,8 +40,15 @@ struct BenchLoad {
     /// Runs the load with the `aiotask` at `client` against `server`, and fails unless every task came back right:
     /// the suite measures only correct runs.
     func checkedRun(client: String, against server: ServerAddress) async throws -> Report {
+        try await checkedRun(client: client, against: [server])
+    }
+
+    /// Runs the load against several servers at once: `aiotask bench` balances it over them with its
+    /// `AiotaskClientPool`, `connections` to each.
+    func checkedRun(client: String, against servers: [ServerAddress]) async throws -> Report {
         var arguments = [
-            "bench", "--server", "\(server)", "--tasks", "\(tasks)", "--concurrency", "\(concurrency)",
+            "bench", "--server", servers.map { "\($0)" }.joined(separator: ","), "--balance", balance, "--tasks",
+            "\(tasks)", "--concurrency", "\(concurrency)",
             "--size", "\(size)", "--connections", "\(connections)", "--json",
         ]
         if !verify { arguments.append("--no-verify") }

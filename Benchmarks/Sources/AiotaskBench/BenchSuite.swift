@@ -107,6 +107,20 @@ struct BenchSuite {
             meets: { $0 >= 100_000 }
         )
 
+        var pooled = Figure(
+            name: "echo 100 B, 256 in flight, client pool over 3 daemons, 1 connection each",
+            unit: "tasks/s",
+            target: "",
+            meets: { _ in true }
+        )
+        var pooledRatio = Figure(
+            name: "client pool over 3 daemons / 1 connection to 1 daemon",
+            unit: "×",
+            target: ">= 0.90",
+            meets: { $0 >= 0.9 },
+            precision: 2
+        )
+
         let stubServer = try await StubTaskServer.start()
         defer { Task { await stubServer.stop() } }
 
@@ -146,6 +160,29 @@ struct BenchSuite {
                 await echo.stop()
             } catch {
                 await echo.stop()
+                throw error
+            }
+
+            // Client-side balancing: the same load spread by `aiotask bench`'s AiotaskClientPool over three daemons
+            // on 127.0.0.11, .12 and .13, against the one connection to one daemon measured above this round.
+            var hosts: [DaemonUnderTest] = []
+            do {
+                for host in ["127.0.0.11", "127.0.0.12", "127.0.0.13"] {
+                    hosts.append(
+                        try await DaemonUnderTest.start(
+                            executable: daemon,
+                            arguments: ["--handler", "echo", "--workers", "2", "--log-level", "warning"],
+                            host: host
+                        )
+                    )
+                }
+                let rate = try await BenchLoad(tasks: tinyTasks, concurrency: 256, size: 100, connections: 1)
+                    .checkedRun(client: client, against: hosts.map(\.address)).tasksPerSecond
+                pooled.values.append(rate)
+                if let single = throughput1.values.last, single > 0 { pooledRatio.values.append(rate / single) }
+                for host in hosts { await host.stop() }
+            } catch {
+                for host in hosts { await host.stop() }
                 throw error
             }
 
@@ -197,7 +234,8 @@ struct BenchSuite {
             )
         }
         return [
-            throughput1, throughput4, throughputNoPrefetch, p50, p99, unixP50, unixP99, large, sha1, sha2, shaRatio,
+            throughput1, throughput4, pooled, pooledRatio, throughputNoPrefetch, p50, p99, unixP50, unixP99, large,
+            sha1, sha2, shaRatio,
             rssIdle,
             rssConnections, stub,
         ]

@@ -18,32 +18,39 @@ final class DaemonUnderTest {
     }
 
     let process: SpawnedProcess
+    let host: String
     let port: Int
     let socketPath: String
-    var address: ServerAddress { .tcp(host: "127.0.0.1", port: port) }
+    var address: ServerAddress { .tcp(host: host, port: port) }
     var unixAddress: ServerAddress { .unix(path: socketPath) }
     var pid: Int32 { process.pid }
 
-    private init(process: SpawnedProcess, port: Int, socketPath: String) {
+    private init(process: SpawnedProcess, host: String, port: Int, socketPath: String) {
         self.process = process
+        self.host = host
         self.port = port
         self.socketPath = socketPath
     }
 
-    /// Starts `executable` with `--listen` on a free port plus `arguments`, and waits until it answers `HELLO`.
-    static func start(executable: String, arguments: [String]) async throws -> DaemonUnderTest {
-        let port = try freePort()
+    /// Starts `executable` with `--listen` on a free port of `host` (a loopback address) plus `arguments`, and
+    /// waits until it answers `HELLO`.
+    static func start(
+        executable: String,
+        arguments: [String],
+        host: String = "127.0.0.1"
+    ) async throws -> DaemonUnderTest {
+        let port = try freePort(host: host)
         let socketPath = NSTemporaryDirectory() + "aiotask-bench-\(getpid())-\(port).sock"
         let process: SpawnedProcess
         do {
             process = try SpawnedProcess.spawn(
                 executable,
-                ["--listen", "tcp://127.0.0.1:\(port)", "--listen", "unix:\(socketPath)"] + arguments
+                ["--listen", "tcp://\(host):\(port)", "--listen", "unix:\(socketPath)"] + arguments
             )
         } catch {
             throw Failure(description: "cannot start \(executable): \(error)")
         }
-        let daemon = DaemonUnderTest(process: process, port: port, socketPath: socketPath)
+        let daemon = DaemonUnderTest(process: process, host: host, port: port, socketPath: socketPath)
         let deadline = ContinuousClock.now + .seconds(20)
         while true {
             if process.hasExited {
@@ -84,12 +91,12 @@ final class DaemonUnderTest {
         try? FileManager.default.removeItem(atPath: socketPath)
     }
 
-    /// A TCP port on 127.0.0.1 that nothing listens on at the moment.
-    static func freePort() throws -> Int {
+    /// A TCP port on `host` (127.0.0.1 by default) that nothing listens on at the moment.
+    static func freePort(host: String = "127.0.0.1") throws -> Int {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw Failure(description: "socket: \(String(cString: strerror(errno)))") }
         defer { close(fd) }
-        var address = loopback(port: 0)
+        var address = loopback(port: 0, host: host)
         let bound = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
                 bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
@@ -103,11 +110,11 @@ final class DaemonUnderTest {
         return Int(UInt16(bigEndian: address.sin_port))
     }
 
-    static func loopback(port: Int) -> sockaddr_in {
+    static func loopback(port: Int, host: String = "127.0.0.1") -> sockaddr_in {
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_port = UInt16(port).bigEndian
-        address.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+        inet_pton(AF_INET, host, &address.sin_addr)
         return address
     }
 }
