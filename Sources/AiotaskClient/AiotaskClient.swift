@@ -393,6 +393,31 @@ public final class AiotaskClient: TaskSubmitter {
         return try await promise.futureResult.get()
     }
 
+    /// Puts the server into drain for HAProxy's agent check (`drained` true), or takes it out (false), and
+    /// returns its statistics after the change (``ServerInfo/agentCheck`` says what the agent now answers).
+    ///
+    /// A drained server still takes every task sent to it; the balancer only stops sending it new connections.
+    /// The state lasts until it is changed again or the server stops (docs/deployment.md, "Draining a host").
+    ///
+    /// - Throws: ``AiotaskClientError``, with ``AiotaskClientError/Code/legacyProtocol`` in the legacy protocol,
+    ///   which has no `DRAIN`.
+    public func setDrained(_ drained: Bool) async throws -> ServerInfo {
+        guard wireProtocol != .legacy else {
+            throw AiotaskClientError(.legacyProtocol, reason: "DRAIN needs the extended protocol")
+        }
+        let promise = eventLoop.makePromise(of: ByteBuffer.self)
+        onEventLoop { $0.requestDrain(drained, promise: promise) }
+        let json = try await promise.futureResult.get()
+        do {
+            return try JSONDecoder().decode(ServerInfo.self, from: Data(json.readableBytesView))
+        } catch {
+            throw AiotaskClientError(
+                .protocolViolation,
+                reason: "the server's INFO is not a valid statistics object: \(error)"
+            )
+        }
+    }
+
     // MARK: Closing
 
     /// Closes the connection. Every pending task and query fails with ``AiotaskClientError/Code/connectionLost``;

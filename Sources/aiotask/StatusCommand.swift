@@ -50,7 +50,7 @@ struct StatusCommand: AsyncParsableCommand {
             ),
             ("throughput", String(format: "%.1f tasks/s", info.tasksPerSecond)),
             ("connections", "\(info.connections)"),
-        ]
+        ] + (info.agentCheck.map { [("agent check", $0)] } ?? [])
         let width = rows.map(\.0.count).max() ?? 0
         return rows.map { label, value in
             label + String(repeating: " ", count: width - label.count + 2) + value
