@@ -242,15 +242,14 @@ public final class AiotaskServer: Sendable {
         supervisor: NIOLoopBound<Supervisor>,
         logger: Logger
     ) -> ServerBootstrap {
-        let state = NIOLoopBound(AgentListenerState(), eventLoop: loop)
-        return ServerBootstrap(group: loop, childGroup: loop)
+        ServerBootstrap(group: loop, childGroup: loop)
             .serverChannelOption(.backlog, value: 128)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.allowRemoteHalfClosure, value: false)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(
-                        AgentCheckHandler(supervisor: supervisor.value, listener: state.value, logger: logger)
+                        AgentCheckHandler(supervisor: supervisor.value, logger: logger)
                     )
                 }
             }

@@ -21,12 +21,12 @@ struct AgentListenerTests {
     /// uses (docs/deployment.md).
     static let healthCheckSend: [UInt8] = hex("040010686170726f78792d636865636b2d7631")
     /// What its `tcp-check expect binary` waits for: `UPDATE` of that id, `NOT_FOUND`.
-    static let healthCheckExpect: [UInt8] = hex("021100686170726f78792d636865636b2d7631ff")
+    static let healthCheckExpect: [UInt8] = hex("020011686170726f78792d636865636b2d7631ff")
 
     @Test("the health check's exact bytes are answered by a running aiotaskd, as the reference config expects")
     func healthCheckBytes() async throws {
         // The bytes are copied from packaging/haproxy/aiotask.cfg, so that the config and this test cannot drift.
-        let config = try ConfigDeclarationTests.repositoryFile("packaging/haproxy/aiotask.cfg")
+        let config = try ConfigTests.repositoryFile("packaging/haproxy/aiotask.cfg")
         #expect(config.contains("tcp-check send-binary \(Self.hexText(Self.healthCheckSend))"))
         #expect(config.contains("tcp-check expect binary \(Self.hexText(Self.healthCheckExpect))"))
         let daemon = try await RunningDaemon.start(arguments: ["--handler", "sleep", "--workers", "1"])
@@ -115,8 +115,9 @@ struct AgentListenerTests {
         try await withTimeout {
             // Garbage past the byte limit: the connection is closed, and the next peer answered.
             try await RawConnection.with(agent) { connection in
-                try await connection.send([UInt8](repeating: 0xff, count: 4096))
-                _ = try await connection.readBytesUntilClosed()
+                // The server may close before the last of them is written: that write then fails, as it should.
+                try? await connection.send([UInt8](repeating: 0xff, count: 4096))
+                _ = try? await connection.readBytesUntilClosed()
             }
             _ = await server.logs.first { $0.message.contains("sent over 1024 bytes") }
             #expect(try await Self.ask(agent) == "up ready 100%\n")

@@ -14,15 +14,14 @@ final class AgentCheckHandler: ChannelInboundHandler {
     typealias OutboundOut = ByteBuffer
 
     private let supervisor: Supervisor
-    private let listener: AgentListenerState
+    private var listener: AgentListenerState { supervisor.agentListener }
     private let logger: Logger
     private var bytesRead = 0
     private var lingerTimer: Scheduled<Void>?
     private var counted = false
 
-    init(supervisor: Supervisor, listener: AgentListenerState, logger: Logger) {
+    init(supervisor: Supervisor, logger: Logger) {
         self.supervisor = supervisor
-        self.listener = listener
         self.logger = logger
     }
 
@@ -107,11 +106,9 @@ final class AgentListenerState {
     func noteRefused(peer: String, logger: Logger) {
         refusedSinceLog += 1
         guard refusedSinceLog == 1 || refusedSinceLog % 100 == 0 else { return }
-        logger.warning(
-            "agent check: \(Self.maximumConnections) connections open; closing new ones "
-                + "(\(refusedSinceLog) closed so far)",
-            metadata: ["peer": "\(peer)"]
-        )
+        let message = "agent check: \(Self.maximumConnections) connections open; closing new ones "
+            + "(\(refusedSinceLog) closed so far)"
+        logger.warning("\(message)", metadata: ["peer": "\(peer)"])
     }
 
     /// Logs the answer when it differs from the last one.

@@ -146,6 +146,8 @@ final class Supervisor {
     /// Whether an operator put the server into drain (``setDrainedByOperator(_:)``): the agent check then says
     /// `drain`, so that HAProxy sends no new connection; tasks keep being taken from the connections open.
     private(set) var isDrainedByOperator = false
+    /// What the agent check's connections share (``AgentCheckHandler``).
+    let agentListener = AgentListenerState()
 
     /// Puts the server into drain for the agent check, or takes it out, on an operator's `DRAIN` frame.
     func setDrainedByOperator(_ drained: Bool, by client: String) {
