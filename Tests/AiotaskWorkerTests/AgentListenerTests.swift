@@ -114,12 +114,12 @@ struct AgentListenerTests {
         let agent = ServerAddress.tcp(host: "127.0.0.1", port: port)
         try await withTimeout {
             // Garbage past the byte limit: the connection is closed, and the next peer answered.
-            try await RawConnection.with(agent) { connection in
-                // The server may close before the last of them is written: that write then fails, as it should.
-                try? await connection.send([UInt8](repeating: 0xff, count: 4096))
-                _ = try? await connection.readBytesUntilClosed()
-            }
+            // A plain socket: it keeps sending after the answer and the server's half-close, as a hostile peer would.
+            let garbage = try Self.connect(port: port)
+            let bytes = [UInt8](repeating: 0xff, count: 4096)
+            #expect(write(garbage, bytes, bytes.count) == bytes.count)
             _ = await server.logs.first { $0.message.contains("sent over 1024 bytes") }
+            close(garbage)
             #expect(try await Self.ask(agent) == "up ready 100%\n")
 
             // Peers that read the answer and keep the connection open fill the listener; one more is closed unanswered.
