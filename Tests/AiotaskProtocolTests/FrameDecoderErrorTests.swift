@@ -274,3 +274,13 @@ struct FrameDecoderErrorTests {
         #expect(ProtocolError.payloadExceedsLegacyFrame(.done, length: 70_000).description.contains("DONE"))
     }
 }
+
+extension FrameDecoderErrorTests {
+    @Test("A DRAIN byte other than 0 or 1 is a malformed frame", arguments: [2, 0x80, 0xff] as [UInt8])
+    func drainByte(_ value: UInt8) throws {
+        let error = protocolError { _ = try decodeAll(rawFrame(.drain, [value])) }
+        #expect(error?.code == .malformedFrame)
+        #expect(error?.frameType == .drain)
+        #expect(error?.reason?.contains("neither 0 nor 1") == true)
+    }
+}

@@ -8,7 +8,9 @@ import Testing
 struct AgentCheckTests {
     @Test(
         "a healthy pool says up ready, weighted by its idle share, never below 1 %",
-        arguments: [(4, 4, "up ready 100%\n"), (4, 3, "up ready 75%\n"), (3, 1, "up ready 33%\n"), (4, 0, "up ready 1%\n")]
+        arguments: [
+            (4, 4, "up ready 100%\n"), (4, 3, "up ready 75%\n"), (3, 1, "up ready 33%\n"), (4, 0, "up ready 1%\n"),
+        ]
     )
     func ready(poolSize: Int, idle: Int, line: String) {
         let answer = AgentCheck.answer(.init(poolSize: poolSize, idleSlots: idle))

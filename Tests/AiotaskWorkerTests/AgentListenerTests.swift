@@ -34,16 +34,22 @@ struct AgentListenerTests {
             try await withTimeout {
                 try await RawConnection.with(.unix(path: daemon.socket)) { connection in
                     try await connection.send(Self.healthCheckSend)
-                    #expect(try await connection.readBytes(count: Self.healthCheckExpect.count) == Self.healthCheckExpect)
+                    #expect(
+                        try await connection.readBytes(count: Self.healthCheckExpect.count) == Self.healthCheckExpect
+                    )
                     // Asked again on the same connection: the check leaves it usable.
                     try await connection.send(Self.healthCheckSend)
-                    #expect(try await connection.readBytes(count: Self.healthCheckExpect.count) == Self.healthCheckExpect)
+                    #expect(
+                        try await connection.readBytes(count: Self.healthCheckExpect.count) == Self.healthCheckExpect
+                    )
                 }
             }
         }
     }
 
-    @Test("aiotaskd's agent check says up ready, drain while an operator drains it (tasks still run), ready after undrain")
+    @Test(
+        "aiotaskd's agent check says up ready, drain while an operator drains it (tasks still run), ready after undrain"
+    )
     func operatorDrain() async throws {
         let daemon = try await RunningDaemon.start(arguments: Self.agentArguments(["--handler", "sleep"]))
         try await daemon.stopAfter {

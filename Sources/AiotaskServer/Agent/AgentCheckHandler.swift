@@ -106,7 +106,8 @@ final class AgentListenerState {
     func noteRefused(peer: String, logger: Logger) {
         refusedSinceLog += 1
         guard refusedSinceLog == 1 || refusedSinceLog % 100 == 0 else { return }
-        let message = "agent check: \(Self.maximumConnections) connections open; closing new ones "
+        let message =
+            "agent check: \(Self.maximumConnections) connections open; closing new ones "
             + "(\(refusedSinceLog) closed so far)"
         logger.warning("\(message)", metadata: ["peer": "\(peer)"])
     }
