@@ -366,7 +366,11 @@ public final class AiotaskClient: TaskSubmitter {
     /// - Throws: ``AiotaskClientError``, with ``AiotaskClientError/Code/protocolViolation`` when the answer is not
     ///   the expected JSON object.
     public func serverInfo() async throws -> ServerInfo {
-        let json = try await serverInfoJSON()
+        try Self.decodeServerInfo(try await serverInfoJSON())
+    }
+
+    /// The statistics of an `INFO` frame's JSON.
+    private static func decodeServerInfo(_ json: ByteBuffer) throws(AiotaskClientError) -> ServerInfo {
         do {
             return try JSONDecoder().decode(ServerInfo.self, from: Data(json.readableBytesView))
         } catch {
@@ -407,15 +411,7 @@ public final class AiotaskClient: TaskSubmitter {
         }
         let promise = eventLoop.makePromise(of: ByteBuffer.self)
         onEventLoop { $0.requestDrain(drained, promise: promise) }
-        let json = try await promise.futureResult.get()
-        do {
-            return try JSONDecoder().decode(ServerInfo.self, from: Data(json.readableBytesView))
-        } catch {
-            throw AiotaskClientError(
-                .protocolViolation,
-                reason: "the server's INFO is not a valid statistics object: \(error)"
-            )
-        }
+        return try Self.decodeServerInfo(try await promise.futureResult.get())
     }
 
     // MARK: Closing
