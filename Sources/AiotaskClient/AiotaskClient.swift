@@ -398,7 +398,7 @@ public final class AiotaskClient: TaskSubmitter {
     }
 
     /// Puts the server into drain for HAProxy's agent check (`drained` true), or takes it out (false), and
-    /// returns its statistics after the change (``ServerInfo/agentCheck`` says what the agent now answers).
+    /// returns its statistics after the change (its `agentCheck` says what the agent now answers).
     ///
     /// A drained server still takes every task sent to it; the balancer only stops sending it new connections.
     /// The state lasts until it is changed again or the server stops (docs/deployment.md, "Draining a host").

@@ -4,27 +4,27 @@
 /// set the server's state in HAProxy (docs/deployment.md, "Many hosts behind HAProxy"). The answer is a pure
 /// function of ``AgentCheck/Figures`` so that every rule is tested without a socket (`AgentCheckTests`);
 /// `AgentCheckHandler` only reads the figures and writes the line.
-public enum AgentCheck {
+enum AgentCheck {
     /// What the answer is made from: the server's state at the moment HAProxy asks.
-    public struct Figures: Hashable, Sendable {
+    struct Figures: Hashable, Sendable {
         /// The server is stopping: it drains, and takes no new task.
-        public var isStopping: Bool
+        var isStopping: Bool
         /// An operator put the server into drain (`aiotask drain`, the `DRAIN` frame).
-        public var isDrainedByOperator: Bool
+        var isDrainedByOperator: Bool
         /// A reload is rolling the pool over: some pool process is still to be replaced once its task is answered.
-        public var isRollingOver: Bool
+        var isRollingOver: Bool
         /// No slot of the pool keeps a process alive: each keeps dying young, or waits out a restart backoff.
-        public var isPoolFailing: Bool
+        var isPoolFailing: Bool
         /// The pool size (`workers`).
-        public var poolSize: Int
+        var poolSize: Int
         /// Slots with an idle process.
-        public var idleSlots: Int
+        var idleSlots: Int
         /// Tasks waiting: queued, held back, or sent ahead and not started.
-        public var queuedTasks: Int
+        var queuedTasks: Int
         /// Above this many waiting tasks the server asks to be drained (`agent-high-water`); nil never.
-        public var highWaterMark: Int?
+        var highWaterMark: Int?
 
-        public init(
+        init(
             isStopping: Bool = false,
             isDrainedByOperator: Bool = false,
             isRollingOver: Bool = false,
@@ -46,7 +46,7 @@ public enum AgentCheck {
     }
 
     /// One answer to the agent check.
-    public enum Answer: Hashable, Sendable {
+    enum Answer: Hashable, Sendable {
         /// Take new connections, with this share (1 to 100) of the server's configured weight.
         case ready(weightPercent: Int)
         /// Send no new connection; the ones open carry on.
@@ -59,7 +59,7 @@ public enum AgentCheck {
         /// `up` comes with `ready` and `drain` because an agent's `down` stays until the agent says `up`: without
         /// it a server that recovered would stay down. The reason of `drain` is not sent (HAProxy takes a
         /// description only after `down`, `fail` or `stopped`); the server logs it.
-        public var line: String {
+        var line: String {
             switch self {
             case .ready(let weightPercent): "up ready \(weightPercent)%\n"
             case .drain: "up drain\n"
@@ -69,26 +69,26 @@ public enum AgentCheck {
     }
 
     /// Why a server is not plainly ready.
-    public struct Reason: RawRepresentable, Hashable, Sendable {
-        public let rawValue: UInt8
+    struct Reason: RawRepresentable, Hashable, Sendable {
+        let rawValue: UInt8
 
-        public init(rawValue: UInt8) {
+        init(rawValue: UInt8) {
             self.rawValue = rawValue
         }
 
         /// The server is stopping (SIGTERM, `systemctl stop`, an upgrade).
-        public static let stopping = Reason(rawValue: 1)
+        static let stopping = Reason(rawValue: 1)
         /// An operator put the server into drain.
-        public static let drainedByOperator = Reason(rawValue: 2)
+        static let drainedByOperator = Reason(rawValue: 2)
         /// A reload rolls the pool over.
-        public static let reloading = Reason(rawValue: 3)
+        static let reloading = Reason(rawValue: 3)
         /// More tasks wait than the high-water mark.
-        public static let queueAboveHighWater = Reason(rawValue: 4)
+        static let queueAboveHighWater = Reason(rawValue: 4)
         /// The pool cannot keep a process alive.
-        public static let poolFailing = Reason(rawValue: 5)
+        static let poolFailing = Reason(rawValue: 5)
 
         /// Words for HAProxy's stats page and the log: ASCII, no newline.
-        public var text: String {
+        var text: String {
             switch self {
             case .stopping: "aiotaskd is stopping"
             case .drainedByOperator: "drained by the operator"
@@ -107,7 +107,7 @@ public enum AgentCheck {
     /// 3. drained by the operator, reloading, or more tasks waiting than the high-water mark: `drain`;
     /// 4. otherwise `ready`, weighted by the pool's idle share, at least 1 % so that a busy server still gets
     ///    connections when every server is busy (HAProxy weighs servers against each other).
-    public static func answer(_ figures: Figures) -> Answer {
+    static func answer(_ figures: Figures) -> Answer {
         if figures.isStopping { return .drain(.stopping) }
         if figures.isPoolFailing { return .down(.poolFailing) }
         if figures.isDrainedByOperator { return .drain(.drainedByOperator) }

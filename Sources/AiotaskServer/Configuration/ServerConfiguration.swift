@@ -63,7 +63,7 @@ public struct ServerConfiguration: Sendable {
     public var drainTimeout: Duration
     /// Longest wait between restarts of a process that keeps crashing.
     public var maximumRestartBackoff: Duration
-    /// TCP addresses where HAProxy's `agent-check` is answered (``AgentCheck``); empty for none. Like the
+    /// TCP addresses where HAProxy's `agent-check` is answered (see docs/deployment.md); empty for none. Like the
     /// listening addresses, kept as they are by a reload.
     public var agentListenAddresses: [ServerAddress]
     /// The agent check says `drain` while more tasks than this wait; nil never.
