@@ -374,7 +374,11 @@ public final class AiotaskClient: TaskSubmitter {
     /// - Throws: ``AiotaskClientError``, with ``AiotaskClientError/Code/protocolViolation`` when the answer is not
     ///   the expected JSON object.
     public func serverInfo() async throws -> ServerInfo {
-        let json = try await serverInfoJSON()
+        try Self.decodeServerInfo(try await serverInfoJSON())
+    }
+
+    /// The statistics of an `INFO` frame's JSON.
+    private static func decodeServerInfo(_ json: ByteBuffer) throws(AiotaskClientError) -> ServerInfo {
         do {
             return try JSONDecoder().decode(ServerInfo.self, from: Data(json.readableBytesView))
         } catch {
@@ -399,6 +403,23 @@ public final class AiotaskClient: TaskSubmitter {
         let promise = eventLoop.makePromise(of: ByteBuffer.self)
         onEventLoop { $0.requestInfo(promise: promise) }
         return try await promise.futureResult.get()
+    }
+
+    /// Puts the server into drain for HAProxy's agent check (`drained` true), or takes it out (false), and
+    /// returns its statistics after the change (its `agentCheck` says what the agent now answers).
+    ///
+    /// A drained server still takes every task sent to it; the balancer only stops sending it new connections.
+    /// The state lasts until it is changed again or the server stops (docs/deployment.md, "Draining a host").
+    ///
+    /// - Throws: ``AiotaskClientError``, with ``AiotaskClientError/Code/legacyProtocol`` in the legacy protocol,
+    ///   which has no `DRAIN`.
+    public func setDrained(_ drained: Bool) async throws -> ServerInfo {
+        guard wireProtocol != .legacy else {
+            throw AiotaskClientError(.legacyProtocol, reason: "DRAIN needs the extended protocol")
+        }
+        let promise = eventLoop.makePromise(of: ByteBuffer.self)
+        onEventLoop { $0.requestDrain(drained, promise: promise) }
+        return try Self.decodeServerInfo(try await promise.futureResult.get())
     }
 
     // MARK: Closing

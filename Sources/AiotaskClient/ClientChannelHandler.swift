@@ -195,6 +195,17 @@ final class ClientChannelHandler: ChannelInboundHandler {
         append(.infoRequest)
     }
 
+    /// Puts the server into drain for HAProxy's agent check, or takes it out; `promise` receives the JSON of the
+    /// `INFO` the server answers with.
+    func requestDrain(_ drained: Bool, promise: EventLoopPromise<ByteBuffer>) {
+        guard case .ready = state else {
+            promise.fail(currentError)
+            return
+        }
+        infoQueries.append(promise)
+        append(.drain(drained))
+    }
+
     /// Closes the connection on the client's behalf.
     func close() {
         shutDown(AiotaskClientError(.connectionLost, reason: "the client closed the connection"))
@@ -318,7 +329,8 @@ final class ClientChannelHandler: ChannelInboundHandler {
             promise.succeed(json)
         case (.hello, .ready):
             violation("a second HELLO frame")
-        case (.enqueue, .ready), (.status, .ready), (.submit, .ready), (.cancel, .ready), (.infoRequest, .ready):
+        case (.enqueue, .ready), (.status, .ready), (.submit, .ready), (.cancel, .ready), (.infoRequest, .ready),
+            (.drain, .ready):
             violation("a \(frame.type) frame, which only clients send")
         }
     }

@@ -29,6 +29,9 @@ public enum Frame: Hashable, Sendable {
     case error(String)
     /// The server is stopping: it takes no more tasks on this connection, answers those it took, then closes it.
     case goodbye(String)
+    /// An operator puts the server into drain for HAProxy's agent check (true) or takes it out (false); the
+    /// server answers with `info`. Tasks are still taken: only the balancer's new connections stop.
+    case drain(Bool)
 
     /// The type byte of this frame.
     public var type: FrameType {
@@ -46,6 +49,7 @@ public enum Frame: Hashable, Sendable {
         case .info: .info
         case .error: .error
         case .goodbye: .goodbye
+        case .drain: .drain
         }
     }
 }

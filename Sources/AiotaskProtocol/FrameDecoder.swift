@@ -211,6 +211,11 @@ public struct FrameDecoder: LengthPrefixedDecoder {
             return .error(payload.readString(length: payload.readableBytes) ?? "")
         case .goodbye:
             return .goodbye(payload.readString(length: payload.readableBytes) ?? "")
+        case .drain:
+            guard let value = payload.readInteger(as: UInt8.self) else { throw malformed("missing the drain byte") }
+            try requireEnd()
+            guard value <= 1 else { throw malformed("drain byte \(value) is neither 0 nor 1") }
+            return .drain(value == 1)
         default:
             throw ProtocolError.unknownFrameType(type.rawValue)
         }

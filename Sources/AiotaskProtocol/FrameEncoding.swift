@@ -54,6 +54,8 @@ extension ByteBuffer {
             writeBuffer(&json)
         case .error(let message), .goodbye(let message):
             writeString(message)
+        case .drain(let drained):
+            writeInteger(UInt8(drained ? 1 : 0))
         }
     }
 }
@@ -72,6 +74,7 @@ extension Frame {
         case .infoRequest: 0
         case .info(let json): json.readableBytes
         case .error(let message), .goodbye(let message): message.utf8.count
+        case .drain: 1
         }
     }
 }

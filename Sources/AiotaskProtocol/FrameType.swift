@@ -37,6 +37,9 @@ public struct FrameType: RawRepresentable, Hashable, Sendable {
     /// Server → client: the server is stopping; tasks sent after it are refused, and the connection closes once
     /// every task taken before it is answered.
     public static let goodbye = FrameType(rawValue: 0x88)
+    /// Client → server: an operator puts the server into drain for HAProxy's agent check (1), or takes it out (0);
+    /// answered with `INFO`.
+    public static let drain = FrameType(rawValue: 0x89)
 
     /// Whether this is an extension type, framed with a 32-bit length.
     public var isExtension: Bool { rawValue & 0x80 != 0 }
@@ -52,7 +55,7 @@ public struct FrameType: RawRepresentable, Hashable, Sendable {
 
     /// Whether this type is defined by this version of the protocol.
     public var isKnown: Bool {
-        (1...4).contains(rawValue) || (0x80...0x88).contains(rawValue)
+        (1...4).contains(rawValue) || (0x80...0x89).contains(rawValue)
     }
 }
 
@@ -72,6 +75,7 @@ extension FrameType: CustomStringConvertible {
         case .info: "INFO"
         case .error: "ERROR"
         case .goodbye: "GOODBYE"
+        case .drain: "DRAIN"
         default: "type \(rawValue)"
         }
     }

@@ -18,6 +18,9 @@ public struct ServerInfo: Codable, Hashable, Sendable {
     public var connections: Int
     /// Tasks finished per second, averaged over the last few seconds.
     public var tasksPerSecond: Double
+    /// What the server would answer HAProxy's agent check now, without its newline (`up ready 50%`, `up drain`,
+    /// `down #…`); nil from a server older than the agent check.
+    public var agentCheck: String?
 
     public struct Workers: Codable, Hashable, Sendable {
         /// How many processes the pool keeps.
@@ -76,7 +79,8 @@ public struct ServerInfo: Codable, Hashable, Sendable {
         queue: Queue,
         tasks: Tasks,
         connections: Int,
-        tasksPerSecond: Double
+        tasksPerSecond: Double,
+        agentCheck: String? = nil
     ) {
         self.version = version
         self.pid = pid
@@ -87,11 +91,13 @@ public struct ServerInfo: Codable, Hashable, Sendable {
         self.tasks = tasks
         self.connections = connections
         self.tasksPerSecond = tasksPerSecond
+        self.agentCheck = agentCheck
     }
 
     enum CodingKeys: String, CodingKey {
         case version, pid, handler, workers, queue, tasks, connections
         case uptimeSeconds = "uptime_seconds"
         case tasksPerSecond = "tasks_per_second"
+        case agentCheck = "agent_check"
     }
 }

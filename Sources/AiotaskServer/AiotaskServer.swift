@@ -47,6 +47,8 @@ public final class AiotaskServer: Sendable {
     private struct Running: Sendable {
         let supervisor: NIOLoopBound<Supervisor>
         let listeners: [any Channel]
+        /// The agent check's listeners: closed only once the drain is over, so that HAProxy hears `drain` during it.
+        let agentListeners: [any Channel]
         let ownedSocketPaths: [String]
         let localAddresses: [SocketAddress]
     }
@@ -73,6 +75,12 @@ public final class AiotaskServer: Sendable {
     /// until it has started.
     public var localAddresses: [SocketAddress] {
         lifecycle.withLockedValue { $0.running?.localAddresses ?? [] }
+    }
+
+    /// The local addresses where the agent check is answered (``ServerConfiguration/agentListenAddresses``); empty
+    /// until the server has started.
+    public var agentAddresses: [SocketAddress] {
+        lifecycle.withLockedValue { $0.running?.agentListeners.compactMap(\.localAddress) ?? [] }
     }
 
     /// A server that does nothing until ``run()`` starts it.
@@ -146,6 +154,7 @@ public final class AiotaskServer: Sendable {
         try await loop.flatSubmit { supervisor.value.start() }.get()
 
         var listeners: [any Channel] = []
+        var agentListeners: [any Channel] = []
         var ownedSocketPaths: [String] = []
         // The address being bound, named in the error if that fails.
         var binding = ""
@@ -174,8 +183,22 @@ public final class AiotaskServer: Sendable {
                 listeners.append(try await bootstrap.withBoundSocket(socket.descriptor).get())
                 logger.info("serving adopted socket \(socket.name) (fd \(socket.descriptor))")
             }
+            let agentBootstrap = makeAgentBootstrap(loop: loop, supervisor: supervisor, logger: logger)
+            for address in configuration.agentListenAddresses {
+                binding = "agent check \(address)"
+                guard case .tcp(let host, let port) = address else {
+                    throw AgentListenError.notTCP
+                }
+                let listener = try await agentBootstrap.bind(host: host, port: port).get()
+                agentListeners.append(listener)
+                // The bound port, for a configured port 0.
+                let bound = listener.localAddress.flatMap { local in
+                    local.port.map { ServerAddress.tcp(host: local.ipAddress ?? host, port: $0) }
+                }
+                logger.info("answering HAProxy's agent check on \(bound ?? address)")
+            }
         } catch {
-            for listener in listeners { try? await listener.close() }
+            for listener in listeners + agentListeners { try? await listener.close() }
             // Nothing was accepted, so nothing drains: the pool just stops, without a "draining" log.
             try? await loop.flatSubmit { supervisor.value.shutdown(drainTimeout: .zero, announce: false) }.get()
             throw ServerError.cannotListen(ListenError(address: binding, error: error))
@@ -183,6 +206,7 @@ public final class AiotaskServer: Sendable {
         return Running(
             supervisor: supervisor,
             listeners: listeners,
+            agentListeners: agentListeners,
             ownedSocketPaths: ownedSocketPaths,
             localAddresses: listeners.compactMap(\.localAddress)
         )
@@ -208,6 +232,24 @@ public final class AiotaskServer: Sendable {
                     try reads.install(on: channel)
                     try channel.pipeline.syncOperations.addHandler(
                         ConnectionHandler(supervisor: supervisor.value, logger: logger, readWindow: reads.window)
+                    )
+                }
+            }
+    }
+
+    private static func makeAgentBootstrap(
+        loop: any EventLoop,
+        supervisor: NIOLoopBound<Supervisor>,
+        logger: Logger
+    ) -> ServerBootstrap {
+        ServerBootstrap(group: loop, childGroup: loop)
+            .serverChannelOption(.backlog, value: 128)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.allowRemoteHalfClosure, value: false)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(
+                        AgentCheckHandler(supervisor: supervisor.value, logger: logger)
                     )
                 }
             }
@@ -324,6 +366,7 @@ public final class AiotaskServer: Sendable {
         try await loop.flatSubmit { [supervisor = running.supervisor, drainTimeout = configuration.drainTimeout] in
             supervisor.value.shutdown(drainTimeout: drainTimeout)
         }.get()
+        for listener in running.agentListeners { try? await listener.close() }
         logger.info("worker stopped")
     }
 }
@@ -372,6 +415,13 @@ public struct ServerError: Error, Hashable, Sendable, CustomStringConvertible {
         if code == .notStarted { return "the server has not started" }
         return "no address to listen on: give --listen ADDRESS, or pass sockets"
     }
+}
+
+/// Why an agent-check address cannot be listened on.
+struct AgentListenError: Error, CustomStringConvertible {
+    static let notTCP = AgentListenError()
+
+    var description: String { "the agent check takes a TCP address (tcp://HOST:PORT): HAProxy's agent speaks TCP" }
 }
 
 /// A continuation resumed by whichever of several racing events comes first.

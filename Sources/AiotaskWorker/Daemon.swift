@@ -178,6 +178,7 @@ public enum Daemon {
         }
         next.listenAddresses = current.listenAddresses
         next.adoptedSockets = current.adoptedSockets
+        next.agentListenAddresses = current.agentListenAddresses
         do {
             try await server.reload(next)
         } catch {

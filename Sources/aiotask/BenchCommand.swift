@@ -37,6 +37,25 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(name: .long, help: "How many connections to spread the tasks over (to each server, with several).")
     var connections = 1
 
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Send this text as every task instead of --size pseudo-random bytes (e.g. 10 for the sleep handler).",
+            valueName: "text"
+        )
+    )
+    var payload: String?
+
+    @Flag(
+        name: .long,
+        help: """
+            Make each connection a ReconnectingClient: a task the server never started (it said GOODBYE) is sent \
+            again on a new connection, one lost with its connection fails with connectionLost, and the next task \
+            connects again (through a balancer, to another server).
+            """
+    )
+    var reconnect = false
+
     @Option(name: .long, help: ArgumentHelp("Seconds each task may run (default: the server's).", valueName: "seconds"))
     var timeout: Double?
 
@@ -55,6 +74,8 @@ struct BenchCommand: AsyncParsableCommand {
             """
     )
     var tasksOnEventLoop = true
+    /// Every task's bytes, instead of `size` pseudo-random ones.
+    var payload: ByteBuffer? = nil
 
     func validate() throws {
         guard tasks >= 1 else { throw ValidationError("--tasks must be at least 1") }
@@ -96,11 +117,12 @@ struct BenchCommand: AsyncParsableCommand {
         let load = BenchLoad(
             tasks: tasks,
             concurrency: concurrency,
-            size: size,
+            size: payload?.utf8.count ?? size,
             connections: connections,
             timeout: timeout.map { Duration.seconds($0) },
             verify: verify,
-            tasksOnEventLoop: tasksOnEventLoop
+            tasksOnEventLoop: tasksOnEventLoop,
+            payload: payload.map { ByteBuffer(string: $0) }
         )
         let options = self.options
         if try options.addresses().count > 1 {
@@ -113,6 +135,18 @@ struct BenchCommand: AsyncParsableCommand {
                     reportFirstFailure: reportFirstFailure
                 )
             }
+        }
+        if reconnect {
+            let configuration = ReconnectingClient.Configuration(
+                connectTimeout: .seconds(options.connectTimeout),
+                protocol: options.wireProtocol
+            )
+            return try await load.run(
+                reconnectingTo: try options.address(),
+                configuration: configuration,
+                showProgress: Terminal.stderrIsTerminal,
+                reportFirstFailure: !json
+            )
         }
         return try await load.run(
             connect: { try await options.connect(on: $0) },
@@ -175,6 +209,32 @@ struct BenchLoad: Sendable {
         return report
     }
 
+    /// Runs all tasks over `connections` ``ReconnectingClient``s of `address`, closes them, and summarises.
+    func run(
+        reconnectingTo address: ServerAddress,
+        configuration: ReconnectingClient.Configuration,
+        showProgress: Bool = false,
+        reportFirstFailure: Bool = false
+    ) async throws -> BenchReport {
+        let loops = (0..<connections).map { _ in MultiThreadedEventLoopGroup.singleton.next() }
+        let clients = loops.map { loop in
+            var configuration = configuration
+            configuration.eventLoopGroup = loop
+            return ReconnectingClient(to: address, configuration: configuration)
+        }
+        let report = try await measure(
+            with: clients,
+            executors: loops.map { tasksOnEventLoop ? EventLoopTaskExecutor($0) : nil },
+            connections: clients.count,
+            showProgress: showProgress
+        )
+        for client in clients { try? await client.close() }
+        if reportFirstFailure, let failure = report.firstFailure {
+            Terminal.writeError("aiotask: first failure: \(failure)")
+        }
+        return report
+    }
+
     private func measure(with clients: [AiotaskClient], showProgress: Bool) async throws -> BenchReport {
         let limit = clients[0].serverMaximumPayloadLength
         guard size <= limit else {
@@ -195,8 +255,8 @@ struct BenchLoad: Sendable {
         connections: Int,
         showProgress: Bool
     ) async throws -> BenchReport {
-
-        let base = Self.pseudoRandomBytes(count: size + Self.payloadOffsets)
+        let base = payload ?? Self.pseudoRandomBytes(count: size + Self.payloadOffsets)
+        let offsets = payload == nil ? Self.payloadOffsets : 1
         let progress = Progress()
         let start = Terminal.monotonicNanoseconds()
         let progressTask = showProgress ? Self.showProgress(progress, of: tasks, since: start) : nil
@@ -213,6 +273,7 @@ struct BenchLoad: Sendable {
                         client: client,
                         base: base,
                         size: size,
+                        offsets: offsets,
                         timeout: timeout,
                         verify: verify,
                         progress: progress
@@ -266,6 +327,7 @@ struct BenchLoad: Sendable {
         client: some TaskSubmitter,
         base: ByteBuffer,
         size: Int,
+        offsets: Int,
         timeout: Duration?,
         verify: Bool,
         progress: Progress
@@ -273,7 +335,7 @@ struct BenchLoad: Sendable {
         var outcome = WorkerOutcome(expectedTasks: tasks / step + 1)
         var index = worker
         while index < tasks, !Task.isCancelled {
-            let payload = base.getSlice(at: base.readerIndex + index % payloadOffsets, length: size)!
+            let payload = base.getSlice(at: base.readerIndex + index % offsets, length: size)!
             let start = Terminal.monotonicNanoseconds()
             do {
                 let result = try await client.submit(payload, timeout: timeout)
@@ -281,8 +343,11 @@ struct BenchLoad: Sendable {
                 if verify, result != payload { outcome.mismatched += 1 }
             } catch let failure as TaskFailure {
                 outcome.latencies.append(Terminal.monotonicNanoseconds() - start)
-                outcome.failed += 1
-                if outcome.firstFailure == nil { outcome.firstFailure = failure }
+                outcome.failed(because: "\(failure.reason)", failure)
+            } catch let error as AiotaskClientError where error.code == .connectionLost {
+                // The task may have run on a server that went away: a failure of this task, not of the load.
+                outcome.latencies.append(Terminal.monotonicNanoseconds() - start)
+                outcome.failed(because: "\(error.code)", error)
             }
             progress.completed.add(1, ordering: .relaxed)
             index += step
@@ -333,7 +398,15 @@ struct WorkerOutcome: Sendable {
     var latencies: [UInt64] = []
     var failed = 0
     var mismatched = 0
-    var firstFailure: TaskFailure?
+    var firstFailure: (any Error & Sendable)?
+    /// Failed tasks by reason (a `FailureReason`'s name, or `connectionLost`).
+    var failures: [String: Int] = [:]
+
+    mutating func failed(because reason: String, _ error: any Error & Sendable) {
+        failed += 1
+        failures[reason, default: 0] += 1
+        if firstFailure == nil { firstFailure = error }
+    }
 
     init(expectedTasks: Int) {
         latencies.reserveCapacity(expectedTasks)
@@ -343,6 +416,7 @@ struct WorkerOutcome: Sendable {
         latencies.append(contentsOf: other.latencies)
         failed += other.failed
         mismatched += other.mismatched
+        failures.merge(other.failures, uniquingKeysWith: +)
         if firstFailure == nil { firstFailure = other.firstFailure }
     }
 }
@@ -365,11 +439,13 @@ struct BenchReport: Encodable {
     var concurrency: Int
     var connections: Int
     var size: Int
+    /// Failed tasks by reason.
+    var failures: [String: Int]
     /// The first task that failed, for the text report.
-    var firstFailure: TaskFailure?
+    var firstFailure: (any Error & Sendable)?
 
     enum CodingKeys: String, CodingKey {
-        case tasks, failed, mismatched, seconds, concurrency, connections, size
+        case tasks, failed, mismatched, seconds, concurrency, connections, size, failures
         case tasksPerSecond = "tasks_per_second"
         case latencyUs = "latency_us"
     }
@@ -396,13 +472,18 @@ struct BenchReport: Encodable {
         self.connections = connections
         self.size = size
         firstFailure = outcome.firstFailure
+        failures = outcome.failures
     }
 
     /// The human-readable report.
     var text: String {
         let plural = connections == 1 ? "connection" : "connections"
         return [
-            String(format: "tasks       %d in %.3f s (%d failed, %d mismatched)", tasks, seconds, failed, mismatched),
+            String(format: "tasks       %d in %.3f s (%d failed, %d mismatched)", tasks, seconds, failed, mismatched)
+                + (failures.isEmpty
+                    ? ""
+                    : "; failed: "
+                        + failures.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")),
             String(format: "throughput  %.0f tasks/s", tasksPerSecond),
             String(
                 format: "latency     p50 %.0f µs, p99 %.0f µs, p99.9 %.0f µs, max %.0f µs",

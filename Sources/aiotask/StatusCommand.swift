@@ -33,7 +33,7 @@ struct StatusCommand: AsyncParsableCommand {
 
     /// The statistics as aligned `label  value` lines.
     static func render(_ info: ServerInfo, address: ServerAddress) -> String {
-        let rows: [(String, String)] = [
+        var rows: [(String, String)] = [
             ("server", "\(address)"),
             ("version", "\(info.version) (pid \(info.pid), up \(formatUptime(info.uptimeSeconds)))"),
             ("handler", info.handler),
@@ -51,6 +51,8 @@ struct StatusCommand: AsyncParsableCommand {
             ("throughput", String(format: "%.1f tasks/s", info.tasksPerSecond)),
             ("connections", "\(info.connections)"),
         ]
+        // What HAProxy's agent check hears now; a server older than the agent check does not say.
+        if let agentCheck = info.agentCheck { rows.append(("agent check", agentCheck)) }
         let width = rows.map(\.0.count).max() ?? 0
         return rows.map { label, value in
             label + String(repeating: " ", count: width - label.count + 2) + value

@@ -22,7 +22,7 @@ func rawFrame(_ type: FrameType, _ payload: [UInt8]) -> [UInt8] {
 struct FrameDecoderErrorTests {
     @Test(
         "An unknown type byte throws at once, before any length arrives",
-        arguments: [0x00, 0x05, 0x7f, 0x89, 0xc0, 0xff] as [UInt8]
+        arguments: [0x00, 0x05, 0x7f, 0x8a, 0xc0, 0xff] as [UInt8]
     )
     func unknownType(_ type: UInt8) throws {
         var decoder = FrameDecoder(maximumPayloadLength: 1024)
@@ -74,6 +74,9 @@ struct FrameDecoderErrorTests {
         LengthCase(type: .cancel, length: 17, valid: false),
         LengthCase(type: .infoRequest, length: 0, valid: true),
         LengthCase(type: .infoRequest, length: 1, valid: false),
+        LengthCase(type: .drain, length: 1, valid: true),
+        LengthCase(type: .drain, length: 0, valid: false),
+        LengthCase(type: .drain, length: 2, valid: false),
         LengthCase(type: .info, length: 0, valid: true),
         LengthCase(type: .error, length: 0, valid: true),
     ]
@@ -269,5 +272,15 @@ struct FrameDecoderErrorTests {
         )
         #expect(ProtocolError.truncatedStream(bytesLeft: 3).description.contains("3 bytes"))
         #expect(ProtocolError.payloadExceedsLegacyFrame(.done, length: 70_000).description.contains("DONE"))
+    }
+}
+
+extension FrameDecoderErrorTests {
+    @Test("A DRAIN byte other than 0 or 1 is a malformed frame", arguments: [2, 0x80, 0xff] as [UInt8])
+    func drainByte(_ value: UInt8) throws {
+        let error = protocolError { _ = try decodeAll(rawFrame(.drain, [value])) }
+        #expect(error?.code == .malformedFrame)
+        #expect(error?.frameType == .drain)
+        #expect(error?.reason?.contains("neither 0 nor 1") == true)
     }
 }

@@ -99,6 +99,16 @@ struct FrameEncodingTests {
             frame: .goodbye("bye"),
             bytes: [0x88, 0x00, 0x00, 0x00, 0x03, 0x62, 0x79, 0x65]
         ),
+        Case(
+            name: "DRAIN",
+            frame: .drain(true),
+            bytes: [0x89, 0x00, 0x00, 0x00, 0x01, 0x01]
+        ),
+        Case(
+            name: "DRAIN lifted",
+            frame: .drain(false),
+            bytes: [0x89, 0x00, 0x00, 0x00, 0x01, 0x00]
+        ),
     ]
 
     @Test("Encodes to the exact bytes", arguments: cases)
@@ -118,7 +128,7 @@ struct FrameEncodingTests {
             (.enqueue, 1, 3), (.update, 2, 3), (.done, 3, 3), (.status, 4, 3),
             (.hello, 0x80, 5), (.submit, 0x81, 5), (.result, 0x82, 5), (.failed, 0x83, 5),
             (.cancel, 0x84, 5), (.infoRequest, 0x85, 5), (.info, 0x86, 5), (.error, 0x87, 5),
-            (.goodbye, 0x88, 5),
+            (.goodbye, 0x88, 5), (.drain, 0x89, 5),
         ]
         for (type, raw, header) in types {
             #expect(type.rawValue == raw)
@@ -128,7 +138,7 @@ struct FrameEncodingTests {
         }
         #expect(!FrameType(rawValue: 0).isKnown)
         #expect(!FrameType(rawValue: 5).isKnown)
-        #expect(!FrameType(rawValue: 0x89).isKnown)
+        #expect(!FrameType(rawValue: 0x8a).isKnown)
         #expect(FrameType(rawValue: 0x99).description == "type 153")
         #expect(Set(types.map { $0.0.description }).count == types.count)
     }

@@ -96,6 +96,16 @@ struct ConnectionStateMachineTests {
         #expect(receive(.status(id), on: &machine) == .write(.update(id, .failed), pauseReading: false))
     }
 
+    @Test(
+        "an operator's DRAIN, either way, sets the server's drain and is answered with INFO on an extended connection"
+    )
+    func operatorDrain() {
+        var machine = open()
+        #expect(receive(.drain(true), on: &machine) == .setDrained(true, pauseReading: false))
+        #expect(machine.isExtended)
+        #expect(receive(.drain(false), on: &machine) == .setDrained(false, pauseReading: false))
+    }
+
     @Test("a draining server says GOODBYE once, only to an extended client, then closes the output")
     func goodbyeAndHalfClose() {
         var legacy = open()

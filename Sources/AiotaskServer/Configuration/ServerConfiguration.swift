@@ -63,6 +63,11 @@ public struct ServerConfiguration: Sendable {
     public var drainTimeout: Duration
     /// Longest wait between restarts of a process that keeps crashing.
     public var maximumRestartBackoff: Duration
+    /// TCP addresses where HAProxy's `agent-check` is answered (see docs/deployment.md); empty for none. Like the
+    /// listening addresses, kept as they are by a reload.
+    public var agentListenAddresses: [ServerAddress]
+    /// The agent check says `drain` while more tasks than this wait; nil never.
+    public var agentHighWaterMark: Int?
 
     public init(
         listenAddresses: [ServerAddress] = [],
@@ -86,7 +91,9 @@ public struct ServerConfiguration: Sendable {
         sharedPayloadBytes: Int = 4 << 20,
         finishedTasksRemembered: Int = 1024,
         drainTimeout: Duration = .seconds(30),
-        maximumRestartBackoff: Duration = .seconds(10)
+        maximumRestartBackoff: Duration = .seconds(10),
+        agentListenAddresses: [ServerAddress] = [],
+        agentHighWaterMark: Int? = nil
     ) {
         self.listenAddresses = listenAddresses
         self.adoptedSockets = adoptedSockets
@@ -110,6 +117,8 @@ public struct ServerConfiguration: Sendable {
         self.finishedTasksRemembered = finishedTasksRemembered
         self.drainTimeout = drainTimeout
         self.maximumRestartBackoff = maximumRestartBackoff
+        self.agentListenAddresses = agentListenAddresses
+        self.agentHighWaterMark = agentHighWaterMark
     }
 }
 

@@ -219,6 +219,10 @@ final class ConnectionHandler: ChannelInboundHandler {
         case .writeInfo(let pauseReading):
             writeInfo()
             if pauseReading { perform(.pauseReading) }
+        case .setDrained(let drained, let pauseReading):
+            supervisor.setDrainedByOperator(drained, by: peerDescription)
+            writeInfo()
+            if pauseReading { perform(.pauseReading) }
         case .submit(let record):
             supervisor.accept(record)
             // Refused at once: the queue is full, or the server is stopping.

@@ -71,6 +71,8 @@ struct ConnectionStateMachine<Task: ConnectionTask> {
         case greet(Frame, goodbye: Frame?, pauseReading: Bool)
         /// Answer `INFO_REQUEST` with the server's statistics; then, if set, stop reading from the client.
         case writeInfo(pauseReading: Bool)
+        /// Put the server into drain for the agent check (or take it out), then write `INFO` (an operator's `DRAIN`).
+        case setDrained(Bool, pauseReading: Bool)
         /// Hand the task to the scheduler; report with ``taskSubmitted(refusedAtOnce:)`` whether it answered it at
         /// once.
         case submit(Task)
@@ -269,6 +271,9 @@ struct ConnectionStateMachine<Task: ConnectionTask> {
             return inFlight[id].map { .cancel($0) } ?? .none
         case .infoRequest:
             return .writeInfo(pauseReading: answeredAtOnce())
+        case .drain(let drained):
+            // An extension frame: the connection is extended from here on, as for any other.
+            return .setDrained(drained, pauseReading: answeredAtOnce())
         case .update, .done, .result, .failed, .info, .error, .goodbye:
             return violation("the client sent a \(frame.type) frame, which only a server sends")
         }

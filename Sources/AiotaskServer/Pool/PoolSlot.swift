@@ -41,6 +41,9 @@ final class PoolSlot {
     /// Whether the slot is leaving the pool after its current task.
     var isRetiring: Bool { machine.isRetiring }
 
+    /// Whether a reload waits for the running task to replace or retire the process.
+    var isRollingOver: Bool { machine.isRollingOver }
+
     var isBusy: Bool { machine.isBusy }
 
     /// Whether the slot can take a task: it has a process, idle, whose link is sound.

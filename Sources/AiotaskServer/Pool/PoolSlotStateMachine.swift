@@ -199,6 +199,9 @@ struct PoolSlotStateMachine<Process: AnyObject, Task: AnyObject> {
     /// Whether the slot is leaving the pool after its current task.
     var isRetiring: Bool { retiresAfterTask || isStopped }
 
+    /// Whether a reload (or a shrinking pool) waits for the running task to replace or retire the process.
+    var isRollingOver: Bool { renewsAfterTask || retiresAfterTask }
+
     var sentAheadCount: Int { pipeline.count }
 
     /// The first task sent ahead: the one the process runs next.

@@ -143,6 +143,38 @@ final class Supervisor {
         poolSlots.contains(where: \.isKeepingProcessAlive)
     }
 
+    /// Whether an operator put the server into drain (``setDrainedByOperator(_:)``): the agent check then says
+    /// `drain`, so that HAProxy sends no new connection; tasks keep being taken from the connections open.
+    private(set) var isDrainedByOperator = false
+    /// What the agent check's connections share (``AgentCheckHandler``).
+    let agentListener = AgentListenerState()
+
+    /// Puts the server into drain for the agent check, or takes it out, on an operator's `DRAIN` frame.
+    func setDrainedByOperator(_ drained: Bool, by client: String) {
+        guard drained != isDrainedByOperator else { return }
+        isDrainedByOperator = drained
+        logger.notice(
+            drained
+                ? "drained by the operator: the agent check says drain; tasks are still taken"
+                : "drain lifted by the operator",
+            metadata: ["client": "\(client)"]
+        )
+    }
+
+    /// What the agent check's answer is made from (``AgentCheck/answer(_:)``).
+    var agentFigures: AgentCheck.Figures {
+        AgentCheck.Figures(
+            isStopping: !scheduler.isAccepting,
+            isDrainedByOperator: isDrainedByOperator,
+            isRollingOver: poolSlots.contains(where: \.isRollingOver),
+            isPoolFailing: !isHealthy,
+            poolSize: max(1, configuration.workers),
+            idleSlots: poolSlots.count(where: \.isIdle),
+            queuedTasks: scheduler.queuedCount,
+            highWaterMark: configuration.agentHighWaterMark
+        )
+    }
+
     /// A one-line summary for `systemctl status`.
     var statusLine: String {
         let info = info()
@@ -385,7 +417,8 @@ final class Supervisor {
                 running: busy
             ),
             connections: connections.count,
-            tasksPerSecond: throughput.rate(at: .now())
+            tasksPerSecond: throughput.rate(at: .now()),
+            agentCheck: String(AgentCheck.answer(agentFigures).line.dropLast())
         )
     }
 

@@ -35,6 +35,8 @@ public struct DaemonOptions: ParsableArguments {
     @Option(setting: "max-worker-rss") public var maxWorkerRss: Int?
     @Option(setting: "worker-shared-memory") public var workerSharedMemory: Int?
     @Option(setting: "drain-timeout") public var drainTimeout: Double?
+    @Option(setting: "agent-listen") public var agentListen: [String] = []
+    @Option(setting: "agent-high-water") public var agentHighWater: Int?
     @Option(setting: "log-level") public var logLevel: Logger.Level?
 
     public init() {}

@@ -15,7 +15,7 @@ extension DaemonSettings {
             default: "unix:\(ServerAddress.defaultUnixPath)",
             example: "tcp://127.0.0.1:4242",
             help: "Address to listen on: tcp://HOST:PORT, tcp://[IPv6]:PORT or unix:/PATH. Repeatable."
-        ),
+        ) { addresses, configuration in configuration.listenAddresses = addresses },
         .text(
             "handler",
             valueName: "spec",
@@ -143,6 +143,30 @@ extension DaemonSettings {
             example: "5",
             help: "On shutdown, seconds that tasks in flight may still run."
         ) { $1.drainTimeout = $0 },
+        .addresses(
+            "agent-listen",
+            default: "none",
+            example: "tcp://127.0.0.1:4243",
+            help: "TCP address where HAProxy's agent-check is answered (up ready N%, up drain, down #reason); "
+                + "tcp://HOST:PORT or tcp://[IPv6]:PORT. Repeatable."
+        ) { addresses, configuration throws(ConfigurationError) in
+            for address in addresses {
+                guard case .tcp = address else {
+                    throw ConfigurationError(
+                        setting: "agent-listen",
+                        reason: "\(address) is not a TCP address: HAProxy's agent check speaks TCP"
+                    )
+                }
+            }
+            configuration.agentListenAddresses = addresses
+        },
+        .count(
+            "agent-high-water",
+            0...Int.max,
+            default: "0",
+            example: "1000",
+            help: "The agent check says drain while more than this many tasks wait; 0 for never."
+        ) { $1.agentHighWaterMark = $0 == 0 ? nil : $0 },
         .logLevel(
             "log-level",
             default: "info",

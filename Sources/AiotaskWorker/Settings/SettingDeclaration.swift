@@ -138,7 +138,8 @@ struct SettingDeclaration: Sendable {
         _ name: String,
         default defaultValue: String,
         example: String,
-        help: String
+        help: String,
+        configure: @escaping @Sendable ([ServerAddress], inout ServerConfiguration) throws(ConfigurationError) -> Void
     ) -> Self {
         SettingDeclaration(
             name: name,
@@ -158,11 +159,13 @@ struct SettingDeclaration: Sendable {
             },
             apply: { value, configuration throws(ConfigurationError) in
                 guard case .addresses(let addresses) = value else { preconditionFailure("\(name) takes addresses") }
+                let parsed: [ServerAddress]
                 do throws(AddressError) {
-                    configuration.listenAddresses = try addresses.map(ServerAddress.init(parsing:))
+                    parsed = try addresses.map(ServerAddress.init(parsing:))
                 } catch {
                     throw ConfigurationError(setting: name, reason: error.description)
                 }
+                try configure(parsed, &configuration)
             }
         )
     }
