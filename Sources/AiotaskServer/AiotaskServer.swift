@@ -49,6 +49,8 @@ public final class AiotaskServer: Sendable {
         let listeners: [any Channel]
         let ownedSocketPaths: [String]
         let localAddresses: [SocketAddress]
+        /// The metrics listener, when one is configured.
+        let metrics: MetricsListener?
     }
 
     /// What ``shutdown()`` is to do, decided under the lock.
@@ -73,6 +75,12 @@ public final class AiotaskServer: Sendable {
     /// until it has started.
     public var localAddresses: [SocketAddress] {
         lifecycle.withLockedValue { $0.running?.localAddresses ?? [] }
+    }
+
+    /// The local addresses of the metrics listener (configured addresses first, adopted sockets last); empty when
+    /// there is none or the server has not started.
+    public var metricsLocalAddresses: [SocketAddress] {
+        lifecycle.withLockedValue { $0.running?.metrics?.localAddresses ?? [] }
     }
 
     /// A server that does nothing until ``run()`` starts it.
@@ -180,11 +188,26 @@ public final class AiotaskServer: Sendable {
             try? await loop.flatSubmit { supervisor.value.shutdown(drainTimeout: .zero, announce: false) }.get()
             throw ServerError.cannotListen(ListenError(address: binding, error: error))
         }
+        let metrics: MetricsListener?
+        do {
+            metrics = try await MetricsListener.start(
+                addresses: configuration.metricsListenAddresses,
+                adopted: configuration.metricsAdoptedSockets,
+                limits: configuration.metricsLimits,
+                logger: logger,
+                render: { format in Self.renderMetrics(supervisor: supervisor, loop: loop, format: format) }
+            )
+        } catch {
+            for listener in listeners { try? await listener.close() }
+            try? await loop.flatSubmit { supervisor.value.shutdown(drainTimeout: .zero, announce: false) }.get()
+            throw error
+        }
         return Running(
             supervisor: supervisor,
             listeners: listeners,
             ownedSocketPaths: ownedSocketPaths,
-            localAddresses: listeners.compactMap(\.localAddress)
+            localAddresses: listeners.compactMap(\.localAddress),
+            metrics: metrics
         )
     }
 
@@ -211,6 +234,32 @@ public final class AiotaskServer: Sendable {
                     )
                 }
             }
+    }
+
+    /// The exposition of a scrape: the counters and live gauges copied in one hop to the server's loop, then
+    /// `/proc` read and the text rendered on the caller's side of the hop (the metrics listener's loop).
+    private static func renderMetrics(
+        supervisor: NIOLoopBound<Supervisor>,
+        loop: any EventLoop,
+        format: MetricsExposition.Format
+    ) -> EventLoopFuture<[UInt8]> {
+        loop.submit { supervisor.value.metricsSnapshot() }.map { snapshot in
+            var snapshot = snapshot
+            snapshot.readProcessFigures()
+            return MetricsExposition.render(snapshot, format: format)
+        }
+    }
+
+    /// The text a scrape of the metrics listener answers now, in the Prometheus text format or OpenMetrics; for
+    /// an application that serves it on a server of its own.
+    public func metricsExposition(openMetrics: Bool = false) async throws -> String {
+        let supervisor = try started().supervisor
+        var snapshot = try await loop.submit { supervisor.value.metricsSnapshot() }.get()
+        snapshot.readProcessFigures()
+        return String(
+            decoding: MetricsExposition.render(snapshot, format: openMetrics ? .openMetrics : .prometheus),
+            as: UTF8.self
+        )
     }
 
     /// The pool and sockets of a started server.
@@ -321,9 +370,16 @@ public final class AiotaskServer: Sendable {
         }
         for listener in running.listeners { try? await listener.close() }
         for path in running.ownedSocketPaths { unlink(path) }
-        try await loop.flatSubmit { [supervisor = running.supervisor, drainTimeout = configuration.drainTimeout] in
-            supervisor.value.shutdown(drainTimeout: drainTimeout)
-        }.get()
+        // The metrics listener serves through the drain, so that it can be watched, and stops last.
+        do {
+            try await loop.flatSubmit { [supervisor = running.supervisor, drainTimeout = configuration.drainTimeout] in
+                supervisor.value.shutdown(drainTimeout: drainTimeout)
+            }.get()
+        } catch {
+            await running.metrics?.stop()
+            throw error
+        }
+        await running.metrics?.stop()
         logger.info("worker stopped")
     }
 }

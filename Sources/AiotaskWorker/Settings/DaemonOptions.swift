@@ -36,6 +36,7 @@ public struct DaemonOptions: ParsableArguments {
     @Option(setting: "worker-shared-memory") public var workerSharedMemory: Int?
     @Option(setting: "drain-timeout") public var drainTimeout: Double?
     @Option(setting: "log-level") public var logLevel: Logger.Level?
+    @Option(setting: "metrics-listen") public var metricsListen: [String] = []
 
     public init() {}
 

@@ -138,7 +138,8 @@ struct SettingDeclaration: Sendable {
         _ name: String,
         default defaultValue: String,
         example: String,
-        help: String
+        help: String,
+        into field: WritableKeyPath<ServerConfiguration, [ServerAddress]> & Sendable = \.listenAddresses
     ) -> Self {
         SettingDeclaration(
             name: name,
@@ -159,7 +160,7 @@ struct SettingDeclaration: Sendable {
             apply: { value, configuration throws(ConfigurationError) in
                 guard case .addresses(let addresses) = value else { preconditionFailure("\(name) takes addresses") }
                 do throws(AddressError) {
-                    configuration.listenAddresses = try addresses.map(ServerAddress.init(parsing:))
+                    configuration[keyPath: field] = try addresses.map(ServerAddress.init(parsing:))
                 } catch {
                     throw ConfigurationError(setting: name, reason: error.description)
                 }
