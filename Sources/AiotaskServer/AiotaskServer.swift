@@ -250,12 +250,18 @@ public final class AiotaskServer: Sendable {
         }
     }
 
-    /// The text a scrape of the metrics listener answers now, in the Prometheus text format or OpenMetrics; for
-    /// an application that serves it on a server of its own.
-    public func metricsExposition(openMetrics: Bool = false) async throws -> String {
+    /// The counters and live gauges, copied in one hop to the server's loop, with `/proc` read after it.
+    func metricsSnapshot() async throws -> MetricsSnapshot {
         let supervisor = try started().supervisor
         var snapshot = try await loop.submit { supervisor.value.metricsSnapshot() }.get()
         snapshot.readProcessFigures()
+        return snapshot
+    }
+
+    /// The text a scrape of the metrics listener answers now, in the Prometheus text format or OpenMetrics; for
+    /// an application that serves it on a server of its own.
+    public func metricsExposition(openMetrics: Bool = false) async throws -> String {
+        let snapshot = try await metricsSnapshot()
         return String(
             decoding: MetricsExposition.render(snapshot, format: openMetrics ? .openMetrics : .prometheus),
             as: UTF8.self

@@ -1,6 +1,21 @@
 import AiotaskProtocol
 import Prometheus
 
+/// One counter or gauge of a snapshot: what both the exposition (through swift-prometheus) and
+/// ``MetricsReporter`` (through swift-metrics) publish. The name is whole (`aiotask_…_total`).
+struct MetricSample: Sendable {
+    enum Kind: Sendable {
+        case counter
+        case gauge
+    }
+
+    var kind: Kind
+    var name: String
+    var labels: [(String, String)]
+    var value: Double
+    var help: String
+}
+
 /// The text a scrape of `GET /metrics` answers: the Prometheus text format (0.0.4), or OpenMetrics 1.0 when the
 /// scraper's `Accept` asks for it.
 ///
@@ -41,18 +56,21 @@ enum MetricsExposition {
         (.rejected, "queue_full"), (.payloadTooLarge, "payload_too_large"), (.shuttingDown, "shutting_down"),
     ]
 
-    static func render(_ snapshot: MetricsSnapshot, format: Format) -> [UInt8] {
-        let registry = PrometheusCollectorRegistry()
+    /// Every counter and gauge of `snapshot`, in the order they are documented (docs/metrics.md).
+    static func samples(of snapshot: MetricsSnapshot) -> [MetricSample] {
+        var samples: [MetricSample] = []
         let counters = snapshot.counters
-        // A counter is made at zero and incremented by its total; a gauge is set.
         func counter(_ name: String, _ labels: [(String, String)], _ value: Int, _ help: String) {
-            registry.makeCounter(descriptor: describe(name, help), labels: labels).increment(by: Int64(value))
+            samples.append(MetricSample(kind: .counter, name: name, labels: labels, value: Double(value), help: help))
         }
         func fractionalCounter(_ name: String, _ value: Double, _ help: String) {
-            registry.makeCounter(descriptor: describe(name, help), labels: []).increment(by: value)
+            samples.append(MetricSample(kind: .counter, name: name, labels: [], value: value, help: help))
         }
         func gauge(_ name: String, _ labels: [(String, String)], _ value: Int, _ help: String) {
-            registry.makeGauge(descriptor: describe(name, help), labels: labels).set(to: Double(value))
+            samples.append(MetricSample(kind: .gauge, name: name, labels: labels, value: Double(value), help: help))
+        }
+        func gauge(_ name: String, _ value: Double, _ help: String) {
+            samples.append(MetricSample(kind: .gauge, name: name, labels: [], value: value, help: help))
         }
 
         counter(
@@ -85,13 +103,11 @@ enum MetricsExposition {
         counter("aiotask_result_bytes_total", [], counters.resultBytes, "Bytes of result payload sent.")
         gauge("aiotask_queue_length", [], snapshot.queueLength, "Tasks waiting for a pool process.")
         gauge("aiotask_queue_bytes", [], snapshot.queueBytes, "Bytes of task payload waiting for a pool process.")
-        registry.makeGauge(
-            descriptor: describe(
-                "aiotask_queue_oldest_age_seconds",
-                "How long the oldest queued task has waited; 0 when the queue is empty."
-            ),
-            labels: []
-        ).set(to: seconds(snapshot.oldestQueuedAge))
+        gauge(
+            "aiotask_queue_oldest_age_seconds",
+            seconds(snapshot.oldestQueuedAge),
+            "How long the oldest queued task has waited; 0 when the queue is empty."
+        )
         let states = [
             ("starting", snapshot.processes.starting), ("idle", snapshot.processes.idle),
             ("busy", snapshot.processes.busy), ("stopping", snapshot.processes.stopping),
@@ -141,16 +157,28 @@ enum MetricsExposition {
         )
         gauge("process_resident_memory_bytes", [], process.residentBytes, "Resident memory size in bytes.")
         gauge("process_virtual_memory_bytes", [], process.virtualBytes, "Virtual memory size in bytes.")
-        registry.makeGauge(
-            descriptor: describe(
-                "process_start_time_seconds",
-                "Start time of the process since unix epoch in seconds."
-            ),
-            labels: []
-        ).set(to: process.startTimeSeconds)
+        gauge(
+            "process_start_time_seconds",
+            process.startTimeSeconds,
+            "Start time of the process since unix epoch in seconds."
+        )
         gauge("process_open_fds", [], process.openFileDescriptors, "Number of open file descriptors.")
         gauge("process_max_fds", [], process.maximumFileDescriptors, "Maximum number of open file descriptors.")
+        return samples
+    }
 
+    static func render(_ snapshot: MetricsSnapshot, format: Format) -> [UInt8] {
+        let registry = PrometheusCollectorRegistry()
+        let counters = snapshot.counters
+        // A counter is made at zero and incremented by its total; a gauge is set.
+        for sample in samples(of: snapshot) {
+            let descriptor = MetricNameDescriptor(metricName: sample.name, unitName: "", helpText: sample.help)
+            switch sample.kind {
+            case .counter:
+                registry.makeCounter(descriptor: descriptor, labels: sample.labels).increment(by: sample.value)
+            case .gauge: registry.makeGauge(descriptor: descriptor, labels: sample.labels).set(to: sample.value)
+            }
+        }
         var text = registry.emitToBuffer()
         appendHistogram(
             &text,
@@ -166,11 +194,6 @@ enum MetricsExposition {
         )
         guard format == .openMetrics else { return text }
         return openMetrics(from: text)
-    }
-
-    /// The whole name as the metric's name: the descriptor joins its parts with `_`, and an empty unit is left out.
-    private static func describe(_ name: String, _ help: String) -> MetricNameDescriptor {
-        MetricNameDescriptor(metricName: name, unitName: "", helpText: help)
     }
 
     private static func seconds(_ duration: Duration) -> Double {

@@ -118,7 +118,7 @@ struct LatencyHistogram: Sendable {
     static let upperBounds: [Int64] = {
         var bounds: [Int64] = []
         var decade: Int64 = 10_000
-        while decade <= 100_000_000_000 {
+        while decade <= 10_000_000_000 {
             bounds.append(decade)
             bounds.append(decade * 5 / 2)
             bounds.append(decade * 5)
@@ -134,7 +134,7 @@ struct LatencyHistogram: Sendable {
     private(set) var sumNanoseconds: Int64 = 0
 
     mutating func observe(nanoseconds: Int64) {
-        // Binary search over the ~25 bounds: five comparisons.
+        // Binary search over the 23 bounds: five comparisons.
         var low = 0
         var high = Self.upperBounds.count
         while low < high {
