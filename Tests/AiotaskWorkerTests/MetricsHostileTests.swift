@@ -18,7 +18,6 @@ struct MetricsHostileTests {
     @Test("an unknown path is answered 404, another method 405 with Allow, a malformed request 400")
     func pathsAndMethods() async throws {
         let (worker, address) = try await TestServer.startWithMetrics(handler: .builtin("echo"), workers: 1)
-        defer { Task { try? await worker.stop() } }
         try await withTimeout {
             let (notFound, post, head, garbage) = try await Task.detached {
                 (
@@ -35,12 +34,12 @@ struct MetricsHostileTests {
             #expect(garbage.status == 400)
             #expect(try await worker.client().submit("still served") == Array("still served".utf8))
         }
+        try await worker.stop()
     }
 
     @Test("headers over 8 KiB are answered 431 without reading the rest, endless ones too")
     func hugeHeaders() async throws {
         let (worker, address) = try await TestServer.startWithMetrics(handler: .builtin("echo"), workers: 1)
-        defer { Task { try? await worker.stop() } }
         try await withTimeout {
             let reply = try await Task.detached {
                 let descriptor = try HTTPProbe.connect(address)
@@ -55,6 +54,7 @@ struct MetricsHostileTests {
             }.value
             #expect(reply.status == 431)
         }
+        try await worker.stop()
     }
 
     @Test("a client that does not finish its request in time is answered 408 and closed")
@@ -62,7 +62,6 @@ struct MetricsHostileTests {
         let (worker, address) = try await TestServer.startWithMetrics(handler: .builtin("echo"), workers: 1) {
             $0.metricsLimits.requestTimeout = .milliseconds(300)
         }
-        defer { Task { try? await worker.stop() } }
         try await withTimeout {
             let started = ContinuousClock.now
             let reply = try await Task.detached {
@@ -75,13 +74,13 @@ struct MetricsHostileTests {
             #expect(reply.status == 408)
             #expect(ContinuousClock.now - started < .seconds(5) * testSlowdown)
         }
+        try await worker.stop()
     }
 
     @Test("1,000 scrapes at once are all answered, and tasks submitted meanwhile all complete")
     func thousandScrapes() async throws {
         raiseOpenFileSoftLimit(to: 8192)
         let (worker, address) = try await TestServer.startWithMetrics(handler: .builtin("echo"), workers: 2)
-        defer { Task { try? await worker.stop() } }
         try await withTimeout(.seconds(60)) {
             let client = try await worker.client()
             let load = Task {
@@ -108,6 +107,7 @@ struct MetricsHostileTests {
             let samples = try await TestServer.samples(at: address)
             #expect(samples[#"aiotask_tasks_finished_total{outcome="succeeded"}"#] == 500)
         }
+        try await worker.stop()
     }
 
     @Test("past the connection limit, a scrape is answered 503")
@@ -116,7 +116,6 @@ struct MetricsHostileTests {
             $0.metricsLimits.maximumConnections = 2
             $0.metricsLimits.requestTimeout = .seconds(30)
         }
-        defer { Task { try? await worker.stop() } }
         try await withTimeout {
             let reply = try await Task.detached {
                 // Two idle connections hold the limit; the third, accepted after them, is refused with a status.
@@ -126,6 +125,7 @@ struct MetricsHostileTests {
             }.value
             #expect(reply.status == 503)
         }
+        try await worker.stop()
     }
 }
 

@@ -43,10 +43,7 @@ struct MetricsPrometheusTests {
                 "--web.listen-address=127.0.0.13:\(webPort)", "--log.level=warn",
             ]
         )
-        defer {
-            prometheus.killGroup()
-            Task { try? await worker.stop() }
-        }
+        defer { prometheus.killGroup() }
         let web = try SocketAddress(ipAddress: "127.0.0.13", port: webPort)
         try await withTimeout(.seconds(90)) {
             // Ready once its storage is open and its web listener up.
@@ -80,6 +77,7 @@ struct MetricsPrometheusTests {
             #expect(succeeded == Double(Self.tasks))
             #expect(try await Self.query(web, #"up{job="aiotask"}"#) == 1)
         }
+        try await worker.stop()
     }
 
     /// `GET path` over HTTP/1.0, so that Prometheus closes the connection after its reply and sends no chunks.

@@ -1,3 +1,4 @@
+import AiotaskProtocol
 import AiotaskTestSupport
 import Foundation
 import NIOCore
@@ -47,7 +48,8 @@ enum HTTPProbe {
     static func send(_ descriptor: Int32, _ text: String) throws {
         var bytes = Array(text.utf8)[...]
         while !bytes.isEmpty {
-            let count = bytes.withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
+            // MSG_NOSIGNAL: a peer that closed (the listener refusing an endless header) is an error, not SIGPIPE.
+            let count = bytes.withUnsafeBytes { Glibc.send(descriptor, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
             guard count > 0 else { throw POSIXError(.init(rawValue: errno) ?? .EIO) }
             bytes = bytes.dropFirst(count)
         }

@@ -155,7 +155,7 @@ extension DaemonSettings {
             example: "tcp://127.0.0.1:9464",
             help: "Address of the metrics listener, serving GET /metrics to Prometheus: tcp://HOST:PORT or "
                 + "unix:/PATH. Repeatable; none by default. A socket systemd passes named metrics is served too.",
-            into: \.metricsListenAddresses
+            into: { $0.metricsListenAddresses = $1 }
         ),
     ]
 

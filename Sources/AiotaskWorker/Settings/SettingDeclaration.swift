@@ -139,7 +139,9 @@ struct SettingDeclaration: Sendable {
         default defaultValue: String,
         example: String,
         help: String,
-        into field: WritableKeyPath<ServerConfiguration, [ServerAddress]> & Sendable = \.listenAddresses
+        into field: @escaping @Sendable (inout ServerConfiguration, [ServerAddress]) -> Void = {
+            $0.listenAddresses = $1
+        }
     ) -> Self {
         SettingDeclaration(
             name: name,
@@ -160,7 +162,7 @@ struct SettingDeclaration: Sendable {
             apply: { value, configuration throws(ConfigurationError) in
                 guard case .addresses(let addresses) = value else { preconditionFailure("\(name) takes addresses") }
                 do throws(AddressError) {
-                    configuration[keyPath: field] = try addresses.map(ServerAddress.init(parsing:))
+                    field(&configuration, try addresses.map(ServerAddress.init(parsing:)))
                 } catch {
                     throw ConfigurationError(setting: name, reason: error.description)
                 }
