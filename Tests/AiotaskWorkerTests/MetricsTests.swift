@@ -38,6 +38,8 @@ struct MetricsTests {
             _ = await running.failure()
             // Too large for max-payload, lowered by a reload after the client learnt the limit (the client library
             // refuses a task over the limit it knows without sending it): refused on arrival by the scheduler.
+            // Once the cancelled task's process is replaced: a reload renews only a live process.
+            try await worker.waitForFullPool()
             var lowered = ServerConfiguration(listenAddresses: [worker.address], handler: .builtin("chaos"), workers: 1)
             configure(&lowered)
             lowered.killGracePeriod = .milliseconds(500)
