@@ -68,7 +68,7 @@ struct ProcessFigures: Sendable, Equatable {
             figures.cpuSeconds = (field(14) + field(15)) / ticks
             figures.virtualBytes = Int(field(23))
             figures.residentBytes = Int(field(24)) * ProcessMemory.pageSize
-            figures.startTimeSeconds = bootTime() + field(22) / ticks
+            figures.startTimeSeconds = startTime ?? 0
         }
         figures.openFileDescriptors = countOpenDescriptors()
         var limit = rlimit()
@@ -77,6 +77,16 @@ struct ProcessFigures: Sendable, Equatable {
         }
         return figures
     }
+
+    /// The daemon's start, in seconds since the epoch: read once (`/proc/stat` is long, and it never changes).
+    private static let startTime: Double? = {
+        guard let stat = readFile("/proc/self/stat"), let end = stat.lastIndex(of: UInt8(ascii: ")")) else {
+            return nil
+        }
+        let fields = stat[(end + 2)...].split(separator: UInt8(ascii: " "))
+        guard fields.count > 19, let ticks = Double(String(decoding: fields[19], as: UTF8.self)) else { return nil }
+        return bootTime() + ticks / Double(sysconf(Int32(_SC_CLK_TCK)))
+    }()
 
     /// Seconds since the epoch at boot (`btime` of `/proc/stat`), which a process's start time counts from.
     private static func bootTime() -> Double {
