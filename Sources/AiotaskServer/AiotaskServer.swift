@@ -51,6 +51,8 @@ public final class AiotaskServer: Sendable {
         let agentListeners: [any Channel]
         let ownedSocketPaths: [String]
         let localAddresses: [SocketAddress]
+        /// The metrics listener, when one is configured.
+        let metrics: MetricsListener?
     }
 
     /// What ``shutdown()`` is to do, decided under the lock.
@@ -81,6 +83,12 @@ public final class AiotaskServer: Sendable {
     /// until the server has started.
     public var agentAddresses: [SocketAddress] {
         lifecycle.withLockedValue { $0.running?.agentListeners.compactMap(\.localAddress) ?? [] }
+    }
+
+    /// The local addresses of the metrics listener (configured addresses first, adopted sockets last); empty when
+    /// there is none or the server has not started.
+    public var metricsLocalAddresses: [SocketAddress] {
+        lifecycle.withLockedValue { $0.running?.metrics?.localAddresses ?? [] }
     }
 
     /// A server that does nothing until ``run()`` starts it.
@@ -203,12 +211,27 @@ public final class AiotaskServer: Sendable {
             try? await loop.flatSubmit { supervisor.value.shutdown(drainTimeout: .zero, announce: false) }.get()
             throw ServerError.cannotListen(ListenError(address: binding, error: error))
         }
+        let metrics: MetricsListener?
+        do {
+            metrics = try await MetricsListener.start(
+                addresses: configuration.metricsListenAddresses,
+                adopted: configuration.metricsAdoptedSockets,
+                limits: configuration.metricsLimits,
+                logger: logger,
+                render: { format in Self.renderMetrics(supervisor: supervisor, loop: loop, format: format) }
+            )
+        } catch {
+            for listener in listeners + agentListeners { try? await listener.close() }
+            try? await loop.flatSubmit { supervisor.value.shutdown(drainTimeout: .zero, announce: false) }.get()
+            throw error
+        }
         return Running(
             supervisor: supervisor,
             listeners: listeners,
             agentListeners: agentListeners,
             ownedSocketPaths: ownedSocketPaths,
-            localAddresses: listeners.compactMap(\.localAddress)
+            localAddresses: listeners.compactMap(\.localAddress),
+            metrics: metrics
         )
     }
 
@@ -253,6 +276,38 @@ public final class AiotaskServer: Sendable {
                     )
                 }
             }
+    }
+
+    /// The exposition of a scrape: the counters and live gauges copied in one hop to the server's loop, then
+    /// `/proc` read and the text rendered on the caller's side of the hop (the metrics listener's loop).
+    private static func renderMetrics(
+        supervisor: NIOLoopBound<Supervisor>,
+        loop: any EventLoop,
+        format: MetricsExposition.Format
+    ) -> EventLoopFuture<[UInt8]> {
+        loop.submit { supervisor.value.metricsSnapshot() }.map { snapshot in
+            var snapshot = snapshot
+            snapshot.readProcessFigures()
+            return MetricsExposition.render(snapshot, format: format)
+        }
+    }
+
+    /// The counters and live gauges, copied in one hop to the server's loop, with `/proc` read after it.
+    func metricsSnapshot() async throws -> MetricsSnapshot {
+        let supervisor = try started().supervisor
+        var snapshot = try await loop.submit { supervisor.value.metricsSnapshot() }.get()
+        snapshot.readProcessFigures()
+        return snapshot
+    }
+
+    /// The text a scrape of the metrics listener answers now, in the Prometheus text format or OpenMetrics; for
+    /// an application that serves it on a server of its own.
+    public func metricsExposition(openMetrics: Bool = false) async throws -> String {
+        let snapshot = try await metricsSnapshot()
+        return String(
+            decoding: MetricsExposition.render(snapshot, format: openMetrics ? .openMetrics : .prometheus),
+            as: UTF8.self
+        )
     }
 
     /// The pool and sockets of a started server.
@@ -363,10 +418,18 @@ public final class AiotaskServer: Sendable {
         }
         for listener in running.listeners { try? await listener.close() }
         for path in running.ownedSocketPaths { unlink(path) }
-        try await loop.flatSubmit { [supervisor = running.supervisor, drainTimeout = configuration.drainTimeout] in
-            supervisor.value.shutdown(drainTimeout: drainTimeout)
-        }.get()
+        // The metrics listener serves through the drain, so that it can be watched, and stops last.
+        do {
+            try await loop.flatSubmit { [supervisor = running.supervisor, drainTimeout = configuration.drainTimeout] in
+                supervisor.value.shutdown(drainTimeout: drainTimeout)
+            }.get()
+        } catch {
+            for listener in running.agentListeners { try? await listener.close() }
+            await running.metrics?.stop()
+            throw error
+        }
         for listener in running.agentListeners { try? await listener.close() }
+        await running.metrics?.stop()
         logger.info("worker stopped")
     }
 }

@@ -17,6 +17,9 @@ import UnixSignals
 /// Runs a complete worker daemon: settings, logging, sockets (its own or systemd's), the server, the
 /// sd_notify lifecycle with its watchdog, and signals (SIGTERM/SIGINT drain and stop, SIGHUP reloads).
 public enum Daemon {
+    /// The `FileDescriptorName=` of a socket systemd passes for the metrics listener rather than for tasks.
+    public static let metricsSocketName = "metrics"
+
     /// The config file's settings (if `--config` names one) overridden by the command line's.
     public static func readSettings(_ options: DaemonOptions) throws(ConfigurationError) -> DaemonSettings {
         try readSettings(config: options.config, commandLine: options.settings)
@@ -75,8 +78,16 @@ public enum Daemon {
             logger.critical("\(error)")
             return fail(notifier, EBADF, error.description, exitCode: 78)
         }
-        configuration.adoptedSockets = activated.map { AdoptedSocket(descriptor: $0.descriptor, name: $0.name) }
-        if configuration.listenAddresses.isEmpty && activated.isEmpty {
+        // A socket named `metrics` (`FileDescriptorName=metrics`) is the metrics listener's; the others take tasks.
+        let (metricsSockets, taskSockets) = (
+            activated.filter { $0.name == Self.metricsSocketName },
+            activated.filter { $0.name != Self.metricsSocketName }
+        )
+        configuration.adoptedSockets = taskSockets.map { AdoptedSocket(descriptor: $0.descriptor, name: $0.name) }
+        configuration.metricsAdoptedSockets = metricsSockets.map {
+            AdoptedSocket(descriptor: $0.descriptor, name: $0.name)
+        }
+        if configuration.listenAddresses.isEmpty && taskSockets.isEmpty {
             configuration.listenAddresses = [.unix(path: ServerAddress.defaultUnixPath)]
         }
 
@@ -179,6 +190,8 @@ public enum Daemon {
         next.listenAddresses = current.listenAddresses
         next.adoptedSockets = current.adoptedSockets
         next.agentListenAddresses = current.agentListenAddresses
+        next.metricsListenAddresses = current.metricsListenAddresses
+        next.metricsAdoptedSockets = current.metricsAdoptedSockets
         do {
             try await server.reload(next)
         } catch {

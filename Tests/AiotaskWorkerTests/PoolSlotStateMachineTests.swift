@@ -330,8 +330,14 @@ struct PoolSlotStateMachineTests {
         #expect(!after.canPrefetch())
         #expect(
             after.reply(from: second)
-                == ("t1", .replace("p2", .renew, sentAhead: [], runningIsAnswered: false, running: nil))
+                == (
+                    "t1",
+                    .replace("p2", .renewOverMemoryLimit, sentAhead: [], runningIsAnswered: false, running: nil)
+                )
         )
+        // Counted as a memory-limit restart, not a reload.
+        #expect(Machine.Replacement.renewOverMemoryLimit.restartReason == .memoryLimit)
+        #expect(Machine.Replacement.renew.restartReason == .reload)
     }
 
     @Test("a task that times out stops its process; a timeout of a task gone since does nothing")

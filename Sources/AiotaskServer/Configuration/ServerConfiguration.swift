@@ -7,6 +7,13 @@ public struct ServerConfiguration: Sendable {
     public var listenAddresses: [ServerAddress]
     /// Already-listening sockets to serve instead of, or besides, `listenAddresses` (e.g. passed by systemd).
     public var adoptedSockets: [AdoptedSocket]
+    /// Addresses of the metrics listener (`GET /metrics`, Prometheus text or OpenMetrics); empty, the default,
+    /// for none. See docs/metrics.md.
+    public var metricsListenAddresses: [ServerAddress] = []
+    /// Already-listening sockets for the metrics listener (systemd's socket named `metrics`).
+    public var metricsAdoptedSockets: [AdoptedSocket] = []
+    /// The bounds of the metrics listener: request timeout, header and body sizes, connections.
+    var metricsLimits = MetricsHTTPHandler.Limits()
     /// The program each pool process runs.
     public var handler: ProcessCommand
     /// Number of pool processes.

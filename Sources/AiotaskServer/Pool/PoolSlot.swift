@@ -49,6 +49,9 @@ final class PoolSlot {
     /// Whether the slot can take a task: it has a process, idle, whose link is sound.
     var isIdle: Bool { machine.idleProcess?.isSound ?? false }
 
+    /// What the slot's process is doing, for the metrics' `state` label.
+    var processState: StateMachine.ProcessState { machine.processState }
+
     /// Whether the slot has a process and is not crash-looping: its last processes did not all die young.
     var isKeepingProcessAlive: Bool { machine.isKeepingProcessAlive(at: .now()) }
 
@@ -219,7 +222,7 @@ final class PoolSlot {
         let context = record.context(defaultTimeout: configuration.defaultTaskTimeout)
         let now = NIODeadline.now()
         machine.run(record, index: process.send(record.payload, context: context), at: now)
-        begin(record, on: process)
+        begin(record, on: process, at: now)
     }
 
     /// Sends `record` to the busy process, to run after the tasks it has.
@@ -233,8 +236,9 @@ final class PoolSlot {
     }
 
     /// Marks `record` as running on `process` from now on, and starts its timeout.
-    private func begin(_ record: TaskRecord, on process: PoolProcess) {
+    private func begin(_ record: TaskRecord, on process: PoolProcess, at now: NIODeadline = .now()) {
         record.state = .running(pid: process.pid)
+        supervisor.taskStarts(record, at: now)
         record.payload = ByteBuffer()
         timeoutTimer = nil
         if let timeout = record.timeout ?? configuration.defaultTaskTimeout {
@@ -368,7 +372,7 @@ final class PoolSlot {
             if case .recycle = replacement {
                 logger.debug("recycling pool process", metadata: ["worker_pid": "\(process.pid)"])
             }
-            supervisor.noteRestart()
+            supervisor.noteRestart(replacement.restartReason)
             handOver(process, sentAhead: sentAhead, runningIsAnswered: runningIsAnswered)
             end(process, replacement.ending)
             supervisor.endingProcesses.whenExited(process) { [weak self] in
@@ -394,7 +398,7 @@ final class PoolSlot {
 
     /// Counts a restart, and starts a process after `delay`, at once if it is zero.
     private func scheduleRestart(after delay: Duration) {
-        supervisor.noteRestart()
+        supervisor.noteRestart(.crash)
         if delay == .zero {
             start()
             return

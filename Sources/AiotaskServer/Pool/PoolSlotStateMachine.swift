@@ -49,8 +49,10 @@ struct PoolSlotStateMachine<Process: AnyObject, Task: AnyObject> {
 
     /// Why a process is replaced; it says how the process is made to go.
     enum Replacement {
-        /// A reload: the process runs the previous configuration (or went over the memory limit after a task).
+        /// A reload: the process runs the previous configuration.
         case renew
+        /// It went over the memory limit with a task, and is replaced once idle.
+        case renewOverMemoryLimit
         /// It reached its task quota.
         case recycle
         /// Its running task timed out; the task fails.
@@ -66,9 +68,21 @@ struct PoolSlotStateMachine<Process: AnyObject, Task: AnyObject> {
 
         var ending: Ending {
             switch self {
-            case .renew, .recycle: .retire
+            case .renew, .renewOverMemoryLimit, .recycle: .retire
             case .timeout, .interrupt, .cancelledSentAhead, .drainDeadline: .terminate
             case .memoryLimit: .kill
+            }
+        }
+
+        /// The `reason` label of the restart it counts as.
+        var restartReason: RestartReason {
+            switch self {
+            case .renew: .reload
+            case .renewOverMemoryLimit, .memoryLimit: .memoryLimit
+            case .recycle: .recycle
+            case .timeout: .timeout
+            case .interrupt, .cancelledSentAhead: .cancel
+            case .drainDeadline: .shutdown
             }
         }
     }
@@ -155,6 +169,8 @@ struct PoolSlotStateMachine<Process: AnyObject, Task: AnyObject> {
     private var processStartedAt: NIODeadline = .uptimeNanoseconds(0)
     /// Replace the process once its current task is answered (a reload rolls the pool this way).
     private(set) var renewsAfterTask = false
+    /// Set with ``renewsAfterTask`` when the renewal is for the memory limit rather than a reload.
+    private var renewsForMemoryLimit = false
     /// Leave the pool once the current task is answered (the pool shrank).
     private var retiresAfterTask = false
     /// Tasks sent to the busy process behind the running one, in the order it will run them; empty unless busy.
@@ -189,6 +205,24 @@ struct PoolSlotStateMachine<Process: AnyObject, Task: AnyObject> {
     var isBusy: Bool {
         if case .busy = state { return true }
         return false
+    }
+
+    /// A live process's state, as the metrics count it.
+    enum ProcessState {
+        /// No live process: before the first start, waiting out a backoff or a predecessor, stopped.
+        case none
+        case starting
+        case idle
+        case busy
+    }
+
+    var processState: ProcessState {
+        switch state {
+        case .starting: .starting
+        case .idle: .idle
+        case .busy: .busy
+        case .empty, .waitingToRestart, .waitingForPredecessor, .stopped: .none
+        }
     }
 
     var isStopped: Bool {
@@ -452,7 +486,10 @@ struct PoolSlotStateMachine<Process: AnyObject, Task: AnyObject> {
         if let remaining = tasksUntilRecycle { tasksUntilRecycle = remaining - 1 }
         // A process left over the memory limit is replaced once it is idle: the tasks already sent ahead to it
         // still run there (moving them could run one twice), and no more are sent (see canPrefetch).
-        if overMemoryLimit { renewsAfterTask = true }
+        if overMemoryLimit {
+            renewsAfterTask = true
+            renewsForMemoryLimit = true
+        }
         guard let next = pipeline.first else {
             return ReplyAction(answered: running.task, then: becomeIdle(process))
         }
@@ -504,7 +541,9 @@ struct PoolSlotStateMachine<Process: AnyObject, Task: AnyObject> {
         }
         if renewsAfterTask {
             renewsAfterTask = false
-            return replace(process, .renew)
+            let replacement: Replacement = renewsForMemoryLimit ? .renewOverMemoryLimit : .renew
+            renewsForMemoryLimit = false
+            return replace(process, replacement)
         }
         if let remaining = tasksUntilRecycle, remaining <= 0 {
             return replace(process, .recycle)

@@ -317,6 +317,19 @@ struct Scheduler<Task: SchedulableTask> {
         return nil
     }
 
+    /// Whether every process is busy with tasks waiting (the pool is the bottleneck): call it after dispatch.
+    func isSaturated(_ pool: some SchedulerPool) -> Bool {
+        queuedCount > 0 && !hasIdleSlot(pool)
+    }
+
+    /// The task at the head of the queue that still waits, if any.
+    var firstWaiting: Task? {
+        queue.first {
+            if case .finished = $0.state { return false }
+            return true
+        }
+    }
+
     private func hasIdleSlot(_ pool: some SchedulerPool) -> Bool {
         idleSlots.contains { pool.isIdle($0) }
     }

@@ -28,6 +28,8 @@ final class Supervisor {
     private var connections: [ObjectIdentifier: ConnectionHandler] = [:]
     private let startedAt = NIODeadline.now()
     private var throughput = ThroughputMeter()
+    /// The task path's counters, read at scrape time (``metricsSnapshot()``).
+    var metrics = ServerMetrics()
 
     private var drainPromise: EventLoopPromise<Void>?
     /// Completed when the last connection is gone, once shutdown has closed them all.
@@ -87,7 +89,11 @@ final class Supervisor {
 
     /// Adds a connection; false when the connection limit is reached.
     func register(_ connection: ConnectionHandler) -> Bool {
-        guard connections.count < configuration.maximumConnections else { return false }
+        guard connections.count < configuration.maximumConnections else {
+            metrics.connectionsRefusedAtLimit += 1
+            return false
+        }
+        metrics.connectionsAccepted += 1
         connections[ObjectIdentifier(connection)] = connection
         return true
     }
@@ -195,8 +201,9 @@ final class Supervisor {
         }
     }
 
-    func noteRestart() {
+    func noteRestart(_ reason: RestartReason) {
         scheduler.noteRestart()
+        metrics.restarts[reason.rawValue] += 1
     }
 
     func slotFailedToStart(_ slot: PoolSlot) {
@@ -227,9 +234,13 @@ final class Supervisor {
                 record.connection.hold(record)
             case .withdraw(let index):
                 // The running task is then taken as slow, and no more tasks are sent ahead behind it.
-                guard slot(index).withdrawSentAhead(forIdleProcess: true) else { return }
+                guard slot(index).withdrawSentAhead(forIdleProcess: true) else {
+                    metrics.noteSaturation(scheduler.isSaturated(pool))
+                    return
+                }
             }
         }
+        metrics.noteSaturation(scheduler.isSaturated(pool))
     }
 
     /// A task sent ahead starts running: it leaves the waiting counts.
@@ -290,11 +301,12 @@ final class Supervisor {
 
     /// Takes a new task, or answers it at once when the queue is full or the server is stopping.
     func accept(_ record: TaskRecord) {
+        metrics.taskBytes += record.size
         switch scheduler.taskArrived(record) {
         case .queued:
             dispatch()
         case .refused(let reason, let message):
-            finish(record, .failure(reason, message))
+            finish(record, .failure(reason, message), rejected: true)
         }
     }
 
@@ -316,8 +328,9 @@ final class Supervisor {
 
     /// Counts a task refused before it was queued, and answers it with `reason`.
     func accept(rejected record: TaskRecord, _ reason: FailureReason, _ message: String) {
+        metrics.taskBytes += record.size
         scheduler.taskRefusedOnArrival(record)
-        finish(record, .failure(reason, message))
+        finish(record, .failure(reason, message), rejected: true)
     }
 
     /// Cancels a task on its client's request; it is answered with `cancelled`.
@@ -331,6 +344,7 @@ final class Supervisor {
     func abandon(_ record: TaskRecord) {
         stop(record)
         scheduler.taskAbandoned(record)
+        metrics.abandoned += 1
         logger.debug("task abandoned: its client disconnected", metadata: ["task_id": "\(record.id)"])
         checkDrained()
         dispatch()
@@ -350,7 +364,9 @@ final class Supervisor {
     }
 
     /// Records the outcome of `record` and passes it to its connection.
-    func finish(_ record: TaskRecord, _ outcome: TaskOutcome, workerPID: Int32? = nil) {
+    ///
+    /// - Parameter rejected: the task was refused on arrival and never queued: it counts as rejected, not failed.
+    func finish(_ record: TaskRecord, _ outcome: TaskOutcome, workerPID: Int32? = nil, rejected: Bool = false) {
         var outcome = outcome
         if case .success(let result) = outcome, result.readableBytes > record.connection.resultLimit {
             let limit = record.connection.resultLimit
@@ -359,12 +375,20 @@ final class Supervisor {
                 "result of \(result.readableBytes) bytes exceeds the client's limit of \(limit) bytes"
             )
         }
-        if case .success = outcome {
+        let now = NIODeadline.now()
+        switch outcome {
+        case .success(let result):
             scheduler.taskFinished(record, succeeded: true)
-        } else {
+            metrics.succeeded += 1
+            metrics.resultBytes += result.readableBytes
+        case .failure(let reason, _):
             scheduler.taskFinished(record, succeeded: false)
+            if rejected { metrics.rejected.count(reason) } else { metrics.failed.count(reason) }
         }
-        throughput.count(at: .now())
+        if let startedAt = record.startedAt {
+            metrics.runTime.observe(nanoseconds: (now - startedAt).nanoseconds)
+        }
+        throughput.count(at: now)
         switch outcome {
         case .success:
             // The metadata of a success is built only when it is logged: this runs once per task.
@@ -419,6 +443,44 @@ final class Supervisor {
             connections: connections.count,
             tasksPerSecond: throughput.rate(at: .now()),
             agentCheck: String(AgentCheck.answer(agentFigures).line.dropLast())
+        )
+    }
+
+    // MARK: Metrics
+
+    /// A task starts on a pool process: its wait in the queue ends.
+    func taskStarts(_ record: TaskRecord, at now: NIODeadline) {
+        record.startedAt = now
+        metrics.queueWait.observe(nanoseconds: (now - record.acceptedAt).nanoseconds)
+    }
+
+    /// The counters, and the gauges read from the live state: the queue, each slot's process, the processes still
+    /// ending, the connections.
+    func metricsSnapshot() -> MetricsSnapshot {
+        let now = NIODeadline.now()
+        var processes = MetricsSnapshot.ProcessCounts()
+        var pids: [Int32] = []
+        for slot in poolSlots {
+            switch slot.processState {
+            case .none: continue
+            case .starting: processes.starting += 1
+            case .idle: processes.idle += 1
+            case .busy: processes.busy += 1
+            }
+            if let process = slot.process { pids.append(process.pid) }
+        }
+        processes.stopping = endingProcesses.count
+        return MetricsSnapshot(
+            counters: metrics,
+            submitted: scheduler.counters.submitted,
+            queueLength: scheduler.queuedCount,
+            queueBytes: scheduler.queuedBytes,
+            oldestQueuedAge: scheduler.firstWaiting.map { .nanoseconds((now - $0.acceptedAt).nanoseconds) } ?? .zero,
+            processes: processes,
+            poolPIDs: pids,
+            configuredWorkers: max(1, configuration.workers),
+            saturated: metrics.saturatedTime(at: now),
+            connectionsOpen: connections.count
         )
     }
 

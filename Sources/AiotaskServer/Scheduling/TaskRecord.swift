@@ -23,6 +23,8 @@ final class TaskRecord: SchedulableTask {
     /// The client's timeout, or nil for the server's default.
     let timeout: Duration?
     let acceptedAt: NIODeadline
+    /// When it started on a pool process; nil until then (``Supervisor/taskStarts(_:at:)``).
+    var startedAt: NIODeadline?
     var state: State = .queued
     /// The payload limit in force when the task was queued, while it is in flight (see
     /// ``Supervisor/maximumReplyLength``); the ``Scheduler`` keeps it.

@@ -38,6 +38,7 @@ public struct DaemonOptions: ParsableArguments {
     @Option(setting: "agent-listen") public var agentListen: [String] = []
     @Option(setting: "agent-high-water") public var agentHighWater: Int?
     @Option(setting: "log-level") public var logLevel: Logger.Level?
+    @Option(setting: "metrics-listen") public var metricsListen: [String] = []
 
     public init() {}
 

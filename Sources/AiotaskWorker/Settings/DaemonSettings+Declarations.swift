@@ -173,6 +173,13 @@ extension DaemonSettings {
             example: "debug",
             help: "trace, debug, info, notice, warning, error or critical."
         ),
+        .addresses(
+            "metrics-listen",
+            default: "none",
+            example: "tcp://127.0.0.1:9464",
+            help: "Address of the metrics listener, serving GET /metrics to Prometheus: tcp://HOST:PORT or "
+                + "unix:/PATH. Repeatable; none by default. A socket systemd passes named metrics is served too."
+        ) { addresses, configuration in configuration.metricsListenAddresses = addresses },
     ]
 
     /// The largest memory limit of a pool process, in MiB (1 PiB).
