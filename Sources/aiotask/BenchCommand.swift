@@ -74,8 +74,6 @@ struct BenchCommand: AsyncParsableCommand {
             """
     )
     var tasksOnEventLoop = true
-    /// Every task's bytes, instead of `size` pseudo-random ones.
-    var payload: ByteBuffer? = nil
 
     func validate() throws {
         guard tasks >= 1 else { throw ValidationError("--tasks must be at least 1") }
@@ -166,6 +164,8 @@ struct BenchLoad: Sendable {
     var verify = true
     /// Run each connection's tasks on its event loop (see ``EventLoopTaskExecutor``).
     var tasksOnEventLoop = true
+    /// Every task's bytes, instead of `size` pseudo-random ones.
+    var payload: ByteBuffer? = nil
 
     /// Connects `connections` clients with `connect`, runs all tasks, closes, and summarises.
     func run(
