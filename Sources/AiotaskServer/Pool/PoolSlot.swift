@@ -24,6 +24,9 @@ final class PoolSlot {
     private var machine = StateMachine()
     /// The timeout of the running task, if it has one.
     private var timeoutTimer: Scheduled<Void>?
+    /// The running task's slow-task entry, while ``ServerConfiguration/slowTaskThreshold`` is set: one timer per
+    /// running task, none at all when the setting is off.
+    private var slowTaskTimer: Scheduled<Void>?
     private var restartTimer: Scheduled<Void>?
     /// The next reading of the busy process's memory, while a memory limit is set.
     private var memoryCheck: Scheduled<Void>?
@@ -239,12 +242,38 @@ final class PoolSlot {
                 self?.timeOut(record, after: timeout)
             }
         }
+        slowTaskTimer = nil
+        if let threshold = configuration.slowTaskThreshold {
+            let startedAt = NIODeadline.now()
+            slowTaskTimer = supervisor.loop.assumeIsolated().scheduleTask(in: .init(threshold)) { [weak self] in
+                self?.slowTaskTimer = nil
+                self?.reportSlow(record, startedAt: startedAt, threshold: threshold)
+            }
+        }
         scheduleMemoryCheck()
     }
 
+    /// Cancels the running task's timers: its timeout and its slow-task entry.
     private func cancelTimeout() {
         timeoutTimer?.cancel()
         timeoutTimer = nil
+        slowTaskTimer?.cancel()
+        slowTaskTimer = nil
+    }
+
+    /// Logs, once, that `record` still runs past the slow-task threshold, and counts it.
+    private func reportSlow(_ record: TaskRecord, startedAt: NIODeadline, threshold: Duration) {
+        // The timer is cancelled with the task; this guards against a task answered in the same tick.
+        guard let (process, running) = machine.busy, running.task === record, !record.isFinished else { return }
+        let elapsedMicroseconds = (NIODeadline.now() - startedAt).nanoseconds / 1000
+        supervisor.noteSlowTask()
+        logger.warning(
+            "task still running after \(elapsedMicroseconds / 1000) ms, past the slow-task threshold",
+            metadata: [
+                "task_id": "\(record.id)", "worker_pid": "\(process.pid)", "elapsed_usec": "\(elapsedMicroseconds)",
+                "threshold_usec": "\(Int64(threshold / .microseconds(1)))", "message_id": "\(LogMessageID.slowTask)",
+            ]
+        )
     }
 
     /// Stops the running `record` without answering it (cancelled, or its client is gone): its process is

@@ -167,6 +167,11 @@ final class Supervisor {
         scheduler.noteRestart()
     }
 
+    /// Counts a task that ran past the slow-task threshold (its slot logged it).
+    func noteSlowTask() {
+        scheduler.noteSlowTask()
+    }
+
     func slotFailedToStart(_ slot: PoolSlot) {
         markStarted(slot)
     }
@@ -382,7 +387,8 @@ final class Supervisor {
                 submitted: counters.submitted,
                 succeeded: counters.succeeded,
                 failed: counters.failed,
-                running: busy
+                running: busy,
+                slow: counters.slowTasks
             ),
             connections: connections.count,
             tasksPerSecond: throughput.rate(at: .now())
