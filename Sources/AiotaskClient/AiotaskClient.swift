@@ -389,7 +389,48 @@ public final class AiotaskClient: TaskSubmitter {
             )
         }
         let promise = eventLoop.makePromise(of: ByteBuffer.self)
-        onEventLoop { $0.requestInfo(promise: promise) }
+        onEventLoop { $0.requestInfo(.infoRequest, promise: promise) }
+        return try await promise.futureResult.get()
+    }
+
+    /// The pool's live state, process by process (pid, state, running task and for how long, memory, tasks done,
+    /// restarts), with the server's statistics: what `aiotask top` shows.
+    ///
+    /// - Throws: ``AiotaskClientError``, with ``AiotaskClientError/Code/unsupportedByServer`` when the server
+    ///   speaks a protocol version before 2 (``serverProtocolVersion``), ``AiotaskClientError/Code/legacyProtocol``
+    ///   in the legacy protocol, ``AiotaskClientError/Code/protocolViolation`` when the answer is not the expected
+    ///   JSON object.
+    public func poolStatus() async throws -> PoolStatus {
+        let json = try await poolStatusJSON()
+        do {
+            return try JSONDecoder().decode(PoolStatus.self, from: Data(json.readableBytesView))
+        } catch {
+            throw AiotaskClientError(
+                .protocolViolation,
+                reason: "the server's POOL is not a valid pool state: \(error)"
+            )
+        }
+    }
+
+    /// The pool's live state as the UTF-8 JSON object the server sent (snake_case keys, see `PoolStatus`).
+    ///
+    /// - Throws: as ``poolStatus()``.
+    public func poolStatusJSON() async throws -> ByteBuffer {
+        guard wireProtocol != .legacy else {
+            throw AiotaskClientError(
+                .legacyProtocol,
+                reason: "the pool's state (POOL) needs the extended protocol; an original 0.0.2 server has none"
+            )
+        }
+        guard serverProtocolVersion >= Hello.poolStatusVersion else {
+            throw AiotaskClientError(
+                .unsupportedByServer,
+                reason: "the pool's state (POOL) needs protocol version \(Hello.poolStatusVersion); "
+                    + "the server speaks version \(serverProtocolVersion)"
+            )
+        }
+        let promise = eventLoop.makePromise(of: ByteBuffer.self)
+        onEventLoop { $0.requestInfo(.poolRequest, promise: promise) }
         return try await promise.futureResult.get()
     }
 

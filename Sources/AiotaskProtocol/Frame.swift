@@ -29,6 +29,10 @@ public enum Frame: Hashable, Sendable {
     case error(String)
     /// The server is stopping: it takes no more tasks on this connection, answers those it took, then closes it.
     case goodbye(String)
+    /// Ask for the pool's state, process by process (protocol version 2).
+    case poolRequest
+    /// The pool's state, a UTF-8 JSON object (``PoolStatus``), in answer to `poolRequest`.
+    case pool(ByteBuffer)
 
     /// The type byte of this frame.
     public var type: FrameType {
@@ -46,14 +50,21 @@ public enum Frame: Hashable, Sendable {
         case .info: .info
         case .error: .error
         case .goodbye: .goodbye
+        case .poolRequest: .poolRequest
+        case .pool: .pool
         }
     }
 }
 
 /// The content of a `HELLO` frame.
 public struct Hello: Hashable, Sendable {
-    /// The protocol version this implementation speaks.
-    public static let currentVersion: UInt8 = 1
+    /// The protocol version this implementation speaks: 2 adds `POOL_REQUEST` and `POOL`. A server answers a
+    /// client's `HELLO` with the lower of the client's version and its own, so a version 1 client sees what it
+    /// always saw.
+    public static let currentVersion: UInt8 = 2
+
+    /// The first version with `POOL_REQUEST` and `POOL`.
+    public static let poolStatusVersion: UInt8 = 2
 
     /// The sender's protocol version.
     public var version: UInt8

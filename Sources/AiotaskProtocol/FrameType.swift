@@ -37,6 +37,10 @@ public struct FrameType: RawRepresentable, Hashable, Sendable {
     /// Server → client: the server is stopping; tasks sent after it are refused, and the connection closes once
     /// every task taken before it is answered.
     public static let goodbye = FrameType(rawValue: 0x88)
+    /// Client → server (protocol version 2): ask for the pool's state, process by process.
+    public static let poolRequest = FrameType(rawValue: 0x89)
+    /// Server → client (protocol version 2): the pool's state, as a JSON object (``PoolStatus``).
+    public static let pool = FrameType(rawValue: 0x8A)
 
     /// Whether this is an extension type, framed with a 32-bit length.
     public var isExtension: Bool { rawValue & 0x80 != 0 }
@@ -52,7 +56,7 @@ public struct FrameType: RawRepresentable, Hashable, Sendable {
 
     /// Whether this type is defined by this version of the protocol.
     public var isKnown: Bool {
-        (1...4).contains(rawValue) || (0x80...0x88).contains(rawValue)
+        (1...4).contains(rawValue) || (0x80...0x8A).contains(rawValue)
     }
 }
 
@@ -72,6 +76,8 @@ extension FrameType: CustomStringConvertible {
         case .info: "INFO"
         case .error: "ERROR"
         case .goodbye: "GOODBYE"
+        case .poolRequest: "POOL_REQUEST"
+        case .pool: "POOL"
         default: "type \(rawValue)"
         }
     }

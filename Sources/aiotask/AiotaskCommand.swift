@@ -17,7 +17,7 @@ struct AiotaskCommand: AsyncParsableCommand {
             2 connection, server or usage problem.
             """,
         version: AiotaskVersion.current,
-        subcommands: [SubmitCommand.self, StatusCommand.self, BenchCommand.self]
+        subcommands: [SubmitCommand.self, StatusCommand.self, TopCommand.self, BenchCommand.self]
     )
 
     /// Exit status when a task failed.

@@ -155,4 +155,6 @@ let sampleFrames: [Frame] = [
     .error(""),
     .goodbye("the server is stopping"),
     .goodbye(""),
+    .poolRequest,
+    .pool(ByteBuffer(ascii(#"{"processes":[]}"#))),
 ]

@@ -71,6 +71,8 @@ struct ConnectionStateMachine<Task: ConnectionTask> {
         case greet(Frame, goodbye: Frame?, pauseReading: Bool)
         /// Answer `INFO_REQUEST` with the server's statistics; then, if set, stop reading from the client.
         case writeInfo(pauseReading: Bool)
+        /// Answer `POOL_REQUEST` with the pool's state; then, if set, stop reading from the client.
+        case writePool(pauseReading: Bool)
         /// Hand the task to the scheduler; report with ``taskSubmitted(refusedAtOnce:)`` whether it answered it at
         /// once.
         case submit(Task)
@@ -256,7 +258,13 @@ struct ConnectionStateMachine<Task: ConnectionTask> {
         switch frame {
         case .hello(let hello):
             negotiated(resultLimit: Int(hello.maximumPayloadLength))
-            let answer = Frame.hello(Hello(maximumPayloadLength: UInt32(clamping: limits.maximumPayloadLength)))
+            // The lower version of the two: a client answers to what it knows.
+            let answer = Frame.hello(
+                Hello(
+                    version: min(hello.version, Hello.currentVersion),
+                    maximumPayloadLength: UInt32(clamping: limits.maximumPayloadLength)
+                )
+            )
             let goodbye = isAccepting ? nil : goodbyeIfDue()
             return .greet(answer, goodbye: goodbye, pauseReading: answeredAtOnce())
         case .enqueue(let id, let payload):
@@ -269,7 +277,9 @@ struct ConnectionStateMachine<Task: ConnectionTask> {
             return inFlight[id].map { .cancel($0) } ?? .none
         case .infoRequest:
             return .writeInfo(pauseReading: answeredAtOnce())
-        case .update, .done, .result, .failed, .info, .error, .goodbye:
+        case .poolRequest:
+            return .writePool(pauseReading: answeredAtOnce())
+        case .update, .done, .result, .failed, .info, .error, .goodbye, .pool:
             return violation("the client sent a \(frame.type) frame, which only a server sends")
         }
     }

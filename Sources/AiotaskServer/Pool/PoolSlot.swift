@@ -30,6 +30,12 @@ final class PoolSlot {
     private var restartTimer: Scheduled<Void>?
     /// The next reading of the busy process's memory, while a memory limit is set.
     private var memoryCheck: Scheduled<Void>?
+    /// When the running task started; for ``status(at:)``.
+    private var runningSince: NIODeadline?
+    /// Tasks the current process has answered.
+    private var tasksDoneByProcess = 0
+    /// Processes of this slot replaced since the server started.
+    private var restarts = 0
 
     init(index: Int, supervisor: Supervisor) {
         self.index = index
@@ -156,6 +162,7 @@ final class PoolSlot {
                 loop: supervisor.loop
             )
             process.delegate = self
+            tasksDoneByProcess = 0
             // Reported before attaching: the new process may report ready at once, and must not find the quota of
             // the process it replaces, used up.
             machine.processStarted(
@@ -235,6 +242,7 @@ final class PoolSlot {
     /// Marks `record` as running on `process` from now on, and starts its timeout.
     private func begin(_ record: TaskRecord, on process: PoolProcess) {
         record.state = .running(pid: process.pid)
+        runningSince = .now()
         record.payload = ByteBuffer()
         timeoutTimer = nil
         if let timeout = record.timeout ?? configuration.defaultTaskTimeout {
@@ -394,7 +402,7 @@ final class PoolSlot {
             if case .recycle = replacement {
                 logger.debug("recycling worker process", metadata: ["worker_pid": "\(process.pid)"])
             }
-            supervisor.noteRestart()
+            noteRestart()
             handOver(process, sentAhead: sentAhead, runningIsAnswered: runningIsAnswered)
             end(process, replacement.ending)
             supervisor.endingProcesses.whenExited(process) { [weak self] in
@@ -420,7 +428,7 @@ final class PoolSlot {
 
     /// Counts a restart, and starts a process after `delay`, at once if it is zero.
     private func scheduleRestart(after delay: Duration) {
-        supervisor.noteRestart()
+        noteRestart()
         if delay == .zero {
             start()
             return
@@ -432,6 +440,39 @@ final class PoolSlot {
             self.restartTimer = nil
             self.perform(self.machine.restartBackoffElapsed())
         }
+    }
+
+    private func noteRestart() {
+        restarts += 1
+        supervisor.noteRestart()
+    }
+
+    /// What `POOL` says of this slot: its process, what it runs and since when, its memory and its counts.
+    func status(at now: NIODeadline) -> PoolProcessStatus {
+        var status = PoolProcessStatus(
+            slot: index,
+            pid: process.map { Int($0.pid) },
+            state: .restarting,
+            tasksDone: tasksDoneByProcess,
+            restarts: restarts
+        )
+        if machine.isStopped {
+            status.state = .stopped
+        } else if let (process, running) = machine.busy {
+            status.state = .busy
+            if !running.task.isFinished {
+                status.taskID = running.task.id
+                status.taskSeconds = runningSince.map { Double((now - $0).nanoseconds) / 1e9 }
+            }
+            status.residentBytes = process.residentBytes
+        } else if let process = machine.idleProcess {
+            status.state = .idle
+            status.residentBytes = process.residentBytes
+        } else if let process = machine.process {
+            status.state = .starting
+            status.residentBytes = process.residentBytes
+        }
+        return status
     }
 
     private func end(_ process: PoolProcess, _ ending: StateMachine.Ending) {
@@ -500,6 +541,7 @@ extension PoolSlot: PoolProcessDelegate {
             )
         }
         perform(action.then)
+        tasksDoneByProcess += 1
         if let answered = action.answered, !answered.isFinished {
             let outcome: TaskOutcome =
                 switch reply {

@@ -395,6 +395,12 @@ final class Supervisor {
         )
     }
 
+    /// The pool's state, slot by slot, with the statistics (`POOL`).
+    func poolStatus() -> PoolStatus {
+        let now = NIODeadline.now()
+        return PoolStatus(server: info(), processes: poolSlots.map { $0.status(at: now) })
+    }
+
     // MARK: Shutdown
 
     /// Stops taking tasks (telling every extended client so with `GOODBYE`), lets those in flight finish within
