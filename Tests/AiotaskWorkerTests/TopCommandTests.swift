@@ -47,7 +47,7 @@ struct TopCommandTests {
                 #expect(try await tmux.run(["display-message", "-p", "#{alternate_on}"]) == "1\n")
 
                 try await tmux.run(["send-keys", "-t", "top", quitKey])
-                let after = try await tmux.waitForScreen { $0.contains("TOP-EXITED") }
+                let after = try await tmux.waitForScreen { screen in screen.contains { $0.contains("TOP-EXITED") } }
                 #expect(!after.contains { $0.contains("SLOT") }, "the view is still on screen: \(after)")
                 #expect(try String(contentsOfFile: "\(files)/status", encoding: .utf8) == "0\n")
                 let before = try String(contentsOfFile: "\(files)/before", encoding: .utf8)
