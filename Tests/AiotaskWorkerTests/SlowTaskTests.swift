@@ -82,4 +82,25 @@ struct SlowTaskTests {
         }
         try await server.stop()
     }
+
+    @Test("a reload that sets the threshold applies it to the next task")
+    func appliedOnReload() async throws {
+        var started = ServerConfiguration(handler: .builtin("chaos"), workers: 1)
+        let server = try await TestServer.start(handler: .builtin("chaos"), workers: 1) { started = $0 }
+        var reloaded = started
+        reloaded.slowTaskThreshold = .milliseconds(100)
+        try await withTimeout { [reloaded] in
+            let client = try await server.client()
+            #expect(try await client.submit("sleep 200") == Array("slept 200".utf8))
+            try await server.server.reload(reloaded)
+            try await server.waitForFullPool()
+            let task = try await client.enqueue("sleep 400")
+            let entry = await server.logs.first { $0.metadata["message_id"] == LogMessageID.slowTask }
+            #expect(entry.metadata["task_id"] == "\(task.id)")
+            _ = try await task.result()
+            #expect(Self.slowEntries(server.logs.entries).count == 1)
+            try await client.close()
+        }
+        try await server.stop()
+    }
 }
