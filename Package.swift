@@ -198,6 +198,8 @@ let package = Package(
             name: "AiotaskClientTests",
             dependencies: [
                 "AiotaskClient",
+                // `aiotask top`'s view model (TopViewTests).
+                "aiotask",
                 "AiotaskProtocol",
                 "AiotaskTestSupport",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),

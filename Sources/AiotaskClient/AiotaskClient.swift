@@ -374,19 +374,7 @@ public final class AiotaskClient: TaskSubmitter {
     /// - Throws: ``AiotaskClientError``, with ``AiotaskClientError/Code/protocolViolation`` when the answer is not
     ///   the expected JSON object.
     public func serverInfo() async throws -> ServerInfo {
-        try Self.decodeServerInfo(try await serverInfoJSON())
-    }
-
-    /// The statistics of an `INFO` frame's JSON.
-    private static func decodeServerInfo(_ json: ByteBuffer) throws(AiotaskClientError) -> ServerInfo {
-        do {
-            return try JSONDecoder().decode(ServerInfo.self, from: Data(json.readableBytesView))
-        } catch {
-            throw AiotaskClientError(
-                .protocolViolation,
-                reason: "the server's INFO is not a valid statistics object: \(error)"
-            )
-        }
+        try Self.decode(ServerInfo.self, from: try await serverInfoJSON(), answer: "INFO", "a valid statistics object")
     }
 
     /// The server's live statistics as the UTF-8 JSON object it sent (snake_case keys, see `ServerInfo`).
@@ -394,14 +382,45 @@ public final class AiotaskClient: TaskSubmitter {
     /// - Throws: ``AiotaskClientError``, with ``AiotaskClientError/Code/legacyProtocol`` in the legacy protocol,
     ///   which has no `INFO`.
     public func serverInfoJSON() async throws -> ByteBuffer {
+        try await requestJSON(.infoRequest, answer: "INFO", for: "server statistics")
+    }
+
+    /// The pool's live state, process by process (pid, state, running task and for how long, memory, tasks done,
+    /// restarts), with the server's statistics: what `aiotask top` shows.
+    ///
+    /// - Throws: ``AiotaskClientError``, with ``AiotaskClientError/Code/unsupportedByServer`` when the server
+    ///   speaks a protocol version before 2 (``serverProtocolVersion``), ``AiotaskClientError/Code/legacyProtocol``
+    ///   in the legacy protocol, ``AiotaskClientError/Code/protocolViolation`` when the answer is not the expected
+    ///   JSON object.
+    public func poolStatus() async throws -> PoolStatus {
+        try Self.decode(PoolStatus.self, from: try await poolStatusJSON(), answer: "POOL", "a valid pool state")
+    }
+
+    /// The pool's live state as the UTF-8 JSON object the server sent (snake_case keys, see `PoolStatus`).
+    ///
+    /// - Throws: as ``poolStatus()``.
+    public func poolStatusJSON() async throws -> ByteBuffer {
+        guard wireProtocol == .legacy || serverProtocolVersion >= Hello.poolStatusVersion else {
+            throw AiotaskClientError(
+                .unsupportedByServer,
+                reason: "the pool's state (POOL) needs protocol version \(Hello.poolStatusVersion); "
+                    + "the server speaks version \(serverProtocolVersion)"
+            )
+        }
+        return try await requestJSON(.poolRequest, answer: "POOL", for: "the pool's state")
+    }
+
+    /// Sends `request` (`INFO_REQUEST` or `POOL_REQUEST`) and returns the JSON of its answer; `legacyProtocol` in
+    /// the legacy protocol, which has neither.
+    private func requestJSON(_ request: Frame, answer: String, for purpose: String) async throws -> ByteBuffer {
         guard wireProtocol != .legacy else {
             throw AiotaskClientError(
                 .legacyProtocol,
-                reason: "server statistics (INFO) need the extended protocol; an original 0.0.2 server has none"
+                reason: "\(answer) (\(purpose)) needs the extended protocol; an original 0.0.2 server has none"
             )
         }
         let promise = eventLoop.makePromise(of: ByteBuffer.self)
-        onEventLoop { $0.requestInfo(promise: promise) }
+        onEventLoop { $0.requestInfo(request, promise: promise) }
         return try await promise.futureResult.get()
     }
 
@@ -419,7 +438,26 @@ public final class AiotaskClient: TaskSubmitter {
         }
         let promise = eventLoop.makePromise(of: ByteBuffer.self)
         onEventLoop { $0.requestDrain(drained, promise: promise) }
-        return try Self.decodeServerInfo(try await promise.futureResult.get())
+        return try Self.decode(
+            ServerInfo.self,
+            from: try await promise.futureResult.get(),
+            answer: "INFO",
+            "a valid statistics object"
+        )
+    }
+
+    /// `json` decoded as `Value`; `protocolViolation` when it is not one.
+    private static func decode<Value: Decodable>(
+        _ type: Value.Type,
+        from json: ByteBuffer,
+        answer: String,
+        _ expected: String
+    ) throws -> Value {
+        do {
+            return try JSONDecoder().decode(type, from: Data(json.readableBytesView))
+        } catch {
+            throw AiotaskClientError(.protocolViolation, reason: "the server's \(answer) is not \(expected): \(error)")
+        }
     }
 
     // MARK: Closing

@@ -35,8 +35,9 @@ final class ClientChannelHandler: ChannelInboundHandler {
     private var tasks: [TaskID: PendingTask] = [:]
     /// Status queries awaiting an `UPDATE`, oldest first per task.
     private var statusQueries: [TaskID: CircularBuffer<EventLoopPromise<TaskStatus>>] = [:]
-    /// Info requests awaiting an `INFO`, oldest first.
-    private var infoQueries = CircularBuffer<EventLoopPromise<ByteBuffer>>()
+    /// Info and pool requests awaiting their `INFO` or `POOL`, oldest first, with the answer's type: the server
+    /// answers them in order.
+    private var infoQueries = CircularBuffer<(answer: FrameType, promise: EventLoopPromise<ByteBuffer>)>()
     /// Writes the requests, those of one tick together; set while the handler is in the pipeline.
     private var writer: CoalescingFrameWriter?
     /// The server's `GOODBYE` message, once it said it is stopping.
@@ -185,14 +186,15 @@ final class ClientChannelHandler: ChannelInboundHandler {
         append(.cancel(id))
     }
 
-    /// Asks for the server's statistics; `promise` receives the JSON of the `INFO` answer.
-    func requestInfo(promise: EventLoopPromise<ByteBuffer>) {
+    /// Asks for the server's statistics (`INFO_REQUEST`) or the pool's state (`POOL_REQUEST`); `promise` receives
+    /// the JSON of the answer.
+    func requestInfo(_ request: Frame, promise: EventLoopPromise<ByteBuffer>) {
         guard case .ready = state else {
             promise.fail(currentError)
             return
         }
-        infoQueries.append(promise)
-        append(.infoRequest)
+        infoQueries.append((request == .poolRequest ? .pool : .info, promise))
+        append(request)
     }
 
     /// Puts the server into drain for HAProxy's agent check, or takes it out; `promise` receives the JSON of the
@@ -202,7 +204,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
             promise.fail(currentError)
             return
         }
-        infoQueries.append(promise)
+        infoQueries.append((.info, promise))
         append(.drain(drained))
     }
 
@@ -324,13 +326,16 @@ final class ClientChannelHandler: ChannelInboundHandler {
             let promise = queue.removeFirst()
             if !queue.isEmpty { statusQueries[id] = queue }
             promise.succeed(status)
-        case (.info(let json), .ready):
-            guard let promise = infoQueries.popFirst() else { return violation("an INFO frame nobody asked for") }
-            promise.succeed(json)
+        case (.info(let json), .ready), (.pool(let json), .ready):
+            guard infoQueries.first?.answer == frame.type, let query = infoQueries.popFirst() else {
+                return violation("an \(frame.type) frame nobody asked for")
+            }
+            query.promise.succeed(json)
         case (.hello, .ready):
             violation("a second HELLO frame")
         case (.enqueue, .ready), (.status, .ready), (.submit, .ready), (.cancel, .ready), (.infoRequest, .ready),
-            (.drain, .ready):
+            (.drain, .ready),
+            (.poolRequest, .ready):
             violation("a \(frame.type) frame, which only clients send")
         }
     }
@@ -391,7 +396,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
         for queue in statusQueries.values {
             for promise in queue { promise.fail(error) }
         }
-        for promise in infoQueries { promise.fail(error) }
+        for query in infoQueries { query.promise.fail(error) }
 
         context?.close(promise: nil)
     }

@@ -45,7 +45,7 @@ public struct AiotaskClientError: Error, Hashable, Sendable {
     public struct Code: Hashable, Sendable {
         private enum Base: Hashable, Sendable {
             case connectFailed, closedBeforeHandshake, handshakeFailed, connectionLost, serverError, protocolViolation
-            case legacyProtocol
+            case legacyProtocol, unsupportedByServer
         }
 
         private let base: Base
@@ -72,6 +72,9 @@ public struct AiotaskClientError: Error, Hashable, Sendable {
         /// with this server (``WireProtocol/legacy``): a per-task timeout, ``TaskHandle/cancel()``, server
         /// statistics. The connection stays usable.
         public static let legacyProtocol = Code(.legacyProtocol)
+        /// The request needs a later protocol version than the server speaks (it is an older `aiotaskd`), such as
+        /// ``AiotaskClient/poolStatus()``. The connection stays usable.
+        public static let unsupportedByServer = Code(.unsupportedByServer)
     }
 
     /// What kind of problem this is.
@@ -96,6 +99,7 @@ extension AiotaskClientError.Code: CustomStringConvertible {
         case .serverError: "server error"
         case .protocolViolation: "protocol violation by the server"
         case .legacyProtocol: "not available with the legacy protocol"
+        case .unsupportedByServer: "not supported by the server"
         }
     }
 }

@@ -32,6 +32,10 @@ public enum Frame: Hashable, Sendable {
     /// An operator puts the server into drain for HAProxy's agent check (true) or takes it out (false); the
     /// server answers with `info`. Tasks are still taken: only the balancer's new connections stop.
     case drain(Bool)
+    /// Ask for the pool's state, process by process (protocol version 2).
+    case poolRequest
+    /// The pool's state, a UTF-8 JSON object (``PoolStatus``), in answer to `poolRequest`.
+    case pool(ByteBuffer)
 
     /// The type byte of this frame.
     public var type: FrameType {
@@ -50,14 +54,21 @@ public enum Frame: Hashable, Sendable {
         case .error: .error
         case .goodbye: .goodbye
         case .drain: .drain
+        case .poolRequest: .poolRequest
+        case .pool: .pool
         }
     }
 }
 
 /// The content of a `HELLO` frame.
 public struct Hello: Hashable, Sendable {
-    /// The protocol version this implementation speaks.
-    public static let currentVersion: UInt8 = 1
+    /// The protocol version this implementation speaks: 2 adds `POOL_REQUEST` and `POOL`. A server answers a
+    /// client's `HELLO` with the lower of the client's version and its own, so a version 1 client sees what it
+    /// always saw.
+    public static let currentVersion: UInt8 = 2
+
+    /// The first version with `POOL_REQUEST` and `POOL`.
+    public static let poolStatusVersion: UInt8 = 2
 
     /// The sender's protocol version.
     public var version: UInt8

@@ -34,7 +34,10 @@ public struct FrameDecoder: LengthPrefixedDecoder {
     /// Whether ``admitPartialTask`` admitted the frame at the front.
     private var frontIsAdmitted = false
 
-    public init(maximumPayloadLength: Int, maximumControlFrameLength: Int = 64 * 1024) {
+    /// The limit of a control frame's payload that both ends of the protocol keep: 64 KiB.
+    public static let defaultMaximumControlFrameLength = 64 * 1024
+
+    public init(maximumPayloadLength: Int, maximumControlFrameLength: Int = defaultMaximumControlFrameLength) {
         self.maximumPayloadLength = maximumPayloadLength
         self.maximumControlFrameLength = maximumControlFrameLength
     }
@@ -207,6 +210,11 @@ public struct FrameDecoder: LengthPrefixedDecoder {
             return .infoRequest
         case .info:
             return .info(payload)
+        case .poolRequest:
+            try requireEnd()
+            return .poolRequest
+        case .pool:
+            return .pool(payload)
         case .error:
             return .error(payload.readString(length: payload.readableBytes) ?? "")
         case .goodbye:

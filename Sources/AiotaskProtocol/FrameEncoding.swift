@@ -48,9 +48,9 @@ extension ByteBuffer {
             writeTaskID(id)
             writeInteger(reason.rawValue)
             writeString(message)
-        case .infoRequest:
+        case .infoRequest, .poolRequest:
             break
-        case .info(var json):
+        case .info(var json), .pool(var json):
             writeBuffer(&json)
         case .error(let message), .goodbye(let message):
             writeString(message)
@@ -71,8 +71,8 @@ extension Frame {
         case .hello: 5
         case .submit(_, _, let payload): TaskID.byteCount + 4 + payload.readableBytes
         case .failed(_, _, let message): TaskID.byteCount + 1 + message.utf8.count
-        case .infoRequest: 0
-        case .info(let json): json.readableBytes
+        case .infoRequest, .poolRequest: 0
+        case .info(let json), .pool(let json): json.readableBytes
         case .error(let message), .goodbye(let message): message.utf8.count
         case .drain: 1
         }

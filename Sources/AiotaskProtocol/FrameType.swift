@@ -40,6 +40,10 @@ public struct FrameType: RawRepresentable, Hashable, Sendable {
     /// Client → server: an operator puts the server into drain for HAProxy's agent check (1), or takes it out (0);
     /// answered with `INFO`.
     public static let drain = FrameType(rawValue: 0x89)
+    /// Client → server (protocol version 2): ask for the pool's state, process by process.
+    public static let poolRequest = FrameType(rawValue: 0x8A)
+    /// Server → client (protocol version 2): the pool's state, as a JSON object (``PoolStatus``).
+    public static let pool = FrameType(rawValue: 0x8B)
 
     /// Whether this is an extension type, framed with a 32-bit length.
     public var isExtension: Bool { rawValue & 0x80 != 0 }
@@ -55,7 +59,7 @@ public struct FrameType: RawRepresentable, Hashable, Sendable {
 
     /// Whether this type is defined by this version of the protocol.
     public var isKnown: Bool {
-        (1...4).contains(rawValue) || (0x80...0x89).contains(rawValue)
+        (1...4).contains(rawValue) || (0x80...0x8B).contains(rawValue)
     }
 }
 
@@ -76,6 +80,8 @@ extension FrameType: CustomStringConvertible {
         case .error: "ERROR"
         case .goodbye: "GOODBYE"
         case .drain: "DRAIN"
+        case .poolRequest: "POOL_REQUEST"
+        case .pool: "POOL"
         default: "type \(rawValue)"
         }
     }

@@ -61,12 +61,16 @@ public struct ServerInfo: Codable, Hashable, Sendable {
         public var failed: Int
         /// Tasks running now.
         public var running: Int
+        /// Tasks that ran longer than the server's slow-task threshold (`slow-task-threshold`), each counted once
+        /// while it still ran; nil from a server that does not count them.
+        public var slow: Int?
 
-        public init(submitted: Int, succeeded: Int, failed: Int, running: Int) {
+        public init(submitted: Int, succeeded: Int, failed: Int, running: Int, slow: Int? = nil) {
             self.submitted = submitted
             self.succeeded = succeeded
             self.failed = failed
             self.running = running
+            self.slow = slow
         }
     }
 

@@ -324,6 +324,12 @@ public final class AiotaskServer: Sendable {
         return try await loop.submit { supervisor.value.info() }.get()
     }
 
+    /// The pool's live state, slot by slot, with the statistics: what `POOL` carries.
+    public func poolStatus() async throws -> PoolStatus {
+        let supervisor = try started().supervisor
+        return try await loop.submit { supervisor.value.poolStatus() }.get()
+    }
+
     /// Applies a new configuration to the running server without closing its sockets or losing a task
     /// (see `docs` on reload: the pool is rolled over to the new handler and size). Listening addresses and
     /// adopted sockets are kept as they are.

@@ -18,7 +18,8 @@ struct AiotaskCommand: AsyncParsableCommand {
             """,
         version: AiotaskVersion.current,
         subcommands: [
-            SubmitCommand.self, StatusCommand.self, BenchCommand.self, DrainCommand.self, UndrainCommand.self,
+            SubmitCommand.self, StatusCommand.self, TopCommand.self, BenchCommand.self, DrainCommand.self,
+            UndrainCommand.self,
         ]
     )
 

@@ -96,4 +96,56 @@ struct QueryTests {
         }
         await server.stop()
     }
+
+    @Test("poolStatus() against a server of protocol version 1 fails at once, sending nothing; INFO still works")
+    func poolStatusNeedsVersion2() async throws {
+        let server = try await StubServer.start { connection, frame in
+            switch frame {
+            case .hello: connection.send(.hello(Hello(version: 1, maximumPayloadLength: 1 << 20)))
+            case .infoRequest: connection.send(.info(StubBehaviors.infoJSON(pid: 7)))
+            case .poolRequest: connection.send(.error("unknown frame type 137"))
+            default: break
+            }
+        }
+        try await withTimeout {
+            let client = try await AiotaskClient.connect(to: server.address)
+            #expect(client.serverProtocolVersion == 1)
+            let error = await #expect(throws: AiotaskClientError.self) { _ = try await client.poolStatus() }
+            #expect(error?.code == .unsupportedByServer)
+            #expect(try await client.serverInfo().pid == 7)
+            try await client.close()
+        }
+        await server.stop()
+    }
+
+    @Test("INFO and POOL answers are matched to their requests in order; one out of turn is a protocol violation")
+    func poolAndInfoInOrder() async throws {
+        let server = try await StubServer.start { connection, frame in
+            switch frame {
+            case .hello: connection.send(.hello(Hello(version: 2, maximumPayloadLength: 1 << 20)))
+            case .infoRequest:
+                // Answered as POOL: out of turn.
+                connection.send(.pool(ByteBuffer(string: "{}")))
+            case .poolRequest:
+                let info = StubBehaviors.infoJSON(pid: 9)
+                connection.send(
+                    .pool(
+                        ByteBuffer(
+                            string: "{\"server\":\(String(buffer: info)),\"processes\":[],\"processes_omitted\":0}"
+                        )
+                    )
+                )
+            default: break
+            }
+        }
+        try await withTimeout {
+            let client = try await AiotaskClient.connect(to: server.address)
+            let pool = try await client.poolStatus()
+            #expect(pool.server.pid == 9 && pool.processes.isEmpty)
+            let error = await #expect(throws: AiotaskClientError.self) { _ = try await client.serverInfo() }
+            #expect(error?.code == .protocolViolation)
+            try await client.close()
+        }
+        await server.stop()
+    }
 }

@@ -46,8 +46,19 @@ struct FrameEncodingTests {
         ),
         Case(
             name: "HELLO v1, 64 MiB",
-            frame: .hello(Hello(maximumPayloadLength: 64 * 1024 * 1024)),
+            frame: .hello(Hello(version: 1, maximumPayloadLength: 64 * 1024 * 1024)),
             bytes: [0x80, 0x00, 0x00, 0x00, 0x05, 0x01, 0x04, 0x00, 0x00, 0x00]
+        ),
+        Case(
+            name: "HELLO v2 (the current version), 64 MiB",
+            frame: .hello(Hello(maximumPayloadLength: 64 * 1024 * 1024)),
+            bytes: [0x80, 0x00, 0x00, 0x00, 0x05, 0x02, 0x04, 0x00, 0x00, 0x00]
+        ),
+        Case(name: "POOL_REQUEST", frame: .poolRequest, bytes: [0x8A, 0x00, 0x00, 0x00, 0x00]),
+        Case(
+            name: "POOL",
+            frame: .pool(ByteBuffer(string: "{}")),
+            bytes: [0x8B, 0x00, 0x00, 0x00, 0x02, 0x7B, 0x7D]
         ),
         Case(
             name: "SUBMIT with 1.5 s timeout",
@@ -128,7 +139,7 @@ struct FrameEncodingTests {
             (.enqueue, 1, 3), (.update, 2, 3), (.done, 3, 3), (.status, 4, 3),
             (.hello, 0x80, 5), (.submit, 0x81, 5), (.result, 0x82, 5), (.failed, 0x83, 5),
             (.cancel, 0x84, 5), (.infoRequest, 0x85, 5), (.info, 0x86, 5), (.error, 0x87, 5),
-            (.goodbye, 0x88, 5), (.drain, 0x89, 5),
+            (.goodbye, 0x88, 5), (.drain, 0x89, 5), (.poolRequest, 0x8A, 5), (.pool, 0x8B, 5),
         ]
         for (type, raw, header) in types {
             #expect(type.rawValue == raw)
@@ -138,7 +149,7 @@ struct FrameEncodingTests {
         }
         #expect(!FrameType(rawValue: 0).isKnown)
         #expect(!FrameType(rawValue: 5).isKnown)
-        #expect(!FrameType(rawValue: 0x8a).isKnown)
+        #expect(!FrameType(rawValue: 0x8C).isKnown)
         #expect(FrameType(rawValue: 0x99).description == "type 153")
         #expect(Set(types.map { $0.0.description }).count == types.count)
     }

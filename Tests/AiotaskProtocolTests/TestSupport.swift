@@ -157,4 +157,6 @@ let sampleFrames: [Frame] = [
     .goodbye(""),
     .drain(true),
     .drain(false),
+    .poolRequest,
+    .pool(ByteBuffer(ascii(#"{"processes":[]}"#))),
 ]

@@ -89,6 +89,7 @@ struct DaemonTests {
             (Products.aiotask, [], "USAGE: aiotask <subcommand>"),
             (Products.aiotask, ["submit"], "USAGE: aiotask submit"),
             (Products.aiotask, ["status"], "USAGE: aiotask status"),
+            (Products.aiotask, ["top"], "USAGE: aiotask top"),
             (Products.aiotask, ["bench"], "USAGE: aiotask bench"),
         ]
     )

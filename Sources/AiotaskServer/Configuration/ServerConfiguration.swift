@@ -48,6 +48,9 @@ public struct ServerConfiguration: Sendable {
     public var maximumPayloadLength: Int
     /// Timeout of a task whose client gave none; nil for no timeout.
     public var defaultTaskTimeout: Duration?
+    /// A task that runs longer than this gets one journal entry while it still runs (`slow-task-threshold`,
+    /// ``LogMessageID/slowTask``) and counts in the statistics; nil for no such entries, and no timer.
+    public var slowTaskThreshold: Duration?
     /// Time between SIGTERM and SIGKILL when a process is stopped (timeout, cancel, shutdown).
     public var killGracePeriod: Duration
     /// A process is replaced after this many tasks; nil never.
@@ -90,6 +93,7 @@ public struct ServerConfiguration: Sendable {
         prefetch: Int? = nil,
         maximumPayloadLength: Int = 64 * 1024 * 1024,
         defaultTaskTimeout: Duration? = nil,
+        slowTaskThreshold: Duration? = nil,
         killGracePeriod: Duration = .seconds(2),
         maximumTasksPerProcess: Int? = nil,
         maximumTasksJitter: Int = 0,
@@ -115,6 +119,7 @@ public struct ServerConfiguration: Sendable {
         self.prefetch = prefetch
         self.maximumPayloadLength = maximumPayloadLength
         self.defaultTaskTimeout = defaultTaskTimeout
+        self.slowTaskThreshold = slowTaskThreshold
         self.killGracePeriod = killGracePeriod
         self.maximumTasksPerProcess = maximumTasksPerProcess
         self.maximumTasksJitter = maximumTasksJitter

@@ -222,6 +222,8 @@ final class ConnectionHandler: ChannelInboundHandler {
         case .setDrained(let drained, let pauseReading):
             supervisor.setDrainedByOperator(drained, by: peerDescription)
             writeInfo()
+        case .writePool(let pauseReading):
+            writePool()
             if pauseReading { perform(.pauseReading) }
         case .submit(let record):
             supervisor.accept(record)
@@ -331,6 +333,33 @@ final class ConnectionHandler: ChannelInboundHandler {
             write(.info(ByteBuffer(bytes: json)))
         } catch {
             logger.error("cannot encode server info: \(error)")
+        }
+    }
+
+    private func writePool() {
+        do {
+            let json = try Self.encode(supervisor.poolStatus(), fitting: FrameDecoder.defaultMaximumControlFrameLength)
+            write(.pool(ByteBuffer(bytes: json)))
+        } catch {
+            logger.error("cannot encode the pool's state: \(error)")
+        }
+    }
+
+    /// `status` as JSON of at most `limit` bytes: the slots at the end are left out (and counted in
+    /// ``PoolStatus/processesOmitted``) while it is longer, so that a pool of thousands still fits a control frame.
+    static func encode(_ status: PoolStatus, fitting limit: Int) throws -> Data {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        var status = status
+        let total = status.processes.count
+        while true {
+            let json = try encoder.encode(status)
+            guard json.count > limit, !status.processes.isEmpty else { return json }
+            // Scaled to the excess, then one more, so that few rounds are needed.
+            let excess = Double(json.count - limit) / Double(json.count)
+            let cut = min(status.processes.count, Int(Double(status.processes.count) * excess) + 1)
+            status.processes.removeLast(cut)
+            status.processesOmitted = total - status.processes.count
         }
     }
 

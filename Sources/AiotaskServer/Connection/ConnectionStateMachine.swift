@@ -73,6 +73,8 @@ struct ConnectionStateMachine<Task: ConnectionTask> {
         case writeInfo(pauseReading: Bool)
         /// Put the server into drain for the agent check (or take it out), then write `INFO` (an operator's `DRAIN`).
         case setDrained(Bool, pauseReading: Bool)
+        /// Answer `POOL_REQUEST` with the pool's state; then, if set, stop reading from the client.
+        case writePool(pauseReading: Bool)
         /// Hand the task to the scheduler; report with ``taskSubmitted(refusedAtOnce:)`` whether it answered it at
         /// once.
         case submit(Task)
@@ -258,7 +260,13 @@ struct ConnectionStateMachine<Task: ConnectionTask> {
         switch frame {
         case .hello(let hello):
             negotiated(resultLimit: Int(hello.maximumPayloadLength))
-            let answer = Frame.hello(Hello(maximumPayloadLength: UInt32(clamping: limits.maximumPayloadLength)))
+            // The lower version of the two: a client answers to what it knows.
+            let answer = Frame.hello(
+                Hello(
+                    version: min(hello.version, Hello.currentVersion),
+                    maximumPayloadLength: UInt32(clamping: limits.maximumPayloadLength)
+                )
+            )
             let goodbye = isAccepting ? nil : goodbyeIfDue()
             return .greet(answer, goodbye: goodbye, pauseReading: answeredAtOnce())
         case .enqueue(let id, let payload):
@@ -274,7 +282,9 @@ struct ConnectionStateMachine<Task: ConnectionTask> {
         case .drain(let drained):
             // An extension frame: the connection is extended from here on, as for any other.
             return .setDrained(drained, pauseReading: answeredAtOnce())
-        case .update, .done, .result, .failed, .info, .error, .goodbye:
+        case .poolRequest:
+            return .writePool(pauseReading: answeredAtOnce())
+        case .update, .done, .result, .failed, .info, .error, .goodbye, .pool:
             return violation("the client sent a \(frame.type) frame, which only a server sends")
         }
     }

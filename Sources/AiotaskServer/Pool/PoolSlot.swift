@@ -24,9 +24,18 @@ final class PoolSlot {
     private var machine = StateMachine()
     /// The timeout of the running task, if it has one.
     private var timeoutTimer: Scheduled<Void>?
+    /// The running task's slow-task entry, while ``ServerConfiguration/slowTaskThreshold`` is set: one timer per
+    /// running task, none at all when the setting is off.
+    private var slowTaskTimer: Scheduled<Void>?
     private var restartTimer: Scheduled<Void>?
     /// The next reading of the busy process's memory, while a memory limit is set.
     private var memoryCheck: Scheduled<Void>?
+    /// When the running task started; for ``status(at:)``.
+    private var runningSince: NIODeadline?
+    /// Tasks the current process has answered.
+    private var tasksDoneByProcess = 0
+    /// Processes of this slot replaced since the server started.
+    private var restarts = 0
 
     init(index: Int, supervisor: Supervisor) {
         self.index = index
@@ -159,6 +168,7 @@ final class PoolSlot {
                 loop: supervisor.loop
             )
             process.delegate = self
+            tasksDoneByProcess = 0
             // Reported before attaching: the new process may report ready at once, and must not find the quota of
             // the process it replaces, used up.
             machine.processStarted(
@@ -239,6 +249,7 @@ final class PoolSlot {
     private func begin(_ record: TaskRecord, on process: PoolProcess, at now: NIODeadline = .now()) {
         record.state = .running(pid: process.pid)
         supervisor.taskStarts(record, at: now)
+        runningSince = now
         record.payload = ByteBuffer()
         timeoutTimer = nil
         if let timeout = record.timeout ?? configuration.defaultTaskTimeout {
@@ -246,12 +257,38 @@ final class PoolSlot {
                 self?.timeOut(record, after: timeout)
             }
         }
+        slowTaskTimer = nil
+        if let threshold = configuration.slowTaskThreshold {
+            let startedAt = NIODeadline.now()
+            slowTaskTimer = supervisor.loop.assumeIsolated().scheduleTask(in: .init(threshold)) { [weak self] in
+                self?.slowTaskTimer = nil
+                self?.reportSlow(record, startedAt: startedAt, threshold: threshold)
+            }
+        }
         scheduleMemoryCheck()
     }
 
+    /// Cancels the running task's timers: its timeout and its slow-task entry.
     private func cancelTimeout() {
         timeoutTimer?.cancel()
         timeoutTimer = nil
+        slowTaskTimer?.cancel()
+        slowTaskTimer = nil
+    }
+
+    /// Logs, once, that `record` still runs past the slow-task threshold, and counts it.
+    private func reportSlow(_ record: TaskRecord, startedAt: NIODeadline, threshold: Duration) {
+        // The timer is cancelled with the task; this guards against a task answered in the same tick.
+        guard let (process, running) = machine.busy, running.task === record, !record.isFinished else { return }
+        let elapsedMicroseconds = (NIODeadline.now() - startedAt).nanoseconds / 1000
+        supervisor.noteSlowTask()
+        logger.warning(
+            "task still running after \(elapsedMicroseconds / 1000) ms, past the slow-task threshold",
+            metadata: [
+                "task_id": "\(record.id)", "worker_pid": "\(process.pid)", "elapsed_usec": "\(elapsedMicroseconds)",
+                "threshold_usec": "\(Int64(threshold / .microseconds(1)))", "message_id": "\(LogMessageID.slowTask)",
+            ]
+        )
     }
 
     /// Stops the running `record` without answering it (cancelled, or its client is gone): its process is
@@ -372,7 +409,7 @@ final class PoolSlot {
             if case .recycle = replacement {
                 logger.debug("recycling pool process", metadata: ["worker_pid": "\(process.pid)"])
             }
-            supervisor.noteRestart(replacement.restartReason)
+            noteRestart(replacement.restartReason)
             handOver(process, sentAhead: sentAhead, runningIsAnswered: runningIsAnswered)
             end(process, replacement.ending)
             supervisor.endingProcesses.whenExited(process) { [weak self] in
@@ -398,7 +435,7 @@ final class PoolSlot {
 
     /// Counts a restart, and starts a process after `delay`, at once if it is zero.
     private func scheduleRestart(after delay: Duration) {
-        supervisor.noteRestart(.crash)
+        noteRestart(.crash)
         if delay == .zero {
             start()
             return
@@ -410,6 +447,39 @@ final class PoolSlot {
             self.restartTimer = nil
             self.perform(self.machine.restartBackoffElapsed())
         }
+    }
+
+    private func noteRestart(_ reason: RestartReason) {
+        restarts += 1
+        supervisor.noteRestart(reason)
+    }
+
+    /// What `POOL` says of this slot: its process, what it runs and since when, its memory and its counts.
+    func status(at now: NIODeadline) -> PoolProcessStatus {
+        var status = PoolProcessStatus(
+            slot: index,
+            pid: process.map { Int($0.pid) },
+            state: .restarting,
+            tasksDone: tasksDoneByProcess,
+            restarts: restarts
+        )
+        if machine.isStopped {
+            status.state = .stopped
+        } else if let (process, running) = machine.busy {
+            status.state = .busy
+            if !running.task.isFinished {
+                status.taskID = running.task.id
+                status.taskSeconds = runningSince.map { Double((now - $0).nanoseconds) / 1e9 }
+            }
+            status.residentBytes = process.residentBytes
+        } else if let process = machine.idleProcess {
+            status.state = .idle
+            status.residentBytes = process.residentBytes
+        } else if let process = machine.process {
+            status.state = .starting
+            status.residentBytes = process.residentBytes
+        }
+        return status
     }
 
     private func end(_ process: PoolProcess, _ ending: StateMachine.Ending) {
@@ -478,6 +548,7 @@ extension PoolSlot: PoolProcessDelegate {
             )
         }
         perform(action.then)
+        tasksDoneByProcess += 1
         if let answered = action.answered, !answered.isFinished {
             let outcome: TaskOutcome =
                 switch reply {

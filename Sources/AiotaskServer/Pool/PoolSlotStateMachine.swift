@@ -202,6 +202,12 @@ struct PoolSlotStateMachine<Process: AnyObject, Task: AnyObject> {
         return nil
     }
 
+    /// Whether the slot's process has started and is not ready for a task yet.
+    var isStarting: Bool {
+        if case .starting = state { return true }
+        return false
+    }
+
     var isBusy: Bool {
         if case .busy = state { return true }
         return false

@@ -65,6 +65,8 @@ struct Scheduler<Task: SchedulableTask> {
         var succeeded = 0
         var failed = 0
         var restarts = 0
+        /// Tasks that ran longer than the slow-task threshold (``ServerConfiguration/slowTaskThreshold``).
+        var slowTasks = 0
     }
 
     /// A slot's standing in the pool.
@@ -179,6 +181,10 @@ struct Scheduler<Task: SchedulableTask> {
 
     mutating func noteRestart() {
         counters.restarts += 1
+    }
+
+    mutating func noteSlowTask() {
+        counters.slowTasks += 1
     }
 
     // MARK: Arrival

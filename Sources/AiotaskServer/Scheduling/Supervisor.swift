@@ -206,6 +206,11 @@ final class Supervisor {
         metrics.restarts[reason.rawValue] += 1
     }
 
+    /// Counts a task that ran past the slow-task threshold (its slot logged it).
+    func noteSlowTask() {
+        scheduler.noteSlowTask()
+    }
+
     func slotFailedToStart(_ slot: PoolSlot) {
         markStarted(slot)
     }
@@ -438,7 +443,8 @@ final class Supervisor {
                 submitted: counters.submitted,
                 succeeded: counters.succeeded,
                 failed: counters.failed,
-                running: busy
+                running: busy,
+                slow: counters.slowTasks
             ),
             connections: connections.count,
             tasksPerSecond: throughput.rate(at: .now()),
@@ -482,6 +488,12 @@ final class Supervisor {
             saturated: metrics.saturatedTime(at: now),
             connectionsOpen: connections.count
         )
+    }
+
+    /// The pool's state, slot by slot, with the statistics (`POOL`).
+    func poolStatus() -> PoolStatus {
+        let now = NIODeadline.now()
+        return PoolStatus(server: info(), processes: poolSlots.map { $0.status(at: now) })
     }
 
     // MARK: Shutdown

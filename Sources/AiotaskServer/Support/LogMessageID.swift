@@ -10,6 +10,8 @@ public enum LogMessageID {
     public static let workerCrashed = "252003be70ec440dbb6da5207eaeba66"
     /// A pool process exceeded the memory limit: killed while it ran a task, or replaced after one.
     public static let memoryLimitExceeded = "d3c6b1f0a25e4c7e9b8f41e2a7c05d93"
+    /// A task has run longer than ``ServerConfiguration/slowTaskThreshold`` and still runs: one entry per task.
+    public static let slowTask = "db8b3c809def47a0a6d1cf74230e0c49"
 
     /// The message id of a task that failed for `reason`.
     static func forFailure(_ reason: FailureReason) -> String {

@@ -29,6 +29,7 @@ public struct DaemonOptions: ParsableArguments {
     @Option(setting: "prefetch") public var prefetch: Int?
     @Option(setting: "max-payload") public var maxPayload: Int?
     @Option(setting: "task-timeout") public var taskTimeout: Double?
+    @Option(setting: "slow-task-threshold") public var slowTaskThreshold: Double?
     @Option(setting: "kill-grace") public var killGrace: Double?
     @Option(setting: "max-tasks-per-worker") public var maxTasksPerWorker: Int?
     @Option(setting: "max-tasks-jitter") public var maxTasksJitter: Int?

@@ -97,6 +97,12 @@ extension DaemonSettings {
             help: "Default task timeout in seconds; 0 for none. Clients may set their own."
         ) { $1.defaultTaskTimeout = $0 == .zero ? nil : $0 },
         .seconds(
+            "slow-task-threshold",
+            default: "0",
+            example: "2.5",
+            help: "Log one entry for each task still running after this many seconds, while it runs; 0 for none."
+        ) { $1.slowTaskThreshold = $0 == .zero ? nil : $0 },
+        .seconds(
             "kill-grace",
             default: "2",
             example: "0.5",
