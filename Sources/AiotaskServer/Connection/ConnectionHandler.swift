@@ -222,6 +222,7 @@ final class ConnectionHandler: ChannelInboundHandler {
         case .setDrained(let drained, let pauseReading):
             supervisor.setDrainedByOperator(drained, by: peerDescription)
             writeInfo()
+            if pauseReading { perform(.pauseReading) }
         case .writePool(let pauseReading):
             writePool()
             if pauseReading { perform(.pauseReading) }
