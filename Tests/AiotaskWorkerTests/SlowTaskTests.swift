@@ -41,6 +41,9 @@ struct SlowTaskTests {
             #expect(slowIndex < doneIndex)
             #expect(Self.slowEntries(entries).count == 1)
             #expect(try await client.serverInfo().tasks.slow == 1)
+            let exposition = try await server.server.metricsExposition()
+            let sample = exposition.split(separator: "\n").first { $0.hasPrefix("aiotask_slow_tasks_total ") }
+            #expect(sample.flatMap { Double($0.split(separator: " ")[1]) } == 1, "\(sample ?? "no sample")")
             try await client.close()
         }
         try await server.stop()

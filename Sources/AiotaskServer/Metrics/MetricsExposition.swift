@@ -99,6 +99,12 @@ enum MetricsExposition {
                 "Tasks refused on arrival and never queued, by reason."
             )
         }
+        counter(
+            "aiotask_slow_tasks_total",
+            [],
+            snapshot.slowTasks,
+            "Tasks that ran past slow-task-threshold, each logged once while it ran."
+        )
         counter("aiotask_task_bytes_total", [], counters.taskBytes, "Bytes of task payload received.")
         counter("aiotask_result_bytes_total", [], counters.resultBytes, "Bytes of result payload sent.")
         gauge("aiotask_queue_length", [], snapshot.queueLength, "Tasks waiting for a pool process.")

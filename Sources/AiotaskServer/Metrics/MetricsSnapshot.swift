@@ -23,6 +23,8 @@ struct MetricsSnapshot: Sendable {
 
     var counters: ServerMetrics
     var submitted: Int
+    /// Tasks that ran past `slow-task-threshold` (each logged once while it ran).
+    var slowTasks: Int
     var queueLength: Int
     var queueBytes: Int
     /// How long the oldest task in the queue has waited; zero when the queue is empty.

@@ -479,6 +479,7 @@ final class Supervisor {
         return MetricsSnapshot(
             counters: metrics,
             submitted: scheduler.counters.submitted,
+            slowTasks: scheduler.counters.slowTasks,
             queueLength: scheduler.queuedCount,
             queueBytes: scheduler.queuedBytes,
             oldestQueuedAge: scheduler.firstWaiting.map { .nanoseconds((now - $0.acceptedAt).nanoseconds) } ?? .zero,
