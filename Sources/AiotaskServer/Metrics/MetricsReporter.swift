@@ -4,10 +4,10 @@ import ServiceLifecycle
 /// Publishes a server's counters and gauges to swift-metrics — to `MetricsSystem.factory` (whatever backend the
 /// application bootstrapped: swift-prometheus, StatsD, OpenTelemetry…) or to a given factory — every `interval`.
 ///
-/// Run it beside the server in the application's `ServiceGroup`. Each tick copies a ``MetricsSnapshot`` in one hop
+/// Run it beside the server in the application's `ServiceGroup`. Each tick copies a `MetricsSnapshot` in one hop
 /// to the server's event loop (the same as a scrape of the metrics listener), then increments each swift-metrics
 /// `Counter` by what it grew since the last tick and records each `Gauge`: the task path itself never calls a
-/// metrics handler (see ``ServerMetrics`` for why). The names and labels are the listener's (docs/metrics.md); the
+/// metrics handler (see `ServerMetrics` for why). The names and labels are the listener's (docs/metrics.md); the
 /// two histograms (`aiotask_task_run_seconds`, `aiotask_task_queue_wait_seconds`) are bucketed on the event loop
 /// and only the listener and ``AiotaskServer/metricsExposition(openMetrics:)`` give them.
 public struct MetricsReporter: Service {
