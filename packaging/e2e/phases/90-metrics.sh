@@ -15,7 +15,9 @@ scrape() {
 nothing_listens() { ! scrape >/dev/null 2>&1; }
 # metric_value NAME_AND_LABELS: the value of one sample of a fresh scrape.
 metric_value() { scrape | tr -d '\r' | awk -v m="$1" '$1 == m { print $2; found = 1 } END { exit !found }'; }
-scrape_is_ok() { scrape | tr -d '\r' | head -n 1 | grep -q '^HTTP/1.1 200 OK$'; }
+# The whole response is read before its first line is looked at: `head` would end the pipe early, and pipefail
+# would then count the scrape's SIGPIPE as a failure.
+scrape_is_ok() { [ "$(scrape | tr -d '\r' | sed -n 1p)" = "HTTP/1.1 200 OK" ]; }
 submitted_grew_by() { awk -v a="$1" -v b="$(metric_value aiotask_tasks_submitted_total)" -v n="$2" 'BEGIN { exit !(b - a >= n) }'; }
 openmetrics_ends_with_eof() {
     local text
@@ -39,8 +41,11 @@ build_and_process_figures() {
 ensure_config handler echo || { fail "cannot run the service with handler = echo"; journal_tail; stop_suite; return; }
 check "aiotask-metrics.socket is shipped disabled" [ "$(in_ct systemctl is-enabled aiotask-metrics.socket)" = disabled ]
 check "nothing serves metrics by default" nothing_listens
-in_ct systemctl enable --now aiotask-metrics.socket
-in_ct systemctl restart aiotask
+# systemd starts no socket unit while its service runs ("Socket service aiotask.service already active, refusing"):
+# the service stops first, and starts again with both sockets.
+in_ct systemctl stop aiotask
+check "aiotask-metrics.socket starts once enabled" in_ct systemctl enable --now aiotask-metrics.socket
+in_ct systemctl start aiotask
 check "the service runs again with the metrics socket" wait_until 20 status_line_is_live
 check "GET /metrics answers 200" wait_until 10 scrape_is_ok
 before=$(metric_value aiotask_tasks_submitted_total) || before=0
