@@ -442,11 +442,12 @@ public final class AiotaskClientPool: TaskSubmitter, Service {
         var closedBy = AiotaskClientError(.connectionLost, reason: "\(address): the server closed the connection")
         switch end {
         case .goodbye(let message):
+            // The state first, so that when the entry says "no new tasks there" none can go there.
+            perform(state.withLockedValue { $0.machine.goodbye(id) })
             logger.info(
                 "server stopping, no new tasks there",
                 metadata: ["endpoint": "\(address)", "goodbye": "\(message)"]
             )
-            perform(state.withLockedValue { $0.machine.goodbye(id) })
         case .closed(let error):
             closedBy = AiotaskClientError(error.code, reason: "\(address): \(error.reason)")
         }
