@@ -11,11 +11,15 @@ import NIOCore
 /// the middle of a read, does not touch the decoder being read with.)
 ///
 /// Confined to the channel's event loop.
+///
+/// Its stored properties are `@exclusivity(unchecked)`: it lives on one event loop and the state machines it feeds
+/// never call back into it, so no two accesses overlap, and the run-time checks Swift would otherwise make on each
+/// access of a class's property cost about a tenth of the daemon's CPU per task (docs/performance.md).
 package final class InboundStream<Decoder: LengthPrefixedDecoder> {
     /// The decoder; its framing's settings may change between reads.
     package var decoder: StreamDecoder<Decoder>
     /// Set while messages are being handed on, one of which may close the channel.
-    private var isDecoding = false
+    @exclusivity(unchecked) private var isDecoding = false
     /// Set once the stream broke the framing, or ended.
     package private(set) var isOver = false
 

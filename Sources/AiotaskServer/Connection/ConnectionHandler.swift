@@ -9,6 +9,10 @@ import NIOCore
 ///
 /// A connection speaks the original protocol until the client sends an extension frame (normally `HELLO`);
 /// only then does it receive extension frames, so a legacy client never sees a frame it cannot parse.
+///
+/// Its stored properties are `@exclusivity(unchecked)`: it lives on one event loop and the state machines it feeds
+/// never call back into it, so no two accesses overlap, and the run-time checks Swift would otherwise make on each
+/// access of a class's property cost about a tenth of the daemon's CPU per task (docs/performance.md).
 final class ConnectionHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
@@ -20,23 +24,23 @@ final class ConnectionHandler: ChannelInboundHandler {
     static var failureMessageLimit: Int { StateMachine.failureMessageLimit }
 
     private let supervisor: Supervisor
-    private var logger: Logger
-    private var context: ChannelHandlerContext?
-    private(set) var peerDescription = "unknown"
+    @exclusivity(unchecked) private var logger: Logger
+    @exclusivity(unchecked) private var context: ChannelHandlerContext?
+    @exclusivity(unchecked) private(set) var peerDescription = "unknown"
 
     /// What the connection decides; everything else here carries it out.
-    private var state: StateMachine
+    @exclusivity(unchecked) private var state: StateMachine
     /// Writes the answers, those of one tick together; set while the channel is active.
-    private var writer: CoalescingFrameWriter?
+    @exclusivity(unchecked) private var writer: CoalescingFrameWriter?
     /// The pending check for an idle connection.
-    private var idleCheck: Scheduled<Void>?
+    @exclusivity(unchecked) private var idleCheck: Scheduled<Void>?
     /// The pending check for a client that has stopped reading and sending; set while the channel is not writable.
-    private var writeStall: Scheduled<Void>?
+    @exclusivity(unchecked) private var writeStall: Scheduled<Void>?
     /// Cuts the bytes read into frames.
     private let frames: InboundStream<FrameDecoder>
     /// Task bytes reserved in the supervisor's budget for the task frame being received (see
     /// ``Supervisor/reserve(_:)``); 0 when none is.
-    private var reservedBytes = 0
+    @exclusivity(unchecked) private var reservedBytes = 0
 
     /// - Parameter readWindow: The window of the channel's ``DirectFrameReads``.
     init(supervisor: Supervisor, logger: Logger, readWindow: ReadWindow? = nil) {

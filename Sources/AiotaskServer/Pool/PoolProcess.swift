@@ -18,6 +18,10 @@ protocol PoolProcessDelegate: AnyObject {
 }
 
 /// A running pool process: its task link (stdin/stdout), its captured stderr, and the watch on its exit.
+///
+/// Its stored properties are `@exclusivity(unchecked)`: it lives on one event loop and the state machines it feeds
+/// never call back into it, so no two accesses overlap, and the run-time checks Swift would otherwise make on each
+/// access of a class's property cost about a tenth of the daemon's CPU per task (docs/performance.md).
 final class PoolProcess {
     let child: ChildProcess
     var pid: Int32 { child.pid }
@@ -27,40 +31,40 @@ final class PoolProcess {
     /// The pool slot it serves (`AIOTASK_WORKER_INDEX`), which the processes it leaves behind carry too.
     private let slot: Int
     weak var delegate: (any PoolProcessDelegate)?
-    private(set) var link: (any Channel)?
+    @exclusivity(unchecked) private(set) var link: (any Channel)?
     /// Set once the process is reaped: from then on its pid may name another process, so it is never signalled.
-    private(set) var hasExited = false
+    @exclusivity(unchecked) private(set) var hasExited = false
     /// Whether the process can take a task: its link is sound and it has not exited.
     var isSound: Bool { linkFailure == nil && !hasExited }
     /// The exit status, held back until the link has been read to its end (see ``exited(_:)``).
-    private var pendingExit: ExitStatus?
-    private var drainTimer: Scheduled<Void>?
-    private var isLinkEnded = false
-    private var hasReportedExit = false
+    @exclusivity(unchecked) private var pendingExit: ExitStatus?
+    @exclusivity(unchecked) private var drainTimer: Scheduled<Void>?
+    @exclusivity(unchecked) private var isLinkEnded = false
+    @exclusivity(unchecked) private var hasReportedExit = false
     /// How long an exit is held back waiting for the end of the link; only a process that escaped the group
     /// and still holds the pipe makes it wait that long.
     static let drainLimit: Duration = .seconds(1)
     /// Set once the supervisor closed the link or signalled the process on purpose, so the link's closing is no
     /// fault of the process.
-    private var isRetiring = false
+    @exclusivity(unchecked) private var isRetiring = false
     /// Why the link broke (framing error, stdout closed, unexpected reply), once it has; the process is then
     /// being killed.
-    private(set) var linkFailure: String?
-    private var killTimer: Scheduled<Void>?
+    @exclusivity(unchecked) private(set) var linkFailure: String?
+    @exclusivity(unchecked) private var killTimer: Scheduled<Void>?
     private let loop: any EventLoop
     /// The memory through which the process claims its tasks, for a process running a library handler.
     private let claims: TaskClaims?
     /// Tasks sent so far; the next task's index in the process's stream (wrapping).
-    private(set) var sentCount: UInt32 = 0
+    @exclusivity(unchecked) private(set) var sentCount: UInt32 = 0
     /// The memory through which large tasks and results travel, for a process running a library handler; its link
     /// then uses ``SharedPayloadFraming``.
     private let arena: SharedPayloadArena?
-    private var arenaSpace: SharedPayloadSpace
+    @exclusivity(unchecked) private var arenaSpace: SharedPayloadSpace
     /// With an arena: the arena region of each task sent and not yet answered or withdrawn (nil for one sent
     /// inline), in the order sent.
-    private var sentRegions = CircularBuffer<Range<Int>?>()
+    @exclusivity(unchecked) private var sentRegions = CircularBuffer<Range<Int>?>()
     /// Tasks sent through the arena so far.
-    private(set) var sharedTaskCount = 0
+    @exclusivity(unchecked) private(set) var sharedTaskCount = 0
     /// Whether the process was given its task claims, and its payload arena if one was asked for (a library
     /// handler's process normally is).
     func sharesMemory(arenaWanted: Bool) -> Bool { claims != nil && (arena != nil || !arenaWanted) }
@@ -161,14 +165,14 @@ final class PoolProcess {
     }
 
     /// Stream index below which every task not claimed has been withdrawn.
-    private var withdrawnBelow: UInt32 = 0
+    @exclusivity(unchecked) private var withdrawnBelow: UInt32 = 0
 
     /// Whether everything the process wrote to its stdout has been read: its link reached its end, unbroken and not
     /// closed by the supervisor. Once the process has exited, a task sent to it whose reply is not among those read
     /// was then never finished by it.
     var repliesAreAllRead: Bool { isLinkEnded && linkFailure == nil && !isLinkClosedEarly }
     /// Set when the supervisor closed the link (``retire(gracePeriod:)``): replies written after that are lost.
-    private var isLinkClosedEarly = false
+    @exclusivity(unchecked) private var isLinkClosedEarly = false
 
     /// Wires the process's link, stderr and exit to the loop; events then reach the delegate.
     func attach(maximumReplyLength: Int, logger: Logger) {
@@ -237,7 +241,7 @@ final class PoolProcess {
     }
 
     /// Whether each task goes with its ``TaskContextHeader``: the process runs a library handler, which reads it.
-    private(set) var sendsTaskContext = false
+    @exclusivity(unchecked) private(set) var sendsTaskContext = false
 
     /// Sends a task down the link, after its `context` if the process takes one, and returns its index in the
     /// process's stream of tasks. Tasks sent in the same event-loop tick leave in one write, at its end.
@@ -271,7 +275,7 @@ final class PoolProcess {
     }
 
     /// Writes the tasks to the link, those of one tick together.
-    private var writer: CoalescingFrameWriter?
+    @exclusivity(unchecked) private var writer: CoalescingFrameWriter?
 
     /// Asks the process group to stop: SIGTERM now, SIGKILL after `gracePeriod`.
     func terminate(gracePeriod: Duration) {

@@ -12,6 +12,10 @@ import NIOCore
 /// it broke the framing — is handed to the supervisor's ``EndingProcesses`` to die, and the slot starts a
 /// replacement as soon as it is dead (never two live processes with the slot's index). A process that dies by
 /// itself is restarted with exponential backoff while it keeps crashing.
+///
+/// Its stored properties are `@exclusivity(unchecked)`: it lives on one event loop and the state machines it feeds
+/// never call back into it, so no two accesses overlap, and the run-time checks Swift would otherwise make on each
+/// access of a class's property cost about a tenth of the daemon's CPU per task (docs/performance.md).
 final class PoolSlot {
     typealias StateMachine = PoolSlotStateMachine<PoolProcess, TaskRecord>
 
@@ -21,21 +25,21 @@ final class PoolSlot {
 
     let index: Int
     private unowned let supervisor: Supervisor
-    private var machine = StateMachine()
+    @exclusivity(unchecked) private var machine = StateMachine()
     /// The timeout of the running task, if it has one.
-    private var timeoutTimer: Scheduled<Void>?
+    @exclusivity(unchecked) private var timeoutTimer: Scheduled<Void>?
     /// The running task's slow-task entry, while ``ServerConfiguration/slowTaskThreshold`` is set: one timer per
     /// running task, none at all when the setting is off.
-    private var slowTaskTimer: Scheduled<Void>?
-    private var restartTimer: Scheduled<Void>?
+    @exclusivity(unchecked) private var slowTaskTimer: Scheduled<Void>?
+    @exclusivity(unchecked) private var restartTimer: Scheduled<Void>?
     /// The next reading of the busy process's memory, while a memory limit is set.
-    private var memoryCheck: Scheduled<Void>?
+    @exclusivity(unchecked) private var memoryCheck: Scheduled<Void>?
     /// When the running task started; for ``status(at:)``.
-    private var runningSince: NIODeadline?
+    @exclusivity(unchecked) private var runningSince: NIODeadline?
     /// Tasks the current process has answered.
-    private var tasksDoneByProcess = 0
+    @exclusivity(unchecked) private var tasksDoneByProcess = 0
     /// Processes of this slot replaced since the server started.
-    private var restarts = 0
+    @exclusivity(unchecked) private var restarts = 0
 
     init(index: Int, supervisor: Supervisor) {
         self.index = index

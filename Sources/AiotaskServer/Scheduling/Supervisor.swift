@@ -16,26 +16,30 @@ import NIOCore
 /// ``Scheduler``'s, a value this class feeds events and whose actions it carries out on `PoolSlot`s and
 /// connections. Confined to the server's single event loop: connections, process links and timers all run there,
 /// so the state below needs no lock. The work itself happens in the pool's processes.
+///
+/// Its stored properties are `@exclusivity(unchecked)`: it lives on one event loop and the state machines it feeds
+/// never call back into it, so no two accesses overlap, and the run-time checks Swift would otherwise make on each
+/// access of a class's property cost about a tenth of the daemon's CPU per task (docs/performance.md).
 final class Supervisor {
     let loop: any EventLoop
-    private(set) var configuration: ServerConfiguration
+    @exclusivity(unchecked) private(set) var configuration: ServerConfiguration
     let logger: Logger
     let endingProcesses: EndingProcesses
 
     /// The pool's slots by index (``Scheduler/members`` says which are there).
-    private var slots: [PoolSlot?] = []
-    private var scheduler: Scheduler<TaskRecord>
-    private var connections: [ObjectIdentifier: ConnectionHandler] = [:]
+    @exclusivity(unchecked) private var slots: [PoolSlot?] = []
+    @exclusivity(unchecked) private var scheduler: Scheduler<TaskRecord>
+    @exclusivity(unchecked) private var connections: [ObjectIdentifier: ConnectionHandler] = [:]
     private let startedAt = NIODeadline.now()
-    private var throughput = ThroughputMeter()
+    @exclusivity(unchecked) private var throughput = ThroughputMeter()
     /// The task path's counters, read at scrape time (``metricsSnapshot()``).
-    var metrics = ServerMetrics()
+    @exclusivity(unchecked) var metrics = ServerMetrics()
 
-    private var drainPromise: EventLoopPromise<Void>?
+    @exclusivity(unchecked) private var drainPromise: EventLoopPromise<Void>?
     /// Completed when the last connection is gone, once shutdown has closed them all.
-    private var connectionsClosed: EventLoopPromise<Void>?
-    private var readyPromise: EventLoopPromise<Void>?
-    private var slotsStarted = Set<Int>()
+    @exclusivity(unchecked) private var connectionsClosed: EventLoopPromise<Void>?
+    @exclusivity(unchecked) private var readyPromise: EventLoopPromise<Void>?
+    @exclusivity(unchecked) private var slotsStarted = Set<Int>()
 
     init(loop: any EventLoop, configuration: ServerConfiguration, logger: Logger) {
         self.loop = loop
@@ -151,7 +155,7 @@ final class Supervisor {
 
     /// Whether an operator put the server into drain (``setDrainedByOperator(_:)``): the agent check then says
     /// `drain`, so that HAProxy sends no new connection; tasks keep being taken from the connections open.
-    private(set) var isDrainedByOperator = false
+    @exclusivity(unchecked) private(set) var isDrainedByOperator = false
     /// What the agent check's connections share (``AgentCheckHandler``).
     let agentListener = AgentListenerState()
 

@@ -10,6 +10,10 @@ enum TaskOutcome {
 /// One accepted task, from its arrival to its answer. Lives on the server's event loop.
 ///
 /// Its place on the way (``TaskState``) is the ``Scheduler``'s to set, but for `running`, which its pool slot sets.
+///
+/// Its stored properties are `@exclusivity(unchecked)`: it lives on one event loop and the state machines it feeds
+/// never call back into it, so no two accesses overlap, and the run-time checks Swift would otherwise make on each
+/// access of a class's property cost about a tenth of the daemon's CPU per task (docs/performance.md).
 final class TaskRecord: SchedulableTask {
     typealias State = TaskState
 
@@ -17,18 +21,18 @@ final class TaskRecord: SchedulableTask {
     /// The connection that submitted it; it receives the outcome.
     let connection: ConnectionHandler
     /// The task bytes; released once handed to a process.
-    var payload: ByteBuffer
+    @exclusivity(unchecked) var payload: ByteBuffer
     /// The task's length in bytes, as it arrived (``payload`` is emptied once a process has it).
     let size: Int
     /// The client's timeout, or nil for the server's default.
     let timeout: Duration?
     let acceptedAt: NIODeadline
     /// When it started on a pool process; nil until then (``Supervisor/taskStarts(_:at:)``).
-    var startedAt: NIODeadline?
-    var state: State = .queued
+    @exclusivity(unchecked) var startedAt: NIODeadline?
+    @exclusivity(unchecked) var state: State = .queued
     /// The payload limit in force when the task was queued, while it is in flight (see
     /// ``Supervisor/maximumReplyLength``); the ``Scheduler`` keeps it.
-    var payloadLimit: Int?
+    @exclusivity(unchecked) var payloadLimit: Int?
 
     init(id: TaskID, connection: ConnectionHandler, payload: ByteBuffer, timeout: Duration?) {
         self.id = id
