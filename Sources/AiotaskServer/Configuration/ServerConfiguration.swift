@@ -8,7 +8,7 @@ public struct ServerConfiguration: Sendable {
     /// Already-listening sockets to serve instead of, or besides, `listenAddresses` (e.g. passed by systemd).
     public var adoptedSockets: [AdoptedSocket]
     /// Addresses of the metrics listener (`GET /metrics`, Prometheus text or OpenMetrics); empty, the default,
-    /// for none. See docs/metrics.md.
+    /// for none. See docs/observability.md.
     public var metricsListenAddresses: [ServerAddress] = []
     /// Already-listening sockets for the metrics listener (systemd's socket named `metrics`).
     public var metricsAdoptedSockets: [AdoptedSocket] = []

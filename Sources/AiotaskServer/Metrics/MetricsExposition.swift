@@ -56,7 +56,7 @@ enum MetricsExposition {
         (.rejected, "queue_full"), (.payloadTooLarge, "payload_too_large"), (.shuttingDown, "shutting_down"),
     ]
 
-    /// Every counter and gauge of `snapshot`, in the order they are documented (docs/metrics.md).
+    /// Every counter and gauge of `snapshot`, in the order they are documented (docs/observability.md).
     static func samples(of snapshot: MetricsSnapshot) -> [MetricSample] {
         var samples: [MetricSample] = []
         let counters = snapshot.counters

@@ -7,7 +7,7 @@ import ServiceLifecycle
 /// Run it beside the server in the application's `ServiceGroup`. Each tick copies a `MetricsSnapshot` in one hop
 /// to the server's event loop (the same as a scrape of the metrics listener), then increments each swift-metrics
 /// `Counter` by what it grew since the last tick and records each `Gauge`: the task path itself never calls a
-/// metrics handler (see `ServerMetrics` for why). The names and labels are the listener's (docs/metrics.md); the
+/// metrics handler (see `ServerMetrics` for why). The names and labels are the listener's (docs/observability.md); the
 /// two histograms (`aiotask_task_run_seconds`, `aiotask_task_queue_wait_seconds`) are bucketed on the event loop
 /// and only the listener and ``AiotaskServer/metricsExposition(openMetrics:)`` give them.
 public struct MetricsReporter: Service {
