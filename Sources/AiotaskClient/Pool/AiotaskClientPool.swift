@@ -274,22 +274,21 @@ public final class AiotaskClientPool: TaskSubmitter, Service {
         let deadline = ContinuousClock.now + configuration.retryLimit
         while true {
             let (id, client) = try await acquire(before: deadline)
-            let unsent = UnsentFlag()
             do {
-                let result = try await client.submit(payload, timeout: timeout, unsent: unsent)
+                let result = try await client.submit(payload, timeout: timeout, reportingUnsent: true)
                 release(id)
                 return result
+            } catch let unsent as UnsentTask {
+                // Not sent: the connection had ended, or its server had said GOODBYE.
+                refused(id)
+                guard ContinuousClock.now < deadline else { throw unsent.error }
             } catch let failure as TaskFailure where failure.reason == .shuttingDown {
-                // Refused by a stopping server, or not sent after its GOODBYE: never started.
+                // Refused by a stopping server: never started.
                 refused(id)
                 guard ContinuousClock.now < deadline else { throw failure }
             } catch {
-                guard unsent.isSet else {
-                    release(id)
-                    throw error
-                }
-                refused(id)
-                guard ContinuousClock.now < deadline else { throw error }
+                release(id)
+                throw error
             }
         }
     }
