@@ -124,6 +124,30 @@ struct PoolStateMachineTests {
         #expect(machine.takesTasksPerEndpoint == [true, true, true])
     }
 
+    @Test("a late event about an ended connection leaves alone the new connection that took its slot")
+    func endedConnectionsSlotIsReused() throws {
+        var (machine, connections) = Self.running(.firstAvailable, addresses: [Self.addresses[0]])
+        let old = connections[0]
+        #expect(Self.take(&machine) == old)
+        let actions = machine.closed(old, error: AiotaskClientError(.connectionLost, reason: "test"))
+        let endpoint = try #require(
+            actions.compactMap { if case .scheduleRetry(let id, _) = $0 { id } else { nil } }.first
+        )
+        let retry = Self.connects(machine.retryDue(endpoint))
+        let new = try #require(retry.first?.0)
+        _ = machine.connected(new, endpoint: endpoint)
+        // The per-task calls find a connection by its slot: the new connection sits where the old one did.
+        #expect(new.slot == old.slot && new != old)
+        #expect(Self.take(&machine) == new)
+
+        // The old connection's task answered late, and its end reported twice: neither touches the new one.
+        #expect(machine.release(old).isEmpty)
+        #expect(machine.closed(old, error: AiotaskClientError(.connectionLost, reason: "again")).isEmpty)
+        #expect(machine.outstandingPerEndpoint == [1])
+        #expect(machine.takesTasksPerEndpoint == [true])
+        #expect(Self.take(&machine) == new)
+    }
+
     @Test("the backoff doubles with each failure in a row, up to its limit")
     func backoffDoubles() {
         let machine = Machine(addresses: Self.addresses, settings: Self.settings(.roundRobin))
