@@ -104,6 +104,7 @@ struct PoolStateMachineTests {
     @Test("a dropped connection ejects its endpoint; it is tried after the backoff and takes tasks once connected")
     func dropEjectsAndBackoffRestores() throws {
         var (machine, connections) = Self.running(.roundRobin)
+        #expect(Self.take(&machine) == connections[0], "a choice before the drop")
         let dropped = AiotaskClientError(.connectionLost, reason: "test")
         let actions = machine.closed(connections[1], error: dropped)
         let endpoint = try #require(
@@ -177,6 +178,8 @@ struct PoolStateMachineTests {
     @Test("GOODBYE on one connection stops new tasks on all the connections to that server")
     func goodbyeCoversTheServer() {
         var (machine, connections) = Self.running(.roundRobin, connections: 2)
+        // Tasks chosen before it: what the machine keeps for its choices must not outlive GOODBYE.
+        #expect(Self.take(&machine) == connections[0])
         _ = machine.goodbye(connections[0])
         #expect(machine.takesTasksPerEndpoint == [false, true, true])
         for _ in 0..<8 {
