@@ -280,20 +280,23 @@ public final class AiotaskClient: TaskSubmitter {
     ///   connection fails, or with ``AiotaskClientError/Code/legacyProtocol`` for a `timeout` in the legacy
     ///   protocol.
     public func submit(_ payload: ByteBuffer, timeout: Duration? = nil) async throws -> ByteBuffer {
-        try await submit(payload, timeout: timeout, unsent: nil)
+        try await submit(payload, timeout: timeout, reportingUnsent: false)
     }
 
-    /// ``submit(_:timeout:)-(ByteBuffer,_)``, which also sets `unsent` when the task fails without having been sent
-    /// (the connection had ended or the server had said `GOODBYE`), so that it can be sent again elsewhere.
-    func submit(_ payload: ByteBuffer, timeout: Duration?, unsent: UnsentFlag?) async throws -> ByteBuffer {
+    /// ``submit(_:timeout:)-(ByteBuffer,_)``; with `reportingUnsent`, a task that fails without having been sent (the
+    /// connection had ended or the server had said `GOODBYE`) throws an ``UnsentTask`` around its error, so that it
+    /// can be sent again elsewhere. (An error rather than a flag: nothing is allocated for the tasks that are sent.)
+    func submit(_ payload: ByteBuffer, timeout: Duration?, reportingUnsent: Bool) async throws -> ByteBuffer {
         let id = TaskID.random()
         try check(id, payload: payload, timeout: timeout)
         // The event loop resumes this caller directly with the answer: no promise and future in between.
         return try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { continuation in
                 onEventLoop { handler in
-                    // Set before the promise fails, so before the caller resumes.
-                    if let unsent, !handler.acceptsTasks { unsent.set() }
+                    if reportingUnsent, let refusal = handler.refusal(of: id) {
+                        continuation.resume(throwing: UnsentTask(error: refusal))
+                        return
+                    }
                     handler.submit(id, timeout: timeout, payload: payload, promise: .continuation(continuation))
                 }
                 // A cancellation that came before the task reached the event loop cancelled nothing: the CANCEL

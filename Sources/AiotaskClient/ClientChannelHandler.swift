@@ -124,15 +124,20 @@ final class ClientChannelHandler: ChannelInboundHandler {
         return goodbye == nil
     }
 
-    /// Sends a task; `promise` receives its result or fails with a ``TaskFailure``.
-    func submit(_ id: TaskID, timeout: Duration?, payload: ByteBuffer, promise: PendingTask) {
+    /// What task `id` fails with, unsent, when submitted now; nil while tasks are sent (``acceptsTasks``).
+    func refusal(of id: TaskID) -> (any Error)? {
         if let goodbye {
             // Also once the connection is gone: the task was never sent, and the server said why.
-            promise.fail(TaskFailure(taskID: id, reason: .shuttingDown, message: "not sent: \(goodbye)"))
-            return
+            return TaskFailure(taskID: id, reason: .shuttingDown, message: "not sent: \(goodbye)")
         }
-        guard case .ready = state else {
-            promise.fail(currentError)
+        guard case .ready = state else { return currentError }
+        return nil
+    }
+
+    /// Sends a task; `promise` receives its result or fails with a ``TaskFailure``.
+    func submit(_ id: TaskID, timeout: Duration?, payload: ByteBuffer, promise: PendingTask) {
+        if let refusal = refusal(of: id) {
+            promise.fail(refusal)
             return
         }
         if let previous = tasks.updateValue(promise, forKey: id) {

@@ -1,7 +1,6 @@
 import AiotaskProtocol
 import NIOConcurrencyHelpers
 import NIOCore
-import Synchronization
 
 /// A client that stays connected to an aiotask server across its restarts, reloads and package upgrades.
 ///
@@ -87,15 +86,13 @@ public final class ReconnectingClient: TaskSubmitter {
     ///   the client is closed; `CancellationError` when the awaiting Swift task is cancelled between attempts.
     public func submit(_ payload: ByteBuffer, timeout: Duration? = nil) async throws -> ByteBuffer {
         try await retrying { client in
-            let unsent = UnsentFlag()
             do {
-                return .finished(try await client.submit(payload, timeout: timeout, unsent: unsent))
+                return .finished(try await client.submit(payload, timeout: timeout, reportingUnsent: true))
+            } catch let unsent as UnsentTask {
+                return .retry(unsent.error)
             } catch let failure as TaskFailure where failure.reason == .shuttingDown {
                 // The server is stopping, and never started the task.
                 return .retry(failure)
-            } catch {
-                guard unsent.isSet else { throw error }
-                return .retry(error)
             }
         }
     }
@@ -229,12 +226,9 @@ public final class ReconnectingClient: TaskSubmitter {
     }
 }
 
-/// Set when a task fails without having been sent; see ``AiotaskClient/submit(_:timeout:unsent:)``.
-final class UnsentFlag: Sendable {
-    private let flag = Atomic<Bool>(false)
-
-    func set() { flag.store(true, ordering: .releasing) }
-    var isSet: Bool { flag.load(ordering: .acquiring) }
+/// A task failed with `error` without having been sent; see ``AiotaskClient/submit(_:timeout:reportingUnsent:)``.
+struct UnsentTask: Error {
+    let error: any Error
 }
 
 /// The wait between a ``ReconnectingClient``'s attempts: 50 ms, doubling up to 1 s.

@@ -125,10 +125,15 @@ struct BenchCommand: AsyncParsableCommand {
         let options = self.options
         if try options.addresses().count > 1 {
             let (showProgress, reportFirstFailure) = (Terminal.stderrIsTerminal, !json)
-            return try await options.withPool(connectionsPerServer: connections) { pool in
+            // One connection to each server: they share one event loop, as the one connection of a single-server
+            // run has one, and the tasks run on it, so that none is handed between threads (with more, the pool
+            // spreads its connections over the singleton group's loops, and the tasks over those loops).
+            let loop: (any EventLoop)? = connections == 1 ? MultiThreadedEventLoopGroup.singleton.next() : nil
+            return try await options.withPool(connectionsPerServer: connections, eventLoopGroup: loop) { pool in
                 try await load.run(
                     pool: pool,
                     servers: try options.addresses().count,
+                    on: loop,
                     showProgress: showProgress,
                     reportFirstFailure: reportFirstFailure
                 )
@@ -187,16 +192,19 @@ struct BenchLoad: Sendable {
         }
     }
 
-    /// Runs all tasks through `pool` (whose `run()` is running), balanced over its `servers` servers.
+    /// Runs all tasks through `pool` (whose `run()` is running), balanced over its `servers` servers; `loop` is the
+    /// one event loop of all the pool's connections, nil when they are spread over the singleton group's.
     func run(
         pool: AiotaskClientPool,
         servers: Int,
+        on loop: (any EventLoop)? = nil,
         showProgress: Bool = false,
         reportFirstFailure: Bool = false
     ) async throws -> BenchReport {
-        // The pool's connections run on the singleton group's loops: tasks run on those loops too (each worker on
-        // one), so that a task whose connection shares its loop is handed over and resumed without a thread switch.
-        let loops = tasksOnEventLoop ? Array(MultiThreadedEventLoopGroup.singleton.makeIterator()) : []
+        // Tasks run on the loops of the pool's connections (each worker on one), so that a task whose connection
+        // shares its loop is handed over and resumed without a thread switch: every task when there is one loop.
+        let loops =
+            tasksOnEventLoop ? loop.map { [$0] } ?? Array(MultiThreadedEventLoopGroup.singleton.makeIterator()) : []
         let report = try await measure(
             with: [pool],
             executors: loops.isEmpty ? [nil] : loops.map { EventLoopTaskExecutor($0) },

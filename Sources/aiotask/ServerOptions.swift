@@ -92,15 +92,19 @@ struct ServerOptions: ParsableArguments {
         return addresses[0]
     }
 
-    /// The client pool over every `--server`, with `connections` connections to each; its `run()` must be running
-    /// for tasks to go out.
-    func pool(connectionsPerServer connections: Int = 1) throws -> AiotaskClientPool {
+    /// The client pool over every `--server`, with `connections` connections to each, on `eventLoopGroup` (nil for
+    /// NIO's singleton group); its `run()` must be running for tasks to go out.
+    func pool(
+        connectionsPerServer connections: Int = 1,
+        eventLoopGroup: (any EventLoopGroup)? = nil
+    ) throws -> AiotaskClientPool {
         AiotaskClientPool(
             addresses: try addresses(),
             configuration: .init(
                 connectionsPerEndpoint: connections,
                 strategy: balance,
-                connectTimeout: Duration.seconds(connectTimeout)
+                connectTimeout: Duration.seconds(connectTimeout),
+                eventLoopGroup: eventLoopGroup
             ),
             // Warnings (an endpoint ejected) go to stderr; the normal path logs nothing there.
             logger: Logger(label: "aiotask") { label in
@@ -114,9 +118,10 @@ struct ServerOptions: ParsableArguments {
     /// Runs `body` with a pool over every `--server` while the pool runs, then stops the pool.
     func withPool<Result: Sendable>(
         connectionsPerServer connections: Int = 1,
+        eventLoopGroup: (any EventLoopGroup)? = nil,
         _ body: @escaping @Sendable (AiotaskClientPool) async throws -> Result
     ) async throws -> Result {
-        let pool = try pool(connectionsPerServer: connections)
+        let pool = try pool(connectionsPerServer: connections, eventLoopGroup: eventLoopGroup)
         return try await withThrowingTaskGroup(of: Result?.self) { group in
             group.addTask {
                 try await pool.run()

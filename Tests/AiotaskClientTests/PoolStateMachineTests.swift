@@ -104,6 +104,7 @@ struct PoolStateMachineTests {
     @Test("a dropped connection ejects its endpoint; it is tried after the backoff and takes tasks once connected")
     func dropEjectsAndBackoffRestores() throws {
         var (machine, connections) = Self.running(.roundRobin)
+        #expect(Self.take(&machine) == connections[0], "a choice before the drop")
         let dropped = AiotaskClientError(.connectionLost, reason: "test")
         let actions = machine.closed(connections[1], error: dropped)
         let endpoint = try #require(
@@ -122,6 +123,30 @@ struct PoolStateMachineTests {
         let restored = machine.connected(third[0].0, endpoint: third[0].1)
         #expect(restored.contains(.restored(endpoint.0, Self.addresses[1])))
         #expect(machine.takesTasksPerEndpoint == [true, true, true])
+    }
+
+    @Test("a late event about an ended connection leaves alone the new connection that took its slot")
+    func endedConnectionsSlotIsReused() throws {
+        var (machine, connections) = Self.running(.firstAvailable, addresses: [Self.addresses[0]])
+        let old = connections[0]
+        #expect(Self.take(&machine) == old)
+        let actions = machine.closed(old, error: AiotaskClientError(.connectionLost, reason: "test"))
+        let endpoint = try #require(
+            actions.compactMap { if case .scheduleRetry(let id, _) = $0 { id } else { nil } }.first
+        )
+        let retry = Self.connects(machine.retryDue(endpoint))
+        let new = try #require(retry.first?.0)
+        _ = machine.connected(new, endpoint: endpoint)
+        // The per-task calls find a connection by its slot: the new connection sits where the old one did.
+        #expect(new.slot == old.slot && new != old)
+        #expect(Self.take(&machine) == new)
+
+        // The old connection's task answered late, and its end reported twice: neither touches the new one.
+        #expect(machine.release(old).isEmpty)
+        #expect(machine.closed(old, error: AiotaskClientError(.connectionLost, reason: "again")).isEmpty)
+        #expect(machine.outstandingPerEndpoint == [1])
+        #expect(machine.takesTasksPerEndpoint == [true])
+        #expect(Self.take(&machine) == new)
     }
 
     @Test("the backoff doubles with each failure in a row, up to its limit")
@@ -153,6 +178,8 @@ struct PoolStateMachineTests {
     @Test("GOODBYE on one connection stops new tasks on all the connections to that server")
     func goodbyeCoversTheServer() {
         var (machine, connections) = Self.running(.roundRobin, connections: 2)
+        // Tasks chosen before it: what the machine keeps for its choices must not outlive GOODBYE.
+        #expect(Self.take(&machine) == connections[0])
         _ = machine.goodbye(connections[0])
         #expect(machine.takesTasksPerEndpoint == [false, true, true])
         for _ in 0..<8 {

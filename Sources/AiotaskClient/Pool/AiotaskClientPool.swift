@@ -124,7 +124,7 @@ public final class AiotaskClientPool: TaskSubmitter, Service {
     /// The state machine, the connections it names, and the tasks waiting for one.
     private struct State {
         var machine: Machine
-        var clients: [Machine.ConnectionID: AiotaskClient] = [:]
+        var clients = ClientTable()
         var waiting: [Machine.WaiterID: CheckedContinuation<Machine.ConnectionID, any Error>] = [:]
         var isRunning = false
     }
@@ -135,6 +135,28 @@ public final class AiotaskClientPool: TaskSubmitter, Service {
         case retry(Machine.EndpointID, after: Duration)
         case close(AiotaskClient)
         case waitLimit(Machine.WaiterID, ContinuousClock.Instant)
+    }
+
+    /// The connections made, by ``PoolStateMachine/ConnectionID/slot``: finding a task's connection hashes nothing.
+    private struct ClientTable {
+        private var slots: [(id: Machine.ConnectionID, client: AiotaskClient)?] = []
+
+        var all: [AiotaskClient] { slots.compactMap { $0?.client } }
+
+        subscript(id: Machine.ConnectionID) -> AiotaskClient? {
+            get {
+                guard id.slot < slots.count, let entry = slots[id.slot], entry.id == id else { return nil }
+                return entry.client
+            }
+            set {
+                if let newValue {
+                    while slots.count <= id.slot { slots.append(nil) }
+                    slots[id.slot] = (id, newValue)
+                } else if id.slot < slots.count, slots[id.slot]?.id == id {
+                    slots[id.slot] = nil
+                }
+            }
+        }
     }
 
     private let state: NIOLockedValueBox<State>
@@ -215,7 +237,7 @@ public final class AiotaskClientPool: TaskSubmitter, Service {
     private func closeEverything() {
         workContinuation.finish()
         let (actions, clients) = state.withLockedValue { state in
-            (state.machine.shutDown(), Array(state.clients.values))
+            (state.machine.shutDown(), state.clients.all)
         }
         perform(actions)
         for client in clients { Task { try? await client.close() } }
@@ -252,22 +274,21 @@ public final class AiotaskClientPool: TaskSubmitter, Service {
         let deadline = ContinuousClock.now + configuration.retryLimit
         while true {
             let (id, client) = try await acquire(before: deadline)
-            let unsent = UnsentFlag()
             do {
-                let result = try await client.submit(payload, timeout: timeout, unsent: unsent)
+                let result = try await client.submit(payload, timeout: timeout, reportingUnsent: true)
                 release(id)
                 return result
+            } catch let unsent as UnsentTask {
+                // Not sent: the connection had ended, or its server had said GOODBYE.
+                refused(id)
+                guard ContinuousClock.now < deadline else { throw unsent.error }
             } catch let failure as TaskFailure where failure.reason == .shuttingDown {
-                // Refused by a stopping server, or not sent after its GOODBYE: never started.
+                // Refused by a stopping server: never started.
                 refused(id)
                 guard ContinuousClock.now < deadline else { throw failure }
             } catch {
-                guard unsent.isSet else {
-                    release(id)
-                    throw error
-                }
-                refused(id)
-                guard ContinuousClock.now < deadline else { throw error }
+                release(id)
+                throw error
             }
         }
     }

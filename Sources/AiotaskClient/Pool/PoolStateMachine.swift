@@ -18,6 +18,9 @@ struct PoolStateMachine {
 
     struct ConnectionID: Hashable, Sendable, CustomStringConvertible {
         let raw: Int
+        /// Where the connection's state sits in the machine's ``ConnectionTable`` while it exists: the per-task calls
+        /// (``PoolStateMachine/acquire(_:)``, ``PoolStateMachine/release(_:)``) find it without hashing.
+        let slot: Int
         var description: String { "connection \(raw)" }
     }
 
@@ -87,6 +90,7 @@ struct PoolStateMachine {
     }
 
     private struct Connection {
+        let id: ConnectionID
         let endpoint: EndpointID
         var outstanding = 0
         /// Whether new tasks may go here: not after `GOODBYE`, a refused task, the endpoint's removal or shutdown.
@@ -101,15 +105,18 @@ struct PoolStateMachine {
     private var endpoints: [EndpointID: Endpoint] = [:]
     /// The endpoints in the order given (resolved), removed ones excluded.
     private var order: [EndpointID] = []
-    private var connections: [ConnectionID: Connection] = [:]
+    private var connections = ConnectionTable()
     private var waiters: [WaiterID] = []
     private var nextID = 0
     private var roundRobinCursor = 0
     private var random: UInt64
     /// The last connect failure or drop, for tasks that find no endpoint.
     private var lastError: AiotaskClientError?
-    /// Reused by ``choose()``, so that choosing allocates nothing.
-    private var candidates: [EndpointID] = []
+    /// What ``choose()`` reads: the endpoints that take tasks and their connections that do. Only the per-task
+    /// counts change between the events that change it, so it is rebuilt after those events, not for every task.
+    private var choice = Choice()
+    /// Set by every event that may change which endpoints or connections take tasks.
+    private var choiceIsStale = true
 
     init(addresses: [ServerAddress], settings: Settings, seed: UInt64 = .random(in: 1...UInt64.max)) {
         precondition(settings.connectionsPerEndpoint >= 1, "connectionsPerEndpoint must be at least 1")
@@ -122,6 +129,7 @@ struct PoolStateMachine {
 
     /// The pool's `run()` started: connect to every endpoint.
     mutating func start() -> [Action] {
+        choiceIsStale = true
         guard case .idle = phase else { return [] }
         phase = .running
         var actions: [Action] = []
@@ -131,6 +139,7 @@ struct PoolStateMachine {
 
     /// Graceful shutdown: waiting tasks fail, no new task is taken; connections close as their tasks finish.
     mutating func shutDown() -> [Action] {
+        choiceIsStale = true
         switch phase {
         case .draining, .finished: return []
         case .idle, .running: break
@@ -140,7 +149,7 @@ struct PoolStateMachine {
         let error = AiotaskClientError(.connectionLost, reason: "the client pool is shutting down")
         for waiter in waiters { actions.append(.fail(waiter, error)) }
         waiters = []
-        for id in connections.keys.sorted(by: { $0.raw < $1.raw }) {
+        for id in connections.ids.sorted(by: { $0.raw < $1.raw }) {
             connections[id]?.takesTasks = false
             closeIfIdle(id, into: &actions)
         }
@@ -158,6 +167,7 @@ struct PoolStateMachine {
     /// The endpoints are now `addresses` (given, or a host name's addresses): new ones are connected, gone ones
     /// take no new task and close once idle.
     mutating func resolved(_ addresses: [ServerAddress]) -> [Action] {
+        choiceIsStale = true
         var actions: [Action] = []
         var known: [ServerAddress: EndpointID] = [:]
         for id in order { if let endpoint = endpoints[id] { known[endpoint.address] = id } }
@@ -191,10 +201,12 @@ struct PoolStateMachine {
     // MARK: Connection events
 
     mutating func connected(_ id: ConnectionID, endpoint endpointID: EndpointID) -> [Action] {
+        choiceIsStale = true
         var actions: [Action] = []
+        // Its slot is freed by closed(_:error:).
         guard var endpoint = endpoints[endpointID] else { return [.close(id)] }
         endpoint.connecting -= 1
-        var connection = Connection(endpoint: endpointID)
+        var connection = Connection(id: id, endpoint: endpointID)
         if endpoint.isRemoved || !isTakingTasks {
             connection.takesTasks = false
             connection.isClosing = true
@@ -207,7 +219,7 @@ struct PoolStateMachine {
         endpoint.isStopping = false
         endpoint.connections.append(id)
         endpoints[endpointID] = endpoint
-        connections[id] = connection
+        connections.insert(connection)
         serveWaiters(into: &actions)
         return actions
     }
@@ -219,7 +231,9 @@ struct PoolStateMachine {
     )
         -> [Action]
     {
+        choiceIsStale = true
         var actions: [Action] = []
+        connections.free(id)
         endpoints[endpointID]?.connecting -= 1
         lastError = error
         eject(endpointID, error: error, into: &actions)
@@ -231,6 +245,7 @@ struct PoolStateMachine {
     /// The server said `GOODBYE` on the connection: it is stopping, so no new task goes to any of its connections
     /// (their own `GOODBYE` is on its way); the ones sent finish.
     mutating func goodbye(_ id: ConnectionID) -> [Action] {
+        choiceIsStale = true
         guard let endpoint = connections[id]?.endpoint else { return [] }
         connections[id]?.sawGoodbye = true
         for connection in endpoints[endpoint]?.connections ?? [] { connections[connection]?.takesTasks = false }
@@ -240,6 +255,7 @@ struct PoolStateMachine {
     /// A task found the connection no longer taking tasks (it had said `GOODBYE` or ended): no new task goes there.
     /// The task's own ``release(_:)`` follows.
     mutating func refused(_ id: ConnectionID) -> [Action] {
+        choiceIsStale = true
         connections[id]?.takesTasks = false
         return []
     }
@@ -247,7 +263,12 @@ struct PoolStateMachine {
     /// The connection ended. Unless the pool closed it or its server said `GOODBYE`, it dropped: its endpoint is
     /// ejected. Otherwise, while the pool runs, a new connection is tried after ``Settings/backoffBase``.
     mutating func closed(_ id: ConnectionID, error: AiotaskClientError) -> [Action] {
-        guard let connection = connections.removeValue(forKey: id) else { return [] }
+        choiceIsStale = true
+        guard let connection = connections.remove(id) else {
+            // A connection never counted in (its endpoint was gone): only its slot is left.
+            connections.free(id)
+            return []
+        }
         var actions: [Action] = []
         let endpointID = connection.endpoint
         endpoints[endpointID]?.connections.removeAll { $0 == id }
@@ -269,6 +290,7 @@ struct PoolStateMachine {
 
     /// The backoff of an endpoint has passed: connect its missing connections.
     mutating func retryDue(_ endpointID: EndpointID) -> [Action] {
+        choiceIsStale = true
         endpoints[endpointID]?.retryScheduled = false
         var actions: [Action] = []
         if case .running = phase { fill(endpointID, into: &actions) }
@@ -286,9 +308,8 @@ struct PoolStateMachine {
         case .idle, .running:
             break
         }
-        if let connection = choose() {
-            connections[connection]?.outstanding += 1
-            return .connection(connection)
+        if let slot = choose() {
+            return .connection(connections.take(slot))
         }
         if let waiter { waiters.append(waiter) }
         return .wait
@@ -344,53 +365,78 @@ struct PoolStateMachine {
         return endpoint.connections.contains { connections[$0]?.takesTasks == true }
     }
 
-    private func load(of id: EndpointID) -> Int {
-        endpoints[id]!.connections.reduce(0) { total, connection in
-            guard let connection = connections[connection], connection.takesTasks else { return total }
-            return total + connection.outstanding
+    /// The endpoints that take tasks, in order, each with its connections that take tasks (in the order they were
+    /// made), by slot.
+    private struct Choice {
+        struct Entry {
+            /// The endpoint's place in ``PoolStateMachine/order``.
+            let orderIndex: Int
+            /// Its connections in ``Choice/slots``.
+            let slots: Range<Int>
+        }
+
+        var entries: [Entry] = []
+        var slots: [Int] = []
+    }
+
+    private mutating func rebuildChoice() {
+        choiceIsStale = false
+        choice.entries.removeAll(keepingCapacity: true)
+        choice.slots.removeAll(keepingCapacity: true)
+        for (index, id) in order.enumerated() {
+            guard let endpoint = endpoints[id], !endpoint.isEjected, !endpoint.isRemoved else { continue }
+            let start = choice.slots.count
+            for connection in endpoint.connections where connections[connection]?.takesTasks == true {
+                choice.slots.append(connection.slot)
+            }
+            if choice.slots.count > start {
+                choice.entries.append(Choice.Entry(orderIndex: index, slots: start..<choice.slots.count))
+            }
         }
     }
 
-    /// The connection for the next task, by the strategy; nil when no endpoint takes tasks.
-    private mutating func choose() -> ConnectionID? {
-        let endpoint: EndpointID
+    /// The tasks outstanding on the connections of `entry` that take tasks.
+    private func load(of entry: Choice.Entry) -> Int {
+        var total = 0
+        for index in entry.slots { total += connections.outstanding(atSlot: choice.slots[index]) }
+        return total
+    }
+
+    /// The slot of the connection for the next task, by the strategy; nil when no endpoint takes tasks.
+    private mutating func choose() -> Int? {
+        if choiceIsStale { rebuildChoice() }
+        let count = choice.entries.count
+        guard count > 0 else { return nil }
+        let entry: Choice.Entry
         switch settings.strategy {
         case .firstAvailable:
-            guard let first = order.first(where: isUsable) else { return nil }
-            endpoint = first
+            entry = choice.entries[0]
         case .roundRobin:
-            var found: EndpointID?
-            for step in 0..<order.count {
-                let id = order[(roundRobinCursor + step) % order.count]
-                if isUsable(id) {
-                    found = id
-                    roundRobinCursor = (roundRobinCursor + step + 1) % order.count
-                    break
-                }
-            }
-            guard let found else { return nil }
-            endpoint = found
+            // The first endpoint taking tasks at or after the cursor, going round: as if every endpoint of `order`
+            // were tried in turn from the cursor.
+            let cursor = roundRobinCursor % order.count
+            entry = choice.entries.first { $0.orderIndex >= cursor } ?? choice.entries[0]
+            roundRobinCursor = (entry.orderIndex + 1) % order.count
         default:
-            candidates.removeAll(keepingCapacity: true)
-            for id in order where isUsable(id) { candidates.append(id) }
-            switch candidates.count {
-            case 0: return nil
-            case 1: endpoint = candidates[0]
-            default:
-                let first = Int(nextRandom() % UInt64(candidates.count))
-                var second = Int(nextRandom() % UInt64(candidates.count - 1))
+            if count == 1 {
+                entry = choice.entries[0]
+            } else {
+                let first = Int(nextRandom() % UInt64(count))
+                var second = Int(nextRandom() % UInt64(count - 1))
                 if second >= first { second += 1 }
-                let a = candidates[first]
-                let b = candidates[second]
-                endpoint = load(of: b) < load(of: a) ? b : a
+                let a = choice.entries[first]
+                let b = choice.entries[second]
+                entry = load(of: b) < load(of: a) ? b : a
             }
         }
-        var best: (id: ConnectionID, outstanding: Int)?
-        for id in endpoints[endpoint]!.connections {
-            guard let connection = connections[id], connection.takesTasks else { continue }
-            if best == nil || connection.outstanding < best!.outstanding { best = (id, connection.outstanding) }
+        var best = choice.slots[entry.slots.lowerBound]
+        var fewest = connections.outstanding(atSlot: best)
+        for index in entry.slots.dropFirst() {
+            let slot = choice.slots[index]
+            let outstanding = connections.outstanding(atSlot: slot)
+            if outstanding < fewest { (best, fewest) = (slot, outstanding) }
         }
-        return best?.id
+        return best
     }
 
     /// SplitMix64: a seeded sequence, so that tests replay the same choices.
@@ -416,7 +462,7 @@ struct PoolStateMachine {
         let missing = settings.connectionsPerEndpoint - open - endpoint.connecting
         guard missing > 0 else { return }
         for _ in 0..<missing {
-            let id = ConnectionID(raw: makeID())
+            let id = connections.reserve(raw: makeID())
             endpoint.connecting += 1
             actions.append(.connect(id, endpointID, endpoint.address))
         }
@@ -481,9 +527,8 @@ struct PoolStateMachine {
 
     private mutating func serveWaiters(into actions: inout [Action]) {
         guard isTakingTasks else { return }
-        while !waiters.isEmpty, let connection = choose() {
-            connections[connection]?.outstanding += 1
-            actions.append(.resume(waiters.removeFirst(), connection))
+        while !waiters.isEmpty, let slot = choose() {
+            actions.append(.resume(waiters.removeFirst(), connections.take(slot)))
         }
     }
 
@@ -492,5 +537,75 @@ struct PoolStateMachine {
         guard connections.isEmpty, endpoints.values.allSatisfy({ $0.connecting == 0 }) else { return }
         phase = .finished
         actions.append(.finished)
+    }
+
+    /// The connections by ``ConnectionID/slot``: an array instead of a dictionary, so that a task's choice and its
+    /// release hash nothing. A slot is reserved when the connection is asked for and freed when it ends (or its
+    /// attempt fails), then reused; every lookup checks the whole id, so a late event about an ended connection
+    /// finds nothing even when its slot holds a new one.
+    private struct ConnectionTable {
+        private var slots: [Connection?] = []
+        /// The `raw` of the id each slot is reserved for; 0 while free.
+        private var owners: [Int] = []
+        private var freeSlots: [Int] = []
+        private(set) var count = 0
+
+        var isEmpty: Bool { count == 0 }
+
+        /// The ids of the connections made and not ended.
+        var ids: [ConnectionID] { slots.compactMap { $0?.id } }
+
+        /// An id for a new connection, with a slot of its own.
+        mutating func reserve(raw: Int) -> ConnectionID {
+            precondition(raw != 0, "0 marks a free slot")
+            if let slot = freeSlots.popLast() {
+                owners[slot] = raw
+                return ConnectionID(raw: raw, slot: slot)
+            }
+            slots.append(nil)
+            owners.append(raw)
+            return ConnectionID(raw: raw, slot: slots.count - 1)
+        }
+
+        /// Frees the slot of a connection that was never made, or has ended.
+        mutating func free(_ id: ConnectionID) {
+            guard id.slot < owners.count, owners[id.slot] == id.raw else { return }
+            if slots[id.slot] != nil { count -= 1 }
+            slots[id.slot] = nil
+            owners[id.slot] = 0
+            freeSlots.append(id.slot)
+        }
+
+        mutating func insert(_ connection: Connection) {
+            let slot = connection.id.slot
+            precondition(owners[slot] == connection.id.raw && slots[slot] == nil, "\(connection.id) has no free slot")
+            slots[slot] = connection
+            count += 1
+        }
+
+        mutating func remove(_ id: ConnectionID) -> Connection? {
+            guard let connection = self[id] else { return nil }
+            free(id)
+            return connection
+        }
+
+        subscript(id: ConnectionID) -> Connection? {
+            get {
+                guard id.slot < slots.count, let connection = slots[id.slot], connection.id == id else { return nil }
+                return connection
+            }
+            set {
+                guard let newValue, self[id] != nil else { return }
+                slots[id.slot] = newValue
+            }
+        }
+
+        func outstanding(atSlot slot: Int) -> Int { slots[slot]!.outstanding }
+
+        /// Counts a task outstanding on the connection in `slot`, and returns its id.
+        mutating func take(_ slot: Int) -> ConnectionID {
+            slots[slot]!.outstanding += 1
+            return slots[slot]!.id
+        }
     }
 }
