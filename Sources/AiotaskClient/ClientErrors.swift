@@ -117,11 +117,14 @@ extension AiotaskClientError: CustomStringConvertible {
 
 extension AiotaskClientError {
     /// The error of a connection the server closed with an `ERROR` frame saying `message`: a refusal of the
-    /// client's user (a message that starts with ``ErrorMessage/permissionDeniedPrefix``) is
+    /// client's user (a message that starts with `ErrorMessage.permissionDeniedPrefix`) is
     /// ``Code/permissionDenied``, anything else ``Code/serverError``.
     static func serverClosed(saying message: String) -> AiotaskClientError {
         if message.hasPrefix(ErrorMessage.permissionDeniedPrefix) {
-            return AiotaskClientError(.permissionDenied, reason: String(message.dropFirst(ErrorMessage.permissionDeniedPrefix.count)))
+            return AiotaskClientError(
+                .permissionDenied,
+                reason: String(message.dropFirst(ErrorMessage.permissionDeniedPrefix.count))
+            )
         }
         return AiotaskClientError(.serverError, reason: message.isEmpty ? "(no message)" : message)
     }

@@ -6,7 +6,8 @@ import Testing
 
 /// A connection whose user `allow-users` and `allow-groups` do not let in, as its state machine decides it.
 extension ConnectionStateMachineTests {
-    static let refusal = "permission denied: uid 65534 (gid 65534) is not allowed on unix:/a.sock (allow-users, allow-groups)"
+    static let refusal =
+        "permission denied: uid 65534 (gid 65534) is not allowed on unix:/a.sock (allow-users, allow-groups)"
 
     func refused() -> Machine {
         var machine = Machine(finishedTasksRemembered: 16, writeTimeout: .seconds(60), now: start)
@@ -22,7 +23,10 @@ extension ConnectionStateMachineTests {
     @Test("a refused client that speaks the extensions gets ERROR permission denied; a legacy one a bare close")
     func refusedFirstByte() {
         var extended = refused()
-        #expect(extended.refusedClientSent(firstByte: 0x80) == .endRefused(reason: Self.refusal, farewell: .error(Self.refusal)))
+        #expect(
+            extended.refusedClientSent(firstByte: 0x80)
+                == .endRefused(reason: Self.refusal, farewell: .error(Self.refusal))
+        )
         #expect(!extended.isRefusing)
         // Once ended, nothing more happens.
         #expect(extended.refusedClientSent(firstByte: 0x80) == .none)

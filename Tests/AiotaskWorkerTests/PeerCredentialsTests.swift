@@ -1,6 +1,12 @@
+import AiotaskClient
+import AiotaskProtocol
 import AiotaskTestSupport
 import Foundation
+import Logging
+import NIOCore
 import Testing
+
+@testable import AiotaskServer
 
 #if canImport(Glibc)
     import Glibc
@@ -27,14 +33,18 @@ struct PeerCredentialsTests {
     /// Runs the `aiotask` CLI with `arguments` as uid and gid `nobody`, with `groups` as its supplementary groups
     /// (none by default); returns its output and its pid (`setpriv` executes the CLI in its own process).
     static func runCLIAsNobody(_ arguments: [String], groups: [UInt32] = []) async throws -> (CommandOutput, pid_t) {
-        let groupOption = groups.isEmpty ? "--clear-groups" : "--groups=" + groups.map(String.init).joined(separator: ",")
+        let groupOption =
+            groups.isEmpty ? "--clear-groups" : "--groups=" + groups.map(String.init).joined(separator: ",")
         let process = try SpawnedProcess.spawn(
             "/usr/bin/setpriv",
             ["--reuid=\(nobody)", "--regid=\(nobody)", groupOption, Products.aiotask] + arguments,
             removing: ["AIOTASK_SERVER"]
         )
         let exit = try await process.wait(limit: .seconds(20))
-        return (CommandOutput(exit: exit, standardOutput: process.standardOutput, standardError: process.standardError), process.pid)
+        return (
+            CommandOutput(exit: exit, standardOutput: process.standardOutput, standardError: process.standardError),
+            process.pid
+        )
     }
 
     /// The number of tasks the daemon received (`tasks.submitted` of `aiotask status --json`, run as root).
@@ -155,5 +165,46 @@ struct PeerCredentialsTests {
             #expect(carriedOn.exit == .exited(0), "stderr: \(carriedOn.standardError)")
             #expect(carriedOn.standardOutput == "4000")
         }
+    }
+}
+
+/// `allow-users` in an embedded server, with this test process as the client: it is refused when another user is
+/// listed, which also shows that root (as the tests run in CI) is not let in unless listed.
+@Suite("Unix socket peer credentials, in process")
+struct PeerCredentialsInProcessTests {
+    @Test(
+        "a refused connection is counted by reason, logged with uid, gid and pid, never registered; TCP is not checked"
+    )
+    func refusedAndCounted() async throws {
+        let other: UInt32 = getuid() == 65534 ? 65533 : 65534
+        let (server, metrics) = try await TestServer.startWithMetrics(handler: .builtin("echo"), workers: 1) {
+            $0.peerPolicy = PeerPolicy(users: [other])
+            $0.listenAddresses.append(.tcp(host: "127.0.0.1", port: 0))
+        }
+        try await withTimeout {
+            let error = await #expect(throws: AiotaskClientError.self) { _ = try await server.client() }
+            #expect(error?.code == .permissionDenied, "\(String(describing: error))")
+            #expect(
+                error?.reason.hasPrefix("uid \(getuid()) (gid \(getgid())) is not allowed on \(server.address)") == true
+            )
+
+            let entry = await server.logs.first { $0.message.hasPrefix("refusing connection: permission denied") }
+            #expect(entry.level == .warning)
+            #expect(entry.metadata["client_uid"] == "\(getuid())")
+            #expect(entry.metadata["client_gid"] == "\(getgid())")
+            #expect(entry.metadata["client_pid"] == "\(getpid())")
+            #expect(entry.metadata["socket"] == "\(server.address)")
+
+            let samples = try await TestServer.samples(at: metrics)
+            #expect(samples["aiotask_connections_refused_total{reason=\"peer_credentials\"}"] == 1)
+            #expect(samples["aiotask_connections_accepted_total"] == 0, "a refused connection was registered")
+
+            // TCP has no peer credentials: it is served, and its tasks name no uid.
+            let tcp = try #require(server.server.localAddresses.first { $0.port != nil })
+            let client = try await AiotaskClient.connect(to: .tcp(host: "127.0.0.1", port: tcp.port!))
+            #expect(String(buffer: try await client.submit(ByteBuffer(string: "over tcp"))) == "over tcp")
+            try await client.close()
+        }
+        try await server.stop()
     }
 }

@@ -1,3 +1,4 @@
+import ArgumentParser
 import Testing
 
 @testable import AiotaskServer
@@ -20,7 +21,9 @@ extension ConfigTests {
         #expect(configuration.peerPolicy.users == [0, 4242, 65534])
         // A group listed twice counts once.
         #expect(configuration.peerPolicy.groups == [0, 5000])
-        #expect(try ConfigFile.parse("", path: Self.path).configuration(handler: Self.handler).peerPolicy.allowsEveryone)
+        #expect(
+            try ConfigFile.parse("", path: Self.path).configuration(handler: Self.handler).peerPolicy.allowsEveryone
+        )
     }
 
     @Test("the command line's allow-users replaces the file's, and reads commas as the file does")
@@ -37,7 +40,10 @@ extension ConfigTests {
     @Test(
         "an unknown user or group, or an id that names no one, is an error of its file and line",
         arguments: [
-            ("workers = 2\nallow-users = root, no-such-user-aiotask\n", "allow-users: no user named 'no-such-user-aiotask'", 2),
+            (
+                "workers = 2\nallow-users = root, no-such-user-aiotask\n",
+                "allow-users: no user named 'no-such-user-aiotask'", 2
+            ),
             ("\nallow-groups = no-such-group-aiotask\n", "allow-groups: no group named 'no-such-group-aiotask'", 2),
             ("allow-users = 4294967295\n", "allow-users: 4294967295 is not a valid user id", 1),
             ("allow-groups = ,\n", "allow-groups: no group in ','", 1),

@@ -180,7 +180,7 @@ struct ConnectionStateMachine<Task: ConnectionTask> {
     }
 
     /// The channel is active, and the client's user is not let in (`reason`, which starts with
-    /// ``ErrorMessage/permissionDeniedPrefix``): no frame is read; see ``refusedClientSent(firstByte:)``.
+    /// `ErrorMessage.permissionDeniedPrefix`): no frame is read; see ``refusedClientSent(firstByte:)``.
     mutating func channelActive(refusing reason: String, now: NIODeadline) -> Action {
         precondition(lifecycle == .connecting, "a connection became active twice")
         lifecycle = .refusing(reason: reason)

@@ -32,17 +32,17 @@ enum AccountDatabase: Sendable {
             }
             return number
         }
-        let result: Result<UInt32?, Int32> =
+        let outcome =
             switch self {
             case .users: Self.lookUp(account, getpwnam_r) { $0.pw_uid }
             case .groups: Self.lookUp(account, getgrnam_r) { $0.gr_gid }
             }
-        switch result {
-        case .success(let id?):
+        switch outcome {
+        case .found(let id):
             return id
-        case .success(nil):
+        case .notFound:
             throw ConfigurationError(setting: setting, reason: "no \(valueName) named '\(account)'")
-        case .failure(let errno):
+        case .failed(let errno):
             throw ConfigurationError(
                 setting: setting,
                 reason: "cannot look up the \(valueName) '\(account)': \(String(cString: strerror(errno)))"
@@ -50,8 +50,15 @@ enum AccountDatabase: Sendable {
         }
     }
 
-    /// Calls a reentrant lookup (`getpwnam_r`, `getgrnam_r`), with a larger buffer while it says `ERANGE`; the id of
-    /// the entry found, nil for none, or the `errno` of a failure.
+    /// What a lookup found.
+    private enum Outcome {
+        case found(UInt32)
+        case notFound
+        /// The `errno` of a failed lookup.
+        case failed(Int32)
+    }
+
+    /// Calls a reentrant lookup (`getpwnam_r`, `getgrnam_r`), with a larger buffer while it says `ERANGE`.
     private static func lookUp<Entry>(
         _ name: String,
         _ function: (
@@ -59,26 +66,27 @@ enum AccountDatabase: Sendable {
             UnsafeMutablePointer<UnsafeMutablePointer<Entry>?>
         ) -> Int32,
         id: (Entry) -> UInt32
-    ) -> Result<UInt32?, Int32> {
+    ) -> Outcome {
         var size = 16 * 1024
         // A database entry of a megabyte is a broken one, not a reason to grow further.
         while size <= 1 << 20 {
-            let outcome: Result<UInt32?, Int32>? = withUnsafeTemporaryAllocation(of: CChar.self, capacity: size) {
-                buffer in
+            let outcome: Outcome? = withUnsafeTemporaryAllocation(of: CChar.self, capacity: size) { buffer in
                 withUnsafeTemporaryAllocation(of: Entry.self, capacity: 1) { entry in
                     var found: UnsafeMutablePointer<Entry>? = nil
-                    let status = function(name, entry.baseAddress!, buffer.baseAddress!, size, &found)
+                    let status = name.withCString {
+                        function($0, entry.baseAddress!, buffer.baseAddress!, size, &found)
+                    }
                     if status == ERANGE { return nil }
                     // Not found is a 0 status and no entry; glibc also answers some "not found"s with ENOENT.
                     if status == 0 || status == ENOENT || status == ESRCH {
-                        return .success(found.map { id($0.pointee) })
+                        return found.map { .found(id($0.pointee)) } ?? .notFound
                     }
-                    return .failure(status)
+                    return .failed(status)
                 }
             }
             if let outcome { return outcome }
             size *= 2
         }
-        return .failure(ERANGE)
+        return .failed(ERANGE)
     }
 }
