@@ -292,7 +292,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
         case (_, .closed):
             return
         case (.error(let message), _):
-            shutDown(AiotaskClientError(.serverError, reason: message.isEmpty ? "(no message)" : message))
+            shutDown(AiotaskClientError.serverClosed(saying: message))
         case (.hello(let hello), .handshaking(let promise, let timer)):
             guard hello.version >= 1 else {
                 return shutDown(

@@ -45,7 +45,7 @@ public struct AiotaskClientError: Error, Hashable, Sendable {
     public struct Code: Hashable, Sendable {
         private enum Base: Hashable, Sendable {
             case connectFailed, closedBeforeHandshake, handshakeFailed, connectionLost, serverError, protocolViolation
-            case legacyProtocol, unsupportedByServer
+            case legacyProtocol, unsupportedByServer, permissionDenied
         }
 
         private let base: Base
@@ -75,11 +75,16 @@ public struct AiotaskClientError: Error, Hashable, Sendable {
         /// The request needs a later protocol version than the server speaks (it is an older `aiotaskd`), such as
         /// ``AiotaskClient/poolStatus()``. The connection stays usable.
         public static let unsupportedByServer = Code(.unsupportedByServer)
+        /// The server does not let this client's user in (its `allow-users` and `allow-groups` on a Unix socket),
+        /// and closed the connection before reading anything; the ``AiotaskClientError/reason`` says which user
+        /// and socket. Trying again does not help: the server's settings or the client's user must change.
+        public static let permissionDenied = Code(.permissionDenied)
     }
 
     /// What kind of problem this is.
     public var code: Code
-    /// A human-readable explanation; for ``Code/serverError`` the server's own message.
+    /// A human-readable explanation; for ``Code/serverError`` the server's own message, for
+    /// ``Code/permissionDenied`` the server's message after its `permission denied: `.
     public var reason: String
 
     /// Creates an error of the given kind.
@@ -100,6 +105,7 @@ extension AiotaskClientError.Code: CustomStringConvertible {
         case .protocolViolation: "protocol violation by the server"
         case .legacyProtocol: "not available with the legacy protocol"
         case .unsupportedByServer: "not supported by the server"
+        case .permissionDenied: "the server refused this user"
         }
     }
 }
@@ -110,6 +116,19 @@ extension AiotaskClientError: CustomStringConvertible {
 }
 
 extension AiotaskClientError {
+    /// The error of a connection the server closed with an `ERROR` frame saying `message`: a refusal of the
+    /// client's user (a message that starts with `ErrorMessage.permissionDeniedPrefix`) is
+    /// ``Code/permissionDenied``, anything else ``Code/serverError``.
+    static func serverClosed(saying message: String) -> AiotaskClientError {
+        if message.hasPrefix(ErrorMessage.permissionDeniedPrefix) {
+            return AiotaskClientError(
+                .permissionDenied,
+                reason: String(message.dropFirst(ErrorMessage.permissionDeniedPrefix.count))
+            )
+        }
+        return AiotaskClientError(.serverError, reason: message.isEmpty ? "(no message)" : message)
+    }
+
     /// A short description of an error from the transport: the system's text for an `errno`, the first failed
     /// address of a connect attempt, or the error's own description.
     static func describe(_ error: any Error) -> String {

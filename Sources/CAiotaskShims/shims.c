@@ -10,6 +10,7 @@
 #include <sys/syscall.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 
 pid_t aiotask_spawn(const char *path, char *const argv[], char *const envp[], const int fds[], int fd_count,
                     bool search_path) {
@@ -178,4 +179,32 @@ void aiotask_store_release(uint32_t *word, uint32_t value) {
 
 uint32_t aiotask_load_acquire(const uint32_t *word) {
     return __atomic_load_n(word, __ATOMIC_ACQUIRE);
+}
+
+#ifndef SO_PEERGROUPS
+#define SO_PEERGROUPS 59
+#endif
+
+int aiotask_peer_credentials(int fd, uint32_t *uid, uint32_t *gid, int32_t *pid) {
+    struct sockaddr_storage address;
+    socklen_t address_length = sizeof(address);
+    if (getsockname(fd, (struct sockaddr *)&address, &address_length) != 0) return -errno;
+    if (address.ss_family != AF_UNIX) return 1;
+    struct ucred credentials;
+    socklen_t length = sizeof(credentials);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &credentials, &length) != 0) return -errno;
+    *uid = credentials.uid;
+    *gid = credentials.gid;
+    *pid = credentials.pid;
+    return 0;
+}
+
+int aiotask_peer_groups(int fd, uint32_t *groups, int capacity) {
+    socklen_t length = (socklen_t)(capacity > 0 ? capacity : 0) * sizeof(gid_t);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, capacity > 0 ? groups : NULL, &length) != 0) {
+        // ERANGE: the groups do not fit; `length` says how many bytes they take.
+        if (errno == ERANGE) return (int)(length / sizeof(gid_t));
+        return -errno;
+    }
+    return (int)(length / sizeof(gid_t));
 }

@@ -30,7 +30,11 @@ extension ConfigTests {
     @Test("a declared default, set explicitly, gives the configuration that leaving it unset gives")
     func declaredDefaults() throws {
         let unset = try DaemonSettings().configuration(handler: Self.handler)
-        let descriptive = ["listen", "handler", "workers", "prefetch", "agent-listen", "log-level", "metrics-listen"]
+        // `none` describes an empty list (everyone); as a value it would be a user or group named none.
+        let descriptive = [
+            "listen", "handler", "workers", "prefetch", "agent-listen", "log-level", "metrics-listen", "allow-users",
+            "allow-groups",
+        ]
         for declaration in DaemonSettings.declarations where !descriptive.contains(declaration.name) {
             let text = "\(declaration.name) = \(declaration.defaultValue)\n"
             let explicit = try ConfigFile.parse(text, path: Self.path).configuration(handler: Self.handler)

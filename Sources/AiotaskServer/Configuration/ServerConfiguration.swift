@@ -78,6 +78,10 @@ public struct ServerConfiguration: Sendable {
     public var agentListenAddresses: [ServerAddress]
     /// The agent check says `drain` while more tasks than this wait; nil never.
     public var agentHighWaterMark: Int?
+    /// Which local users may connect over a Unix socket (`allow-users`, `allow-groups`); by default everyone the
+    /// socket's file mode lets in. Checked once as each connection opens, so a reload applies to new connections
+    /// and leaves those open alone. TCP connections are not checked. See docs/security.md.
+    public var peerPolicy = PeerPolicy()
 
     public init(
         listenAddresses: [ServerAddress] = [],

@@ -27,6 +27,10 @@ final class ConnectionHandler: ChannelInboundHandler {
     @exclusivity(unchecked) private var logger: Logger
     @exclusivity(unchecked) private var context: ChannelHandlerContext?
     @exclusivity(unchecked) private(set) var peerDescription = "unknown"
+    /// The journal fields that name the client in every entry about one of its tasks: `client`, and for a Unix
+    /// socket `client_uid`, `client_gid` and `client_pid`. Made once as the connection opens, so the task path
+    /// builds nothing to carry them.
+    @exclusivity(unchecked) private(set) var clientMetadata: Logger.Metadata = ["client": "unknown"]
 
     /// What the connection decides; everything else here carries it out.
     @exclusivity(unchecked) private var state: StateMachine
@@ -81,7 +85,14 @@ final class ConnectionHandler: ChannelInboundHandler {
         self.context = context
         writer = CoalescingFrameWriter(channel: context.channel)
         peerDescription = context.channel.remoteAddress.map(Self.describe) ?? "unix"
-        logger[metadataKey: "client"] = "\(peerDescription)"
+        clientMetadata = ["client": "\(peerDescription)"]
+        if let refusal = checkPeer(context: context) {
+            logger[metadataKey: "client"] = "\(peerDescription)"
+            perform(state.channelActive(refusing: refusal, now: .now()))
+            context.fireChannelActive()
+            return
+        }
+        for (key, value) in clientMetadata { logger[metadataKey: key] = value }
         let action = state.channelActive(registered: supervisor.register(self), now: .now(), limits: limits)
         if state.isReading { logger.debug("client connected") }
         perform(action)
@@ -99,7 +110,12 @@ final class ConnectionHandler: ChannelInboundHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard state.isReading else { return }
+        guard state.isReading else {
+            if state.isRefusing, let first = unwrapInboundIn(data).readableBytesView.first {
+                perform(state.refusedClientSent(firstByte: first))
+            }
+            return
+        }
         if frames.read(
             unwrapInboundIn(data),
             receive: { receive($0) },
@@ -147,6 +163,36 @@ final class ConnectionHandler: ChannelInboundHandler {
             logger.debug("connection error: \(error)")
             context.close(promise: nil)
         }
+    }
+
+    /// Reads who the client of a Unix socket is (once, as the connection opens) into ``clientMetadata``, and checks
+    /// it against `allow-users` and `allow-groups`; returns why the client is refused, or nil when it is let in.
+    /// A TCP client is not checked.
+    private func checkPeer(context: ChannelHandlerContext) -> String? {
+        let policy = supervisor.configuration.peerPolicy
+        let peer: PeerCredentials?
+        do {
+            peer =
+                try context.pipeline.syncOperations.withUnsafeTransportIfAvailable(of: NIOBSDSocket.Handle.self) {
+                    descriptor throws(PeerCredentialsError) in try PeerCredentials.read(descriptor: descriptor)
+                } ?? nil
+        } catch {
+            // Fail closed: a client that cannot be named cannot be let in by a list of names.
+            if policy.allowsEveryone {
+                logger.debug("cannot read the client's credentials: \(error)")
+                return nil
+            }
+            let reason = "\(ErrorMessage.permissionDeniedPrefix)the client's credentials cannot be read (\(error))"
+            return reason
+        }
+        guard let peer else { return nil }
+        clientMetadata.merge(peer.metadata) { _, new in new }
+        guard !policy.allows(peer) else { return nil }
+        for (key, value) in peer.metadata { logger[metadataKey: key] = value }
+        let socket = context.channel.localAddress?.pathname.map { "unix:\($0)" } ?? "a Unix socket"
+        logger[metadataKey: "socket"] = "\(socket)"
+        return "\(ErrorMessage.permissionDeniedPrefix)uid \(peer.uid) (gid \(peer.gid)) is not allowed on \(socket) "
+            + "(allow-users, allow-groups)"
     }
 
     // MARK: The supervisor's side
@@ -211,6 +257,21 @@ final class ConnectionHandler: ChannelInboundHandler {
             let limit = supervisor.configuration.maximumConnections
             logger.warning("refusing connection: \(limit) connections are open already (max-connections)")
             context.close(promise: nil)
+        case .refusePeer(let reason, let deadline):
+            logger.warning("refusing connection: \(reason)", metadata: ["message_id": "\(LogMessageID.peerRefused)"])
+            supervisor.peerRefused()
+            idleCheck = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [self] in
+                idleCheck = nil
+                perform(state.refusalWaitDue())
+            }
+        case .endRefused(let reason, let farewell):
+            idleCheck?.cancel()
+            idleCheck = nil
+            logger.debug("closing refused connection: \(reason)")
+            if let farewell { write(farewell) }
+            // The output only: closing the whole connection with bytes of the client's unread would reset it, and
+            // the reset could destroy the ERROR before the client reads it.
+            perform(.closeOutput(linger: Self.closingGracePeriod))
         case .armIdleCheck(let deadline):
             armIdleCheck(at: deadline)
         case .write(let frame, let pauseReading):

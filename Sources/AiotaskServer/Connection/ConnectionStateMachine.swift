@@ -36,6 +36,9 @@ struct ConnectionStateMachine<Task: ConnectionTask> {
         case connecting
         /// Frames are read and answered.
         case open
+        /// The client's user is not let in (`allow-users`, `allow-groups`; the reason says why): nothing it sends
+        /// is read as a frame; its first byte only tells whether it gets an `ERROR` before the connection closes.
+        case refusing(reason: String)
         /// The connection is being closed: frames are ignored; answers still leave.
         case closing
         /// The channel is inactive.
@@ -62,6 +65,12 @@ struct ConnectionStateMachine<Task: ConnectionTask> {
         case none
         /// Close the connection at once: the server has too many.
         case refuseConnection
+        /// The client's user is not let in: log `reason`, count the refusal, and end the connection at `deadline` if
+        /// the client has sent nothing by then.
+        case refusePeer(reason: String, deadline: NIODeadline)
+        /// End a refused connection: send `farewell` (an `ERROR`, to a client that speaks the extensions), close the
+        /// output once it is sent, and the whole connection when the client closes or after a grace period.
+        case endRefused(reason: String, farewell: Frame?)
         /// Check for an idle connection at this deadline.
         case armIdleCheck(at: NIODeadline)
         /// Write this answer now; then, if set, stop reading from the client.
@@ -168,6 +177,41 @@ struct ConnectionStateMachine<Task: ConnectionTask> {
         lifecycle = .open
         lastActivity = now
         return armIdleCheck(limits)
+    }
+
+    /// The channel is active, and the client's user is not let in (`reason`, which starts with
+    /// `ErrorMessage.permissionDeniedPrefix`): no frame is read; see ``refusedClientSent(firstByte:)``.
+    mutating func channelActive(refusing reason: String, now: NIODeadline) -> Action {
+        precondition(lifecycle == .connecting, "a connection became active twice")
+        lifecycle = .refusing(reason: reason)
+        return .refusePeer(reason: reason, deadline: now + Self.refusalWait)
+    }
+
+    /// How long a refused client has to send its first byte (an extended client sends `HELLO` as it connects), so
+    /// that it can be told why; then the connection closes regardless.
+    static var refusalWait: TimeAmount { .seconds(2) }
+
+    /// Whether the connection is refused and waits for the client's first byte.
+    var isRefusing: Bool {
+        if case .refusing = lifecycle { return true }
+        return false
+    }
+
+    /// A refused client sent bytes, starting with `firstByte`. A type byte with the high bit set is an extension
+    /// frame's (normally `HELLO`): the client parses extension frames, so it is told why in an `ERROR`. A legacy
+    /// client cannot parse one, and the connection just closes. Nothing it sent is read as a frame, let alone a task.
+    mutating func refusedClientSent(firstByte: UInt8) -> Action {
+        guard case .refusing(let reason) = lifecycle else { return .none }
+        lifecycle = .closing
+        let speaksExtensions = firstByte & 0x80 != 0
+        return .endRefused(reason: reason, farewell: speaksExtensions ? .error(reason) : nil)
+    }
+
+    /// The refused client sent nothing within ``refusalWait``: the connection closes without a word.
+    mutating func refusalWaitDue() -> Action {
+        guard case .refusing(let reason) = lifecycle else { return .none }
+        lifecycle = .closing
+        return .endRefused(reason: "\(reason); the client sent nothing", farewell: nil)
     }
 
     /// The channel's writability changed.
@@ -400,7 +444,7 @@ struct ConnectionStateMachine<Task: ConnectionTask> {
 
     /// The server is stopping and closes its connections.
     func serverClosing(linger: TimeAmount) -> Action {
-        lifecycle == .open || lifecycle == .closing ? .closeOutput(linger: linger) : .none
+        lifecycle == .open || lifecycle == .closing || isRefusing ? .closeOutput(linger: linger) : .none
     }
 
     // MARK: Timers

@@ -154,6 +154,12 @@ enum MetricsExposition {
             counters.connectionsRefusedAtLimit,
             "Client connections closed as they arrived, by reason."
         )
+        counter(
+            "aiotask_connections_refused_total",
+            [("reason", "peer_credentials")],
+            counters.connectionsRefusedPeer,
+            "Client connections closed as they arrived, by reason."
+        )
         gauge("aiotask_build_info", [("version", AiotaskVersion.current)], 1, "The version of aiotaskd; always 1.")
         let process = snapshot.process
         fractionalCounter(

@@ -33,6 +33,9 @@ struct ServerMetrics: Sendable {
     var connectionsAccepted = 0
     /// Connections closed as they arrived because `max-connections` were open.
     var connectionsRefusedAtLimit = 0
+    /// Unix socket connections closed as they arrived because `allow-users` and `allow-groups` do not let their
+    /// user in.
+    var connectionsRefusedPeer = 0
     /// Time every pool process was busy with tasks waiting, up to ``saturatedSince``.
     private(set) var saturated: Duration = .zero
     /// Since when the pool is saturated; nil while it is not.

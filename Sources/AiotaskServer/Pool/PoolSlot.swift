@@ -288,10 +288,10 @@ final class PoolSlot {
         supervisor.noteSlowTask()
         logger.warning(
             "task still running after \(elapsedMicroseconds / 1000) ms, past the slow-task threshold",
-            metadata: [
-                "task_id": "\(record.id)", "worker_pid": "\(process.pid)", "elapsed_usec": "\(elapsedMicroseconds)",
+            metadata: record.logMetadata([
+                "worker_pid": "\(process.pid)", "elapsed_usec": "\(elapsedMicroseconds)",
                 "threshold_usec": "\(Int64(threshold / .microseconds(1)))", "message_id": "\(LogMessageID.slowTask)",
-            ]
+            ])
         )
     }
 
@@ -314,7 +314,7 @@ final class PoolSlot {
         guard case .replaceProcess(let process, _, _, _, _) = action else { return }
         logger.warning(
             "task timed out; terminating its pool process",
-            metadata: ["task_id": "\(record.id)", "worker_pid": "\(process.pid)", "timeout": "\(timeout)"]
+            metadata: record.logMetadata(["worker_pid": "\(process.pid)", "timeout": "\(timeout)"])
         )
         perform(action)
         if !record.isFinished {
@@ -355,10 +355,10 @@ final class PoolSlot {
         let message = "\(who) \(Self.memoryLimitMessage(resident: resident, limit: limit))"
         logger.error(
             "\(message); killing its process group",
-            metadata: [
-                "task_id": "\(record.id)", "worker_pid": "\(process.pid)", "rss_bytes": "\(resident)",
+            metadata: record.logMetadata([
+                "worker_pid": "\(process.pid)", "rss_bytes": "\(resident)",
                 "limit_bytes": "\(limit)", "message_id": "\(LogMessageID.memoryLimitExceeded)",
-            ]
+            ])
         )
         perform(action)
         if !record.isFinished {
@@ -590,7 +590,8 @@ extension PoolSlot: PoolProcessDelegate {
         cancelTimeout()
         logger.error(
             "pool process \(status)",
-            metadata: ["worker_pid": "\(process.pid)", "task_id": "\(failedTask.map { "\($0.id)" } ?? "none")"]
+            metadata: failedTask?.logMetadata(["worker_pid": "\(process.pid)"])
+                ?? ["worker_pid": "\(process.pid)", "task_id": "none"]
         )
         // The process is dead: a task sent ahead to it that it had not claimed (withdrawn now), or, for a handler
         // program, that comes after the task it was running, was never started (every reply it wrote has been

@@ -102,6 +102,11 @@ final class Supervisor {
         return true
     }
 
+    /// A Unix socket connection was refused for its user (``PeerPolicy``); it is never registered.
+    func peerRefused() {
+        metrics.connectionsRefusedPeer += 1
+    }
+
     func unregister(_ connection: ConnectionHandler) {
         connections[ObjectIdentifier(connection)] = nil
         if connections.isEmpty, let connectionsClosed {
@@ -354,7 +359,7 @@ final class Supervisor {
         stop(record)
         scheduler.taskAbandoned(record)
         metrics.abandoned += 1
-        logger.debug("task abandoned: its client disconnected", metadata: ["task_id": "\(record.id)"])
+        logger.debug("task abandoned: its client disconnected", metadata: record.logMetadata())
         checkDrained()
         dispatch()
     }
@@ -417,11 +422,9 @@ final class Supervisor {
     }
 
     private func metadata(of record: TaskRecord, workerPID: Int32?) -> Logger.Metadata {
-        var metadata: Logger.Metadata = [
-            "task_id": "\(record.id)",
-            "client": "\(record.connection.peerDescription)",
-            "duration_usec": "\((NIODeadline.now() - record.acceptedAt).nanoseconds / 1000)",
-        ]
+        var metadata = record.logMetadata([
+            "duration_usec": "\((NIODeadline.now() - record.acceptedAt).nanoseconds / 1000)"
+        ])
         if let workerPID { metadata["worker_pid"] = "\(workerPID)" }
         return metadata
     }

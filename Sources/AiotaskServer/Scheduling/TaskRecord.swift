@@ -1,4 +1,5 @@
 import AiotaskProtocol
+import Logging
 import NIOCore
 
 /// How a task ended.
@@ -55,5 +56,17 @@ final class TaskRecord: SchedulableTask {
         case .running: .processing
         case .finished: .done
         }
+    }
+}
+
+extension TaskRecord {
+    /// The journal fields of an entry about this task: `task_id`, the client's fields
+    /// (``ConnectionHandler/clientMetadata``: `client`, and over a Unix socket `client_uid`, `client_gid`,
+    /// `client_pid`), then `extra`. Built only when such an entry is logged.
+    func logMetadata(_ extra: Logger.Metadata = [:]) -> Logger.Metadata {
+        var metadata = extra
+        metadata["task_id"] = "\(id)"
+        metadata.merge(connection.clientMetadata) { old, _ in old }
+        return metadata
     }
 }

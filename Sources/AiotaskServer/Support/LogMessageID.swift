@@ -12,6 +12,8 @@ public enum LogMessageID {
     public static let memoryLimitExceeded = "d3c6b1f0a25e4c7e9b8f41e2a7c05d93"
     /// A task has run longer than ``ServerConfiguration/slowTaskThreshold`` and still runs: one entry per task.
     public static let slowTask = "db8b3c809def47a0a6d1cf74230e0c49"
+    /// A Unix socket connection was refused: `allow-users` and `allow-groups` do not let its user in.
+    public static let peerRefused = "80ab0247fdc449d2937398a4a8e61ef9"
 
     /// The message id of a task that failed for `reason`.
     static func forFailure(_ reason: FailureReason) -> String {

@@ -24,6 +24,8 @@ public struct DaemonOptions: ParsableArguments {
     @Option(setting: "max-queued-bytes") public var maxQueuedBytes: Int?
     @Option(setting: "max-tasks-per-connection") public var maxTasksPerConnection: Int?
     @Option(setting: "max-connections") public var maxConnections: Int?
+    @Option(setting: "allow-users") public var allowUsers: [String] = []
+    @Option(setting: "allow-groups") public var allowGroups: [String] = []
     @Option(setting: "idle-timeout") public var idleTimeout: Double?
     @Option(setting: "write-timeout") public var writeTimeout: Double?
     @Option(setting: "prefetch") public var prefetch: Int?
@@ -57,7 +59,9 @@ public struct DaemonOptions: ParsableArguments {
                 DaemonSettings.declaration(named: name) != nil,
                 "DaemonOptions.\(label.dropFirst()) reads as --\(name), which DaemonSettings.declarations lacks"
             )
-            if let value = Self.settingValue(of: child.value) { settings[name] = value }
+            if let value = Self.settingValue(of: child.value, kind: DaemonSettings.declaration(named: name)?.kind) {
+                settings[name] = value
+            }
         }
         return settings
     }
@@ -76,8 +80,11 @@ public struct DaemonOptions: ParsableArguments {
     }
 
     /// The value an option property was given, if it is a setting's option and was given.
-    private static func settingValue(of option: Any) -> SettingValue? {
+    private static func settingValue(of option: Any, kind: SettingDeclaration.Kind?) -> SettingValue? {
         switch option {
+        case let option as Option<[String]> where kind == .accounts:
+            // Each as the config file reads it: `--allow-users alice,bob` is two.
+            .accounts(option.wrappedValue.flatMap(AccountDatabase.split))
         case let option as Option<[String]>: .addresses(option.wrappedValue)
         case let option as Option<Int?>: option.wrappedValue.map(SettingValue.count)
         case let option as Option<Double?>: option.wrappedValue.map(SettingValue.seconds)

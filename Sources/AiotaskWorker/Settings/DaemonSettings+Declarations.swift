@@ -59,6 +59,23 @@ extension DaemonSettings {
             example: "11",
             help: "Most client connections open at once; more are closed as they arrive."
         ) { $1.maximumConnections = $0 },
+        .accounts(
+            "allow-users",
+            .users,
+            default: "none",
+            example: "root",
+            help: "Users, by name or uid, who may connect over a Unix socket; repeatable, or several separated by "
+                + "commas. While neither allow-users nor allow-groups is set, everyone the socket's mode lets in may; "
+                + "root only if listed. TCP is not checked."
+        ) { $1.peerPolicy.users = $0 },
+        .accounts(
+            "allow-groups",
+            .groups,
+            default: "none",
+            example: "root",
+            help: "Groups, by name or gid, whose members (primary or supplementary group) may connect over a Unix "
+                + "socket; repeatable, or several separated by commas. See allow-users."
+        ) { $1.peerPolicy.groups = $0 },
         .seconds(
             "idle-timeout",
             default: "300",

@@ -37,7 +37,7 @@ public struct DaemonSettings: Sendable, Equatable {
             }
             // An empty list of addresses is no list: the command line's `--listen`s replace the file's only when
             // there are some.
-            values[name] = newValue == .addresses([]) ? nil : newValue
+            values[name] = newValue == .addresses([]) || newValue == .accounts([]) ? nil : newValue
         }
     }
 
@@ -49,6 +49,8 @@ public struct DaemonSettings: Sendable, Equatable {
         let value = try declaration.read(text)
         if case .addresses(let added) = value, case .addresses(let earlier)? = values[name] {
             values[name] = .addresses(earlier + added)
+        } else if case .accounts(let added) = value, case .accounts(let earlier)? = values[name] {
+            values[name] = .accounts(earlier + added)
         } else {
             values[name] = value
         }

@@ -6,7 +6,7 @@ import Logging
 struct SettingDeclaration: Sendable {
     /// The kinds of values a setting takes, each read and checked one way.
     enum Kind: String, Sendable, CustomStringConvertible {
-        case count, seconds, text, addresses, logLevel
+        case count, seconds, text, addresses, logLevel, accounts
         var description: String { rawValue }
     }
 
@@ -193,6 +193,47 @@ struct SettingDeclaration: Sendable {
                 return .logLevel(level)
             },
             apply: { _, _ in }
+        )
+    }
+
+    /// Users or groups, by name or numeric id, repeatable, several to a value separated by commas or blanks; a list
+    /// given on the command line replaces the file's. Names are looked up in the user or group database when the
+    /// settings are read (at start and at each reload): an unknown name is an error of its line. A reload applies
+    /// a change to the connections made from then on.
+    static func accounts(
+        _ name: String,
+        _ database: AccountDatabase,
+        default defaultValue: String,
+        example: String,
+        help: String,
+        configure: @escaping @Sendable ([UInt32], inout ServerConfiguration) -> Void
+    ) -> Self {
+        SettingDeclaration(
+            name: name,
+            kind: .accounts,
+            valueName: database.valueName,
+            help: help,
+            defaultValue: defaultValue,
+            example: example,
+            reloadable: true,
+            read: { text throws(ConfigurationError) in
+                let accounts = AccountDatabase.split(text)
+                guard !accounts.isEmpty else {
+                    throw ConfigurationError(setting: name, reason: "no \(database.valueName) in '\(text)'")
+                }
+                // Looked up here too, so that the error names the line of an unknown name.
+                for account in accounts { _ = try database.id(of: account, setting: name) }
+                return .accounts(accounts)
+            },
+            apply: { value, configuration throws(ConfigurationError) in
+                guard case .accounts(let accounts) = value else { preconditionFailure("\(name) takes accounts") }
+                var ids: [UInt32] = []
+                for account in accounts {
+                    let id = try database.id(of: account, setting: name)
+                    if !ids.contains(id) { ids.append(id) }
+                }
+                configure(ids, &configuration)
+            }
         )
     }
 }

@@ -15,6 +15,8 @@ public enum SettingValue: Sendable, Hashable, CustomStringConvertible {
     case addresses([String])
     /// A swift-log level (`log-level`).
     case logLevel(Logger.Level)
+    /// User or group names or numeric ids, in the order given (`allow-users`, `allow-groups`).
+    case accounts([String])
 
     /// The kind of setting that takes this value.
     var kind: SettingDeclaration.Kind {
@@ -24,6 +26,7 @@ public enum SettingValue: Sendable, Hashable, CustomStringConvertible {
         case .text: .text
         case .addresses: .addresses
         case .logLevel: .logLevel
+        case .accounts: .accounts
         }
     }
 
@@ -34,6 +37,7 @@ public enum SettingValue: Sendable, Hashable, CustomStringConvertible {
         case .text(let text): text
         case .addresses(let addresses): addresses.joined(separator: " ")
         case .logLevel(let level): level.rawValue
+        case .accounts(let accounts): accounts.joined(separator: " ")
         }
     }
 }

@@ -74,4 +74,15 @@ void aiotask_store_release(uint32_t *word, uint32_t value);
 /// Loads the value at `word` with acquire ordering.
 uint32_t aiotask_load_acquire(const uint32_t *word);
 
+/// The credentials of the process at the other end of the Unix stream socket `fd`, as the kernel recorded them
+/// when it connected (`SO_PEERCRED`). Returns 0; 1, setting nothing, when `fd` is not a Unix socket (a TCP
+/// socket would report no credentials, not an error); -errno on failure.
+int aiotask_peer_credentials(int fd, uint32_t *uid, uint32_t *gid, int32_t *pid);
+
+/// The supplementary groups of the process at the other end of the Unix stream socket `fd` when it connected
+/// (`SO_PEERGROUPS`, Linux 4.13), up to `capacity` of them into `groups`. Returns how many the peer has, which
+/// may exceed `capacity` (nothing is stored then: call again with room for them all); -errno on failure
+/// (-ENOPROTOOPT on a kernel without `SO_PEERGROUPS`).
+int aiotask_peer_groups(int fd, uint32_t *groups, int capacity);
+
 #endif
