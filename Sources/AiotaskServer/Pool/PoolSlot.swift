@@ -282,12 +282,14 @@ final class PoolSlot {
         guard let (process, running) = machine.busy, running.task === record, !record.isFinished else { return }
         let elapsedMicroseconds = (NIODeadline.now() - startedAt).nanoseconds / 1000
         supervisor.noteSlowTask()
+        var metadata = Logger.Metadata.task(record)
+        metadata["worker_pid"] = "\(process.pid)"
+        metadata["elapsed_usec"] = "\(elapsedMicroseconds)"
+        metadata["threshold_usec"] = "\(Int64(threshold / .microseconds(1)))"
+        metadata["message_id"] = "\(LogMessageID.slowTask)"
         logger.warning(
             "task still running after \(elapsedMicroseconds / 1000) ms, past the slow-task threshold",
-            metadata: [
-                "task_id": "\(record.id)", "worker_pid": "\(process.pid)", "elapsed_usec": "\(elapsedMicroseconds)",
-                "threshold_usec": "\(Int64(threshold / .microseconds(1)))", "message_id": "\(LogMessageID.slowTask)",
-            ]
+            metadata: metadata
         )
     }
 
@@ -308,10 +310,10 @@ final class PoolSlot {
     private func timeOut(_ record: TaskRecord, after timeout: Duration) {
         let action = machine.timedOut(record)
         guard case .replaceProcess(let process, _, _, _, _) = action else { return }
-        logger.warning(
-            "task timed out; terminating its pool process",
-            metadata: ["task_id": "\(record.id)", "worker_pid": "\(process.pid)", "timeout": "\(timeout)"]
-        )
+        var metadata = Logger.Metadata.task(record)
+        metadata["worker_pid"] = "\(process.pid)"
+        metadata["timeout"] = "\(timeout)"
+        logger.warning("task timed out; terminating its pool process", metadata: metadata)
         perform(action)
         if !record.isFinished {
             supervisor.finish(
@@ -349,13 +351,12 @@ final class PoolSlot {
         let record = running.task
         let who = descendants == 0 ? "pool process \(process.pid)" : "pool process \(process.pid) with its children"
         let message = "\(who) \(Self.memoryLimitMessage(resident: resident, limit: limit))"
-        logger.error(
-            "\(message); killing its process group",
-            metadata: [
-                "task_id": "\(record.id)", "worker_pid": "\(process.pid)", "rss_bytes": "\(resident)",
-                "limit_bytes": "\(limit)", "message_id": "\(LogMessageID.memoryLimitExceeded)",
-            ]
-        )
+        var metadata = Logger.Metadata.task(record)
+        metadata["worker_pid"] = "\(process.pid)"
+        metadata["rss_bytes"] = "\(resident)"
+        metadata["limit_bytes"] = "\(limit)"
+        metadata["message_id"] = "\(LogMessageID.memoryLimitExceeded)"
+        logger.error("\(message); killing its process group", metadata: metadata)
         perform(action)
         if !record.isFinished {
             supervisor.finish(record, .failure(.workerCrashed, message), workerPID: process.pid)
@@ -584,10 +585,9 @@ extension PoolSlot: PoolProcessDelegate {
         )
         guard case .processDied(_, let failedTask, let sentAhead, let delay) = action else { return }
         cancelTimeout()
-        logger.error(
-            "pool process \(status)",
-            metadata: ["worker_pid": "\(process.pid)", "task_id": "\(failedTask.map { "\($0.id)" } ?? "none")"]
-        )
+        var metadata = failedTask.map { Logger.Metadata.task($0) } ?? ["task_id": "none"]
+        metadata["worker_pid"] = "\(process.pid)"
+        logger.error("pool process \(status)", metadata: metadata)
         // The process is dead: a task sent ahead to it that it had not claimed (withdrawn now), or, for a handler
         // program, that comes after the task it was running, was never started (every reply it wrote has been
         // read, and a handler starts a task only once it has answered the one before). Any other may have been.

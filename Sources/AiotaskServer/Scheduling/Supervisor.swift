@@ -350,7 +350,7 @@ final class Supervisor {
         stop(record)
         scheduler.taskAbandoned(record)
         metrics.abandoned += 1
-        logger.debug("task abandoned: its client disconnected", metadata: ["task_id": "\(record.id)"])
+        logger.debug("task abandoned: its client disconnected", metadata: .task(record))
         checkDrained()
         dispatch()
     }
@@ -413,11 +413,9 @@ final class Supervisor {
     }
 
     private func metadata(of record: TaskRecord, workerPID: Int32?) -> Logger.Metadata {
-        var metadata: Logger.Metadata = [
-            "task_id": "\(record.id)",
-            "client": "\(record.connection.peerDescription)",
-            "duration_usec": "\((NIODeadline.now() - record.acceptedAt).nanoseconds / 1000)",
-        ]
+        var metadata = Logger.Metadata.task(record)
+        metadata["client"] = "\(record.connection.peerDescription)"
+        metadata["duration_usec"] = "\((NIODeadline.now() - record.acceptedAt).nanoseconds / 1000)"
         if let workerPID { metadata["worker_pid"] = "\(workerPID)" }
         return metadata
     }

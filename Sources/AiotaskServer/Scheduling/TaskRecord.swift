@@ -29,13 +29,16 @@ final class TaskRecord: SchedulableTask {
     /// The payload limit in force when the task was queued, while it is in flight (see
     /// ``Supervisor/maximumReplyLength``); the ``Scheduler`` keeps it.
     var payloadLimit: Int?
+    /// The trace context its client attached (`TRACE_CONTEXT`), or nil: a nil reference for the tasks without one.
+    let trace: TaskTrace?
 
-    init(id: TaskID, connection: ConnectionHandler, payload: ByteBuffer, timeout: Duration?) {
+    init(id: TaskID, connection: ConnectionHandler, payload: ByteBuffer, timeout: Duration?, trace: TaskTrace? = nil) {
         self.id = id
         self.connection = connection
         self.payload = payload
         self.size = payload.readableBytes
         self.timeout = timeout
+        self.trace = trace
         self.acceptedAt = .now()
     }
 

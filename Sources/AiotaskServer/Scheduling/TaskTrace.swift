@@ -1,0 +1,33 @@
+import AiotaskProtocol
+import Logging
+
+/// The W3C trace context a client attached to a task (`TRACE_CONTEXT`, protocol version 3).
+///
+/// A class, so that a task without one pays a nil reference in its ``TaskRecord`` and nothing else: the context
+/// is allocated only for a task that has one.
+final class TaskTrace: Sendable {
+    /// The `traceparent`: the trace id, and the client's span that submitted the task.
+    let parent: TraceParent
+    /// The `tracestate`, as the client sent it; nil when empty. Accepted on the wire, not interpreted.
+    let state: String?
+
+    init(parent: TraceParent, state: String?) {
+        self.parent = parent
+        self.state = state
+    }
+
+    /// Adds `trace_id` and `span_id` (journal fields `TRACE_ID`, `SPAN_ID`) to a task's log metadata.
+    func annotate(_ metadata: inout Logger.Metadata) {
+        metadata["trace_id"] = "\(parent.traceID)"
+        metadata["span_id"] = "\(parent.spanID)"
+    }
+}
+
+extension Logger.Metadata {
+    /// The metadata of an entry about a task: its id, and its trace context's ids when it has one.
+    static func task(_ record: TaskRecord) -> Logger.Metadata {
+        var metadata: Logger.Metadata = ["task_id": "\(record.id)"]
+        record.trace?.annotate(&metadata)
+        return metadata
+    }
+}
