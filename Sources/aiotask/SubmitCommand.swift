@@ -62,7 +62,9 @@ struct SubmitCommand: AsyncParsableCommand {
         if try options.addresses().count > 1 {
             // The pool resubmits a task no server started, to another server, by itself.
             do {
-                let result = try await options.withPool { try await $0.submit(payload, timeout: timeout, traceParent: traceParent) }
+                let result = try await options.withPool {
+                    try await $0.submit(payload, timeout: timeout, traceParent: traceParent)
+                }
                 FileHandle.standardOutput.write(Data(result.readableBytesView))
                 return
             } catch {

@@ -100,7 +100,12 @@ struct TraceParentTests {
     func lengthPastTheFrame() throws {
         var decoder = FrameDecoder(maximumPayloadLength: 1024)
         var buffer = ByteBuffer(bytes: [0x8C, 0, 0, 0, 18] + [UInt8](repeating: 1, count: 16) + [2, 0x30])
-        #expect(throws: ProtocolError.malformedFrame(.traceContext, reason: "the traceparent's length is 2 bytes, but 1 follow")) {
+        #expect(
+            throws: ProtocolError.malformedFrame(
+                .traceContext,
+                reason: "the traceparent's length is 2 bytes, but 1 follow"
+            )
+        ) {
             try decoder.decode(buffer: &buffer)
         }
     }

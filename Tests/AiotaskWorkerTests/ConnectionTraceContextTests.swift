@@ -23,11 +23,12 @@ extension ConnectionStateMachineTests {
                 let answer = receive(.hello(Hello(version: version, maximumPayloadLength: 1000)), on: &machine)
                 // A client of an older version gets its own version back: nothing new reaches it.
                 #expect(
-                    answer == .greet(
-                        .hello(Hello(version: version, maximumPayloadLength: 1 << 20)),
-                        goodbye: nil,
-                        pauseReading: false
-                    )
+                    answer
+                        == .greet(
+                            .hello(Hello(version: version, maximumPayloadLength: 1 << 20)),
+                            goodbye: nil,
+                            pauseReading: false
+                        )
                 )
             }
             let action = receive(
@@ -36,7 +37,9 @@ extension ConnectionStateMachineTests {
             )
             let reason = Self.closeReason(action)
             #expect(
-                reason?.contains("TRACE_CONTEXT needs protocol version 3; this connection's HELLO negotiated version \(version ?? 0)")
+                reason?.contains(
+                    "TRACE_CONTEXT needs protocol version 3; this connection's HELLO negotiated version \(version ?? 0)"
+                )
                     == true,
                 "\(action)"
             )

@@ -30,7 +30,9 @@ struct TracePropagationTests {
         return Dictionary(fields.map { ($0.name, $0.value) }, uniquingKeysWith: { first, _ in first })
     }
 
-    @Test("a submit inside a span: the daemon's entries carry TRACE_ID and SPAN_ID of the client span, and the Swift handler's context its traceparent")
+    @Test(
+        "a submit inside a span: the daemon's entries carry TRACE_ID and SPAN_ID of the client span, and the Swift handler's context its traceparent"
+    )
     func endToEnd() async throws {
         let server = try await TestServer.start(handler: .builtin("chaos"), workers: 1)
         let tracer = W3CTestTracer()
@@ -104,7 +106,10 @@ struct TracePropagationTests {
                     #expect(String(buffer: given) == Self.example)
                     let (answer, traceID) = try await withTracer(tracer) {
                         try await tracer.withSpan("caller") { caller in
-                            (try await submitter.submit(ByteBuffer(string: "trace x"), traceParent: nil), caller.traceID)
+                            (
+                                try await submitter.submit(ByteBuffer(string: "trace x"), traceParent: nil),
+                                caller.traceID
+                            )
                         }
                     }
                     let seen = try TraceParent(parsing: String(buffer: answer))
@@ -134,7 +139,9 @@ struct TracePropagationTests {
         return Array(buffer.readableBytesView)
     }
 
-    @Test("a version 2 client gets HELLO version 2 and its answers byte for byte as before; TRACE_CONTEXT from it is refused")
+    @Test(
+        "a version 2 client gets HELLO version 2 and its answers byte for byte as before; TRACE_CONTEXT from it is refused"
+    )
     func versionTwoClient() async throws {
         let server = try await TestServer.start(handler: .builtin("echo"), workers: 1)
         try await withTimeout {

@@ -505,7 +505,9 @@ struct ConnectionStateMachine<Task: ConnectionTask> {
 
     /// A client's text for a log line: quoted, at most 80 characters, control characters escaped.
     static func quoted(_ text: String) -> String {
-        let shown = text.unicodeScalars.prefix(80).map { $0.properties.generalCategory == .control ? $0.escaped(asASCII: true) : String($0) }.joined()
+        let shown = text.unicodeScalars.prefix(80).map {
+            $0.properties.generalCategory == .control ? $0.escaped(asASCII: true) : String($0)
+        }.joined()
         return "\"\(shown)\"" + (text.unicodeScalars.count > 80 ? "…" : "")
     }
 
