@@ -42,7 +42,7 @@ enum TracePropagation {
         try await tracer.withSpan(spanName, context: context, ofKind: .client) { span in
             span.attributes["rpc.system"] = "aiotask"
             var headers = TraceHeaders()
-            InstrumentationSystem.instrument.inject(span.context, into: &headers, using: TraceHeaders.Injector())
+            InstrumentationSystem.instrument.inject(span.context, into: &headers, using: TraceHeaderInjector())
             // A tracer that does not speak W3C Trace Context (or writes an invalid traceparent) still gets its span;
             // the daemon just learns nothing of it.
             let parent = headers.traceParent.flatMap { try? TraceParent(parsing: $0) }
@@ -58,15 +58,16 @@ enum TracePropagation {
 struct TraceHeaders: Sendable {
     var traceParent: String?
     var traceState: String?
+}
 
-    struct Injector: Tracing.Injector {
-        func inject(_ value: String, forKey key: String, into carrier: inout TraceHeaders) {
-            // Header names are case-insensitive; instruments write them in lower case, as W3C does.
-            switch key.lowercased() {
-            case "traceparent": carrier.traceParent = value
-            case "tracestate": carrier.traceState = value
-            default: break
-            }
+/// Writes the W3C headers an instrument injects into ``TraceHeaders``, and drops the others.
+struct TraceHeaderInjector: Injector {
+    func inject(_ value: String, forKey key: String, into carrier: inout TraceHeaders) {
+        // Header names are case-insensitive; instruments write them in lower case, as W3C does.
+        switch key.lowercased() {
+        case "traceparent": carrier.traceParent = value
+        case "tracestate": carrier.traceState = value
+        default: break
         }
     }
 }
