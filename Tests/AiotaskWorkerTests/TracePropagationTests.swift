@@ -64,11 +64,12 @@ struct TracePropagationTests {
             #expect(line.message.contains("trace_id=\(span.traceID)"), "\(line.message)")
 
             // A failed task's warning as well.
-            try await withTracer(tracer) {
-                try await tracer.withSpan("caller") { _ in
+            let failure = await withTracer(tracer) {
+                await tracer.withSpan("caller") { _ in
                     await #expect(throws: TaskFailure.self) { _ = try await client.submit("fail on purpose") }
                 }
             }
+            #expect(failure?.reason == .handlerError)
             let failedSpan = try #require(tracer.submitSpans.last)
             let failed = await server.logs.first { $0.message.hasPrefix("task failed") }
             #expect(Self.journalFields(of: failed)["TRACE_ID"] == failedSpan.traceID)
@@ -83,7 +84,8 @@ struct TracePropagationTests {
         let server = try await TestServer.start(handler: .builtin("chaos"), workers: 1)
         try await withTimeout {
             let client = try await server.client()
-            #expect(try await client.submit("trace plain") == Array("none".utf8))
+            let answer = try await client.submit("trace plain")
+            #expect(answer == Array("none".utf8))
             let done = await server.logs.first { $0.message == "task done" }
             #expect(done.metadata["trace_id"] == nil)
             #expect(done.metadata["span_id"] == nil)
