@@ -124,6 +124,27 @@ struct TracePropagationTests {
         try await server.stop()
     }
 
+    @Test("aiotask submit --traceparent hands the handler that traceparent; an invalid one is refused, named, unsent")
+    func commandLine() async throws {
+        let daemon = try await RunningDaemon.start(arguments: ["--handler", "chaos", "--workers", "1"])
+        try await daemon.stopAfter {
+            let traced = try await runCLI(
+                ["submit", "--server", daemon.server, "--traceparent", Self.example, "trace from the command line"]
+            )
+            #expect(traced.exit == .exited(0), "stderr: \(traced.standardError)")
+            #expect(traced.standardOutput == Self.example)
+            let bad = try await runCLI(
+                ["submit", "--server", daemon.server, "--traceparent", "00-not-a-trace", "trace from the command line"]
+            )
+            #expect(bad.exit != .exited(0))
+            #expect(bad.standardOutput.isEmpty)
+            #expect(
+                bad.standardError.contains("--traceparent: the traceparent is 14 characters long"),
+                "\(bad.standardError)"
+            )
+        }
+    }
+
     // MARK: The wire, byte by byte
 
     static let helloVersion2: [UInt8] = [0x80, 0, 0, 0, 5, 2, 0x04, 0, 0, 0]
