@@ -303,7 +303,7 @@ struct ConnectionStateMachine<Task: ConnectionTask> {
             return submit(id, makeTask(id, payload, nil, trace), limits: limits)
         case .submit(let id, let timeout, let payload):
             return submit(id, makeTask(id, payload, timeout, trace), limits: limits)
-        case .traceContext(let id, let text, let state):
+        case .traceContext(let id, let text, _):
             guard negotiatedVersion >= Hello.traceContextVersion else {
                 return violation(
                     "TRACE_CONTEXT needs protocol version \(Hello.traceContextVersion); "
@@ -312,7 +312,7 @@ struct ConnectionStateMachine<Task: ConnectionTask> {
             }
             do {
                 let parent = try TraceParent(parsing: text)
-                pendingTrace = (id, TaskTrace(parent: parent, state: state.isEmpty ? nil : state))
+                pendingTrace = (id, TaskTrace(parent: parent))
                 return .none
             } catch {
                 // W3C: a receiver ignores an invalid traceparent. The task runs; the operator learns why it is untraced.

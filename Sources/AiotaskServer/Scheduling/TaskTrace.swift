@@ -7,13 +7,13 @@ import Logging
 /// is allocated only for a task that has one.
 final class TaskTrace: Sendable {
     /// The `traceparent`: the trace id, and the client's span that submitted the task.
+    ///
+    /// The `tracestate` that came with it is not kept: nothing reads it yet, and a task waiting in the queue must not
+    /// hold up to 64 KiB of it outside the queue's byte budget.
     let parent: TraceParent
-    /// The `tracestate`, as the client sent it; nil when empty. Accepted on the wire, not interpreted.
-    let state: String?
 
-    init(parent: TraceParent, state: String?) {
+    init(parent: TraceParent) {
         self.parent = parent
-        self.state = state
     }
 
     /// Adds `trace_id` and `span_id` (journal fields `TRACE_ID`, `SPAN_ID`) to a task's log metadata.
