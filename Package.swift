@@ -29,6 +29,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        // The client's trace propagation: a submit made inside a traced context carries its traceparent.
+        .package(url: "https://github.com/apple/swift-distributed-tracing.git", from: "1.7.3"),
         // Only `swift package generate-documentation` (scripts/build-docs) uses it. `swift build` compiles just the
         // plugin's two small scripts; its tools (SymbolKit, snippet-extract) are built when the plugin runs.
         .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"),
@@ -68,6 +70,8 @@ let package = Package(
                 // AiotaskClientPool: a Service with a Logger.
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                // A client span around each submit made in a traced context, and its W3C traceparent on the wire.
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
             ],
             swiftSettings: upcomingFeatures
         ),
@@ -205,6 +209,9 @@ let package = Package(
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                // ClientTraceTests: the client's span and the TRACE_CONTEXT it sends.
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+                .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),
             ],
             swiftSettings: upcomingFeatures
         ),
@@ -225,6 +232,9 @@ let package = Package(
                 // MetricsReporterTests: a swift-prometheus registry as the application's metrics backend.
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
+                // TracePropagationTests: a client span and the daemon's journal entry share the trace id.
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+                .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),
                 "aiotaskd",
                 "aiotask",
                 "ExampleWorker",

@@ -279,16 +279,48 @@ public final class AiotaskClient: TaskSubmitter {
     ///   `FailureReason.cancelled` when the awaiting Swift task is cancelled); ``AiotaskClientError`` when the
     ///   connection fails, or with ``AiotaskClientError/Code/legacyProtocol`` for a `timeout` in the legacy
     ///   protocol.
+    ///
+    /// Made where `ServiceContext.current` is set and a tracer is in use, the submit runs in a client span
+    /// `aiotask.submit`, whose W3C trace context the task carries to the server (protocol version 3): the daemon
+    /// logs its ids as `TRACE_ID` and `SPAN_ID` and hands it to the handler. Without a tracer it costs nothing.
     public func submit(_ payload: ByteBuffer, timeout: Duration? = nil) async throws -> ByteBuffer {
-        try await submit(payload, timeout: timeout, reportingUnsent: false)
+        try await TracePropagation.submit(explicit: nil) { trace in
+            try await submit(payload, timeout: timeout, trace: trace, reportingUnsent: false)
+        }
     }
 
-    /// ``submit(_:timeout:)-(ByteBuffer,_)``; with `reportingUnsent`, a task that fails without having been sent (the
-    /// connection had ended or the server had said `GOODBYE`) throws an ``UnsentTask`` around its error, so that it
-    /// can be sent again elsewhere. (An error rather than a flag: nothing is allocated for the tasks that are sent.)
-    func submit(_ payload: ByteBuffer, timeout: Duration?, reportingUnsent: Bool) async throws -> ByteBuffer {
+    /// Runs a task that belongs to the trace `traceParent` says, and returns its result.
+    ///
+    /// No span is started: the task carries `traceParent` as it is (a server before protocol version 3 gets the
+    /// task without it). Otherwise as ``submit(_:timeout:)-(ByteBuffer,_)``.
+    public func submit(
+        _ payload: ByteBuffer,
+        timeout: Duration? = nil,
+        traceParent: TraceParent?
+    ) async throws -> ByteBuffer {
+        try await TracePropagation.submit(explicit: traceParent) { trace in
+            try await submit(payload, timeout: timeout, trace: trace, reportingUnsent: false)
+        }
+    }
+
+    /// Whether a task's trace context is sent: the server negotiated protocol version 3 or later.
+    var sendsTraceContext: Bool {
+        wireProtocol == .extended && serverProtocolVersion >= Hello.traceContextVersion
+    }
+
+    /// ``submit(_:timeout:)-(ByteBuffer,_)`` with the trace context `trace` (sent only to a server that speaks
+    /// version 3); with `reportingUnsent`, a task that fails without having been sent (the connection had ended or
+    /// the server had said `GOODBYE`) throws an ``UnsentTask`` around its error, so that it can be sent again
+    /// elsewhere. (An error rather than a flag: nothing is allocated for the tasks that are sent.)
+    func submit(
+        _ payload: ByteBuffer,
+        timeout: Duration?,
+        trace: OutboundTrace?,
+        reportingUnsent: Bool
+    ) async throws -> ByteBuffer {
         let id = TaskID.random()
         try check(id, payload: payload, timeout: timeout)
+        let trace = sendsTraceContext ? trace : nil
         // The event loop resumes this caller directly with the answer: no promise and future in between.
         return try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { continuation in
@@ -297,7 +329,13 @@ public final class AiotaskClient: TaskSubmitter {
                         continuation.resume(throwing: UnsentTask(error: refusal))
                         return
                     }
-                    handler.submit(id, timeout: timeout, payload: payload, promise: .continuation(continuation))
+                    handler.submit(
+                        id,
+                        timeout: timeout,
+                        trace: trace,
+                        payload: payload,
+                        promise: .continuation(continuation)
+                    )
                 }
                 // A cancellation that came before the task reached the event loop cancelled nothing: the CANCEL
                 // below follows the task. (Cancelling twice is harmless.)
@@ -322,7 +360,7 @@ public final class AiotaskClient: TaskSubmitter {
     private func send(_ id: TaskID, payload: ByteBuffer, timeout: Duration?) throws -> EventLoopFuture<ByteBuffer> {
         try check(id, payload: payload, timeout: timeout)
         let promise = eventLoop.makePromise(of: ByteBuffer.self)
-        onEventLoop { $0.submit(id, timeout: timeout, payload: payload, promise: .promise(promise)) }
+        onEventLoop { $0.submit(id, timeout: timeout, trace: nil, payload: payload, promise: .promise(promise)) }
         return promise.futureResult
     }
 

@@ -134,8 +134,9 @@ final class ClientChannelHandler: ChannelInboundHandler {
         return nil
     }
 
-    /// Sends a task; `promise` receives its result or fails with a ``TaskFailure``.
-    func submit(_ id: TaskID, timeout: Duration?, payload: ByteBuffer, promise: PendingTask) {
+    /// Sends a task, after its `TRACE_CONTEXT` when it has one (the caller checked that the server speaks version 3);
+    /// `promise` receives its result or fails with a ``TaskFailure``.
+    func submit(_ id: TaskID, timeout: Duration?, trace: OutboundTrace?, payload: ByteBuffer, promise: PendingTask) {
         if let refusal = refusal(of: id) {
             promise.fail(refusal)
             return
@@ -143,6 +144,10 @@ final class ClientChannelHandler: ChannelInboundHandler {
         if let previous = tasks.updateValue(promise, forKey: id) {
             // Random 122-bit ids do not collide in practice; keep both callers' promises completed anyway.
             previous.fail(TaskFailure(taskID: id, reason: .rejected, message: "task id reused on this connection"))
+        }
+        // Right before its task, in the same write: the server applies it to the next task frame, which must be this.
+        if let trace {
+            append(.traceContext(id, traceParent: "\(trace.parent)", traceState: trace.state))
         }
         // A legacy server knows only ENQUEUE; the client refuses a timeout before it gets here. A large task is not
         // copied (``CoalescingFrameWriter``).
@@ -340,7 +345,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
             violation("a second HELLO frame")
         case (.enqueue, .ready), (.status, .ready), (.submit, .ready), (.cancel, .ready), (.infoRequest, .ready),
             (.drain, .ready),
-            (.poolRequest, .ready):
+            (.poolRequest, .ready), (.traceContext, .ready):
             violation("a \(frame.type) frame, which only clients send")
         }
     }

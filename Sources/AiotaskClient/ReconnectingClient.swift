@@ -84,10 +84,32 @@ public final class ReconnectingClient: TaskSubmitter {
     /// - Throws: ``TaskFailure`` when the task ends without a result; ``AiotaskClientError`` when the connection
     ///   it was sent on is lost, when no connection could be made within ``Configuration/retryLimit``, or when
     ///   the client is closed; `CancellationError` when the awaiting Swift task is cancelled between attempts.
+    ///
+    /// Traced like ``AiotaskClient/submit(_:timeout:)-(ByteBuffer,_)``: one client span around all the attempts,
+    /// each of which carries its trace context.
     public func submit(_ payload: ByteBuffer, timeout: Duration? = nil) async throws -> ByteBuffer {
+        try await submit(payload, timeout: timeout, traceParent: nil)
+    }
+
+    /// Runs a task that belongs to the trace `traceParent` says (nil: the caller's, as
+    /// ``submit(_:timeout:)-(ByteBuffer,_)`` does), submitting it again, with the same trace context, while the
+    /// server has not started it.
+    public func submit(
+        _ payload: ByteBuffer,
+        timeout: Duration? = nil,
+        traceParent: TraceParent?
+    ) async throws -> ByteBuffer {
+        try await TracePropagation.submit(explicit: traceParent) { trace in
+            try await submit(payload, timeout: timeout, trace: trace)
+        }
+    }
+
+    private func submit(_ payload: ByteBuffer, timeout: Duration?, trace: OutboundTrace?) async throws -> ByteBuffer {
         try await retrying { client in
             do {
-                return .finished(try await client.submit(payload, timeout: timeout, reportingUnsent: true))
+                return .finished(
+                    try await client.submit(payload, timeout: timeout, trace: trace, reportingUnsent: true)
+                )
             } catch let unsent as UnsentTask {
                 return .retry(unsent.error)
             } catch let failure as TaskFailure where failure.reason == .shuttingDown {

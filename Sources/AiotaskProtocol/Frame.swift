@@ -36,6 +36,10 @@ public enum Frame: Hashable, Sendable {
     case poolRequest
     /// The pool's state, a UTF-8 JSON object (``PoolStatus``), in answer to `poolRequest`.
     case pool(ByteBuffer)
+    /// The trace context of the task whose `submit` or `enqueue` comes right after, with this id (protocol version
+    /// 3): a `traceparent` and a `tracestate` (empty for none), as the text the client sent. The receiver validates
+    /// the `traceparent` (``TraceParent/init(parsing:)``); the frame's layout is all the decoder checks.
+    case traceContext(TaskID, traceParent: String, traceState: String)
 
     /// The type byte of this frame.
     public var type: FrameType {
@@ -56,19 +60,24 @@ public enum Frame: Hashable, Sendable {
         case .drain: .drain
         case .poolRequest: .poolRequest
         case .pool: .pool
+        case .traceContext: .traceContext
         }
     }
 }
 
 /// The content of a `HELLO` frame.
 public struct Hello: Hashable, Sendable {
-    /// The protocol version this implementation speaks: 2 adds `POOL_REQUEST` and `POOL`. A server answers a
-    /// client's `HELLO` with the lower of the client's version and its own, so a version 1 client sees what it
-    /// always saw.
-    public static let currentVersion: UInt8 = 2
+    /// The protocol version this implementation speaks: 2 adds `POOL_REQUEST` and `POOL`, 3 `TRACE_CONTEXT`. A
+    /// server answers a client's `HELLO` with the lower of the client's version and its own, so a client of an older
+    /// version sees what it always saw.
+    public static let currentVersion: UInt8 = 3
 
     /// The first version with `POOL_REQUEST` and `POOL`.
     public static let poolStatusVersion: UInt8 = 2
+
+    /// The first version with `TRACE_CONTEXT`: a client sends it only when the server answered 3 or later, and a
+    /// server refuses it (a protocol violation) on a connection that negotiated less.
+    public static let traceContextVersion: UInt8 = 3
 
     /// The sender's protocol version.
     public var version: UInt8

@@ -224,6 +224,21 @@ public struct FrameDecoder: LengthPrefixedDecoder {
             try requireEnd()
             guard value <= 1 else { throw malformed("drain byte \(value) is neither 0 nor 1") }
             return .drain(value == 1)
+        case .traceContext:
+            let id = try requireID()
+            guard let parentLength = payload.readInteger(as: UInt8.self) else {
+                throw malformed("missing the traceparent's length byte")
+            }
+            guard let traceParent = payload.readString(length: Int(parentLength)) else {
+                throw malformed(
+                    "the traceparent's length is \(parentLength) bytes, but \(payload.readableBytes) follow"
+                )
+            }
+            return .traceContext(
+                id,
+                traceParent: traceParent,
+                traceState: payload.readString(length: payload.readableBytes) ?? ""
+            )
         default:
             throw ProtocolError.unknownFrameType(type.rawValue)
         }

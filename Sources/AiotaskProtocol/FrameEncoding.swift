@@ -11,6 +11,12 @@ extension ByteBuffer {
     ///   extension frame would need more than 2³² − 1; nothing is written then.
     public mutating func writeFrame(_ frame: Frame) throws {
         let type = frame.type
+        if case .traceContext(_, let traceParent, _) = frame, traceParent.utf8.count > UInt8.max {
+            throw ProtocolError.malformedFrame(
+                type,
+                reason: "a traceparent of \(traceParent.utf8.count) bytes does not fit its 8-bit length"
+            )
+        }
         let length = frame.payloadLength
         if type.isExtension {
             guard length <= UInt32.max else {
@@ -56,6 +62,11 @@ extension ByteBuffer {
             writeString(message)
         case .drain(let drained):
             writeInteger(UInt8(drained ? 1 : 0))
+        case .traceContext(let id, let traceParent, let traceState):
+            writeTaskID(id)
+            writeInteger(UInt8(traceParent.utf8.count))
+            writeString(traceParent)
+            writeString(traceState)
         }
     }
 }
@@ -75,6 +86,8 @@ extension Frame {
         case .info(let json), .pool(let json): json.readableBytes
         case .error(let message), .goodbye(let message): message.utf8.count
         case .drain: 1
+        case .traceContext(_, let traceParent, let traceState):
+            TaskID.byteCount + 1 + traceParent.utf8.count + traceState.utf8.count
         }
     }
 }

@@ -44,6 +44,9 @@ public struct FrameType: RawRepresentable, Hashable, Sendable {
     public static let poolRequest = FrameType(rawValue: 0x8A)
     /// Server → client (protocol version 2): the pool's state, as a JSON object (``PoolStatus``).
     public static let pool = FrameType(rawValue: 0x8B)
+    /// Client → server (protocol version 3): the W3C trace context of the task whose `SUBMIT` or `ENQUEUE` comes next
+    /// (``TraceParent``).
+    public static let traceContext = FrameType(rawValue: 0x8C)
 
     /// Whether this is an extension type, framed with a 32-bit length.
     public var isExtension: Bool { rawValue & 0x80 != 0 }
@@ -59,7 +62,7 @@ public struct FrameType: RawRepresentable, Hashable, Sendable {
 
     /// Whether this type is defined by this version of the protocol.
     public var isKnown: Bool {
-        (1...4).contains(rawValue) || (0x80...0x8B).contains(rawValue)
+        (1...4).contains(rawValue) || (0x80...0x8C).contains(rawValue)
     }
 }
 
@@ -82,6 +85,7 @@ extension FrameType: CustomStringConvertible {
         case .drain: "DRAIN"
         case .poolRequest: "POOL_REQUEST"
         case .pool: "POOL"
+        case .traceContext: "TRACE_CONTEXT"
         default: "type \(rawValue)"
         }
     }

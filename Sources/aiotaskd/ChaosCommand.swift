@@ -43,6 +43,9 @@ enum ChaosCommand {
     /// `context TEXT`: log TEXT through the task context's logger, then return `ID MS`: the task's id and the
     /// milliseconds left until its deadline (`none` without one).
     case context(String)
+    /// `trace TEXT`: log TEXT through the task context's logger, then return the task's `traceparent` (`none`
+    /// without one).
+    case trace(String)
 
     init(parsing text: String) throws {
         let parts = text.split(separator: " ", maxSplits: 1).map(String.init)
@@ -67,6 +70,7 @@ enum ChaosCommand {
         case "leak": self = .leak(try Self.number(argument))
         case "hog": self = .hog(try Self.number(argument))
         case "context": self = .context(argument)
+        case "trace": self = .trace(argument)
         default: throw HandlerFailure(message: "unknown chaos command '\(text.prefix(40))'")
         }
     }
@@ -155,6 +159,9 @@ enum ChaosCommand {
                 return String(seconds * 1000 + attoseconds / 1_000_000_000_000_000)
             }
             return ByteBuffer(string: "\(context.id) \(left ?? "none")")
+        case .trace(let text):
+            context.logger.info("\(text)")
+            return ByteBuffer(string: context.traceParent.map { "\($0)" } ?? "none")
         }
     }
 

@@ -13,7 +13,7 @@ struct ConnectTests {
         try await withTimeout {
             let client = try await AiotaskClient.connect(to: server.address)
             #expect(client.serverMaximumPayloadLength == 1 << 20)
-            #expect(client.serverProtocolVersion == 2)
+            #expect(client.serverProtocolVersion == Hello.currentVersion)
             #expect(client.maximumResultLength == AiotaskClient.defaultMaximumResultLength)
 
             #expect(try await client.submit(ByteBuffer(string: "buffer")) == ByteBuffer(string: "buffer"))
@@ -22,7 +22,7 @@ struct ConnectTests {
             #expect(try await client.submit(ByteBuffer()) == ByteBuffer())
             try await client.close()
 
-            let hello = Hello(version: 2, maximumPayloadLength: UInt32(AiotaskClient.defaultMaximumResultLength))
+            let hello = Hello(maximumPayloadLength: UInt32(AiotaskClient.defaultMaximumResultLength))
             #expect(server.log.frames.first == .hello(hello))
         }
         await server.stop()
@@ -48,7 +48,7 @@ struct ConnectTests {
         let server = try await StubServer.start()
         try await withTimeout {
             let client = try await AiotaskClient.connect(to: server.address, maximumResultLength: 4096)
-            #expect(server.log.frames.first == .hello(Hello(version: 2, maximumPayloadLength: 4096)))
+            #expect(server.log.frames.first == .hello(Hello(maximumPayloadLength: 4096)))
             try await client.close()
         }
         await server.stop()

@@ -22,7 +22,7 @@ func rawFrame(_ type: FrameType, _ payload: [UInt8]) -> [UInt8] {
 struct FrameDecoderErrorTests {
     @Test(
         "An unknown type byte throws at once, before any length arrives",
-        arguments: [0x00, 0x05, 0x7f, 0x8c, 0xc0, 0xff] as [UInt8]
+        arguments: [0x00, 0x05, 0x7f, 0x8d, 0xc0, 0xff] as [UInt8]
     )
     func unknownType(_ type: UInt8) throws {
         var decoder = FrameDecoder(maximumPayloadLength: 1024)
@@ -79,6 +79,9 @@ struct FrameDecoderErrorTests {
         LengthCase(type: .drain, length: 2, valid: false),
         LengthCase(type: .poolRequest, length: 0, valid: true),
         LengthCase(type: .poolRequest, length: 1, valid: false),
+        LengthCase(type: .traceContext, length: 16, valid: false),
+        LengthCase(type: .traceContext, length: 17, valid: true),
+        LengthCase(type: .traceContext, length: 100, valid: true),
         LengthCase(type: .info, length: 0, valid: true),
         LengthCase(type: .error, length: 0, valid: true),
     ]

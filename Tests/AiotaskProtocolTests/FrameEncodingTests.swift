@@ -50,9 +50,29 @@ struct FrameEncodingTests {
             bytes: [0x80, 0x00, 0x00, 0x00, 0x05, 0x01, 0x04, 0x00, 0x00, 0x00]
         ),
         Case(
-            name: "HELLO v2 (the current version), 64 MiB",
-            frame: .hello(Hello(maximumPayloadLength: 64 * 1024 * 1024)),
+            name: "HELLO v2, 64 MiB",
+            frame: .hello(Hello(version: 2, maximumPayloadLength: 64 * 1024 * 1024)),
             bytes: [0x80, 0x00, 0x00, 0x00, 0x05, 0x02, 0x04, 0x00, 0x00, 0x00]
+        ),
+        Case(
+            name: "HELLO v3 (the current version), 64 MiB",
+            frame: .hello(Hello(maximumPayloadLength: 64 * 1024 * 1024)),
+            bytes: [0x80, 0x00, 0x00, 0x00, 0x05, 0x03, 0x04, 0x00, 0x00, 0x00]
+        ),
+        Case(
+            name: "TRACE_CONTEXT with a traceparent and no tracestate",
+            frame: .traceContext(
+                knownID,
+                traceParent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                traceState: ""
+            ),
+            bytes: [0x8C, 0x00, 0x00, 0x00, 0x48] + knownIDBytes + [0x37]
+                + Array("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".utf8)
+        ),
+        Case(
+            name: "TRACE_CONTEXT with a tracestate",
+            frame: .traceContext(knownID, traceParent: "00-x", traceState: "k=v"),
+            bytes: [0x8C, 0x00, 0x00, 0x00, 0x18] + knownIDBytes + [0x04] + Array("00-xk=v".utf8)
         ),
         Case(name: "POOL_REQUEST", frame: .poolRequest, bytes: [0x8A, 0x00, 0x00, 0x00, 0x00]),
         Case(
@@ -140,6 +160,7 @@ struct FrameEncodingTests {
             (.hello, 0x80, 5), (.submit, 0x81, 5), (.result, 0x82, 5), (.failed, 0x83, 5),
             (.cancel, 0x84, 5), (.infoRequest, 0x85, 5), (.info, 0x86, 5), (.error, 0x87, 5),
             (.goodbye, 0x88, 5), (.drain, 0x89, 5), (.poolRequest, 0x8A, 5), (.pool, 0x8B, 5),
+            (.traceContext, 0x8C, 5),
         ]
         for (type, raw, header) in types {
             #expect(type.rawValue == raw)
@@ -149,7 +170,7 @@ struct FrameEncodingTests {
         }
         #expect(!FrameType(rawValue: 0).isKnown)
         #expect(!FrameType(rawValue: 5).isKnown)
-        #expect(!FrameType(rawValue: 0x8C).isKnown)
+        #expect(!FrameType(rawValue: 0x8D).isKnown)
         #expect(FrameType(rawValue: 0x99).description == "type 153")
         #expect(Set(types.map { $0.0.description }).count == types.count)
     }

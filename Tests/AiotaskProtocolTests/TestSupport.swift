@@ -159,4 +159,8 @@ let sampleFrames: [Frame] = [
     .drain(false),
     .poolRequest,
     .pool(ByteBuffer(ascii(#"{"processes":[]}"#))),
+    // Short texts: the decoder checks the layout, not the traceparent, and the mutation tests' control limit is 64.
+    .traceContext(knownID, traceParent: "00-4bf9-00f0-01", traceState: ""),
+    .traceContext(knownID, traceParent: "00-4bf9-00f0-01", traceState: "a=b"),
+    .traceContext(knownID, traceParent: "", traceState: ""),
 ]

@@ -71,7 +71,7 @@ struct BadInputTests {
         try await withTimeout {
             try await RawConnection.with(server.address) { connection in
                 // Only the type byte: the server must not wait for a length to know it is bad.
-                try await connection.send(Self.hello + [0x8C])
+                try await connection.send(Self.hello + [0x8D])
                 let frames = try await connection.readUntilClosed()
                 #expect(frames.map(\.type) == [Self.serverHello, Self.errorType])
             }

@@ -14,6 +14,8 @@ struct ConnectionStateMachineTests {
         let id: TaskID
         var payload: ByteBuffer
         var timeout: Duration?
+        /// The trace context it came with.
+        var trace: TraceParent? = nil
         var status = TaskStatus.inQueue
     }
 
@@ -41,7 +43,7 @@ struct ConnectionStateMachineTests {
 
     func receive(_ inbound: InboundFrame, on machine: inout Machine, isAccepting: Bool = true) -> Machine.Action {
         machine.frameReceived(inbound, limits: limits, isAccepting: isAccepting) {
-            Task(id: $0, payload: $1, timeout: $2)
+            Task(id: $0, payload: $1, timeout: $2, trace: $3?.parent)
         }
     }
 

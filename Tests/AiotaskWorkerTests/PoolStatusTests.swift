@@ -22,7 +22,8 @@ struct PoolStatusTests {
         let server = try await TestServer.start()
         try await withTimeout {
             for (hello, version) in [
-                (Self.helloVersion1, UInt8(1)), (Self.helloVersion2, 2), ([0x80, 0, 0, 0, 5, 9, 0x04, 0, 0, 0], 2),
+                (Self.helloVersion1, UInt8(1)), (Self.helloVersion2, 2),
+                ([0x80, 0, 0, 0, 5, 9, 0x04, 0, 0, 0], Hello.currentVersion),
             ] {
                 try await RawConnection.with(server.address) { connection in
                     try await connection.send(hello)
@@ -40,7 +41,7 @@ struct PoolStatusTests {
         let server = try await TestServer.start(handler: .builtin("chaos"), workers: 2)
         try await withTimeout {
             let client = try await server.client()
-            #expect(client.serverProtocolVersion == 2)
+            #expect(client.serverProtocolVersion == Hello.currentVersion)
             #expect(try await client.submit("echo one") == Array("one".utf8))
             let task = try await client.enqueue("sleep 20000")
             let pool = try await client.waitForPool { $0.processes.contains { $0.taskID == task.id } }

@@ -172,7 +172,10 @@ struct TaskContextFramingTests {
         #expect(TaskContextHeader(id: Self.id, timeout: nil).encodedTimeout == 0)
         #expect(TaskContextHeader(id: Self.id, timeout: .seconds(3)).encodedTimeout == 3_000_000_000)
         #expect(TaskContextHeader(id: Self.id, timeout: .zero).encodedTimeout == 1)
-        #expect(TaskContextHeader(id: Self.id, timeout: .seconds(Int64.max)).encodedTimeout == .max)
+        #expect(
+            TaskContextHeader(id: Self.id, timeout: .seconds(Int64.max)).encodedTimeout
+                == TaskContextHeader.longestEncodedTimeout
+        )
         #expect(TaskContextHeader(id: Self.id, encodedTimeout: 0).timeout == nil)
         #expect(TaskContextHeader(id: Self.id, encodedTimeout: 2_500_000).timeout == .milliseconds(2.5))
     }

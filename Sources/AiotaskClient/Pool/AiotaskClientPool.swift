@@ -270,12 +270,32 @@ public final class AiotaskClientPool: TaskSubmitter, Service {
     /// - Throws: ``TaskFailure`` when the task ends without a result; ``AiotaskClientError`` when the connection
     ///   it was sent on is lost (``AiotaskClientError/Code/connectionLost``), when no endpoint took it within
     ///   ``Configuration/retryLimit``, or when the pool is shutting down.
+    ///
+    /// Traced like ``AiotaskClient/submit(_:timeout:)-(ByteBuffer,_)``: one client span around all the attempts,
+    /// each of which carries its trace context.
     public func submit(_ payload: ByteBuffer, timeout: Duration? = nil) async throws -> ByteBuffer {
+        try await submit(payload, timeout: timeout, traceParent: nil)
+    }
+
+    /// Runs a task that belongs to the trace `traceParent` says (nil: the caller's, as
+    /// ``submit(_:timeout:)-(ByteBuffer,_)`` does), sending it again, with the same trace context, while no server
+    /// has started it.
+    public func submit(
+        _ payload: ByteBuffer,
+        timeout: Duration? = nil,
+        traceParent: TraceParent?
+    ) async throws -> ByteBuffer {
+        try await TracePropagation.submit(explicit: traceParent) { trace in
+            try await submit(payload, timeout: timeout, trace: trace)
+        }
+    }
+
+    private func submit(_ payload: ByteBuffer, timeout: Duration?, trace: OutboundTrace?) async throws -> ByteBuffer {
         let deadline = ContinuousClock.now + configuration.retryLimit
         while true {
             let (id, client) = try await acquire(before: deadline)
             do {
-                let result = try await client.submit(payload, timeout: timeout, reportingUnsent: true)
+                let result = try await client.submit(payload, timeout: timeout, trace: trace, reportingUnsent: true)
                 release(id)
                 return result
             } catch let unsent as UnsentTask {

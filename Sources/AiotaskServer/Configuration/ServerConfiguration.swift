@@ -66,6 +66,11 @@ public struct ServerConfiguration: Sendable {
     /// Bytes of memory each Swift-handler pool process shares with the supervisor for large tasks and results (see
     /// `SharedPayloadArena`); 0 sends every payload through the process's pipes.
     public var sharedPayloadBytes: Int
+    /// Whether a handler program (`exec:`) gets each task's context header (id, timeout, trace context) before the
+    /// task, announced by `AIOTASK_TASK_CONTEXT=1` in its environment (docs/handler-protocol.md); Swift handlers
+    /// always get it. Off, a program sees exactly the framing it always saw. A change applies to processes started
+    /// after it.
+    public var handlerProgramTaskContext: Bool
     /// How many finished tasks per connection `STATUS` remembers.
     public var finishedTasksRemembered: Int
     /// On shutdown, how long in-flight tasks may still finish before they fail with `shuttingDown` (never
@@ -104,6 +109,7 @@ public struct ServerConfiguration: Sendable {
         maximumProcessRSS: Int? = nil,
         memoryCheckInterval: Duration = .milliseconds(100),
         sharedPayloadBytes: Int = 4 << 20,
+        handlerProgramTaskContext: Bool = false,
         finishedTasksRemembered: Int = 1024,
         drainTimeout: Duration = .seconds(30),
         maximumRestartBackoff: Duration = .seconds(10),
@@ -130,6 +136,7 @@ public struct ServerConfiguration: Sendable {
         self.maximumProcessRSS = maximumProcessRSS
         self.memoryCheckInterval = memoryCheckInterval
         self.sharedPayloadBytes = sharedPayloadBytes
+        self.handlerProgramTaskContext = handlerProgramTaskContext
         self.finishedTasksRemembered = finishedTasksRemembered
         self.drainTimeout = drainTimeout
         self.maximumRestartBackoff = maximumRestartBackoff

@@ -129,7 +129,7 @@ final class ConnectionHandler: ChannelInboundHandler {
         releaseReservation()
         let supervisor = self.supervisor
         let action = state.frameReceived(inbound, limits: limits, isAccepting: supervisor.isAccepting) {
-            TaskRecord(id: $0, connection: self, payload: $1, timeout: $2)
+            TaskRecord(id: $0, connection: self, payload: $1, timeout: $2, trace: $3)
         }
         perform(action)
     }
@@ -303,6 +303,11 @@ final class ConnectionHandler: ChannelInboundHandler {
             if pauseReading { perform(.pauseReading) }
         case .cancel(let record):
             supervisor.cancel(record)
+        case .ignoreTraceContext(let id, let reason):
+            logger.warning(
+                "ignoring the trace context of task \(id): \(reason); the task runs without it",
+                metadata: ["task_id": "\(id)", "client": "\(peerDescription)"]
+            )
         case .close(let reason, let level, let farewell):
             logger.log(level: level, "\(reason)")
             if let farewell { write(farewell) }

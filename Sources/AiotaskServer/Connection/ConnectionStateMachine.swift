@@ -27,6 +27,10 @@ extension TaskRecord: ConnectionTask {}
 ///   ``AnswerBacklog/immediateAnswerLimit`` answers given at once, reading pauses; a client that neither reads nor
 ///   sends for the write timeout is disconnected.
 /// - **Idle.** With nothing in flight and no complete frame for the idle timeout, the connection closes.
+/// - **Versions.** A frame of a later protocol version than the client's `HELLO` negotiated is a violation: the
+///   server never sees what it did not agree to. `TRACE_CONTEXT` (version 3) must come right before the task frame
+///   of the same id; an invalid `traceparent` in it is logged and ignored, and its task runs untraced (W3C: a
+///   receiver ignores an invalid `traceparent`).
 /// - **Ending.** A connection that is closing (protocol violation, idle, write timeout, refused) ignores every frame
 ///   from then on; a draining server says `GOODBYE` once to an extended client; at the channel's end, the tasks in
 ///   flight are abandoned.
@@ -94,6 +98,9 @@ struct ConnectionStateMachine<Task: ConnectionTask> {
         case refuseUnheld(Task, length: Int, pauseReading: Bool)
         /// Cancel the task.
         case cancel(Task)
+        /// Log that the trace context of task `TaskID` is ignored, and why: its `traceparent` is invalid. The task
+        /// runs without one.
+        case ignoreTraceContext(TaskID, reason: String)
         /// Log `reason` at `level`, send `farewell` (an `ERROR`, to an extended client), and close once it is sent.
         case close(reason: String, level: Logger.Level, farewell: Frame?)
         /// The client has not read its answers for `timeout`: close at once, dropping what is unsent (its tasks are
@@ -127,6 +134,11 @@ struct ConnectionStateMachine<Task: ConnectionTask> {
 
     private(set) var lifecycle = Lifecycle.connecting
     private(set) var dialect = Dialect.legacy
+    /// The protocol version its `HELLO` negotiated: 0 until then (legacy, or extended by another frame).
+    private(set) var negotiatedVersion: UInt8 = 0
+    /// The `TRACE_CONTEXT` just received: the task frame right after it must have this id, and gets the trace (nil
+    /// when its `traceparent` was invalid).
+    private var pendingTrace: (id: TaskID, trace: TaskTrace?)?
     /// Whether `GOODBYE` was sent.
     private(set) var saidGoodbye = false
     /// Its tasks not answered yet.
@@ -254,19 +266,33 @@ struct ConnectionStateMachine<Task: ConnectionTask> {
         _ inbound: InboundFrame,
         limits: Limits,
         isAccepting: Bool,
-        makeTask: (TaskID, ByteBuffer, Duration?) -> Task
+        makeTask: (TaskID, ByteBuffer, Duration?, TaskTrace?) -> Task
     ) -> Action {
         guard lifecycle == .open else { return .none }
         switch inbound {
         case .frame(let frame):
             if frame.type.isExtension { negotiated(resultLimit: nil) }
-            return received(frame, limits: limits, isAccepting: isAccepting, makeTask: makeTask)
+            var trace: TaskTrace?
+            if let pending = pendingTrace {
+                pendingTrace = nil
+                switch frame {
+                case .submit(let id, _, _) where id == pending.id, .enqueue(let id, _) where id == pending.id:
+                    trace = pending.trace
+                default:
+                    return violation(Self.misplacedTraceContext(pending.id, before: frame.type))
+                }
+            }
+            return received(frame, trace: trace, limits: limits, isAccepting: isAccepting, makeTask: makeTask)
         case .oversized(let type, let id, let length):
             if type.isExtension { negotiated(resultLimit: nil) }
             guard type == .enqueue || type == .submit else {
                 return violation("the client sent a \(type) frame, which only a server sends")
             }
-            guard let task = track(id, makeTask(id, ByteBuffer(), nil)) else {
+            if let pending = pendingTrace {
+                pendingTrace = nil
+                guard pending.id == id else { return violation(Self.misplacedTraceContext(pending.id, before: type)) }
+            }
+            guard let task = track(id, makeTask(id, ByteBuffer(), nil, nil)) else {
                 return violation("task id \(id) is already in use on this connection")
             }
             let pause = answeredAtOnce()
@@ -295,28 +321,48 @@ struct ConnectionStateMachine<Task: ConnectionTask> {
         violation(description)
     }
 
+    private static func misplacedTraceContext(_ id: TaskID, before type: FrameType) -> String {
+        "the TRACE_CONTEXT of task \(id) must come right before that task's SUBMIT or ENQUEUE, not before a \(type)"
+    }
+
     private mutating func received(
         _ frame: Frame,
+        trace: TaskTrace?,
         limits: Limits,
         isAccepting: Bool,
-        makeTask: (TaskID, ByteBuffer, Duration?) -> Task
+        makeTask: (TaskID, ByteBuffer, Duration?, TaskTrace?) -> Task
     ) -> Action {
         switch frame {
         case .hello(let hello):
             negotiated(resultLimit: Int(hello.maximumPayloadLength))
             // The lower version of the two: a client answers to what it knows.
+            let version = min(hello.version, Hello.currentVersion)
+            negotiatedVersion = version
             let answer = Frame.hello(
-                Hello(
-                    version: min(hello.version, Hello.currentVersion),
-                    maximumPayloadLength: UInt32(clamping: limits.maximumPayloadLength)
-                )
+                Hello(version: version, maximumPayloadLength: UInt32(clamping: limits.maximumPayloadLength))
             )
             let goodbye = isAccepting ? nil : goodbyeIfDue()
             return .greet(answer, goodbye: goodbye, pauseReading: answeredAtOnce())
         case .enqueue(let id, let payload):
-            return submit(id, makeTask(id, payload, nil), limits: limits)
+            return submit(id, makeTask(id, payload, nil, trace), limits: limits)
         case .submit(let id, let timeout, let payload):
-            return submit(id, makeTask(id, payload, timeout), limits: limits)
+            return submit(id, makeTask(id, payload, timeout, trace), limits: limits)
+        case .traceContext(let id, let text, _):
+            guard negotiatedVersion >= Hello.traceContextVersion else {
+                return violation(
+                    "TRACE_CONTEXT needs protocol version \(Hello.traceContextVersion); "
+                        + "this connection's HELLO negotiated version \(negotiatedVersion)"
+                )
+            }
+            do {
+                let parent = try TraceParent(parsing: text)
+                pendingTrace = (id, TaskTrace(parent: parent))
+                return .none
+            } catch {
+                // W3C: a receiver ignores an invalid traceparent. The task runs; the operator learns why it is untraced.
+                pendingTrace = (id, nil)
+                return .ignoreTraceContext(id, reason: "\(error) (\(Self.quoted(text)))")
+            }
         case .status(let id):
             return .write(.update(id, status(of: id)), pauseReading: answeredAtOnce())
         case .cancel(let id):
@@ -499,6 +545,14 @@ struct ConnectionStateMachine<Task: ConnectionTask> {
             end = utf8.index(before: end)
         }
         return String(decoding: utf8[..<end], as: UTF8.self) + note
+    }
+
+    /// A client's text for a log line: quoted, at most 80 characters, control characters escaped.
+    static func quoted(_ text: String) -> String {
+        let shown = text.unicodeScalars.prefix(80).map {
+            $0.properties.generalCategory == .control ? $0.escaped(asASCII: true) : String($0)
+        }.joined()
+        return "\"\(shown)\"" + (text.unicodeScalars.count > 80 ? "…" : "")
     }
 
     static func describe(_ duration: Duration) -> String {

@@ -93,13 +93,18 @@ final class PoolProcess {
 
     /// Starts a process running `command`. Call ``attach(maximumReplyLength:logger:)`` next.
     ///
-    /// - Parameter sharedPayloadBytes: the payload arena of a process running a library handler; 0 for none.
+    /// - Parameters:
+    ///   - sharedPayloadBytes: the payload arena of a process running a library handler; 0 for none.
+    ///   - programTaskContext: whether a handler program gets each task's ``TaskContextHeader``, as a library
+    ///     handler always does (`handler-task-context`).
     static func spawn(
         _ command: ProcessCommand,
         slot: Int,
         sharedPayloadBytes: Int = SharedPayloadArena.defaultCapacity,
+        programTaskContext: Bool = false,
         loop: any EventLoop
     ) throws -> PoolProcess {
+        let sendsTaskContext = command.runsSwiftHandler || programTaskContext
         var environment = [
             PoolProcessEnvironment.daemonPIDKey: String(getpid()),
             PoolProcessEnvironment.workerIndexKey: String(slot),
@@ -116,7 +121,7 @@ final class PoolProcess {
             sharedPayloadBytes > 0
             ? claims.flatMap { SharedPayloadArena.create(on: $0.descriptor, capacity: sharedPayloadBytes) } : nil
         if let arena { environment[SharedPayloadArena.capacityKey] = String(arena.capacity) }
-        if command.runsSwiftHandler { environment[TaskContextHeader.environmentKey] = "1" }
+        if sendsTaskContext { environment[TaskContextHeader.environmentKey] = "1" }
         let (child, pipes) = try ChildProcess.spawnPoolProcess(
             command,
             extraEnvironment: environment,
@@ -130,7 +135,7 @@ final class PoolProcess {
             arena: arena,
             loop: loop
         )
-        process.sendsTaskContext = command.runsSwiftHandler
+        process.sendsTaskContext = sendsTaskContext
         return process
     }
 

@@ -169,6 +169,7 @@ final class PoolSlot {
                 configuration.handler,
                 slot: index,
                 sharedPayloadBytes: configuration.sharedPayloadBytes,
+                programTaskContext: configuration.handlerProgramTaskContext,
                 loop: supervisor.loop
             )
             process.delegate = self

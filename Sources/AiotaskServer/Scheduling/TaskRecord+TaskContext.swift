@@ -4,6 +4,6 @@ extension TaskRecord {
     ///
     /// It takes the one setting it needs rather than the configuration, which would be copied for each task.
     func context(defaultTimeout: Duration?) -> TaskContextHeader {
-        TaskContextHeader(id: id, timeout: timeout ?? defaultTimeout)
+        TaskContextHeader(id: id, timeout: timeout ?? defaultTimeout, traceParent: trace?.parent)
     }
 }

@@ -34,13 +34,16 @@ final class TaskRecord: SchedulableTask {
     /// The payload limit in force when the task was queued, while it is in flight (see
     /// ``Supervisor/maximumReplyLength``); the ``Scheduler`` keeps it.
     @exclusivity(unchecked) var payloadLimit: Int?
+    /// The trace context its client attached (`TRACE_CONTEXT`), or nil: a nil reference for the tasks without one.
+    let trace: TaskTrace?
 
-    init(id: TaskID, connection: ConnectionHandler, payload: ByteBuffer, timeout: Duration?) {
+    init(id: TaskID, connection: ConnectionHandler, payload: ByteBuffer, timeout: Duration?, trace: TaskTrace? = nil) {
         self.id = id
         self.connection = connection
         self.payload = payload
         self.size = payload.readableBytes
         self.timeout = timeout
+        self.trace = trace
         self.acceptedAt = .now()
     }
 
@@ -66,6 +69,7 @@ extension TaskRecord {
     func logMetadata(_ extra: Logger.Metadata = [:]) -> Logger.Metadata {
         var metadata = extra
         metadata["task_id"] = "\(id)"
+        trace?.annotate(&metadata)
         metadata.merge(connection.clientMetadata) { old, _ in old }
         return metadata
     }

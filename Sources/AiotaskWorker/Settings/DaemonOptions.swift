@@ -37,6 +37,7 @@ public struct DaemonOptions: ParsableArguments {
     @Option(setting: "max-tasks-jitter") public var maxTasksJitter: Int?
     @Option(setting: "max-worker-rss") public var maxWorkerRss: Int?
     @Option(setting: "worker-shared-memory") public var workerSharedMemory: Int?
+    @Option(setting: "handler-task-context") public var handlerTaskContext: Int?
     @Option(setting: "drain-timeout") public var drainTimeout: Double?
     @Option(setting: "agent-listen") public var agentListen: [String] = []
     @Option(setting: "agent-high-water") public var agentHighWater: Int?

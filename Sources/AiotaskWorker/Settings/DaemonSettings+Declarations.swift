@@ -160,6 +160,15 @@ extension DaemonSettings {
             help: "Memory each Swift-handler pool process shares with aiotaskd, in MiB, through which tasks and "
                 + "results of 64 KiB or more travel instead of its pipes; 0 for none."
         ) { $1.sharedPayloadBytes = $0 * ProcessMemory.mebibyte },
+        .count(
+            "handler-task-context",
+            0...1,
+            valueName: "0|1",
+            default: "0",
+            example: "1",
+            help: "1: a handler program (exec:) gets each task's context (id, timeout, W3C trace context) before the "
+                + "task, as docs/handler-protocol.md says; 0: only the task."
+        ) { $1.handlerProgramTaskContext = $0 == 1 },
         .seconds(
             "drain-timeout",
             default: "30",
