@@ -129,10 +129,19 @@ struct BenchCommand: AsyncParsableCommand {
             // run has one, and the tasks run on it, so that none is handed between threads (with more, the pool
             // spreads its connections over the singleton group's loops, and the tasks over those loops).
             let loop: (any EventLoop)? = connections == 1 ? MultiThreadedEventLoopGroup.singleton.next() : nil
+            let servers = try options.addresses().count
+            let connectTimeout = Duration.seconds(options.connectTimeout)
             return try await options.withPool(connectionsPerServer: connections, eventLoopGroup: loop) { pool in
-                try await load.run(
+                // The clock starts once every server takes tasks (or the connect timeout has passed), as a
+                // single-server run's starts once it is connected: the first tasks would otherwise all go to the
+                // server that answered first, and the figure would measure the connecting.
+                let deadline = ContinuousClock.now + connectTimeout
+                while pool.endpointsTakingTasks.count < servers, ContinuousClock.now < deadline {
+                    try await Task.sleep(for: .milliseconds(2))
+                }
+                return try await load.run(
                     pool: pool,
-                    servers: try options.addresses().count,
+                    servers: servers,
                     on: loop,
                     showProgress: showProgress,
                     reportFirstFailure: reportFirstFailure
