@@ -28,7 +28,7 @@ public struct TaskContext: Sendable {
 
     /// The W3C trace context the task's client attached (`AiotaskClient` does when a tracer is in use), or nil.
     ///
-    /// Its ``TraceParent/traceID`` is the trace the task belongs to and its ``TraceParent/parentID`` the client's
+    /// Its `traceID` is the trace the task belongs to and its `parentID` the client's
     /// span that submitted it: a handler that traces its own work starts its spans as children of it (by extracting
     /// `"\(traceParent)"` as a `traceparent` header with its tracer). The daemon logs the same two ids as `TRACE_ID`
     /// and `SPAN_ID` in the task's journal entries, and ``logger`` adds them as `trace_id` and `span_id`.
