@@ -60,7 +60,14 @@ enum Terminal {
     /// ``restore()`` puts back the settings found, and is also run for SIGTERM and SIGHUP.
     final class RawMode: @unchecked Sendable {
         /// The settings found, restored on the way out (also by the signal handler: hence global).
-        nonisolated(unsafe) private static var saved = termios()
+        ///
+        /// On the heap rather than a global `termios`: the compiler emits such a global with the imported
+        /// struct's unpadded size (57 bytes), so `tcgetattr`'s 60-byte write overflows it under AddressSanitizer.
+        nonisolated(unsafe) private static let saved: UnsafeMutablePointer<termios> = {
+            let pointer = UnsafeMutablePointer<termios>.allocate(capacity: 1)
+            pointer.initialize(to: termios())
+            return pointer
+        }()
         private static let leave = "\u{1B}[?25h\u{1B}[?1049l"
         private var restored = false
         private var signalSources: [any DispatchSourceSignal] = []
@@ -70,8 +77,8 @@ enum Terminal {
         }
 
         init() throws {
-            guard tcgetattr(STDIN_FILENO, &Self.saved) == 0 else { throw NotATerminal() }
-            var raw = Self.saved
+            guard tcgetattr(STDIN_FILENO, Self.saved) == 0 else { throw NotATerminal() }
+            var raw = Self.saved.pointee
             raw.c_lflag &= ~tcflag_t(ICANON | ECHO | ISIG | IEXTEN)
             raw.c_iflag &= ~tcflag_t(IXON | ICRNL)
             withUnsafeMutableBytes(of: &raw.c_cc) { cc in
@@ -84,8 +91,7 @@ enum Terminal {
                 signal(number, SIG_IGN)
                 let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
                 source.setEventHandler {
-                    var saved = RawMode.saved
-                    tcsetattr(STDIN_FILENO, TCSAFLUSH, &saved)
+                    tcsetattr(STDIN_FILENO, TCSAFLUSH, RawMode.saved)
                     Terminal.writeOutput(RawMode.leave)
                     exit(128 + number)
                 }
@@ -124,7 +130,7 @@ enum Terminal {
             guard !restored else { return }
             restored = true
             for source in signalSources { source.cancel() }
-            tcsetattr(STDIN_FILENO, TCSAFLUSH, &Self.saved)
+            tcsetattr(STDIN_FILENO, TCSAFLUSH, Self.saved)
             Terminal.writeOutput(Self.leave)
         }
     }
