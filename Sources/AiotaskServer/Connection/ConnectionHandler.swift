@@ -102,7 +102,7 @@ final class ConnectionHandler: ChannelInboundHandler {
     func channelInactive(context: ChannelHandlerContext) {
         if state.isReading {
             // Frames that arrived just before the end, and a stream that ends inside a frame.
-            frames.end(receive: { receive($0) }) { errorCaught(context: context, error: $0) }
+            frames.end(receive: { receive($0, at: .now()) }) { errorCaught(context: context, error: $0) }
         }
         perform(state.channelInactive())
         self.context = nil
@@ -116,20 +116,22 @@ final class ConnectionHandler: ChannelInboundHandler {
             }
             return
         }
+        // Read once for every frame of this read: a read can bring hundreds of tasks.
+        let now = NIODeadline.now()
         if frames.read(
             unwrapInboundIn(data),
-            receive: { receive($0) },
+            receive: { receive($0, at: now) },
             broke: { errorCaught(context: context, error: $0) }
         ) {
-            state.framesReceived(now: .now())
+            state.framesReceived(now: now)
         }
     }
 
-    private func receive(_ inbound: InboundFrame) {
+    private func receive(_ inbound: InboundFrame, at now: NIODeadline) {
         releaseReservation()
         let supervisor = self.supervisor
         let action = state.frameReceived(inbound, limits: limits, isAccepting: supervisor.isAccepting) {
-            TaskRecord(id: $0, connection: self, payload: $1, timeout: $2, trace: $3)
+            TaskRecord(id: $0, connection: self, payload: $1, timeout: $2, trace: $3, acceptedAt: now)
         }
         perform(action)
     }
@@ -212,13 +214,13 @@ final class ConnectionHandler: ChannelInboundHandler {
     /// The largest result this client can receive: what its `HELLO` announced, or what fits a legacy `DONE`.
     var resultLimit: Int { state.resultLimit }
 
-    /// Sends the outcome of one of this connection's tasks.
-    func complete(_ record: TaskRecord, _ outcome: TaskOutcome) {
+    /// Sends the outcome of one of this connection's tasks; `now` is the caller's reading of the clock.
+    func complete(_ record: TaskRecord, _ outcome: TaskOutcome, at now: NIODeadline = .now()) {
         switch outcome {
         case .success(let result):
-            perform(state.taskSucceeded(record.id, result: result, now: .now(), limits: limits))
+            perform(state.taskSucceeded(record.id, result: result, now: now, limits: limits))
         case .failure(let reason, let message):
-            perform(state.taskFailed(record.id, reason: reason, message: message, now: .now(), limits: limits))
+            perform(state.taskFailed(record.id, reason: reason, message: message, now: now, limits: limits))
         }
     }
 

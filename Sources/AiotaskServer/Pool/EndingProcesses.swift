@@ -1,5 +1,6 @@
 import AiotaskProtocol
 import Logging
+import NIOCore
 
 /// Processes on their way out — timed out, cancelled, recycled, or stopped at shutdown — kept until they exit.
 ///
@@ -45,7 +46,7 @@ final class EndingProcesses: PoolProcessDelegate {
 
     func processIsReady(_ process: PoolProcess) {}
 
-    func process(_ process: PoolProcess, didReply reply: HandlerReply) {
+    func process(_ process: PoolProcess, didReply reply: HandlerReply, at now: NIODeadline) {
         heldTasks[process.pid]?.received(reply, from: process)
     }
 

@@ -9,8 +9,8 @@ import NIOPosix
 protocol PoolProcessDelegate: AnyObject {
     /// The link is up: the process can take a task.
     func processIsReady(_ process: PoolProcess)
-    /// The process answered its current task.
-    func process(_ process: PoolProcess, didReply reply: HandlerReply)
+    /// The process answered its current task; `now` is when the read that brought the reply began.
+    func process(_ process: PoolProcess, didReply reply: HandlerReply, at now: NIODeadline)
     /// The process broke the handler framing or closed its stdout; it is being killed.
     func process(_ process: PoolProcess, brokeLink reason: String)
     /// The process is gone (and its process group with it).
@@ -30,7 +30,12 @@ final class PoolProcess {
     private let pipes: PoolProcessPipes
     /// The pool slot it serves (`AIOTASK_WORKER_INDEX`), which the processes it leaves behind carry too.
     private let slot: Int
-    weak var delegate: (any PoolProcessDelegate)?
+    /// Who hears of the replies, the link's failure and the exit: the slot, later the ending processes.
+    ///
+    /// Strong, and dropped once the exit is reported (the last event), which ends the cycle with the slot. Not
+    /// `weak`: a weak reference moves the slot's reference counts to a side table for good, so that every retain and
+    /// release of it on the per-task path takes the slow path, and each reply pays a weak load besides.
+    @exclusivity(unchecked) var delegate: (any PoolProcessDelegate)?
     @exclusivity(unchecked) private(set) var link: (any Channel)?
     /// Set once the process is reaped: from then on its pid may name another process, so it is never signalled.
     @exclusivity(unchecked) private(set) var hasExited = false
@@ -325,9 +330,9 @@ final class PoolProcess {
         }
     }
 
-    fileprivate func received(_ reply: PoolReply) {
+    fileprivate func received(_ reply: PoolReply, at now: NIODeadline) {
         guard arena != nil else {
-            if case .handler(let reply) = reply { delegate?.process(self, didReply: reply) }
+            if case .handler(let reply) = reply { delegate?.process(self, didReply: reply, at: now) }
             return
         }
         // Replies answer the tasks in the order sent (withdrawn ones aside, which get none).
@@ -335,7 +340,7 @@ final class PoolProcess {
         switch reply {
         case .handler(let reply):
             if let region { arenaSpace.release(region) }
-            delegate?.process(self, didReply: reply)
+            delegate?.process(self, didReply: reply, at: now)
         case .sharedResult(let offset, let length):
             guard let arena, let region, region.lowerBound == offset, length <= region.count else {
                 let given = region.map { "\($0.count) bytes at offset \($0.lowerBound)" } ?? "no region"
@@ -346,7 +351,7 @@ final class PoolProcess {
             }
             let bytes = arena.read(offset: offset, length: length)
             arenaSpace.release(region)
-            delegate?.process(self, didReply: .result(bytes))
+            delegate?.process(self, didReply: .result(bytes), at: now)
         }
     }
 
@@ -389,6 +394,8 @@ final class PoolProcess {
         pendingExit = nil
         drainTimer?.cancel()
         link?.close(promise: nil)
+        let delegate = self.delegate
+        self.delegate = nil
         delegate?.process(self, didExit: status)
     }
 }
@@ -406,12 +413,16 @@ private final class ProcessLinkHandler: ChannelInboundHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        replies.read(unwrapInboundIn(data), receive: { process.received($0) }) { brokeFraming($0, context: context) }
+        // Read once for every reply of this read: with tasks sent ahead, a read brings several.
+        let now = NIODeadline.now()
+        replies.read(unwrapInboundIn(data), receive: { process.received($0, at: now) }) {
+            brokeFraming($0, context: context)
+        }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
         // Replies written just before the process closed its stdout (or died) are still answers.
-        replies.end(receive: { process.received($0) }) { brokeFraming($0, context: context) }
+        replies.end(receive: { process.received($0, at: .now()) }) { brokeFraming($0, context: context) }
         process.linkEnded()
     }
 

@@ -24,7 +24,9 @@ final class PoolSlot {
     static var automaticPrefetch: Int { StateMachine.automaticPrefetch }
 
     let index: Int
-    private unowned let supervisor: Supervisor
+    /// The supervisor that owns the slot and outlives it. `unowned(unsafe)`: a checked `unowned` reference costs an
+    /// atomic increment and decrement of the supervisor's counts at each of the several uses per task.
+    private unowned(unsafe) let supervisor: Supervisor
     @exclusivity(unchecked) private var machine = StateMachine()
     /// The timeout of the running task, if it has one.
     @exclusivity(unchecked) private var timeoutTimer: Scheduled<Void>?
@@ -75,7 +77,7 @@ final class PoolSlot {
     func canPrefetch(size: Int, at now: NIODeadline) -> Bool {
         // Called for every busy slot at each dispatch while tasks wait: the settings are read field by field (not
         // the whole configuration copied), and a full process is turned down before the rest is looked at.
-        guard let (process, _) = machine.busy, process.isSound else { return false }
+        guard let process = machine.busyProcess, process.isSound else { return false }
         let depth = prefetchDepth(of: process)
         guard machine.sentAheadCount < depth else { return false }
         return machine.canPrefetch(
@@ -146,7 +148,7 @@ final class PoolSlot {
     /// The first task sent ahead that the busy process gave up; nil, changing nothing, when none can be withdrawn:
     /// none was sent ahead, the process does not claim its tasks or has not claimed its running one yet.
     private func firstUnclaimed() -> UInt32? {
-        guard let start = machine.withdrawalStart, let (process, _) = machine.busy else { return nil }
+        guard let start = machine.withdrawalStart, let process = machine.busyProcess else { return nil }
         return process.withdrawUnclaimed(from: start)
     }
 
@@ -242,7 +244,7 @@ final class PoolSlot {
 
     /// Sends `record` to the busy process, to run after the tasks it has.
     func prefetch(_ record: TaskRecord) {
-        guard let (process, _) = machine.busy else {
+        guard let process = machine.busyProcess else {
             preconditionFailure("PoolSlot.prefetch called on a slot that is not busy")
         }
         let bytes = record.payload.readableBytes
@@ -251,23 +253,25 @@ final class PoolSlot {
     }
 
     /// Marks `record` as running on `process` from now on, and starts its timeout.
-    private func begin(_ record: TaskRecord, on process: PoolProcess, at now: NIODeadline = .now()) {
+    private func begin(_ record: TaskRecord, on process: PoolProcess, at now: NIODeadline) {
         record.state = .running(pid: process.pid)
         supervisor.taskStarts(record, at: now)
         runningSince = now
         record.payload = ByteBuffer()
         timeoutTimer = nil
         if let timeout = record.timeout ?? configuration.defaultTaskTimeout {
-            timeoutTimer = supervisor.loop.assumeIsolated().scheduleTask(in: .init(timeout)) { [weak self] in
-                self?.timeOut(record, after: timeout)
+            timeoutTimer = supervisor.loop.assumeIsolated().scheduleTask(in: .init(timeout)) {
+                // Strong, as the other per-task timers: the timer is cancelled with the task, and a `weak` capture
+                // would move the slot's reference counts to a side table for good (see `PoolProcess.delegate`).
+                self.timeOut(record, after: timeout)
             }
         }
         slowTaskTimer = nil
         if let threshold = configuration.slowTaskThreshold {
             let startedAt = NIODeadline.now()
-            slowTaskTimer = supervisor.loop.assumeIsolated().scheduleTask(in: .init(threshold)) { [weak self] in
-                self?.slowTaskTimer = nil
-                self?.reportSlow(record, startedAt: startedAt, threshold: threshold)
+            slowTaskTimer = supervisor.loop.assumeIsolated().scheduleTask(in: .init(threshold)) {
+                self.slowTaskTimer = nil
+                self.reportSlow(record, startedAt: startedAt, threshold: threshold)
             }
         }
         scheduleMemoryCheck()
@@ -335,9 +339,8 @@ final class PoolSlot {
     private func scheduleMemoryCheck() {
         guard memoryCheck == nil, configuration.maximumProcessRSS != nil, !machine.isStopped else { return }
         memoryCheck = supervisor.loop.assumeIsolated().scheduleTask(in: .init(configuration.memoryCheckInterval)) {
-            [weak self] in
-            self?.memoryCheck = nil
-            self?.checkMemoryWhileBusy()
+            self.memoryCheck = nil
+            self.checkMemoryWhileBusy()
         }
     }
 
@@ -393,7 +396,8 @@ final class PoolSlot {
 
     /// Carries out what the state machine decided, but for answering and failing tasks, which the event's handler
     /// does with what it knows (the reply, the timeout, the memory reading).
-    private func perform(_ action: StateMachine.Action) {
+    /// - Parameter now: the caller's reading of the clock, if it has one (the start of a task sent ahead uses it).
+    private func perform(_ action: StateMachine.Action, at now: NIODeadline? = nil) {
         switch action {
         case .none, .rejectReply:
             break
@@ -404,9 +408,9 @@ final class PoolSlot {
         case .reportIdle:
             supervisor.slotBecameIdle(self)
         case .startTask(let record):
-            guard let (process, _) = machine.busy else { return }
+            guard let process = machine.busyProcess else { return }
             supervisor.prefetchedTaskStarts(record)
-            begin(record, on: process)
+            begin(record, on: process, at: now ?? .now())
         case .scheduleMemoryCheck:
             scheduleMemoryCheck()
         case .replaceProcess(let process, let replacement, let sentAhead, let runningIsAnswered, _):
@@ -529,12 +533,13 @@ extension PoolSlot: PoolProcessDelegate {
         perform(machine.processReady(process))
     }
 
-    func process(_ process: PoolProcess, didReply reply: HandlerReply) {
-        guard let (current, _) = machine.busy, current === process else {
+    func process(_ process: PoolProcess, didReply reply: HandlerReply, at now: NIODeadline) {
+        guard let current = machine.busyProcess, current === process else {
             process.breakLink("handler replied while it had no task")
             return
         }
         cancelTimeout()
+        // `now` serves all this reply sets off: the next task's start, the answer, the dispatch that follows.
         // A process left over the memory limit is replaced once it is idle (see the state machine).
         let overMemoryLimit = !machine.renewsAfterTask && isOverMemoryLimit(process)
         // A task sent ahead and cancelled since is withdrawn now if the process has not started it.
@@ -542,7 +547,7 @@ extension PoolSlot: PoolProcessDelegate {
         let next = machine.nextSentAhead
         let action = machine.replyReceived(
             from: process,
-            at: next == nil ? .uptimeNanoseconds(0) : .now(),
+            at: now,
             nextIsCancelled: next?.isFinished ?? false,
             overMemoryLimit: overMemoryLimit
         )
@@ -552,7 +557,7 @@ extension PoolSlot: PoolProcessDelegate {
                 metadata: ["worker_pid": "\(process.pid)"]
             )
         }
-        perform(action.then)
+        perform(action.then, at: now)
         tasksDoneByProcess += 1
         if let answered = action.answered, !answered.isFinished {
             let outcome: TaskOutcome =
@@ -560,9 +565,9 @@ extension PoolSlot: PoolProcessDelegate {
                 case .result(let bytes): .success(bytes)
                 case .error(let message): .failure(.handlerError, message)
                 }
-            supervisor.finish(answered, outcome, workerPID: process.pid)
+            supervisor.finish(answered, outcome, workerPID: process.pid, at: now)
         }
-        supervisor.dispatch()
+        supervisor.dispatch(at: now)
     }
 
     /// The process is being killed. The slot keeps it, taking no task on it (see ``isIdle``), until its exit is

@@ -202,6 +202,13 @@ struct PoolSlotStateMachine<Process: AnyObject, Task: AnyObject> {
         return nil
     }
 
+    /// The process while the slot is busy: ``busy`` without copying the running task, for the questions asked at
+    /// every dispatch and reply.
+    var busyProcess: Process? {
+        if case .busy(let process, _) = state { return process }
+        return nil
+    }
+
     /// Whether the slot's process has started and is not ready for a task yet.
     var isStarting: Bool {
         if case .starting = state { return true }

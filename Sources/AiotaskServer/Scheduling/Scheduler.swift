@@ -93,7 +93,7 @@ struct Scheduler<Task: SchedulableTask> {
     /// The pool's slots by index; nil where no slot has that index.
     private(set) var members: [Membership?] = []
     /// Tasks in flight by the payload limit they were accepted under.
-    private var tasksByPayloadLimit: [Int: Int] = [:]
+    private var tasksByPayloadLimit = PayloadLimitCounts()
     private(set) var isAccepting = true
     /// Set at the drain deadline: from then on a task that was not started is answered `shuttingDown` instead of
     /// going back to the queue, and nothing is dispatched.
@@ -217,7 +217,7 @@ struct Scheduler<Task: SchedulableTask> {
             return refuse(task, .rejected, queueFullMessage(adding: size))
         }
         task.payloadLimit = limits.maximumPayloadLength
-        tasksByPayloadLimit[limits.maximumPayloadLength, default: 0] += 1
+        tasksByPayloadLimit.add(limits.maximumPayloadLength)
         task.state = .queued
         queue.append(task)
         queuedCount += 1
@@ -264,7 +264,7 @@ struct Scheduler<Task: SchedulableTask> {
     /// The largest payload limit a task still in flight was accepted under, or 0 (see
     /// ``Supervisor/maximumReplyLength``).
     var maximumPayloadLimitInFlight: Int {
-        tasksByPayloadLimit.keys.max() ?? 0
+        tasksByPayloadLimit.maximum
     }
 
     // MARK: Dispatch
@@ -458,8 +458,7 @@ struct Scheduler<Task: SchedulableTask> {
     private mutating func releasePayloadLimit(of task: Task) {
         guard let limit = task.payloadLimit else { return }
         task.payloadLimit = nil
-        let left = (tasksByPayloadLimit[limit] ?? 1) - 1
-        tasksByPayloadLimit[limit] = left > 0 ? left : nil
+        tasksByPayloadLimit.remove(limit)
     }
 
     // MARK: Drain
@@ -493,5 +492,30 @@ struct Scheduler<Task: SchedulableTask> {
         }
         queue.removeAll()
         return waiting
+    }
+}
+
+/// How many tasks in flight were accepted under each payload limit.
+///
+/// A list, not a dictionary: there is one limit, or a few for a while after reloads changed it, so a scan costs
+/// less than hashing the limit twice for every task.
+private struct PayloadLimitCounts {
+    private var counts: [(limit: Int, count: Int)] = []
+
+    /// The largest limit a task in flight was accepted under, or 0.
+    var maximum: Int { counts.lazy.map(\.limit).max() ?? 0 }
+
+    mutating func add(_ limit: Int) {
+        if let index = counts.firstIndex(where: { $0.limit == limit }) {
+            counts[index].count += 1
+        } else {
+            counts.append((limit, 1))
+        }
+    }
+
+    mutating func remove(_ limit: Int) {
+        guard let index = counts.firstIndex(where: { $0.limit == limit }) else { return }
+        counts[index].count -= 1
+        if counts[index].count == 0 { counts.remove(at: index) }
     }
 }

@@ -24,6 +24,9 @@ final class Supervisor {
     let loop: any EventLoop
     @exclusivity(unchecked) private(set) var configuration: ServerConfiguration
     let logger: Logger
+    /// Whether ``logger`` takes the entry of each task done: asked once, since asking the log handler for its
+    /// level on each task costs a copy of the handler.
+    private let logsEachTask: Bool
     let endingProcesses: EndingProcesses
 
     /// The pool's slots by index (``Scheduler/members`` says which are there).
@@ -45,6 +48,7 @@ final class Supervisor {
         self.loop = loop
         self.configuration = configuration
         self.logger = logger
+        self.logsEachTask = logger.logLevel <= .debug
         self.endingProcesses = EndingProcesses(logger: logger)
         self.scheduler = Scheduler(limits: Self.limits(of: configuration))
     }
@@ -236,8 +240,10 @@ final class Supervisor {
     /// Carries out the ``Scheduler``'s dispatch: waiting tasks go to idle processes, then some are sent ahead to
     /// busy ones, and a process idle while the queue is empty takes the tasks sent ahead to a busy one and not
     /// started (``Scheduler/nextDispatch(_:)``).
-    func dispatch() {
-        var pool = PoolView(slots: slots)
+    ///
+    /// - Parameter now: the caller's reading of the clock, if it has one: a task's path reads it once per event.
+    func dispatch(at now: NIODeadline? = nil) {
+        var pool = PoolView(slots: slots, now: now)
         while let action = scheduler.nextDispatch(&pool) {
             switch action {
             case .run(let record, let index):
@@ -318,9 +324,10 @@ final class Supervisor {
         metrics.taskBytes += record.size
         switch scheduler.taskArrived(record) {
         case .queued:
-            dispatch()
+            // The task arrived in this tick: its arrival time serves as the clock's reading.
+            dispatch(at: record.acceptedAt)
         case .refused(let reason, let message):
-            finish(record, .failure(reason, message), rejected: true)
+            finish(record, .failure(reason, message), rejected: true, at: record.acceptedAt)
         }
     }
 
@@ -380,7 +387,14 @@ final class Supervisor {
     /// Records the outcome of `record` and passes it to its connection.
     ///
     /// - Parameter rejected: the task was refused on arrival and never queued: it counts as rejected, not failed.
-    func finish(_ record: TaskRecord, _ outcome: TaskOutcome, workerPID: Int32? = nil, rejected: Bool = false) {
+    /// - Parameter now: the caller's reading of the clock (a task's path reads it once per event).
+    func finish(
+        _ record: TaskRecord,
+        _ outcome: TaskOutcome,
+        workerPID: Int32? = nil,
+        rejected: Bool = false,
+        at now: NIODeadline = .now()
+    ) {
         var outcome = outcome
         if case .success(let result) = outcome, result.readableBytes > record.connection.resultLimit {
             let limit = record.connection.resultLimit
@@ -389,7 +403,6 @@ final class Supervisor {
                 "result of \(result.readableBytes) bytes exceeds the client's limit of \(limit) bytes"
             )
         }
-        let now = NIODeadline.now()
         switch outcome {
         case .success(let result):
             scheduler.taskFinished(record, succeeded: true)
@@ -406,7 +419,7 @@ final class Supervisor {
         switch outcome {
         case .success:
             // The metadata of a success is built only when it is logged: this runs once per task.
-            if logger.logLevel <= .debug {
+            if logsEachTask {
                 logger.debug("task done", metadata: metadata(of: record, workerPID: workerPID))
             }
         case .failure(let reason, let message):
@@ -417,7 +430,7 @@ final class Supervisor {
             let logged = ConnectionHandler.truncated(message, toUTF8Count: StderrLineReader.maximumLineLength)
             logger.warning("task failed: \(reason): \(logged)", metadata: metadata)
         }
-        record.connection.complete(record, outcome)
+        record.connection.complete(record, outcome, at: now)
         checkDrained()
     }
 
@@ -590,11 +603,12 @@ final class Supervisor {
 /// What the ``Scheduler`` reads of the pool's slots and connections while it dispatches.
 private struct PoolView: SchedulerPool {
     let slots: [PoolSlot?]
-    /// Read once per dispatch, at the first task that may be sent ahead.
+    /// The clock as the caller read it, or read once per dispatch at the first task that may be sent ahead.
     private var now: NIODeadline?
 
-    init(slots: [PoolSlot?]) {
+    init(slots: [PoolSlot?], now: NIODeadline?) {
         self.slots = slots
+        self.now = now
     }
 
     func isIdle(_ slot: Int) -> Bool {

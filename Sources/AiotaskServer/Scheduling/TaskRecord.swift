@@ -37,14 +37,22 @@ final class TaskRecord: SchedulableTask {
     /// The trace context its client attached (`TRACE_CONTEXT`), or nil: a nil reference for the tasks without one.
     let trace: TaskTrace?
 
-    init(id: TaskID, connection: ConnectionHandler, payload: ByteBuffer, timeout: Duration?, trace: TaskTrace? = nil) {
+    /// - Parameter acceptedAt: when its frame arrived; the connection reads the clock once per read.
+    init(
+        id: TaskID,
+        connection: ConnectionHandler,
+        payload: ByteBuffer,
+        timeout: Duration?,
+        trace: TaskTrace? = nil,
+        acceptedAt: NIODeadline = .now()
+    ) {
         self.id = id
         self.connection = connection
         self.payload = payload
         self.size = payload.readableBytes
         self.timeout = timeout
         self.trace = trace
-        self.acceptedAt = .now()
+        self.acceptedAt = acceptedAt
     }
 
     var isFinished: Bool {
