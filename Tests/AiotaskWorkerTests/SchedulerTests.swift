@@ -200,6 +200,23 @@ struct SchedulerTests {
         #expect(pool.scheduler.counters.succeeded == 2)
     }
 
+    @Test(
+        "a drain is not over while a running task is unanswered, though its slot let go of its process: the answer leaves before the connection closes"
+    )
+    func drainWaitsForTheAnswerOfAStoppedProcess() {
+        var pool = SchedulerHarness(workers: 1)
+        pool.becomeIdle(0)
+        let tasks = pool.arrive(2)
+        pool.slots[0].prefetchDepth = 1
+        #expect(pool.dispatch() == ["run t0 on 0", "send t1 ahead to 0"])
+        pool.scheduler.drain()
+        // t0's process finishes it, starts t1, and is then stopped: no slot is busy, t1 is not answered yet.
+        pool.finishRunning(on: 0)
+        #expect(pool.scheduler.isDrained(busySlots: 0) == false)
+        pool.scheduler.taskFinished(tasks[1], succeeded: false)
+        #expect(pool.scheduler.isDrained(busySlots: 0) == true)
+    }
+
     @Test("at the drain deadline every task not started is answered once, and nothing starts any more")
     func drainDeadline() {
         var pool = SchedulerHarness(workers: 2)

@@ -88,6 +88,10 @@ struct Scheduler<Task: SchedulableTask> {
     private(set) var queuedBytes = 0
     /// Task bytes of frames still arriving, reserved when their headers arrived (``reserve(_:)``).
     private(set) var reservedBytes = 0
+    /// Tasks started on a process and not answered yet. Counted here rather than read from the slots: a slot lets go
+    /// of its process (stopped at the drain deadline, crashed, timed out) a moment before its task is answered, and
+    /// a drain that ended in that moment would close the connection before the answer left.
+    private(set) var runningCount = 0
     /// Slots that became idle, most recent last; an entry is checked with ``SchedulerPool/isIdle(_:)`` when used.
     private var idleSlots: [Int] = []
     /// The pool's slots by index; nil where no slot has that index.
@@ -306,6 +310,7 @@ struct Scheduler<Task: SchedulableTask> {
         if let slot = nextIdleSlot(pool) {
             queue.removeFirst()
             leaveQueue(task)
+            runningCount += 1
             return .run(task, slot: slot)
         }
         if let slot = slotToPrefetch(&pool, size: task.size) {
@@ -368,6 +373,7 @@ struct Scheduler<Task: SchedulableTask> {
             preconditionFailure("a task starts from its slot's pipeline but was not sent ahead: \(task.state)")
         }
         leaveQueue(task)
+        runningCount += 1
     }
 
     /// What becomes of tasks given back.
@@ -420,6 +426,7 @@ struct Scheduler<Task: SchedulableTask> {
             leaveQueue(task)
             action = .withdrawFromItsSlot
         case .running:
+            runningCount -= 1
             action = .interruptItsSlot
         case .finished:
             return .none
@@ -432,7 +439,8 @@ struct Scheduler<Task: SchedulableTask> {
     mutating func taskFinished(_ task: Task, succeeded: Bool) {
         switch task.state {
         case .queued, .prefetched: leaveQueue(task)
-        case .running, .finished: break
+        case .running: runningCount -= 1
+        case .finished: break
         }
         task.state = .finished
         releasePayloadLimit(of: task)
@@ -463,9 +471,10 @@ struct Scheduler<Task: SchedulableTask> {
 
     // MARK: Drain
 
-    /// Tasks queued or running, given how many slots are busy.
+    /// Tasks queued or running: the running ones as counted here (see ``runningCount``), or as many as slots are busy
+    /// if that is more.
     func tasksInFlight(busySlots: Int) -> Int {
-        queuedCount + busySlots
+        queuedCount + max(runningCount, busySlots)
     }
 
     /// The server stops taking tasks; those in flight may finish.
