@@ -142,6 +142,33 @@ public final class AiotaskClient: TaskSubmitter {
         }
     }
 
+    /// Connects to a Unix socket, trying again while its listen backlog is full, until `deadline`.
+    ///
+    /// Linux refuses a non-blocking connect to a Unix socket whose backlog is full with `EAGAIN` at once, where a
+    /// TCP connect would wait: a daemon busy accepting a burst of connections must not look like one that is down.
+    private static func connect(
+        _ bootstrap: ClientBootstrap,
+        unixSocket path: String,
+        until deadline: ContinuousClock.Instant
+    ) async throws -> any Channel {
+        var pause = Duration.milliseconds(1)
+        while true {
+            do {
+                return try await bootstrap.connect(unixDomainSocketPath: path).get()
+            } catch let error as IOError where error.errnoCode == EAGAIN {
+                guard ContinuousClock.now.advanced(by: pause) < deadline else {
+                    throw AiotaskClientError(
+                        .connectFailed,
+                        reason: "unix:\(path): the socket's listen backlog stayed full until the connect timeout"
+                            + " (the server accepts connections more slowly than they come)"
+                    )
+                }
+                try await Task.sleep(for: pause)
+                pause = min(pause * 2, .milliseconds(50))
+            }
+        }
+    }
+
     /// Connects, then performs the `HELLO` handshake (waiting for its answer at most `handshakeLimit`, if given,
     /// within `connectTimeout`) or, with `legacy`, takes the connection as it is.
     private static func open(
@@ -179,8 +206,10 @@ public final class AiotaskClient: TaskSubmitter {
             case .tcp(let host, let port):
                 channel = try await bootstrap.connect(host: host, port: port).get()
             case .unix(let path):
-                channel = try await bootstrap.connect(unixDomainSocketPath: path).get()
+                channel = try await connect(bootstrap, unixSocket: path, until: deadline)
             }
+        } catch let error as AiotaskClientError {
+            throw error
         } catch {
             throw AiotaskClientError(.connectFailed, reason: "\(address): \(AiotaskClientError.describe(error))")
         }

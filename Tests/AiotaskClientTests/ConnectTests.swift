@@ -1,6 +1,8 @@
 import AiotaskClient
 import AiotaskProtocol
 import AiotaskTestSupport
+import Foundation
+import Glibc
 import NIOCore
 import NIOPosix
 import Testing
@@ -133,5 +135,80 @@ struct ConnectTests {
         await #expect(throws: AddressError.self) {
             _ = try await AiotaskClient.connect(to: "http://example")
         }
+    }
+}
+
+/// A Unix socket whose listen backlog is full: the server behind it accepts nothing.
+@Suite("Connecting to a busy Unix socket")
+struct BusyUnixSocketTests {
+    @Test("a full listen backlog is waited out until the connect timeout, then named; it is not a refusal at once")
+    func fullBacklogIsWaitedOut() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("aiotask-busy-\(UUID())").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: false)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let path = directory + "/busy.sock"
+        let listener = try Self.socket(bindingTo: path)
+        defer { close(listener) }
+        #expect(listen(listener, 0) == 0)
+        // Connections the listener never accepts, until the kernel refuses the next one: the backlog is full.
+        var queued: [Int32] = []
+        defer { queued.forEach { close($0) } }
+        for _ in 0..<64 {
+            let descriptor = try Self.socket(connectingTo: path)
+            guard descriptor >= 0 else { break }
+            queued.append(descriptor)
+        }
+        #expect(try Self.socket(connectingTo: path) < 0, "the backlog never filled")
+
+        try await withTimeout {
+            let error = await #expect(throws: AiotaskClientError.self) {
+                try await AiotaskClient.connect(to: .unix(path: path), connectTimeout: .milliseconds(300))
+            }
+            #expect(error?.code == .connectFailed)
+            #expect(error?.description.contains("listen backlog stayed full until the connect timeout") == true)
+        }
+    }
+
+    private static func socket(bindingTo path: String) throws -> Int32 {
+        let descriptor = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard descriptor >= 0 else { throw POSIXError(.init(rawValue: errno) ?? .EIO) }
+        var address = Self.address(path)
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
+        }
+        guard bound == 0 else { throw POSIXError(.init(rawValue: errno) ?? .EIO) }
+        return descriptor
+    }
+
+    /// A non-blocking connect: the descriptor, or -1 when the kernel refused it with `EAGAIN`.
+    private static func socket(connectingTo path: String) throws -> Int32 {
+        let descriptor = Glibc.socket(
+            AF_UNIX,
+            Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue),
+            0
+        )
+        guard descriptor >= 0 else { throw POSIXError(.init(rawValue: errno) ?? .EIO) }
+        var address = Self.address(path)
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
+        }
+        guard connected == 0 else {
+            let error = errno
+            close(descriptor)
+            guard error == EAGAIN else { throw POSIXError(.init(rawValue: error) ?? .EIO) }
+            return -1
+        }
+        return descriptor
+    }
+
+    private static func address(_ path: String) -> sockaddr_un {
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: path.utf8.prefix($0.count - 1)) }
+        return address
     }
 }
