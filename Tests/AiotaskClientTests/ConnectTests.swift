@@ -172,12 +172,7 @@ struct BusyUnixSocketTests {
     private static func socket(bindingTo path: String) throws -> Int32 {
         let descriptor = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard descriptor >= 0 else { throw POSIXError(.init(rawValue: errno) ?? .EIO) }
-        var address = Self.address(path)
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-            }
-        }
+        let bound = UnixSocketAddress.bind(descriptor, to: path)
         guard bound == 0 else { throw POSIXError(.init(rawValue: errno) ?? .EIO) }
         return descriptor
     }
@@ -190,12 +185,7 @@ struct BusyUnixSocketTests {
             0
         )
         guard descriptor >= 0 else { throw POSIXError(.init(rawValue: errno) ?? .EIO) }
-        var address = Self.address(path)
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-            }
-        }
+        let connected = UnixSocketAddress.connect(descriptor, to: path)
         guard connected == 0 else {
             let error = errno
             close(descriptor)
@@ -203,12 +193,5 @@ struct BusyUnixSocketTests {
             return -1
         }
         return descriptor
-    }
-
-    private static func address(_ path: String) -> sockaddr_un {
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: path.utf8.prefix($0.count - 1)) }
-        return address
     }
 }
