@@ -215,6 +215,9 @@ struct DaemonTests {
                 let running = try await client.enqueue("sleep \(hold)")
                 _ = try await client.waitForInfo { $0.tasks.running == 1 }
                 let queued = try await client.enqueue(large)
+                // Taken by the daemon before the reload, under the old limit: `enqueue` returns once the task is
+                // written, and the answer to a query on the same connection comes after the daemon read it.
+                _ = try await client.waitForInfo { $0.tasks.submitted == 2 }
 
                 try daemon.writeConfig(
                     "handler = chaos\nworkers = 1\nprefetch = 0\nmax-payload = 1024\nlisten = unix:{SOCKET}\n"
