@@ -116,14 +116,16 @@ final class ConnectionHandler: ChannelInboundHandler {
             }
             return
         }
-        // Read once for every frame of this read: a read can bring hundreds of tasks.
+        // Read once for every task of this read (a read can bring hundreds), as their arrival time.
         let now = NIODeadline.now()
         if frames.read(
             unwrapInboundIn(data),
             receive: { receive($0, at: now) },
             broke: { errorCaught(context: context, error: $0) }
         ) {
-            state.framesReceived(now: now)
+            // The idle clock restarts once the read is handled, not when it began: handling a long read (a thousand
+            // queries answered, on a slow machine) is not time the client was idle.
+            state.framesReceived(now: .now())
         }
     }
 
