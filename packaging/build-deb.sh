@@ -32,13 +32,10 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 command -v swift >/dev/null || { echo "error: swift is not on the PATH (the Swift toolchain is not a Debian package)" >&2; exit 2; }
 
-# 2. Release binaries, with the Swift runtime linked in statically.
+# 2. Release binaries, with the Swift runtime linked in statically (scripts/build-release: the same build
+# scripts/bench-smoke measures, so that CI builds it once).
 log "swift build -c release (scratch path ${SCRATCH#"$ROOT"/})"
-for product in aiotaskd aiotask; do
-    swift build -c release --static-swift-stdlib --disable-local-rpath \
-        --scratch-path "$SCRATCH" --product "$product"
-done
-BINDIR=$(swift build -c release --scratch-path "$SCRATCH" --show-bin-path)
+BINDIR=$(AIOTASK_SCRATCH=$SCRATCH scripts/build-release)
 T1=$(now)
 
 # 3. The Debian build, in a copy of the tree with packaging/debian as debian/.

@@ -16,6 +16,11 @@ public let testSanitizer: String? = ProcessInfo.processInfo.environment["AIOTASK
 /// tests that bound memory check it only in plain builds — which `scripts/test` always runs.
 public var residentMemoryIsMeaningful: Bool { testSanitizer == nil }
 
+/// How much of a volume test's load to send: all of `count` in a plain build, a quarter under a sanitizer. A
+/// sanitizer checks the paths a test runs, and a quarter of the load runs the same ones, past the same socket buffers
+/// and queue limits; the full load, whose point is its size, runs in the plain build that `scripts/test` always runs.
+public func sanitizerScaled(_ count: Int) -> Int { testSanitizer == nil ? count : max(1, count / 4) }
+
 /// A test step took longer than its limit.
 public struct TimedOut: Error, CustomStringConvertible {
     public let limit: Duration

@@ -26,8 +26,8 @@ struct PipeliningTests {
     static let loads: [Load] = [false, true].flatMap { isExtended in
         [true, false].flatMap { overTCP in
             [
-                Load(isExtended: isExtended, overTCP: overTCP, tasks: 3000, largestTask: 30_000),
-                Load(isExtended: isExtended, overTCP: overTCP, tasks: 20_000, largestTask: 1024),
+                Load(isExtended: isExtended, overTCP: overTCP, tasks: sanitizerScaled(3000), largestTask: 30_000),
+                Load(isExtended: isExtended, overTCP: overTCP, tasks: sanitizerScaled(20_000), largestTask: 1024),
             ]
         }
     }
