@@ -25,7 +25,6 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
-        .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
@@ -86,6 +85,13 @@ let package = Package(
             ],
             swiftSettings: upcomingFeatures
         ),
+        // The sha256 built-in handler's digest, from the system's OpenSSL: the same SHA-NI and AVX2 code as a
+        // vendored BoringSSL, without compiling one more copy of it in every build (swift-nio-ssl brings its own).
+        .systemLibrary(
+            name: "CLibcrypto",
+            pkgConfig: "libcrypto",
+            providers: [.apt(["libssl-dev"])]
+        ),
         .systemLibrary(
             name: "CSystemd",
             pkgConfig: "libsystemd",
@@ -144,7 +150,7 @@ let package = Package(
             name: "aiotaskd",
             dependencies: [
                 "AiotaskWorker",
-                .product(name: "Crypto", package: "swift-crypto"),
+                "CLibcrypto",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: upcomingFeatures

@@ -21,7 +21,7 @@ T0=$(now)
 
 # 1. Build dependencies.
 need=()
-for pkg in debhelper dpkg-dev lintian libsystemd-dev pkg-config fakeroot; do
+for pkg in debhelper dpkg-dev lintian libsystemd-dev libssl-dev pkg-config fakeroot; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
