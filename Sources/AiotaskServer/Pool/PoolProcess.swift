@@ -130,7 +130,8 @@ final class PoolProcess {
         let (child, pipes) = try ChildProcess.spawnPoolProcess(
             command,
             extraEnvironment: environment,
-            claimsDescriptor: claims?.descriptor
+            claimsDescriptor: claims?.descriptor,
+            confinement: confinement
         )
         let process = PoolProcess(
             child: child,

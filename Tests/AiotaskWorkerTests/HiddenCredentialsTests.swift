@@ -1,0 +1,218 @@
+import AiotaskClient
+import AiotaskProtocol
+import AiotaskTestSupport
+import CAiotaskShims
+import Foundation
+import Testing
+
+@testable import AiotaskServer
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Musl)
+    import Musl
+#endif
+
+/// Whether this kernel lets an unprivileged process use Landlock (the daemon tests below need it).
+let landlockIsAvailable = aiotask_landlock_abi() > 0
+
+/// `hide-credentials`: pool processes — handler programs and whatever they start, and Swift handlers — cannot
+/// read `$CREDENTIALS_DIRECTORY`, and read everything else as before (docs/security.md).
+@Suite("Hidden credentials")
+struct HiddenCredentialsTests {
+    /// A credentials directory holding `key` (`secret`) and a sibling directory holding `note` (`public`), both in a
+    /// fresh temporary directory.
+    struct Files {
+        let base: String
+        var credentials: String { base + "/credentials" }
+        var key: String { credentials + "/key" }
+        var note: String { base + "/public/note" }
+
+        init() throws {
+            base = try makeTemporaryDirectory()
+            try FileManager.default.createDirectory(atPath: base + "/credentials", withIntermediateDirectories: false)
+            try FileManager.default.createDirectory(atPath: base + "/public", withIntermediateDirectories: false)
+            try "secret".write(toFile: base + "/credentials/key", atomically: false, encoding: .utf8)
+            try "public".write(toFile: base + "/public/note", atomically: false, encoding: .utf8)
+        }
+
+        func remove() { try? FileManager.default.removeItem(atPath: base) }
+    }
+
+    /// A handler program that answers each task, a path, with what `cat PATH` prints, or with `cat`'s complaint as
+    /// its error: the file is read by a process the handler starts, as a shell-out would.
+    static func catHandler() throws -> HandlerScript {
+        try HandlerScript(
+            """
+            import subprocess
+
+            for task in tasks():
+                run = subprocess.run(["cat", task.decode()], capture_output=True)
+                if run.returncode == 0:
+                    reply(0, run.stdout)
+                else:
+                    reply(1, run.stderr.strip() or b"cat failed")
+            """
+        )
+    }
+
+    @Test(
+        "a handler program cannot read a file in CREDENTIALS_DIRECTORY, and reads one in the directory beside it",
+        .enabled(if: landlockIsAvailable, "the kernel offers no Landlock")
+    )
+    func programCannotReadCredentials() async throws {
+        let files = try Files()
+        defer { files.remove() }
+        let script = try Self.catHandler()
+        defer { script.remove() }
+        let daemon = try await RunningDaemon.start(
+            arguments: ["--handler", "exec:\(HandlerScript.python) \(script.path)", "--workers", "1"],
+            environment: ["CREDENTIALS_DIRECTORY": files.credentials]
+        )
+        try await daemon.stopAfter {
+            try await withTimeout(.seconds(30)) {
+                let client = try await AiotaskClient.connect(to: .unix(path: daemon.socket))
+                let failure = try await #require(throws: TaskFailure.self) { try await client.submit(files.key) }
+                #expect(failure.reason == .handlerError)
+                #expect(failure.message.contains("Permission denied"), "\(failure.message)")
+                #expect(try await client.submit(files.note) == Array("public".utf8))
+                try await client.close()
+            }
+            #expect(daemon.process.standardError.contains("pool processes cannot read \(files.credentials)"))
+        }
+    }
+
+    @Test(
+        "a Swift handler cannot read a file in CREDENTIALS_DIRECTORY, and reads one in the directory beside it",
+        .enabled(if: landlockIsAvailable, "the kernel offers no Landlock")
+    )
+    func swiftHandlerCannotReadCredentials() async throws {
+        let files = try Files()
+        defer { files.remove() }
+        let daemon = try await RunningDaemon.start(
+            arguments: ["--handler", "chaos", "--workers", "1"],
+            environment: ["CREDENTIALS_DIRECTORY": files.credentials]
+        )
+        try await daemon.stopAfter {
+            try await withTimeout(.seconds(30)) {
+                let client = try await AiotaskClient.connect(to: .unix(path: daemon.socket))
+                let failure = try await #require(throws: TaskFailure.self) {
+                    try await client.submit("read \(files.key)")
+                }
+                #expect(failure.reason == .handlerError)
+                #expect(failure.message == "cannot read \(files.key): Permission denied")
+                // Nor can it open the directory itself to list it.
+                let listing = try await #require(throws: TaskFailure.self) {
+                    try await client.submit("read \(files.credentials)")
+                }
+                #expect(listing.message == "cannot read \(files.credentials): Permission denied")
+                #expect(try await client.submit("read \(files.note)") == Array("public".utf8))
+                try await client.close()
+            }
+        }
+    }
+
+    @Test(
+        "with hide-credentials = 0 the handler reads CREDENTIALS_DIRECTORY; a reload to 1 hides it from the new processes",
+        .enabled(if: landlockIsAvailable, "the kernel offers no Landlock")
+    )
+    func settingTurnsHidingOff() async throws {
+        let files = try Files()
+        defer { files.remove() }
+        let script = try Self.catHandler()
+        defer { script.remove() }
+        @Sendable func config(hide: Int) -> String {
+            """
+            handler = exec:\(HandlerScript.python) \(script.path)
+            workers = 1
+            listen = unix:{SOCKET}
+            hide-credentials = \(hide)
+            """
+        }
+        let daemon = try await RunningDaemon.start(
+            config: config(hide: 0),
+            environment: ["CREDENTIALS_DIRECTORY": files.credentials]
+        )
+        try await daemon.stopAfter {
+            try await withTimeout(.seconds(30)) {
+                let client = try await AiotaskClient.connect(to: .unix(path: daemon.socket))
+                #expect(try await client.submit(files.key) == Array("secret".utf8))
+                try daemon.writeConfig(config(hide: 1))
+                try await daemon.reload(count: 1)
+                let failure = try await #require(throws: TaskFailure.self) { try await client.submit(files.key) }
+                #expect(failure.message.contains("Permission denied"), "\(failure.message)")
+                try await client.close()
+            }
+        }
+    }
+
+    // MARK: Which paths a ruleset allows (no system call)
+
+    /// A file tree for ``HiddenPathsPlan``: each directory's entries; any other path is no directory.
+    static let tree: [String: [String]] = [
+        "/": ["bin", "etc", "run", "usr"],
+        "/etc": ["aiotask", "passwd"],
+        "/etc/aiotask": ["aiotaskd.conf", "key.pem", "tls"],
+        "/etc/aiotask/tls": ["ca.pem"],
+        "/run": ["credentials", "lock", "user"],
+        "/run/credentials": ["aiotask.service", "other.service"],
+        "/run/credentials/aiotask.service": ["tls-key"],
+    ]
+
+    static func allowed(hiding hidden: [String]) -> [String] {
+        HiddenPathsPlan.allowedPaths(hiding: hidden, entries: { tree[$0] })
+    }
+
+    @Test("hiding a path allows every entry of each directory on the way to it, except the way itself")
+    func onePath() {
+        #expect(
+            Self.allowed(hiding: ["/run/credentials/aiotask.service"]) == [
+                "/bin", "/etc", "/run/credentials/other.service", "/run/lock", "/run/user", "/usr",
+            ]
+        )
+    }
+
+    @Test("several hidden paths share their ancestors, and a file can be hidden beside readable ones")
+    func severalPaths() {
+        #expect(
+            Self.allowed(hiding: ["/run/credentials/aiotask.service", "/etc/aiotask/key.pem"]) == [
+                "/bin", "/etc/aiotask/aiotaskd.conf", "/etc/aiotask/tls", "/etc/passwd",
+                "/run/credentials/other.service", "/run/lock", "/run/user", "/usr",
+            ]
+        )
+    }
+
+    @Test("a hidden path beneath another adds nothing, and . and .. are taken as written")
+    func nestedAndDotted() {
+        let plain = Self.allowed(hiding: ["/run/credentials"])
+        #expect(plain == ["/bin", "/etc", "/run/lock", "/run/user", "/usr"])
+        #expect(Self.allowed(hiding: ["/run/credentials/aiotask.service/tls-key", "/run/credentials"]) == plain)
+        #expect(Self.allowed(hiding: ["/run/./lock/../credentials/"]) == plain)
+    }
+
+    @Test("beneath a missing directory nothing is allowed; a relative path or / hides nothing")
+    func missingAndRefused() {
+        #expect(
+            Self.allowed(hiding: ["/run/credentials/aiotask.service/missing/deeper"]) == [
+                "/bin", "/etc", "/run/credentials/other.service", "/run/lock", "/run/user", "/usr",
+            ]
+        )
+        #expect(Self.allowed(hiding: ["relative/key", "/"]).isEmpty)
+        #expect(Self.allowed(hiding: []).isEmpty)
+    }
+
+    @Test("the hidden set is CREDENTIALS_DIRECTORY and the secrets, relative ones within it; none when turned off")
+    func hiddenSet() {
+        let environment = ["CREDENTIALS_DIRECTORY": "/run/credentials/aiotask.service"]
+        var hidden = HiddenPaths(secretPaths: ["tls-key", "/etc/aiotask/key.pem"])
+        #expect(
+            hidden.paths(environment: environment) == [
+                "/run/credentials/aiotask.service", "/run/credentials/aiotask.service/tls-key",
+                "/etc/aiotask/key.pem",
+            ]
+        )
+        #expect(hidden.paths(environment: [:]) == ["/etc/aiotask/key.pem"])
+        hidden.isEnabled = false
+        #expect(hidden.paths(environment: environment).isEmpty)
+    }
+}
