@@ -20,18 +20,22 @@ let landlockIsAvailable = aiotask_landlock_abi() > 0
 /// read `$CREDENTIALS_DIRECTORY`, and read everything else as before (docs/security.md).
 @Suite("Hidden credentials")
 struct HiddenCredentialsTests {
-    /// A credentials directory holding `key` (`secret`) and a sibling directory holding `note` (`public`), both in a
-    /// fresh temporary directory.
+    /// A credentials directory holding `key` (`secret`), a sibling directory holding `note` (`public`) and an empty
+    /// one, all in a fresh temporary directory (made before the daemon starts: an entry made later directly in it,
+    /// an ancestor of a hidden path, would be unreadable to the pool).
     struct Files {
         let base: String
         var credentials: String { base + "/credentials" }
         var key: String { credentials + "/key" }
         var note: String { base + "/public/note" }
+        /// An empty directory beside them.
+        var other: String { base + "/other" }
 
         init() throws {
             base = try makeTemporaryDirectory()
             try FileManager.default.createDirectory(atPath: base + "/credentials", withIntermediateDirectories: false)
             try FileManager.default.createDirectory(atPath: base + "/public", withIntermediateDirectories: false)
+            try FileManager.default.createDirectory(atPath: base + "/other", withIntermediateDirectories: false)
             try "secret".write(toFile: base + "/credentials/key", atomically: false, encoding: .utf8)
             try "public".write(toFile: base + "/public/note", atomically: false, encoding: .utf8)
         }
@@ -39,15 +43,16 @@ struct HiddenCredentialsTests {
         func remove() { try? FileManager.default.removeItem(atPath: base) }
     }
 
-    /// A handler program that answers each task, a path, with what `cat PATH` prints, or with `cat`'s complaint as
-    /// its error: the file is read by a process the handler starts, as a shell-out would.
-    static func catHandler() throws -> HandlerScript {
+    /// A handler program that runs each task as a command (`cat PATH`, `ln FROM TO`: words separated by spaces) and
+    /// answers with what it prints, or with its complaint as the error: files are read by a process the handler
+    /// starts, as a shell-out would.
+    static func commandHandler() throws -> HandlerScript {
         try HandlerScript(
             """
             import subprocess
 
             for task in tasks():
-                run = subprocess.run(["cat", task.decode()], capture_output=True)
+                run = subprocess.run(task.decode().split(" "), capture_output=True)
                 if run.returncode == 0:
                     reply(0, run.stdout)
                 else:
@@ -57,13 +62,13 @@ struct HiddenCredentialsTests {
     }
 
     @Test(
-        "a handler program cannot read a file in CREDENTIALS_DIRECTORY, and reads one in the directory beside it",
+        "a handler program cannot read a file in CREDENTIALS_DIRECTORY, and reads and links one in the directories beside it",
         .enabled(if: landlockIsAvailable, "the kernel offers no Landlock")
     )
     func programCannotReadCredentials() async throws {
         let files = try Files()
         defer { files.remove() }
-        let script = try Self.catHandler()
+        let script = try Self.commandHandler()
         defer { script.remove() }
         let daemon = try await RunningDaemon.start(
             arguments: ["--handler", "exec:\(HandlerScript.python) \(script.path)", "--workers", "1"],
@@ -72,10 +77,16 @@ struct HiddenCredentialsTests {
         try await daemon.stopAfter {
             try await withTimeout(.seconds(30)) {
                 let client = try await AiotaskClient.connect(to: .unix(path: daemon.socket))
-                let failure = try await #require(throws: TaskFailure.self) { try await client.submit(files.key) }
+                let failure = try await #require(throws: TaskFailure.self) {
+                    try await client.submit("cat \(files.key)")
+                }
                 #expect(failure.reason == .handlerError)
                 #expect(failure.message.contains("Permission denied"), "\(failure.message)")
-                #expect(try await client.submit(files.note) == Array("public".utf8))
+                #expect(try await client.submit("cat \(files.note)") == Array("public".utf8))
+                // Linking a file into another directory still works: Landlock refuses it unless REFER is granted. (`ln`,
+                // not `mv`, which would fall back to copying.)
+                _ = try await client.submit("ln \(files.note) \(files.other)/note")
+                #expect(try await client.submit("cat \(files.other)/note") == Array("public".utf8))
                 try await client.close()
             }
             #expect(daemon.process.standardError.contains("pool processes cannot read \(files.credentials)"))
@@ -119,7 +130,7 @@ struct HiddenCredentialsTests {
     func settingTurnsHidingOff() async throws {
         let files = try Files()
         defer { files.remove() }
-        let script = try Self.catHandler()
+        let script = try Self.commandHandler()
         defer { script.remove() }
         @Sendable func config(hide: Int) -> String {
             """
@@ -136,10 +147,12 @@ struct HiddenCredentialsTests {
         try await daemon.stopAfter {
             try await withTimeout(.seconds(30)) {
                 let client = try await AiotaskClient.connect(to: .unix(path: daemon.socket))
-                #expect(try await client.submit(files.key) == Array("secret".utf8))
+                #expect(try await client.submit("cat \(files.key)") == Array("secret".utf8))
                 try daemon.writeConfig(config(hide: 1))
                 try await daemon.reload(count: 1)
-                let failure = try await #require(throws: TaskFailure.self) { try await client.submit(files.key) }
+                let failure = try await #require(throws: TaskFailure.self) {
+                    try await client.submit("cat \(files.key)")
+                }
                 #expect(failure.message.contains("Permission denied"), "\(failure.message)")
                 try await client.close()
             }
