@@ -203,11 +203,15 @@ struct HiddenCredentialsTests {
         #expect(Self.allowed(hiding: ["/run/./lock/../credentials/"]) == plain)
     }
 
-    @Test("beneath a missing directory nothing is allowed; a relative path or / hides nothing")
+    @Test(
+        "a missing hidden path leaves its directory without a rule, so what is made there later is hidden; a relative path or / hides nothing"
+    )
     func missingAndRefused() {
+        // Every entry of /run/credentials keeps its rule; /run/credentials itself gets none.
         #expect(
-            Self.allowed(hiding: ["/run/credentials/aiotask.service/missing/deeper"]) == [
-                "/bin", "/etc", "/run/credentials/other.service", "/run/lock", "/run/user", "/usr",
+            Self.allowed(hiding: ["/run/credentials/gone.service/key"]) == [
+                "/bin", "/etc", "/run/credentials/aiotask.service", "/run/credentials/other.service", "/run/lock",
+                "/run/user", "/usr",
             ]
         )
         #expect(Self.allowed(hiding: ["relative/key", "/"]).isEmpty)
