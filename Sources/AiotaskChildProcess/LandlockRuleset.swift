@@ -78,6 +78,10 @@ package final class LandlockRuleset: Sendable {
 package struct LandlockUnavailable: Error, CustomStringConvertible {
     package var errno: Int32
 
+    package init(errno: Int32) {
+        self.errno = errno
+    }
+
     package var description: String {
         let reason =
             switch errno {

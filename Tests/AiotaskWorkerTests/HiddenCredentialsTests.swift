@@ -1,8 +1,10 @@
+import AiotaskChildProcess
 import AiotaskClient
 import AiotaskProtocol
 import AiotaskTestSupport
 import CAiotaskShims
 import Foundation
+import Logging
 import Testing
 
 @testable import AiotaskServer
@@ -157,6 +159,38 @@ struct HiddenCredentialsTests {
                 try await client.close()
             }
         }
+    }
+
+    @Test(
+        "without Landlock the pool runs unconfined, and one warning names what stays readable and why",
+        arguments: [
+            (EPERM, "a system-call filter refuses landlock_create_ruleset"),
+            (ENOSYS, "the kernel has no Landlock"),
+            (EOPNOTSUPP, "Landlock is not enabled"),
+        ]
+    )
+    func unavailable(code: Int32, reason: String) {
+        let capture = LogCapture()
+        let ruleset = HandlerConfinement.make(
+            HiddenPaths(),
+            environment: ["CREDENTIALS_DIRECTORY": "/run/credentials/aiotask.service"],
+            logger: capture.logger,
+            makeRuleset: { _ in .failure(LandlockUnavailable(errno: code)) }
+        )
+        #expect(ruleset == nil)
+        let warnings = capture.entries.filter { $0.level == .warning }
+        #expect(warnings.count == 1, "\(capture.entries.map(\.message))")
+        let message = warnings.first?.message ?? ""
+        #expect(
+            message.hasPrefix(
+                "pool processes can read /run/credentials/aiotask.service: Landlock unavailable: \(reason)"
+            ),
+            "\(message)"
+        )
+        // Nothing to hide: no ruleset, and nothing to warn about.
+        let quiet = LogCapture()
+        #expect(HandlerConfinement.make(HiddenPaths(), environment: [:], logger: quiet.logger) == nil)
+        #expect(quiet.entries.isEmpty)
     }
 
     // MARK: Which paths a ruleset allows (no system call)

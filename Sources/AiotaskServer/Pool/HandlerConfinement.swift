@@ -15,16 +15,22 @@ enum HandlerConfinement {
     /// to be hidden, or when Landlock is unavailable, which is logged as a warning naming what stays readable and
     /// why. The pool runs either way: failing to start would turn a kernel without Landlock into an outage, while
     /// the service's other hardening still holds (docs/security.md).
+    ///
+    /// - Parameter makeRuleset: builds the ruleset allowing the paths given (``LandlockRuleset/make(allowing:)``;
+    ///   a test hands in a kernel without Landlock).
     static func make(
         _ hidden: HiddenPaths,
         environment: [String: String] = ProcessInfo.processInfo.environment,
-        logger: Logger
+        logger: Logger,
+        makeRuleset: ([String]) -> Result<
+            (ruleset: LandlockRuleset, skipped: [(path: String, errno: Int32)]), LandlockUnavailable
+        > = LandlockRuleset.make(allowing:)
     ) -> LandlockRuleset? {
         let paths = hidden.paths(environment: environment).map(resolved)
         guard !paths.isEmpty else { return nil }
         let names = paths.joined(separator: ", ")
         let allowed = HiddenPathsPlan.allowedPaths(hiding: paths, entries: entries(of:))
-        switch LandlockRuleset.make(allowing: allowed) {
+        switch makeRuleset(allowed) {
         case .failure(let error):
             logger.warning(
                 "pool processes can read \(names): \(error); set hide-credentials = 0 if that is intended",
