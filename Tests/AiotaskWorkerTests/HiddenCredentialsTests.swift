@@ -32,6 +32,10 @@ struct HiddenCredentialsTests {
         var note: String { base + "/public/note" }
         /// An empty directory beside them.
         var other: String { base + "/other" }
+        /// The handler program of ``HiddenCredentialsTests/commandHandler()``.
+        let script: HandlerScript
+        /// The `handler` setting that runs ``script``.
+        var program: String { "exec:\(HandlerScript.python) \(script.path)" }
 
         init() throws {
             base = try makeTemporaryDirectory()
@@ -40,9 +44,35 @@ struct HiddenCredentialsTests {
             try FileManager.default.createDirectory(atPath: base + "/other", withIntermediateDirectories: false)
             try "secret".write(toFile: base + "/credentials/key", atomically: false, encoding: .utf8)
             try "public".write(toFile: base + "/public/note", atomically: false, encoding: .utf8)
+            script = try HiddenCredentialsTests.commandHandler()
         }
 
-        func remove() { try? FileManager.default.removeItem(atPath: base) }
+        func remove() {
+            script.remove()
+            try? FileManager.default.removeItem(atPath: base)
+        }
+
+        /// Starts aiotaskd with `arguments` or `config` (see ``RunningDaemon/start(arguments:config:environment:in:)``)
+        /// and the credentials directory as `CREDENTIALS_DIRECTORY`, runs `body` with a client of it within 30
+        /// seconds, then stops it.
+        func withDaemon(
+            arguments: [String] = [],
+            config: String? = nil,
+            _ body: @escaping @Sendable (AiotaskClient, RunningDaemon) async throws -> Void
+        ) async throws {
+            let daemon = try await RunningDaemon.start(
+                arguments: arguments,
+                config: config,
+                environment: ["CREDENTIALS_DIRECTORY": credentials]
+            )
+            try await daemon.stopAfter {
+                try await withTimeout(.seconds(30)) {
+                    let client = try await AiotaskClient.connect(to: .unix(path: daemon.socket))
+                    try await body(client, daemon)
+                    try await client.close()
+                }
+            }
+        }
     }
 
     /// A handler program that runs each task as a command (`cat PATH`, `ln FROM TO`: words separated by spaces) and
@@ -70,27 +100,19 @@ struct HiddenCredentialsTests {
     func programCannotReadCredentials() async throws {
         let files = try Files()
         defer { files.remove() }
-        let script = try Self.commandHandler()
-        defer { script.remove() }
-        let daemon = try await RunningDaemon.start(
-            arguments: ["--handler", "exec:\(HandlerScript.python) \(script.path)", "--workers", "1"],
-            environment: ["CREDENTIALS_DIRECTORY": files.credentials]
-        )
-        try await daemon.stopAfter {
-            try await withTimeout(.seconds(30)) {
-                let client = try await AiotaskClient.connect(to: .unix(path: daemon.socket))
-                let failure = try await #require(throws: TaskFailure.self) {
-                    try await client.submit("cat \(files.key)")
-                }
-                #expect(failure.reason == .handlerError)
-                #expect(failure.message.contains("Permission denied"), "\(failure.message)")
-                #expect(try await client.submit("cat \(files.note)") == Array("public".utf8))
-                // Linking a file into another directory still works: Landlock refuses it unless REFER is granted. (`ln`,
-                // not `mv`, which would fall back to copying.)
-                _ = try await client.submit("ln \(files.note) \(files.other)/note")
-                #expect(try await client.submit("cat \(files.other)/note") == Array("public".utf8))
-                try await client.close()
+        try await files.withDaemon(
+            arguments: ["--handler", files.program, "--workers", "1"]
+        ) { client, daemon in
+            let failure = try await #require(throws: TaskFailure.self) {
+                try await client.submit("cat \(files.key)")
             }
+            #expect(failure.reason == .handlerError)
+            #expect(failure.message.contains("Permission denied"), "\(failure.message)")
+            #expect(try await client.submit("cat \(files.note)") == Array("public".utf8))
+            // Linking a file into another directory still works: Landlock refuses it unless REFER is granted. (`ln`,
+            // not `mv`, which would fall back to copying.)
+            _ = try await client.submit("ln \(files.note) \(files.other)/note")
+            #expect(try await client.submit("cat \(files.other)/note") == Array("public".utf8))
             #expect(daemon.process.standardError.contains("pool processes cannot read \(files.credentials)"))
         }
     }
@@ -102,26 +124,18 @@ struct HiddenCredentialsTests {
     func swiftHandlerCannotReadCredentials() async throws {
         let files = try Files()
         defer { files.remove() }
-        let daemon = try await RunningDaemon.start(
-            arguments: ["--handler", "chaos", "--workers", "1"],
-            environment: ["CREDENTIALS_DIRECTORY": files.credentials]
-        )
-        try await daemon.stopAfter {
-            try await withTimeout(.seconds(30)) {
-                let client = try await AiotaskClient.connect(to: .unix(path: daemon.socket))
-                let failure = try await #require(throws: TaskFailure.self) {
-                    try await client.submit("read \(files.key)")
-                }
-                #expect(failure.reason == .handlerError)
-                #expect(failure.message == "cannot read \(files.key): Permission denied")
-                // Nor can it open the directory itself to list it.
-                let listing = try await #require(throws: TaskFailure.self) {
-                    try await client.submit("read \(files.credentials)")
-                }
-                #expect(listing.message == "cannot read \(files.credentials): Permission denied")
-                #expect(try await client.submit("read \(files.note)") == Array("public".utf8))
-                try await client.close()
+        try await files.withDaemon(arguments: ["--handler", "chaos", "--workers", "1"]) { client, _ in
+            let failure = try await #require(throws: TaskFailure.self) {
+                try await client.submit("read \(files.key)")
             }
+            #expect(failure.reason == .handlerError)
+            #expect(failure.message == "cannot read \(files.key): Permission denied")
+            // Nor can it open the directory itself to list it.
+            let listing = try await #require(throws: TaskFailure.self) {
+                try await client.submit("read \(files.credentials)")
+            }
+            #expect(listing.message == "cannot read \(files.credentials): Permission denied")
+            #expect(try await client.submit("read \(files.note)") == Array("public".utf8))
         }
     }
 
@@ -132,32 +146,22 @@ struct HiddenCredentialsTests {
     func settingTurnsHidingOff() async throws {
         let files = try Files()
         defer { files.remove() }
-        let script = try Self.commandHandler()
-        defer { script.remove() }
         @Sendable func config(hide: Int) -> String {
             """
-            handler = exec:\(HandlerScript.python) \(script.path)
+            handler = \(files.program)
             workers = 1
             listen = unix:{SOCKET}
             hide-credentials = \(hide)
             """
         }
-        let daemon = try await RunningDaemon.start(
-            config: config(hide: 0),
-            environment: ["CREDENTIALS_DIRECTORY": files.credentials]
-        )
-        try await daemon.stopAfter {
-            try await withTimeout(.seconds(30)) {
-                let client = try await AiotaskClient.connect(to: .unix(path: daemon.socket))
-                #expect(try await client.submit("cat \(files.key)") == Array("secret".utf8))
-                try daemon.writeConfig(config(hide: 1))
-                try await daemon.reload(count: 1)
-                let failure = try await #require(throws: TaskFailure.self) {
-                    try await client.submit("cat \(files.key)")
-                }
-                #expect(failure.message.contains("Permission denied"), "\(failure.message)")
-                try await client.close()
+        try await files.withDaemon(config: config(hide: 0)) { client, daemon in
+            #expect(try await client.submit("cat \(files.key)") == Array("secret".utf8))
+            try daemon.writeConfig(config(hide: 1))
+            try await daemon.reload(count: 1)
+            let failure = try await #require(throws: TaskFailure.self) {
+                try await client.submit("cat \(files.key)")
             }
+            #expect(failure.message.contains("Permission denied"), "\(failure.message)")
         }
     }
 
