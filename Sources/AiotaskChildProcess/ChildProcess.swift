@@ -43,12 +43,15 @@ package final class ChildProcess: Sendable {
     ///     the three standard streams; every other descriptor is closed in the child. The caller keeps (and
     ///     closes) its own copies.
     ///   - searchingPath: look `executable` up in `PATH` when it holds no `/`.
+    ///   - confinement: a Landlock ruleset the child enters before it executes `executable` (see
+    ///     ``LandlockRuleset``); the child is not started if it cannot enter it.
     package static func spawn(
         _ executable: String,
         arguments: [String],
         environment: [String: String],
         descriptors: [CInt],
-        searchingPath: Bool = false
+        searchingPath: Bool = false,
+        confinement: LandlockRuleset? = nil
     ) throws(SpawnError) -> ChildProcess {
         precondition(descriptors.count >= 3, "a child needs its three standard streams")
         // A descriptor below the count would be overwritten by an earlier dup2 in the child before being copied:
@@ -72,10 +75,13 @@ package final class ChildProcess: Sendable {
                     envpPointer,
                     sources,
                     CInt(sources.count),
-                    searchingPath && !executable.contains("/")
+                    searchingPath && !executable.contains("/"),
+                    confinement?.descriptor ?? -1
                 )
             }
         }
+        // The ruleset's descriptor must stay open until the child has entered its domain, which it has by now.
+        withExtendedLifetime(confinement) {}
         guard pid > 0 else { throw SpawnError(executable: executable, errno: -pid) }
         // The child is not reaped before this (only its owner reaps it), so the pid cannot name another process.
         let processDescriptor = aiotask_pidfd_open(pid)

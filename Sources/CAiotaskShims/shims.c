@@ -11,9 +11,45 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <pthread.h>
+
+/* Landlock's system calls have the same numbers on every architecture; older headers lack them. */
+#ifndef SYS_landlock_create_ruleset
+#define SYS_landlock_create_ruleset 444
+#endif
+#ifndef SYS_landlock_add_rule
+#define SYS_landlock_add_rule 445
+#endif
+#ifndef SYS_landlock_restrict_self
+#define SYS_landlock_restrict_self 446
+#endif
+#ifndef SYS_close_range
+#define SYS_close_range 436
+#endif
+#define AIOTASK_LANDLOCK_CREATE_RULESET_VERSION (1U << 0)
+#define AIOTASK_LANDLOCK_RULE_PATH_BENEATH 1
+#define AIOTASK_CLOSE_RANGE_CLOEXEC (1U << 2)
+
+/* The kernel's struct landlock_ruleset_attr and landlock_path_beneath_attr (the latter packed), declared here so
+ * that no header of a particular kernel is needed. Only the first field of the ruleset's attributes is used: its
+ * size says so to the kernel, which then needs no network or scope rights. */
+struct aiotask_landlock_ruleset_attr {
+    uint64_t handled_access_fs;
+};
+
+struct aiotask_landlock_path_beneath_attr {
+    uint64_t allowed_access;
+    int32_t parent_fd;
+} __attribute__((packed));
+
+static pid_t spawn_confined(const char *path, char *const argv[], char *const envp[], const int fds[], int fd_count,
+                            bool search_path, int landlock_ruleset);
 
 pid_t aiotask_spawn(const char *path, char *const argv[], char *const envp[], const int fds[], int fd_count,
-                    bool search_path) {
+                    bool search_path, int landlock_ruleset) {
+    if (landlock_ruleset >= 0) return spawn_confined(path, argv, envp, fds, fd_count, search_path, landlock_ruleset);
     posix_spawn_file_actions_t actions;
     posix_spawnattr_t attributes;
     sigset_t all_signals, no_signals;
@@ -43,6 +79,112 @@ done:
     posix_spawnattr_destroy(&attributes);
     posix_spawn_file_actions_destroy(&actions);
     return error == 0 ? pid : -error;
+}
+
+/* Reports `error` through the close-on-exec pipe `report` and ends the child (a vfork child: no exit handlers). */
+static void child_failed(int report, int error) {
+    (void)syscall(SYS_write, report, &error, sizeof error);
+    _exit(127);
+}
+
+/*
+ * aiotask_spawn with a Landlock domain: what posix_spawn does, by hand, because posix_spawn runs no code of ours
+ * between fork and exec, and the domain must be entered there — before the program's first instruction, and in a
+ * process that is still ours (after exec a program could not be trusted to enter it). vfork, like glibc's
+ * posix_spawn (CLONE_VM | CLONE_VFORK): no copy of the daemon's page tables, however large its heap. The child
+ * shares the parent's memory and runs on its stack until exec, so it makes only direct system calls, with every
+ * signal blocked until its dispositions are back to default (a handler of the parent must never run in it). It
+ * reports a failure through a close-on-exec pipe (which also works when a sanitizer turns vfork into fork); the
+ * end of the pipe without a word means exec succeeded.
+ */
+static pid_t spawn_confined(const char *path, char *const argv[], char *const envp[], const int fds[], int fd_count,
+                            bool search_path, int landlock_ruleset) {
+    int report[2];
+    if (pipe2(report, O_CLOEXEC) != 0) return -errno;
+    sigset_t all_signals, previous;
+    sigfillset(&all_signals);
+    pthread_sigmask(SIG_SETMASK, &all_signals, &previous);
+    pid_t pid = vfork();
+    if (pid == 0) {
+        static const unsigned long default_action[4] = {0, 0, 0, 0};
+        static const unsigned long no_signals[1] = {0};
+        for (int signal = 1; signal <= 64; signal++) {
+            (void)syscall(SYS_rt_sigaction, signal, default_action, NULL, sizeof no_signals);
+        }
+        if (syscall(SYS_setpgid, 0, 0) != 0) child_failed(report[1], errno);
+        /* The kernel accepts a Landlock domain only from a process that can gain no privileges (or holds
+         * CAP_SYS_ADMIN); the service has NoNewPrivileges=yes anyway. Both are inherited across exec and fork, and
+         * nothing can lift them: the handler and everything it starts stay confined. */
+        if (syscall(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) child_failed(report[1], errno);
+        if (syscall(SYS_landlock_restrict_self, landlock_ruleset, 0) != 0) child_failed(report[1], errno);
+        /* Every source is above fd_count (the caller sees to it), so no dup3 overwrites a later one's source (dup3, not
+         * dup2: some architectures have no dup2 system call). */
+        for (int target = 0; target < fd_count; target++) {
+            if (syscall(SYS_dup3, fds[target], target, 0) < 0) child_failed(report[1], errno);
+        }
+        /* Close-on-exec rather than closed, so that the report pipe stays open until exec (Linux 5.11; Landlock
+         * needs 5.13). */
+        if (syscall(SYS_close_range, fd_count, ~0U, AIOTASK_CLOSE_RANGE_CLOEXEC) != 0) child_failed(report[1], errno);
+        (void)syscall(SYS_rt_sigprocmask, SIG_SETMASK, no_signals, NULL, sizeof no_signals);
+        if (search_path) {
+            execvpe(path, argv, envp);
+        } else {
+            execve(path, argv, envp);
+        }
+        child_failed(report[1], errno);
+    }
+    int error = pid < 0 ? errno : 0;
+    pthread_sigmask(SIG_SETMASK, &previous, NULL);
+    close(report[1]);
+    if (pid > 0) {
+        int child_error = 0;
+        ssize_t count;
+        do {
+            count = read(report[0], &child_error, sizeof child_error);
+        } while (count < 0 && errno == EINTR);
+        if (count == (ssize_t)sizeof child_error) {
+            /* The child never ran the program and has exited: reap it, as posix_spawn does. */
+            while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {}
+            error = child_error != 0 ? child_error : EIO;
+        }
+    }
+    close(report[0]);
+    return error == 0 ? pid : -error;
+}
+
+int aiotask_landlock_abi(void) {
+    long abi = syscall(SYS_landlock_create_ruleset, NULL, 0, AIOTASK_LANDLOCK_CREATE_RULESET_VERSION);
+    return abi >= 0 ? (int)abi : -errno;
+}
+
+int aiotask_landlock_create_ruleset(uint64_t handled_access_fs) {
+    struct aiotask_landlock_ruleset_attr attributes = {.handled_access_fs = handled_access_fs};
+    long fd = syscall(SYS_landlock_create_ruleset, &attributes, sizeof attributes, 0);
+    return fd >= 0 ? (int)fd : -errno;
+}
+
+int aiotask_landlock_allow(int ruleset, const char *path, uint64_t directory_access, uint64_t file_access) {
+    /* O_NOFOLLOW: a symbolic link gets no rule of its own (a rule on its target could open what is hidden). */
+    int fd = open(path, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) return -errno;
+    struct stat status;
+    if (fstat(fd, &status) != 0) {
+        int error = errno;
+        close(fd);
+        return -error;
+    }
+    if (S_ISLNK(status.st_mode)) {
+        close(fd);
+        return 1;
+    }
+    struct aiotask_landlock_path_beneath_attr rule = {
+        .allowed_access = S_ISDIR(status.st_mode) ? directory_access : file_access,
+        .parent_fd = fd,
+    };
+    long result = syscall(SYS_landlock_add_rule, ruleset, AIOTASK_LANDLOCK_RULE_PATH_BENEATH, &rule, 0);
+    int error = errno;
+    close(fd);
+    return result == 0 ? 0 : -error;
 }
 
 #ifndef SYS_pidfd_open

@@ -32,7 +32,7 @@ enum BuiltinHandler: String, CaseIterable {
         case .burn: "keeps a CPU busy for the milliseconds given as the task text"
         case .fail: "fails every task, with the task text as the error message"
         case .chaos:
-            "obeys the command in the task: echo TEXT, sleep MS, fail MESSAGE, exit CODE, signal N, stderr TEXT, pid, hang, orphan [exit], escape, garbage, flood-stderr BYTES, leak MB, hog MB, context TEXT, trace TEXT"
+            "obeys the command in the task: echo TEXT, sleep MS, fail MESSAGE, exit CODE, signal N, stderr TEXT, pid, hang, orphan [exit], escape, garbage, flood-stderr BYTES, leak MB, hog MB, context TEXT, trace TEXT, read PATH"
         }
     }
 

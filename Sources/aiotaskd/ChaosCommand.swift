@@ -46,6 +46,9 @@ enum ChaosCommand {
     /// `trace TEXT`: log TEXT through the task context's logger, then return the task's `traceparent` (`none`
     /// without one).
     case trace(String)
+    /// `read PATH`: return the first 64 KiB of the file at PATH, or fail naming why it cannot be read (what a
+    /// handler can read: docs/security.md).
+    case read(String)
 
     init(parsing text: String) throws {
         let parts = text.split(separator: " ", maxSplits: 1).map(String.init)
@@ -71,6 +74,7 @@ enum ChaosCommand {
         case "hog": self = .hog(try Self.number(argument))
         case "context": self = .context(argument)
         case "trace": self = .trace(argument)
+        case "read": self = .read(argument)
         default: throw HandlerFailure(message: "unknown chaos command '\(text.prefix(40))'")
         }
     }
@@ -162,6 +166,18 @@ enum ChaosCommand {
         case .trace(let text):
             context.logger.info("\(text)")
             return ByteBuffer(string: context.traceParent.map { "\($0)" } ?? "none")
+        case .read(let path):
+            let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+            guard descriptor >= 0 else {
+                throw HandlerFailure(message: "cannot read \(path): \(String(cString: strerror(errno)))")
+            }
+            defer { close(descriptor) }
+            var bytes = [UInt8](repeating: 0, count: 65536)
+            let count = bytes.withUnsafeMutableBytes { Glibc.read(descriptor, $0.baseAddress, $0.count) }
+            guard count >= 0 else {
+                throw HandlerFailure(message: "cannot read \(path): \(String(cString: strerror(errno)))")
+            }
+            return ByteBuffer(bytes: bytes[0..<count])
         }
     }
 

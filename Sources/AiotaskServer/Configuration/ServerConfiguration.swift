@@ -87,6 +87,9 @@ public struct ServerConfiguration: Sendable {
     /// socket's file mode lets in. Checked once as each connection opens, so a reload applies to new connections
     /// and leaves those open alone. TCP connections are not checked. See docs/security.md.
     public var peerPolicy = PeerPolicy()
+    /// What the pool's processes must not read (`hide-credentials`): `$CREDENTIALS_DIRECTORY` and the secrets
+    /// named in ``HiddenPaths/secretPaths``. Worked out again at each reload. See docs/security.md.
+    public var hiddenPaths = HiddenPaths()
 
     public init(
         listenAddresses: [ServerAddress] = [],

@@ -26,14 +26,15 @@ extension ChildProcess {
 
     /// Starts a pool process running `command`, with `extraEnvironment` added to the supervisor's environment and
     /// `claimsDescriptor` (unless nil) as its descriptor 3: no other descriptor of the supervisor (listening
-    /// sockets, other processes' pipes) reaches it.
+    /// sockets, other processes' pipes) reaches it. With a `confinement` it enters that Landlock ruleset first.
     ///
     /// It is registered as a pool process in the same breath as it starts, so the orphan reaper never takes it
     /// for an orphan (see ``OrphanReaper/poolProcesses``); ``watchPoolProcessExit(slot:_:)`` takes it off.
     static func spawnPoolProcess(
         _ command: ProcessCommand,
         extraEnvironment: [String: String],
-        claimsDescriptor: CInt? = nil
+        claimsDescriptor: CInt? = nil,
+        confinement: LandlockRuleset? = nil
     ) throws(SpawnError) -> (child: ChildProcess, pipes: PoolProcessPipes) {
         var environment = ProcessInfo.processInfo.environment.filter { !withheldEnvironment.contains($0.key) }
         environment.merge(command.environment) { $1 }
@@ -62,7 +63,8 @@ extension ChildProcess {
                     command.executable,
                     arguments: command.arguments,
                     environment: environment,
-                    descriptors: descriptors
+                    descriptors: descriptors,
+                    confinement: confinement
                 )
             }
             if case .success(let child) = spawned { pool.insert(child.pid) }

@@ -102,11 +102,13 @@ final class PoolProcess {
     ///   - sharedPayloadBytes: the payload arena of a process running a library handler; 0 for none.
     ///   - programTaskContext: whether a handler program gets each task's ``TaskContextHeader``, as a library
     ///     handler always does (`handler-task-context`).
+    ///   - confinement: the Landlock ruleset the process enters before it executes its program (``HiddenPaths``).
     static func spawn(
         _ command: ProcessCommand,
         slot: Int,
         sharedPayloadBytes: Int = SharedPayloadArena.defaultCapacity,
         programTaskContext: Bool = false,
+        confinement: LandlockRuleset? = nil,
         loop: any EventLoop
     ) throws -> PoolProcess {
         let sendsTaskContext = command.runsSwiftHandler || programTaskContext
@@ -130,7 +132,8 @@ final class PoolProcess {
         let (child, pipes) = try ChildProcess.spawnPoolProcess(
             command,
             extraEnvironment: environment,
-            claimsDescriptor: claims?.descriptor
+            claimsDescriptor: claims?.descriptor,
+            confinement: confinement
         )
         let process = PoolProcess(
             child: child,

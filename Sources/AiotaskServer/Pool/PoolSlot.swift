@@ -172,6 +172,7 @@ final class PoolSlot {
                 slot: index,
                 sharedPayloadBytes: configuration.sharedPayloadBytes,
                 programTaskContext: configuration.handlerProgramTaskContext,
+                confinement: supervisor.confinement,
                 loop: supervisor.loop
             )
             process.delegate = self

@@ -1,3 +1,4 @@
+import AiotaskChildProcess
 import AiotaskProtocol
 import Foundation
 import Logging
@@ -43,6 +44,11 @@ final class Supervisor {
     @exclusivity(unchecked) private var connectionsClosed: EventLoopPromise<Void>?
     @exclusivity(unchecked) private var readyPromise: EventLoopPromise<Void>?
     @exclusivity(unchecked) private var slotsStarted = Set<Int>()
+    /// The Landlock ruleset each new pool process enters (``HandlerConfinement``), made from the configuration at
+    /// start and again at each reload, when the hidden paths and the directories around them may have changed; nil
+    /// when nothing is hidden or Landlock is unavailable. Processes started before a reload keep the ruleset they
+    /// entered until the roll-over replaces them.
+    @exclusivity(unchecked) private(set) var confinement: LandlockRuleset?
 
     init(loop: any EventLoop, configuration: ServerConfiguration, logger: Logger) {
         self.loop = loop
@@ -51,6 +57,7 @@ final class Supervisor {
         self.logsEachTask = logger.logLevel <= .debug
         self.endingProcesses = EndingProcesses(logger: logger)
         self.scheduler = Scheduler(limits: Self.limits(of: configuration))
+        self.confinement = HandlerConfinement.make(configuration.hiddenPaths, logger: logger)
     }
 
     private static func limits(of configuration: ServerConfiguration) -> Scheduler<TaskRecord>.Limits {
@@ -137,6 +144,7 @@ final class Supervisor {
     /// process still runs.
     func reload(_ newConfiguration: ServerConfiguration) {
         configuration = newConfiguration
+        confinement = HandlerConfinement.make(newConfiguration.hiddenPaths, logger: logger)
         let rollOver = scheduler.reload(limits: Self.limits(of: newConfiguration), workers: newConfiguration.workers)
         if slots.count < scheduler.members.count {
             slots.append(contentsOf: repeatElement(nil, count: scheduler.members.count - slots.count))

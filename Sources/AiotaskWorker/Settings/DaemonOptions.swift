@@ -38,6 +38,7 @@ public struct DaemonOptions: ParsableArguments {
     @Option(setting: "max-worker-rss") public var maxWorkerRss: Int?
     @Option(setting: "worker-shared-memory") public var workerSharedMemory: Int?
     @Option(setting: "handler-task-context") public var handlerTaskContext: Int?
+    @Option(setting: "hide-credentials") public var hideCredentials: Int?
     @Option(setting: "drain-timeout") public var drainTimeout: Double?
     @Option(setting: "agent-listen") public var agentListen: [String] = []
     @Option(setting: "agent-high-water") public var agentHighWater: Int?

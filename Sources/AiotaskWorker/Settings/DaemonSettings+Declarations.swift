@@ -169,6 +169,16 @@ extension DaemonSettings {
             help: "1: a handler program (exec:) gets each task's context (id, timeout, W3C trace context) before the "
                 + "task, as docs/handler-protocol.md says; 0: only the task."
         ) { $1.handlerProgramTaskContext = $0 == 1 },
+        .count(
+            "hide-credentials",
+            0...1,
+            valueName: "0|1",
+            default: "1",
+            example: "0",
+            help: "1: pool processes (handlers of any language) cannot read $CREDENTIALS_DIRECTORY nor the daemon's "
+                + "other secrets, by Landlock (a warning says so where Landlock is unavailable); 0: they read what "
+                + "aiotaskd reads."
+        ) { $1.hiddenPaths.isEnabled = $0 == 1 },
         .seconds(
             "drain-timeout",
             default: "30",

@@ -8,9 +8,25 @@
 /// Starts `path` (searched in `PATH` when `search_path` is true) with `argv` and `envp` in a new process group,
 /// `fds[i]` as its descriptor `i` for each `i` below `fd_count` (at least 3: its standard streams), every other
 /// descriptor closed, every signal at its default disposition and none blocked. No descriptor of `fds` may be below
-/// `fd_count` (a `dup2` onto it would clobber it first). Returns the child's pid, or -errno on failure.
+/// `fd_count` (a `dup2` onto it would clobber it first). With a `landlock_ruleset` (a descriptor from
+/// `aiotask_landlock_create_ruleset`; -1 for none) the child sets no-new-privileges and enters the ruleset's
+/// Landlock domain before exec, and is not started at all if it cannot. Returns the child's pid, or -errno on
+/// failure.
 pid_t aiotask_spawn(const char *path, char *const argv[], char *const envp[], const int fds[], int fd_count,
-                    bool search_path);
+                    bool search_path, int landlock_ruleset);
+
+/// The Landlock ABI version the kernel offers (1 or more), or -errno: -ENOSYS without Landlock, -EOPNOTSUPP when
+/// it is built in but not enabled, -EPERM (or another) when a system-call filter refuses it.
+int aiotask_landlock_abi(void);
+
+/// Creates a Landlock ruleset handling the file-system rights `handled_access_fs` (LANDLOCK_ACCESS_FS_* bits).
+/// Returns its descriptor (close-on-exec), or -errno.
+int aiotask_landlock_create_ruleset(uint64_t handled_access_fs);
+
+/// Adds to `ruleset` a rule allowing `directory_access` beneath `path` when it is a directory, `file_access` on it
+/// when it is any other file. Returns 0; 1, adding nothing, when `path` is a symbolic link (never followed);
+/// -errno on failure.
+int aiotask_landlock_allow(int ruleset, const char *path, uint64_t directory_access, uint64_t file_access);
 
 /// Opens a descriptor that refers to process `pid` (`pidfd_open`, Linux 5.3) and becomes readable once it has
 /// exited. Returns the descriptor (close-on-exec), or -errno on failure.
