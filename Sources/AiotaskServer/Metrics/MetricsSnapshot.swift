@@ -104,7 +104,7 @@ struct ProcessFigures: Sendable, Equatable {
         defer { closedir(directory) }
         var count = 0
         while let entry = readdir(directory) {
-            if entry.pointee.d_name.0 != CChar(UInt8(ascii: ".")) { count += 1 }
+            if DirectoryEntries.namePointer(entry).pointee != CChar(UInt8(ascii: ".")) { count += 1 }
         }
         // The directory's own descriptor is not one the daemon holds.
         return max(0, count - 1)

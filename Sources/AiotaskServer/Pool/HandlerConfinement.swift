@@ -57,15 +57,6 @@ enum HandlerConfinement {
 
     /// The entry names of the directory at `path`, or nil when it is no directory or cannot be listed.
     private static func entries(of path: String) -> [String]? {
-        guard let directory = opendir(path) else { return nil }
-        defer { closedir(directory) }
-        var names: [String] = []
-        while let entry = readdir(directory) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { bytes in
-                String(decoding: bytes.prefix(while: { $0 != 0 }), as: UTF8.self)
-            }
-            if name != "." && name != ".." { names.append(name) }
-        }
-        return names
+        DirectoryEntries.names(at: path)
     }
 }

@@ -145,9 +145,7 @@ package final class OrphanReaper: Sendable {
         defer { closedir(directory) }
         var children: [pid_t] = []
         while let entry = readdir(directory) {
-            let thread = withUnsafeBytes(of: entry.pointee.d_name) {
-                String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
-            }
+            let thread = String(cString: DirectoryEntries.namePointer(entry))
             guard pid_t(thread) != nil, let text = read("/proc/\(pid)/task/\(thread)/children", limit: 1 << 16)
             else { continue }
             children += text.split { $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\n") }.compactMap {

@@ -55,9 +55,7 @@ package enum ProcessMemory {
         var children: [pid_t] = []
         var buffer = [UInt8](repeating: 0, count: 4096)
         while let entry = readdir(directory) {
-            let thread = withUnsafeBytes(of: entry.pointee.d_name) {
-                String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
-            }
+            let thread = String(cString: DirectoryEntries.namePointer(entry))
             guard pid_t(thread) != nil else { continue }
             let count = readStart(of: "/proc/\(pid)/task/\(thread)/children", into: &buffer)
             guard count > 0 else { continue }
