@@ -33,7 +33,7 @@ extension ConfigTests {
         // `none` describes an empty list (everyone); as a value it would be a user or group named none.
         let descriptive = [
             "listen", "handler", "workers", "prefetch", "agent-listen", "log-level", "metrics-listen", "allow-users",
-            "allow-groups",
+            "allow-groups", "tls-certificate", "tls-key", "tls-client-ca",
         ]
         for declaration in DaemonSettings.declarations where !descriptive.contains(declaration.name) {
             let text = "\(declaration.name) = \(declaration.defaultValue)\n"

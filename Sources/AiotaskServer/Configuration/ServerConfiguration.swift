@@ -87,6 +87,9 @@ public struct ServerConfiguration: Sendable {
     /// socket's file mode lets in. Checked once as each connection opens, so a reload applies to new connections
     /// and leaves those open alone. TCP connections are not checked. See docs/security.md.
     public var peerPolicy = PeerPolicy()
+    /// The certificate, key and client checks of the `tls://` listeners (docs/security.md); unused without one. A
+    /// reload applies new material to the connections accepted from then on.
+    public var tls = ServerTLSConfiguration()
 
     public init(
         listenAddresses: [ServerAddress] = [],
