@@ -74,8 +74,9 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 // A client span around each submit made in a traced context, and its W3C traceparent on the wire.
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
-                // `tls://` addresses.
+                // `tls://` addresses; NIOTLS for the handshake's event.
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOTLS", package: "swift-nio"),
             ],
             swiftSettings: upcomingFeatures
         ),
@@ -117,8 +118,9 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 // The metrics listener's HTTP/1.1 (Metrics/).
                 .product(name: "NIOHTTP1", package: "swift-nio"),
-                // The `tls://` listeners.
+                // The `tls://` listeners; NIOTLS for the handshake's event.
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOTLS", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),

@@ -194,14 +194,9 @@ public final class AiotaskClient: TaskSubmitter {
         let deadline = clock.now.advanced(by: connectTimeout)
         let eventLoop = group.next()
         // Made before connecting, so that unusable TLS files fail the connect with nothing sent.
-        let tlsContext: NIOSSLContext?
-        let tlsOutcome: TLSOutcome?
-        if case .tls = address {
-            tlsContext = try tls.makeContext()
-            tlsOutcome = TLSOutcome(on: eventLoop)
-        } else {
-            (tlsContext, tlsOutcome) = (nil, nil)
-        }
+        let isTLS = if case .tls = address { true } else { false }
+        let tlsContext = isTLS ? try tls.makeContext() : nil
+        let tlsOutcome = isTLS ? TLSOutcome(on: eventLoop) : nil
         let bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(TimeAmount(connectTimeout))
             // Large reads land where the kernel copies fast (see FastCopyBuffers).
@@ -209,11 +204,11 @@ public final class AiotaskClient: TaskSubmitter {
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     var readWindow: ReadWindow?
-                    if let tlsContext, let tlsOutcome, let host = address.hostAndPort?.host {
+                    if let context = tlsContext, let outcome = tlsOutcome, let host = address.hostAndPort?.host {
                         // The frames' bytes come out of TLS, not straight out of the socket: no direct reads.
                         try channel.syncOptions?.setOption(.recvAllocator, value: DirectFrameReads.largeReads)
                         try channel.pipeline.syncOperations.addHandlers(
-                            tls.makeHandlers(context: tlsContext, host: host, outcome: tlsOutcome)
+                            tls.makeHandlers(context: context, host: host, outcome: outcome)
                         )
                     } else {
                         // Reads grow up to 1 MiB, and large results are read straight into their buffers.

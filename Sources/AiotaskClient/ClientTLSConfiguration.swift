@@ -2,6 +2,7 @@ import AiotaskProtocol
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOSSL
+import NIOTLS
 
 /// How a client speaks TLS to a `tls://` server: whom it trusts, which name the server's certificate must carry,
 /// and the client's own certificate for a server that asks for one (mutual TLS). Used only for `tls://` addresses.
@@ -154,7 +155,7 @@ private final class TLSOutcomeHandler: ChannelInboundHandler {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if case TLSUserEvent.handshakeCompleted = event {
+        if case .handshakeCompleted? = event as? TLSUserEvent {
             completed = true
             outcome.handshake.succeed()
         }
@@ -196,7 +197,11 @@ private final class TLSOutcomeHandler: ChannelInboundHandler {
                     + "not yet valid [\(text)]"
             )
         }
-        if text.contains("WRONG_VERSION_NUMBER") || text.contains("UNKNOWN_PROTOCOL") || text.contains("RECORD") {
+        // A plaintext listener answers a ClientHello with bytes that are no TLS record, or closes the connection
+        // without a word; a TLS server that refuses sends an alert.
+        if text.contains("WRONG_VERSION_NUMBER") || text.contains("UNKNOWN_PROTOCOL") || text.contains("RECORD")
+            || (!afterHandshake && (text.contains("EOF") || error as? NIOSSLError == .uncleanShutdown))
+        {
             return AiotaskClientError(
                 .plaintextServer,
                 reason: "the server does not answer in TLS: is it a plaintext (tcp://) listener? [\(text)]"

@@ -305,7 +305,11 @@ struct TLSSettingsTests {
 
     /// The error of reading `text` as the config file, if any.
     static func error(of text: String, environment credentials: String? = nil) throws -> ConfigurationError? {
-        if let credentials { setenv("CREDENTIALS_DIRECTORY", credentials, 1) } else { unsetenv("CREDENTIALS_DIRECTORY") }
+        if let credentials {
+            setenv("CREDENTIALS_DIRECTORY", credentials, 1)
+        } else {
+            unsetenv("CREDENTIALS_DIRECTORY")
+        }
         defer { unsetenv("CREDENTIALS_DIRECTORY") }
         do {
             _ = try ConfigFile.parse(text, path: "test.conf").configuration(handler: handler)
@@ -360,7 +364,10 @@ struct TLSSettingsTests {
         let relative = try #require(try Self.error(of: "\(listen)tls-certificate = server.crt\n"))
         #expect(relative.setting == "tls-certificate")
         #expect(relative.reason.contains("CREDENTIALS_DIRECTORY"), "\(relative)")
-        #expect(try Self.error(of: "\(listen)tls-certificate = server.crt\ntls-key = server.key\n", environment: directory) == nil)
+        #expect(
+            try Self.error(of: "\(listen)tls-certificate = server.crt\ntls-key = server.key\n", environment: directory)
+                == nil
+        )
 
         let version = try #require(try Self.error(of: "\(good)tls-minimum-version = 1.1\n"))
         #expect(version.setting == "tls-minimum-version")
@@ -376,6 +383,9 @@ struct TLSSettingsTests {
             removing: systemdVariables
         )
         #expect(try await process.wait() == .exited(78))
-        #expect(process.standardError.contains("tls-certificate: cannot read /nonexistent/server.crt"), "\(process.standardError)")
+        #expect(
+            process.standardError.contains("tls-certificate: cannot read /nonexistent/server.crt"),
+            "\(process.standardError)"
+        )
     }
 }

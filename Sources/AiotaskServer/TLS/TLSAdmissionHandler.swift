@@ -1,6 +1,7 @@
 import Logging
 import NIOCore
 import NIOSSL
+import NIOTLS
 
 /// Stands behind the `NIOSSLServerHandler` of a `tls://` connection until its handshake is over, and decides
 /// whether the connection reaches the scheduler at all.
@@ -39,7 +40,10 @@ final class TLSAdmissionHandler: ChannelInboundHandler, RemovableChannelHandler 
         if let handshakeTimeout {
             timeout = context.eventLoop.assumeIsolated().scheduleTask(in: TimeAmount(handshakeTimeout)) { [self] in
                 timeout = nil
-                refuse(context: context, "the TLS handshake did not finish within \(handshakeTimeout) (tls-handshake-timeout)")
+                refuse(
+                    context: context,
+                    "the TLS handshake did not finish within \(handshakeTimeout) (tls-handshake-timeout)"
+                )
             }
         }
         // Not passed on: the connection's handler sees it become active once it is let in.
@@ -60,7 +64,7 @@ final class TLSAdmissionHandler: ChannelInboundHandler, RemovableChannelHandler 
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        guard case TLSUserEvent.handshakeCompleted = event, !decided else {
+        guard case .handshakeCompleted? = event as? TLSUserEvent, !decided else {
             context.fireUserInboundEventTriggered(event)
             return
         }

@@ -1,5 +1,6 @@
 import AiotaskProtocol
 import Logging
+import NIOSSL
 
 extension DaemonSettings {
     /// Every setting of the daemon, in the order of `--help`, the README table and `aiotaskd(8)`.
@@ -14,7 +15,8 @@ extension DaemonSettings {
             "listen",
             default: "unix:\(ServerAddress.defaultUnixPath)",
             example: "tcp://127.0.0.1:4242",
-            help: "Address to listen on: tcp://HOST:PORT, tcp://[IPv6]:PORT, tls://HOST:PORT (TLS, see tls-certificate) "
+            help:
+                "Address to listen on: tcp://HOST:PORT, tcp://[IPv6]:PORT, tls://HOST:PORT (TLS, see tls-certificate) "
                 + "or unix:/PATH. Repeatable."
         ) { addresses, configuration in configuration.listenAddresses = addresses },
         .text(
