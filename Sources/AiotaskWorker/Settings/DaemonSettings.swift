@@ -101,13 +101,13 @@ public struct DaemonSettings: Sendable, Equatable {
         return configuration
     }
 
-    /// Checks that the TLS settings make a context that can serve, when a `tls://` listener needs one or any of them
-    /// is set: a certificate and a key, the key the certificate's. Each file was read by its own declaration; this
-    /// is what no one of them can see alone.
+    /// Checks that the TLS settings make a context that can serve, when a `tls://` listener needs one or both a
+    /// certificate and a key are set: the key must be the certificate's. Each file was read by its own declaration;
+    /// this is what no one of them can see alone.
     private func checkTLS(of configuration: ServerConfiguration) throws(ConfigurationError) {
         let tlsListener = configuration.listenAddresses.first { if case .tls = $0 { true } else { false } }
         let tls = configuration.tls
-        guard tlsListener != nil || !tls.certificateChain.isEmpty || tls.privateKey != nil else { return }
+        guard tlsListener != nil || (!tls.certificateChain.isEmpty && tls.privateKey != nil) else { return }
         let need = tlsListener.map { "\($0) needs a certificate and its key (tls-certificate, tls-key)" }
         do {
             _ = try tls.makeContext()
