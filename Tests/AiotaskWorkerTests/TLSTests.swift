@@ -140,7 +140,12 @@ struct TLSTests {
         "mutual TLS refuses in the handshake a client without a certificate, of another authority, expired or unlisted, logged with its address and reason, and none of its tasks reaches the scheduler"
     )
     func mutualTLSRefused() async throws {
-        let tls = try await Self.start(["--tls-client-ca", "ca.crt", "--tls-allowed-clients", "worker-1"]) { pki in
+        let metricsPort = try SystemdTestKit.freePort()
+        let arguments = [
+            "--tls-client-ca", "ca.crt", "--tls-allowed-clients", "worker-1",
+            "--metrics-listen", "tcp://127.0.0.1:\(metricsPort)",
+        ]
+        let tls = try await Self.start(arguments) { pki in
             try FileManager.default.copyItem(atPath: pki.authority(), toPath: pki.directory + "/credentials/ca.crt")
             _ = try await pki.issue("good", commonName: "worker-1")
             _ = try await pki.issue("expired", commonName: "worker-1", expired: true)
@@ -173,6 +178,8 @@ struct TLSTests {
                 #expect(entry.contains("warning"), "\(name): \(entry)")
             }
             #expect(tls.logLines(containing: "refusing TLS connection").count == cases.count)
+            let samples = try await TestServer.samples(at: try SocketAddress(ipAddress: "127.0.0.1", port: metricsPort))
+            #expect(samples["aiotask_connections_refused_total{reason=\"tls\"}"] == Double(cases.count))
             // The daemon still serves, and received none of the refused clients' tasks.
             let good = try await tls.connect(client("good"))
             #expect(String(buffer: try await good.submit(ByteBuffer(string: "let in"))) == "let in")
