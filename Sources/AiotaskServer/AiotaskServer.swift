@@ -252,17 +252,23 @@ public final class AiotaskServer: Sendable {
         )
     }
 
+    /// The options every listener of clients shares, plain or TLS: a deep backlog, reused addresses, no half-closed
+    /// connections, and the allocator whose large buffers the kernel copies fast.
+    private static func clientListener(on loop: any EventLoop) -> ServerBootstrap {
+        ServerBootstrap(group: loop, childGroup: loop)
+            .serverChannelOption(.backlog, value: 1024)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.allowRemoteHalfClosure, value: false)
+            .childChannelOption(.allocator, value: FastCopyBuffers.allocator)
+    }
+
     private static func makeBootstrap(
         loop: any EventLoop,
         supervisor: NIOLoopBound<Supervisor>,
         configuration: ServerConfiguration,
         logger: Logger
     ) -> ServerBootstrap {
-        ServerBootstrap(group: loop, childGroup: loop)
-            .serverChannelOption(.backlog, value: 1024)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.allowRemoteHalfClosure, value: false)
-            .childChannelOption(.allocator, value: FastCopyBuffers.allocator)
+        clientListener(on: loop)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     if channel.localAddress?.protocol != .unix {
@@ -286,11 +292,7 @@ public final class AiotaskServer: Sendable {
         tls: TLSListenerState,
         logger: Logger
     ) -> ServerBootstrap {
-        ServerBootstrap(group: loop, childGroup: loop)
-            .serverChannelOption(.backlog, value: 1024)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.allowRemoteHalfClosure, value: false)
-            .childChannelOption(.allocator, value: FastCopyBuffers.allocator)
+        clientListener(on: loop)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.syncOptions?.setOption(.socketOption(.tcp_nodelay), value: 1)
