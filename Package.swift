@@ -25,6 +25,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        // TLS for `tls://` addresses (server listeners and the client). BoringSSL compiles with it.
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
@@ -71,6 +73,9 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 // A client span around each submit made in a traced context, and its W3C traceparent on the wire.
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
+                // `tls://` addresses; NIOTLS for the handshake's event.
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOTLS", package: "swift-nio"),
             ],
             swiftSettings: upcomingFeatures
         ),
@@ -119,6 +124,9 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 // The metrics listener's HTTP/1.1 (Metrics/).
                 .product(name: "NIOHTTP1", package: "swift-nio"),
+                // The `tls://` listeners; NIOTLS for the handshake's event.
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOTLS", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
@@ -143,6 +151,8 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+                // The TLS settings' PEM files, read as the settings are.
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ],
             swiftSettings: upcomingFeatures
         ),
@@ -241,6 +251,8 @@ let package = Package(
                 // TracePropagationTests: a client span and the daemon's journal entry share the trace id.
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
                 .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),
+                // TLSTests: the server's TLS contexts and the client's handshake errors.
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 "aiotaskd",
                 "aiotask",
                 "ExampleWorker",

@@ -3,6 +3,7 @@ import AiotaskTransport
 import Foundation
 import NIOCore
 import NIOPosix
+import NIOSSL
 
 /// A connection to an aiotask server, on which any number of tasks run concurrently.
 ///
@@ -90,15 +91,21 @@ public final class AiotaskClient: TaskSubmitter {
     ///   - maximumResultLength: The largest result to accept, announced to the server; between 0 and 4 GiB − 1.
     ///   - wireProtocol: The protocol to speak: ``WireProtocol/extended`` (an aiotask server), ``WireProtocol/legacy``
     ///     (any server, including an original 0.0.2 one; no handshake), or ``WireProtocol/automatic``.
+    ///   - tls: For a `tls://` address: the trust roots, the name to check and the client's certificate; by default
+    ///     the system's trust store and the address's host. Ignored for other addresses.
     /// - Throws: ``AiotaskClientError`` with code ``AiotaskClientError/Code/connectFailed``,
     ///   ``AiotaskClientError/Code/closedBeforeHandshake`` or ``AiotaskClientError/Code/handshakeFailed`` (or ``AiotaskClientError/Code/serverError`` when the server
-    ///   refuses the handshake with an `ERROR` frame).
+    ///   refuses the handshake with an `ERROR` frame); for a `tls://` address also
+    ///   ``AiotaskClientError/Code/untrustedCertificate``, ``AiotaskClientError/Code/certificateNameMismatch``,
+    ///   ``AiotaskClientError/Code/tlsHandshakeRefused``, ``AiotaskClientError/Code/plaintextServer`` or
+    ///   ``AiotaskClientError/Code/invalidTLSConfiguration``.
     public static func connect(
         to address: ServerAddress,
         eventLoopGroup: (any EventLoopGroup)? = nil,
         connectTimeout: Duration = .seconds(10),
         maximumResultLength: Int = AiotaskClient.defaultMaximumResultLength,
-        protocol wireProtocol: WireProtocol = .extended
+        protocol wireProtocol: WireProtocol = .extended,
+        tls: ClientTLSConfiguration = ClientTLSConfiguration()
     ) async throws -> AiotaskClient {
         precondition(
             (0...Int(UInt32.max)).contains(maximumResultLength),
@@ -114,7 +121,8 @@ public final class AiotaskClient: TaskSubmitter {
                 group: group,
                 connectTimeout: connectTimeout,
                 maximumResultLength: maximumResultLength,
-                legacy: wireProtocol == .legacy
+                legacy: wireProtocol == .legacy,
+                tls: tls
             )
         case .automatic:
             do {
@@ -124,7 +132,8 @@ public final class AiotaskClient: TaskSubmitter {
                     connectTimeout: connectTimeout,
                     maximumResultLength: maximumResultLength,
                     legacy: false,
-                    handshakeLimit: WireProtocol.automaticFallbackDelay
+                    handshakeLimit: WireProtocol.automaticFallbackDelay,
+                    tls: tls
                 )
             } catch let error as AiotaskClientError where error.code == .handshakeFailed {
                 // No HELLO came back: an original server discarded it (with what followed), so the connection is
@@ -136,7 +145,8 @@ public final class AiotaskClient: TaskSubmitter {
                     group: group,
                     connectTimeout: remaining,
                     maximumResultLength: maximumResultLength,
-                    legacy: true
+                    legacy: true,
+                    tls: tls
                 )
             }
         }
@@ -177,23 +187,39 @@ public final class AiotaskClient: TaskSubmitter {
         connectTimeout: Duration,
         maximumResultLength: Int,
         legacy: Bool,
-        handshakeLimit: Duration? = nil
+        handshakeLimit: Duration? = nil,
+        tls: ClientTLSConfiguration
     ) async throws -> AiotaskClient {
         let clock = ContinuousClock()
         let deadline = clock.now.advanced(by: connectTimeout)
-        let bootstrap = ClientBootstrap(group: group)
+        let eventLoop = group.next()
+        // Made before connecting, so that unusable TLS files fail the connect with nothing sent.
+        let isTLS = if case .tls = address { true } else { false }
+        let tlsContext = isTLS ? try tls.makeContext() : nil
+        let tlsOutcome = isTLS ? TLSOutcome(on: eventLoop) : nil
+        let bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(TimeAmount(connectTimeout))
             // Large reads land where the kernel copies fast (see FastCopyBuffers).
             .channelOption(.allocator, value: FastCopyBuffers.allocator)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    // Reads grow up to 1 MiB, and large results are read straight into their buffers.
-                    let reads = DirectFrameReads()
-                    try reads.install(on: channel)
+                    var readWindow: ReadWindow?
+                    if let context = tlsContext, let outcome = tlsOutcome, let host = address.hostAndPort?.host {
+                        // The frames' bytes come out of TLS, not straight out of the socket: no direct reads.
+                        try channel.syncOptions?.setOption(.recvAllocator, value: DirectFrameReads.largeReads)
+                        try channel.pipeline.syncOperations.addHandlers(
+                            tls.makeHandlers(context: context, host: host, outcome: outcome)
+                        )
+                    } else {
+                        // Reads grow up to 1 MiB, and large results are read straight into their buffers.
+                        let reads = DirectFrameReads()
+                        try reads.install(on: channel)
+                        readWindow = reads.window
+                    }
                     try channel.pipeline.syncOperations.addHandler(
                         ClientChannelHandler(
                             maximumResultLength: maximumResultLength,
-                            readWindow: reads.window,
+                            readWindow: readWindow,
                             legacy: legacy
                         )
                     )
@@ -203,7 +229,7 @@ public final class AiotaskClient: TaskSubmitter {
         let channel: any Channel
         do {
             switch address {
-            case .tcp(let host, let port):
+            case .tcp(let host, let port), .tls(let host, let port):
                 channel = try await bootstrap.connect(host: host, port: port).get()
             case .unix(let path):
                 channel = try await connect(bootstrap, unixSocket: path, until: deadline)
@@ -212,6 +238,9 @@ public final class AiotaskClient: TaskSubmitter {
             throw error
         } catch {
             throw AiotaskClientError(.connectFailed, reason: "\(address): \(AiotaskClientError.describe(error))")
+        }
+        if let tlsOutcome {
+            try await waitForTLS(tlsOutcome, on: channel, until: deadline, address: address)
         }
 
         if legacy {
@@ -232,6 +261,7 @@ public final class AiotaskClient: TaskSubmitter {
                 )
             } catch {
                 channel.close(promise: nil)
+                if let tlsError = tlsOutcome?.error { throw tlsError }
                 if error is AiotaskClientError { throw error }
                 throw AiotaskClientError(.closedBeforeHandshake, reason: "the server closed the connection at once")
             }
@@ -267,12 +297,42 @@ public final class AiotaskClient: TaskSubmitter {
             // the promise is then still pending, and must be completed.
             handshake.fail(error)
             channel.close(promise: nil)
+            // A TLS 1.3 server checks the client's certificate after the client's side of the handshake is over:
+            // its refusal arrives as the HELLO is answered.
+            if let tlsError = tlsOutcome?.error { throw tlsError }
             if error is AiotaskClientError { throw error }
             if error as? ChannelPipelineError == .notFound {
                 // A channel loses its handlers as it closes: the server closed it before the handshake began.
                 throw AiotaskClientError(.closedBeforeHandshake, reason: "the server closed the connection at once")
             }
             throw AiotaskClientError(.handshakeFailed, reason: "\(error)")
+        }
+    }
+
+    /// Waits until the TLS handshake of `channel` is over, at most until `deadline`; closes the channel and throws
+    /// what failed otherwise.
+    private static func waitForTLS(
+        _ outcome: TLSOutcome,
+        on channel: any Channel,
+        until deadline: ContinuousClock.Instant,
+        address: ServerAddress
+    ) async throws {
+        let limit = max(.zero, ContinuousClock.now.duration(to: deadline))
+        let timer = channel.eventLoop.scheduleTask(in: TimeAmount(limit)) {
+            outcome.handshake.fail(
+                AiotaskClientError(
+                    .handshakeFailed,
+                    reason: "\(address): no TLS handshake within \(limit) (a plaintext listener waiting for more, or "
+                        + "a server too busy)"
+                )
+            )
+        }
+        defer { timer.cancel() }
+        do {
+            try await outcome.handshake.futureResult.get()
+        } catch {
+            channel.close(promise: nil)
+            throw outcome.error ?? error
         }
     }
 
@@ -285,14 +345,16 @@ public final class AiotaskClient: TaskSubmitter {
         eventLoopGroup: (any EventLoopGroup)? = nil,
         connectTimeout: Duration = .seconds(10),
         maximumResultLength: Int = AiotaskClient.defaultMaximumResultLength,
-        protocol wireProtocol: WireProtocol = .extended
+        protocol wireProtocol: WireProtocol = .extended,
+        tls: ClientTLSConfiguration = ClientTLSConfiguration()
     ) async throws -> AiotaskClient {
         try await connect(
             to: ServerAddress(parsing: address),
             eventLoopGroup: eventLoopGroup,
             connectTimeout: connectTimeout,
             maximumResultLength: maximumResultLength,
-            protocol: wireProtocol
+            protocol: wireProtocol,
+            tls: tls
         )
     }
 

@@ -46,6 +46,8 @@ public struct AiotaskClientError: Error, Hashable, Sendable {
         private enum Base: Hashable, Sendable {
             case connectFailed, closedBeforeHandshake, handshakeFailed, connectionLost, serverError, protocolViolation
             case legacyProtocol, unsupportedByServer, permissionDenied
+            case untrustedCertificate, certificateNameMismatch, tlsHandshakeRefused, plaintextServer
+            case invalidTLSConfiguration
         }
 
         private let base: Base
@@ -79,6 +81,20 @@ public struct AiotaskClientError: Error, Hashable, Sendable {
         /// and closed the connection before reading anything; the ``AiotaskClientError/reason`` says which user
         /// and socket. Trying again does not help: the server's settings or the client's user must change.
         public static let permissionDenied = Code(.permissionDenied)
+        /// A `tls://` server's certificate does not chain to the client's trust roots, or is expired or not yet
+        /// valid.
+        public static let untrustedCertificate = Code(.untrustedCertificate)
+        /// A `tls://` server's certificate is trusted but not for the name the client checks (the address's host,
+        /// or ``ClientTLSConfiguration/serverName``).
+        public static let certificateNameMismatch = Code(.certificateNameMismatch)
+        /// A `tls://` server refused the TLS handshake: it requires a client certificate and got none, or one it
+        /// does not accept, or no TLS version both speak.
+        public static let tlsHandshakeRefused = Code(.tlsHandshakeRefused)
+        /// A `tls://` address answered without TLS: a plaintext (`tcp://`) listener.
+        public static let plaintextServer = Code(.plaintextServer)
+        /// The client's own TLS files cannot be used: a CA file, certificate or key that cannot be read, or a key
+        /// that is not the certificate's. Nothing was sent.
+        public static let invalidTLSConfiguration = Code(.invalidTLSConfiguration)
     }
 
     /// What kind of problem this is.
@@ -106,6 +122,11 @@ extension AiotaskClientError.Code: CustomStringConvertible {
         case .legacyProtocol: "not available with the legacy protocol"
         case .unsupportedByServer: "not supported by the server"
         case .permissionDenied: "the server refused this user"
+        case .untrustedCertificate: "untrusted server certificate"
+        case .certificateNameMismatch: "server certificate name mismatch"
+        case .tlsHandshakeRefused: "TLS handshake refused"
+        case .plaintextServer: "not a TLS server"
+        case .invalidTLSConfiguration: "invalid TLS configuration"
         }
     }
 }

@@ -39,6 +39,8 @@ public final class ReconnectingClient: TaskSubmitter {
         /// `GOODBYE`, so no task is ever submitted again: a task lost with its connection fails with
         /// ``AiotaskClientError/Code/connectionLost``.
         public var wireProtocol: WireProtocol
+        /// For a `tls://` server: trust roots, the name to check, the client's certificate.
+        public var tls: ClientTLSConfiguration
 
         /// A configuration; the defaults suit a server restarted by systemd, whose drain may take its 30 s.
         public init(
@@ -46,13 +48,15 @@ public final class ReconnectingClient: TaskSubmitter {
             retryLimit: Duration = .seconds(60),
             maximumResultLength: Int = AiotaskClient.defaultMaximumResultLength,
             eventLoopGroup: (any EventLoopGroup)? = nil,
-            protocol wireProtocol: WireProtocol = .extended
+            protocol wireProtocol: WireProtocol = .extended,
+            tls: ClientTLSConfiguration = ClientTLSConfiguration()
         ) {
             self.connectTimeout = connectTimeout
             self.retryLimit = retryLimit
             self.maximumResultLength = maximumResultLength
             self.eventLoopGroup = eventLoopGroup
             self.wireProtocol = wireProtocol
+            self.tls = tls
         }
     }
 
@@ -243,7 +247,8 @@ public final class ReconnectingClient: TaskSubmitter {
             eventLoopGroup: configuration.eventLoopGroup,
             connectTimeout: configuration.connectTimeout,
             maximumResultLength: configuration.maximumResultLength,
-            protocol: configuration.wireProtocol
+            protocol: configuration.wireProtocol,
+            tls: configuration.tls
         )
     }
 }

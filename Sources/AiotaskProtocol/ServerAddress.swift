@@ -1,14 +1,20 @@
-/// Where a server listens or a client connects: `tcp://host:port` (IPv6 hosts in brackets) or `unix:/path`.
+/// Where a server listens or a client connects: `tcp://host:port`, `tls://host:port` (IPv6 hosts in brackets) or
+/// `unix:/path`.
 public enum ServerAddress: Hashable, Sendable {
     /// A TCP endpoint. `host` is a name or an address literal, without brackets.
     case tcp(host: String, port: Int)
+    /// A TCP endpoint whose connections are TLS from their first byte; the frames inside are those of `tcp`.
+    /// `host` is a name or an address literal, without brackets; a client checks the server's certificate against
+    /// it unless told another name.
+    case tls(host: String, port: Int)
     /// A Unix stream socket path.
     case unix(path: String)
 
     /// The address packaged installations listen on.
     public static let defaultUnixPath = "/run/aiotask/aiotask.sock"
 
-    /// Parses `tcp://127.0.0.1:4242`, `tcp://[::1]:4242`, `tcp://localhost:4242` or `unix:/run/x.sock`.
+    /// Parses `tcp://127.0.0.1:4242`, `tcp://[::1]:4242`, `tcp://localhost:4242`, `tls://host:4242` (as `tcp://`) or
+    /// `unix:/run/x.sock`.
     public init(parsing text: String) throws(AddressError) {
         if text.hasPrefix("unix:") {
             var path = String(text.dropFirst("unix:".count))
@@ -22,8 +28,9 @@ public enum ServerAddress: Hashable, Sendable {
             self = .unix(path: path)
             return
         }
-        guard text.hasPrefix("tcp://") else {
-            throw AddressError(text, .unknownScheme, "expected tcp://HOST:PORT or unix:/PATH")
+        let isTLS = text.hasPrefix("tls://")
+        guard text.hasPrefix("tcp://") || isTLS else {
+            throw AddressError(text, .unknownScheme, "expected tcp://HOST:PORT, tls://HOST:PORT or unix:/PATH")
         }
         let rest = text.dropFirst("tcp://".count)
         let host: Substring
@@ -50,14 +57,28 @@ public enum ServerAddress: Hashable, Sendable {
         else {
             throw AddressError(text, .invalidPort, "port must be a number from 0 to 65535")
         }
-        self = .tcp(host: String(host), port: port)
+        self = isTLS ? .tls(host: String(host), port: port) : .tcp(host: String(host), port: port)
+    }
+
+    /// The host and port of a `tcp://` or `tls://` address; nil for a Unix socket.
+    public var hostAndPort: (host: String, port: Int)? {
+        switch self {
+        case .tcp(let host, let port), .tls(let host, let port): (host, port)
+        case .unix: nil
+        }
     }
 }
 
 extension ServerAddress: CustomStringConvertible {
+    /// `scheme://host:port`, an IPv6 host in brackets.
+    private static func describe(_ scheme: String, _ host: String, _ port: Int) -> String {
+        host.contains(":") ? "\(scheme)://[\(host)]:\(port)" : "\(scheme)://\(host):\(port)"
+    }
+
     public var description: String {
         switch self {
-        case .tcp(let host, let port): host.contains(":") ? "tcp://[\(host)]:\(port)" : "tcp://\(host):\(port)"
+        case .tcp(let host, let port): Self.describe("tcp", host, port)
+        case .tls(let host, let port): Self.describe("tls", host, port)
         case .unix(let path): "unix:\(path)"
         }
     }
@@ -77,13 +98,13 @@ public struct AddressError: Error, Hashable, Sendable, CustomStringConvertible {
             self.base = base
         }
 
-        /// Neither `tcp://` nor `unix:`.
+        /// Neither `tcp://`, `tls://` nor `unix:`.
         public static let unknownScheme = Code(.unknownScheme)
         /// A Unix socket path that is empty or longer than a socket address holds (107 bytes).
         public static let invalidSocketPath = Code(.invalidSocketPath)
-        /// A TCP host that is missing, or an IPv6 host without its brackets.
+        /// A TCP or TLS host that is missing, or an IPv6 host without its brackets.
         public static let invalidHost = Code(.invalidHost)
-        /// A TCP port that is missing or not a number from 0 to 65535.
+        /// A TCP or TLS port that is missing or not a number from 0 to 65535.
         public static let invalidPort = Code(.invalidPort)
     }
 

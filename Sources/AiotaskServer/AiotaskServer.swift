@@ -4,6 +4,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import NIOSSL
 
 #if canImport(Glibc)
     import Glibc
@@ -53,6 +54,8 @@ public final class AiotaskServer: Sendable {
         let localAddresses: [SocketAddress]
         /// The metrics listener, when one is configured.
         let metrics: MetricsListener?
+        /// What the `tls://` listeners serve new connections with; nil without one.
+        let tls: TLSListenerState?
     }
 
     /// What ``shutdown()`` is to do, decided under the lock.
@@ -156,6 +159,15 @@ public final class AiotaskServer: Sendable {
                 throw ServerError.cannotListen(ListenError(address: "unix:\(path)", error: error))
             }
         }
+        // Before any process starts too: TLS material that cannot serve is a configuration error.
+        var tls: TLSListenerState?
+        if let address = configuration.listenAddresses.first(where: { if case .tls = $0 { true } else { false } }) {
+            do {
+                tls = try TLSListenerState(configuration.tls)
+            } catch {
+                throw ServerError.cannotListen(ListenError(address: "\(address)", error: error))
+            }
+        }
         let supervisor = try await loop.submit {
             NIOLoopBound(Supervisor(loop: loop, configuration: configuration, logger: logger), eventLoop: loop)
         }.get()
@@ -178,6 +190,10 @@ public final class AiotaskServer: Sendable {
                 switch address {
                 case .tcp(let host, let port):
                     listeners.append(try await bootstrap.bind(host: host, port: port).get())
+                case .tls(let host, let port):
+                    guard let tls else { preconditionFailure("a tls:// address without its TLS state") }
+                    let tlsBootstrap = makeTLSBootstrap(loop: loop, supervisor: supervisor, tls: tls, logger: logger)
+                    listeners.append(try await tlsBootstrap.bind(host: host, port: port).get())
                 case .unix(let path):
                     listeners.append(
                         try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: false).get()
@@ -231,8 +247,19 @@ public final class AiotaskServer: Sendable {
             agentListeners: agentListeners,
             ownedSocketPaths: ownedSocketPaths,
             localAddresses: listeners.compactMap(\.localAddress),
-            metrics: metrics
+            metrics: metrics,
+            tls: tls
         )
+    }
+
+    /// The options every listener of clients shares, plain or TLS: a deep backlog, reused addresses, no half-closed
+    /// connections, and the allocator whose large buffers the kernel copies fast.
+    private static func clientListener(on loop: any EventLoop) -> ServerBootstrap {
+        ServerBootstrap(group: loop, childGroup: loop)
+            .serverChannelOption(.backlog, value: 1024)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.allowRemoteHalfClosure, value: false)
+            .childChannelOption(.allocator, value: FastCopyBuffers.allocator)
     }
 
     private static func makeBootstrap(
@@ -241,11 +268,7 @@ public final class AiotaskServer: Sendable {
         configuration: ServerConfiguration,
         logger: Logger
     ) -> ServerBootstrap {
-        ServerBootstrap(group: loop, childGroup: loop)
-            .serverChannelOption(.backlog, value: 1024)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.allowRemoteHalfClosure, value: false)
-            .childChannelOption(.allocator, value: FastCopyBuffers.allocator)
+        clientListener(on: loop)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     if channel.localAddress?.protocol != .unix {
@@ -255,6 +278,34 @@ public final class AiotaskServer: Sendable {
                     try reads.install(on: channel)
                     try channel.pipeline.syncOperations.addHandler(
                         ConnectionHandler(supervisor: supervisor.value, logger: logger, readWindow: reads.window)
+                    )
+                }
+            }
+    }
+
+    /// The bootstrap of a `tls://` listener: TLS first, then ``TLSAdmissionHandler``, which adds the connection's
+    /// ``ConnectionHandler`` once the handshake is over and the client let in. No direct frame reads: the bytes a
+    /// frame is made of come out of TLS, not out of the socket.
+    private static func makeTLSBootstrap(
+        loop: any EventLoop,
+        supervisor: NIOLoopBound<Supervisor>,
+        tls: TLSListenerState,
+        logger: Logger
+    ) -> ServerBootstrap {
+        clientListener(on: loop)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.syncOptions?.setOption(.socketOption(.tcp_nodelay), value: 1)
+                    try channel.syncOptions?.setOption(.recvAllocator, value: DirectFrameReads.largeReads)
+                    let current = tls.forNewConnection
+                    try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: current.context))
+                    try channel.pipeline.syncOperations.addHandler(
+                        TLSAdmissionHandler(
+                            supervisor: supervisor.value,
+                            logger: logger,
+                            allowedClients: current.allowedClients,
+                            handshakeTimeout: current.handshakeTimeout
+                        )
                     )
                 }
             }
@@ -333,9 +384,14 @@ public final class AiotaskServer: Sendable {
     /// Applies a new configuration to the running server without closing its sockets or losing a task
     /// (see `docs` on reload: the pool is rolled over to the new handler and size). Listening addresses and
     /// adopted sockets are kept as they are.
+    ///
+    /// The `tls://` listeners serve new connections with the TLS material of `configuration`
+    /// (``ServerConfiguration/tls``); connections already open keep theirs. Material that cannot serve throws
+    /// ``ServerTLSError`` before anything changes.
     public func reload(_ configuration: ServerConfiguration) async throws {
-        let supervisor = try started().supervisor
-        try await loop.submit { supervisor.value.reload(configuration) }.get()
+        let running = try started()
+        try running.tls?.replace(with: configuration.tls)
+        try await loop.submit { [supervisor = running.supervisor] in supervisor.value.reload(configuration) }.get()
     }
 
     /// Whether the event loop answers within `limit` and the pool keeps at least one process alive.

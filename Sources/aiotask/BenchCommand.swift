@@ -151,7 +151,8 @@ struct BenchCommand: AsyncParsableCommand {
         if reconnect {
             let configuration = ReconnectingClient.Configuration(
                 connectTimeout: .seconds(options.connectTimeout),
-                protocol: options.wireProtocol
+                protocol: options.wireProtocol,
+                tls: options.tls
             )
             return try await load.run(
                 reconnectingTo: try options.address(),

@@ -10,7 +10,7 @@ struct ServerOptions: ParsableArguments {
     @Option(
         name: .long,
         help: ArgumentHelp(
-            "The server: tcp://HOST:PORT, tcp://[IPV6]:PORT or unix:PATH.",
+            "The server: tcp://HOST:PORT, tcp://[IPV6]:PORT, tls://HOST:PORT or unix:PATH.",
             discussion: """
                 Default: $AIOTASK_SERVER, else unix:\(ServerAddress.defaultUnixPath). submit and bench take several \
                 servers (repeated, or separated by commas) and balance their tasks over them (see --balance).
@@ -44,6 +44,46 @@ struct ServerOptions: ParsableArguments {
     @Flag(name: .long, help: "Same as --protocol legacy.")
     var legacy = false
 
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "For tls:// servers: trust the certificate authorities of this PEM file instead of the system's.",
+            valueName: "file"
+        )
+    )
+    var tlsCa: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "For tls:// servers that require one: this client's certificate (PEM), with --tls-key.",
+            valueName: "file"
+        )
+    )
+    var tlsCertificate: String?
+
+    @Option(name: .long, help: ArgumentHelp("The private key (PEM) of --tls-certificate.", valueName: "file"))
+    var tlsKey: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "For tls:// servers: the name the server's certificate must carry, instead of the address's host.",
+            valueName: "name"
+        )
+    )
+    var tlsServerName: String?
+
+    /// The TLS of `tls://` servers, from the `--tls-…` options.
+    var tls: ClientTLSConfiguration {
+        ClientTLSConfiguration(
+            trustRoots: tlsCa.map { .file($0) } ?? .system,
+            serverName: tlsServerName,
+            certificateFile: tlsCertificate,
+            keyFile: tlsKey
+        )
+    }
+
     /// The protocol from `--protocol` or `--legacy`; extended by default.
     var wireProtocol: WireProtocol {
         legacy ? .legacy : protocolChoice?.wireProtocol ?? .extended
@@ -61,6 +101,9 @@ struct ServerOptions: ParsableArguments {
             addresses = try self.addresses()
         } catch {
             throw ValidationError("\(error)")
+        }
+        if (tlsCertificate == nil) != (tlsKey == nil) {
+            throw ValidationError("--tls-certificate and --tls-key go together")
         }
         if addresses.count > 1 && wireProtocol != .extended {
             throw ValidationError("several servers need the extended protocol (no GOODBYE in the legacy one)")
@@ -104,7 +147,8 @@ struct ServerOptions: ParsableArguments {
                 connectionsPerEndpoint: connections,
                 strategy: balance,
                 connectTimeout: Duration.seconds(connectTimeout),
-                eventLoopGroup: eventLoopGroup
+                eventLoopGroup: eventLoopGroup,
+                tls: tls
             ),
             // Warnings (an endpoint ejected) go to stderr; the normal path logs nothing there.
             logger: Logger(label: "aiotask") { label in
@@ -147,7 +191,8 @@ struct ServerOptions: ParsableArguments {
                     to: address,
                     eventLoopGroup: eventLoop,
                     connectTimeout: Duration.seconds(connectTimeout),
-                    protocol: wireProtocol
+                    protocol: wireProtocol,
+                    tls: tls
                 )
             } catch let error as AiotaskClientError
                 where error.code == .closedBeforeHandshake && attempt < Self.attempts

@@ -12,6 +12,9 @@ struct ServerAddressTests {
         ("tcp://localhost:4242", .tcp(host: "localhost", port: 4242)),
         ("tcp://worker-1.example.com:1", .tcp(host: "worker-1.example.com", port: 1)),
         ("tcp://localhost:0080", .tcp(host: "localhost", port: 80)),
+        ("tls://127.0.0.1:4243", .tls(host: "127.0.0.1", port: 4243)),
+        ("tls://[::1]:4243", .tls(host: "::1", port: 4243)),
+        ("tls://worker-1.example.com:443", .tls(host: "worker-1.example.com", port: 443)),
         ("unix:/run/aiotask/aiotask.sock", .unix(path: "/run/aiotask/aiotask.sock")),
         ("unix:///tmp/a.sock", .unix(path: "/tmp/a.sock")),
         ("unix:relative.sock", .unix(path: "relative.sock")),
@@ -33,14 +36,20 @@ struct ServerAddressTests {
         #expect(ServerAddress.tcp(host: "::1", port: 1).description == "tcp://[::1]:1")
         #expect(ServerAddress.tcp(host: "h", port: 2).description == "tcp://h:2")
         #expect(ServerAddress.unix(path: "/x").description == "unix:/x")
+        #expect(ServerAddress.tls(host: "::1", port: 3).description == "tls://[::1]:3")
+        #expect(ServerAddress.tls(host: "h", port: 4).description == "tls://h:4")
         #expect(ServerAddress.defaultUnixPath == "/run/aiotask/aiotask.sock")
     }
 
     static let bad: [(String, String)] = [
-        ("", "expected tcp://HOST:PORT or unix:/PATH"),
-        ("localhost:4242", "expected tcp://HOST:PORT or unix:/PATH"),
-        ("http://localhost:80", "expected tcp://HOST:PORT or unix:/PATH"),
-        ("TCP://localhost:80", "expected tcp://HOST:PORT or unix:/PATH"),
+        ("", "expected tcp://HOST:PORT, tls://HOST:PORT or unix:/PATH"),
+        ("localhost:4242", "expected tcp://HOST:PORT, tls://HOST:PORT or unix:/PATH"),
+        ("http://localhost:80", "expected tcp://HOST:PORT, tls://HOST:PORT or unix:/PATH"),
+        ("TCP://localhost:80", "expected tcp://HOST:PORT, tls://HOST:PORT or unix:/PATH"),
+        ("TLS://localhost:80", "expected tcp://HOST:PORT, tls://HOST:PORT or unix:/PATH"),
+        ("tls://localhost", "missing :PORT"),
+        ("tls://::1:4242", "put an IPv6 host in brackets: [::1]"),
+        ("tls://localhost:65536", "port must be a number from 0 to 65535"),
         ("tcp://localhost", "missing :PORT"),
         ("tcp://", "missing :PORT"),
         ("tcp://[::1]", "missing :PORT"),

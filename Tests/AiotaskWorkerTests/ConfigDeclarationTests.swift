@@ -1,4 +1,5 @@
 import AiotaskProtocol
+import AiotaskTestSupport
 import ArgumentParser
 import Foundation
 import Logging
@@ -15,9 +16,15 @@ extension ConfigTests {
     static var names: [String] { DaemonSettings.declarations.map(\.name) }
 
     @Test("every declared setting has an option, and the command line and the config file read its example alike")
-    func commandLineMatchesFile() throws {
+    func commandLineMatchesFile() async throws {
+        // The TLS settings read their files as they are read: theirs are made here, named by absolute paths.
+        let directory = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let pki = try await TestCertificates.make(in: directory)
+        let server = try await pki.issue("server", dnsNames: ["localhost"])
+        let files = ["tls-certificate": server.certificate, "tls-key": server.key, "tls-client-ca": pki.authority()]
         for declaration in DaemonSettings.declarations {
-            let (name, example) = (declaration.name, declaration.example)
+            let (name, example) = (declaration.name, files[declaration.name] ?? declaration.example)
             #expect(example != declaration.defaultValue, "\(name)'s example is its default")
             let fromFile = try ConfigFile.parse("\(name) = \(example)\n", path: Self.path)
             let fromCommandLine = try DaemonOptions.parse(["--\(name)", example]).settings
@@ -33,7 +40,7 @@ extension ConfigTests {
         // `none` describes an empty list (everyone); as a value it would be a user or group named none.
         let descriptive = [
             "listen", "handler", "workers", "prefetch", "agent-listen", "log-level", "metrics-listen", "allow-users",
-            "allow-groups",
+            "allow-groups", "tls-certificate", "tls-key", "tls-client-ca",
         ]
         for declaration in DaemonSettings.declarations where !descriptive.contains(declaration.name) {
             let text = "\(declaration.name) = \(declaration.defaultValue)\n"

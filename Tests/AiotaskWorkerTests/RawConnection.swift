@@ -49,7 +49,8 @@ final class RawConnection {
         let configuration = NIOAsyncChannel<ByteBuffer, ByteBuffer>.Configuration(isOutboundHalfClosureEnabled: true)
         let channel: NIOAsyncChannel<ByteBuffer, ByteBuffer>
         switch address {
-        case .tcp(let host, let port):
+        // A tls:// address is connected to without TLS: what a plaintext client sends a TLS listener.
+        case .tcp(let host, let port), .tls(let host, let port):
             channel = try await bootstrap.connect(host: host, port: port) { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try NIOAsyncChannel<ByteBuffer, ByteBuffer>(

@@ -90,6 +90,8 @@ public final class AiotaskClientPool: TaskSubmitter, Service {
         public var maximumResultLength: Int
         /// The group connections run on; nil for `MultiThreadedEventLoopGroup.singleton`.
         public var eventLoopGroup: (any EventLoopGroup)?
+        /// For `tls://` endpoints: trust roots, the name to check, the client's certificate.
+        public var tls: ClientTLSConfiguration
 
         /// A configuration; the defaults suit servers restarted by systemd.
         public init(
@@ -100,8 +102,10 @@ public final class AiotaskClientPool: TaskSubmitter, Service {
             backoffBase: Duration = .milliseconds(100),
             backoffLimit: Duration = .seconds(10),
             maximumResultLength: Int = AiotaskClient.defaultMaximumResultLength,
-            eventLoopGroup: (any EventLoopGroup)? = nil
+            eventLoopGroup: (any EventLoopGroup)? = nil,
+            tls: ClientTLSConfiguration = ClientTLSConfiguration()
         ) {
+            self.tls = tls
             self.connectionsPerEndpoint = connectionsPerEndpoint
             self.strategy = strategy
             self.connectTimeout = connectTimeout
@@ -458,7 +462,8 @@ public final class AiotaskClientPool: TaskSubmitter, Service {
                 to: address,
                 eventLoopGroup: configuration.eventLoopGroup,
                 connectTimeout: configuration.connectTimeout,
-                maximumResultLength: configuration.maximumResultLength
+                maximumResultLength: configuration.maximumResultLength,
+                tls: configuration.tls
             )
         } catch {
             let error =

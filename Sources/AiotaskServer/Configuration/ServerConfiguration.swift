@@ -90,6 +90,9 @@ public struct ServerConfiguration: Sendable {
     /// What the pool's processes must not read (`hide-credentials`): `$CREDENTIALS_DIRECTORY` and the secrets
     /// named in ``HiddenPaths/secretPaths``. Worked out again at each reload. See docs/security.md.
     public var hiddenPaths = HiddenPaths()
+    /// The certificate, key and client checks of the `tls://` listeners (docs/security.md); unused without one. A
+    /// reload applies new material to the connections accepted from then on.
+    public var tls = ServerTLSConfiguration()
 
     public init(
         listenAddresses: [ServerAddress] = [],

@@ -27,9 +27,9 @@ final class ConnectionHandler: ChannelInboundHandler {
     @exclusivity(unchecked) private var logger: Logger
     @exclusivity(unchecked) private var context: ChannelHandlerContext?
     @exclusivity(unchecked) private(set) var peerDescription = "unknown"
-    /// The journal fields that name the client in every entry about one of its tasks: `client`, and for a Unix
-    /// socket `client_uid`, `client_gid` and `client_pid`. Made once as the connection opens, so the task path
-    /// builds nothing to carry them.
+    /// The journal fields that name the client in every entry about one of its tasks: `client`, for a Unix
+    /// socket `client_uid`, `client_gid` and `client_pid`, and for a TLS client with a certificate `client_cert`.
+    /// Made once as the connection opens, so the task path builds nothing to carry them.
     @exclusivity(unchecked) private(set) var clientMetadata: Logger.Metadata = ["client": "unknown"]
 
     /// What the connection decides; everything else here carries it out.
@@ -45,11 +45,16 @@ final class ConnectionHandler: ChannelInboundHandler {
     /// Task bytes reserved in the supervisor's budget for the task frame being received (see
     /// ``Supervisor/reserve(_:)``); 0 when none is.
     @exclusivity(unchecked) private var reservedBytes = 0
+    /// The identity of the client's TLS certificate, if it showed one (``TLSAdmissionHandler``).
+    private let clientCertificate: String?
 
-    /// - Parameter readWindow: The window of the channel's ``DirectFrameReads``.
-    init(supervisor: Supervisor, logger: Logger, readWindow: ReadWindow? = nil) {
+    /// - Parameters:
+    ///   - readWindow: The window of the channel's ``DirectFrameReads``.
+    ///   - clientCertificate: The identity of the client's TLS certificate, for the journal's `CLIENT_CERT`.
+    init(supervisor: Supervisor, logger: Logger, readWindow: ReadWindow? = nil, clientCertificate: String? = nil) {
         self.supervisor = supervisor
         self.logger = logger
+        self.clientCertificate = clientCertificate
         self.frames = InboundStream(
             FrameDecoder(maximumPayloadLength: supervisor.configuration.maximumPayloadLength),
             readWindow: readWindow
@@ -86,6 +91,7 @@ final class ConnectionHandler: ChannelInboundHandler {
         writer = CoalescingFrameWriter(channel: context.channel)
         peerDescription = context.channel.remoteAddress.map(Self.describe) ?? "unix"
         clientMetadata = ["client": "\(peerDescription)"]
+        if let clientCertificate { clientMetadata["client_cert"] = "\(clientCertificate)" }
         if let refusal = checkPeer(context: context) {
             logger[metadataKey: "client"] = "\(peerDescription)"
             perform(state.channelActive(refusing: refusal, now: .now()))
@@ -438,7 +444,8 @@ final class ConnectionHandler: ChannelInboundHandler {
         }
     }
 
-    private static func describe(_ address: SocketAddress) -> String {
+    /// The client's address as the journal's `CLIENT` gives it: `HOST:PORT`, or `unix`.
+    static func describe(_ address: SocketAddress) -> String {
         switch address {
         case .v4, .v6: "\(address.ipAddress ?? "?"):\(address.port ?? 0)"
         case .unixDomainSocket: "unix"

@@ -160,6 +160,12 @@ enum MetricsExposition {
             counters.connectionsRefusedPeer,
             "Client connections closed as they arrived, by reason."
         )
+        counter(
+            "aiotask_connections_refused_total",
+            [("reason", "tls")],
+            counters.connectionsRefusedTLS,
+            "Client connections closed as they arrived, by reason."
+        )
         gauge("aiotask_build_info", [("version", AiotaskVersion.current)], 1, "The version of aiotaskd; always 1.")
         let process = snapshot.process
         fractionalCounter(

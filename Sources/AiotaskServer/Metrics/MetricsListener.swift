@@ -84,6 +84,8 @@ final class MetricsListener: Sendable {
                 switch address {
                 case .tcp(let host, let port):
                     channels.append(try await bootstrap.bind(host: host, port: port).get())
+                case .tls:
+                    throw MetricsListenError.tls
                 case .unix(let path):
                     try UnixSocketPath.prepareForListening(at: path)
                     channels.append(
@@ -112,4 +114,11 @@ final class MetricsListener: Sendable {
         for path in ownedSocketPaths { unlink(path) }
         try? await group.shutdownGracefully()
     }
+}
+
+/// Why a metrics address cannot be listened on.
+struct MetricsListenError: Error, CustomStringConvertible {
+    static let tls = MetricsListenError()
+
+    var description: String { "the metrics listener serves plain HTTP: give tcp://HOST:PORT or unix:/PATH" }
 }

@@ -36,6 +36,8 @@ struct ServerMetrics: Sendable {
     /// Unix socket connections closed as they arrived because `allow-users` and `allow-groups` do not let their
     /// user in.
     var connectionsRefusedPeer = 0
+    /// `tls://` connections closed in their handshake (``TLSAdmissionHandler``): never let in.
+    var connectionsRefusedTLS = 0
     /// Time every pool process was busy with tasks waiting, up to ``saturatedSince``.
     private(set) var saturated: Duration = .zero
     /// Since when the pool is saturated; nil while it is not.

@@ -118,6 +118,11 @@ final class Supervisor {
         metrics.connectionsRefusedPeer += 1
     }
 
+    /// A `tls://` connection was refused in its handshake (``TLSAdmissionHandler``); it is never registered.
+    func tlsRefused() {
+        metrics.connectionsRefusedTLS += 1
+    }
+
     func unregister(_ connection: ConnectionHandler) {
         connections[ObjectIdentifier(connection)] = nil
         if connections.isEmpty, let connectionsClosed {

@@ -14,6 +14,9 @@ public enum LogMessageID {
     public static let slowTask = "db8b3c809def47a0a6d1cf74230e0c49"
     /// A Unix socket connection was refused: `allow-users` and `allow-groups` do not let its user in.
     public static let peerRefused = "80ab0247fdc449d2937398a4a8e61ef9"
+    /// A `tls://` connection was refused in or right after its handshake: no or a rejected client certificate, not
+    /// on `tls-allowed-clients`, not TLS, or a handshake that did not finish in time.
+    public static let tlsRefused = "4f0c6e2a9b8d4d17a3e51c7b2f96d084"
 
     /// The message id of a task that failed for `reason`.
     static func forFailure(_ reason: FailureReason) -> String {

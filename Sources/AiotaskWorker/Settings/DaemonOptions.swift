@@ -26,6 +26,12 @@ public struct DaemonOptions: ParsableArguments {
     @Option(setting: "max-connections") public var maxConnections: Int?
     @Option(setting: "allow-users") public var allowUsers: [String] = []
     @Option(setting: "allow-groups") public var allowGroups: [String] = []
+    @Option(setting: "tls-certificate") public var tlsCertificate: String?
+    @Option(setting: "tls-key") public var tlsKey: String?
+    @Option(setting: "tls-minimum-version") public var tlsMinimumVersion: String?
+    @Option(setting: "tls-client-ca") public var tlsClientCa: String?
+    @Option(setting: "tls-allowed-clients") public var tlsAllowedClients: String?
+    @Option(setting: "tls-handshake-timeout") public var tlsHandshakeTimeout: Double?
     @Option(setting: "idle-timeout") public var idleTimeout: Double?
     @Option(setting: "write-timeout") public var writeTimeout: Double?
     @Option(setting: "prefetch") public var prefetch: Int?

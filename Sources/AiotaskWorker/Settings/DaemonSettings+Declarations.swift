@@ -1,5 +1,6 @@
 import AiotaskProtocol
 import Logging
+import NIOSSL
 
 extension DaemonSettings {
     /// Every setting of the daemon, in the order of `--help`, the README table and `aiotaskd(8)`.
@@ -14,7 +15,9 @@ extension DaemonSettings {
             "listen",
             default: "unix:\(ServerAddress.defaultUnixPath)",
             example: "tcp://127.0.0.1:4242",
-            help: "Address to listen on: tcp://HOST:PORT, tcp://[IPv6]:PORT or unix:/PATH. Repeatable."
+            help:
+                "Address to listen on: tcp://HOST:PORT, tcp://[IPv6]:PORT, tls://HOST:PORT (TLS, see tls-certificate) "
+                + "or unix:/PATH. Repeatable."
         ) { addresses, configuration in configuration.listenAddresses = addresses },
         .text(
             "handler",
@@ -76,6 +79,74 @@ extension DaemonSettings {
             help: "Groups, by name or gid, whose members (primary or supplementary group) may connect over a Unix "
                 + "socket; repeatable, or several separated by commas. See allow-users."
         ) { $1.peerPolicy.groups = $0 },
+        .file(
+            "tls-certificate",
+            default: "none",
+            example: "server.crt",
+            help: "PEM file of the certificate of the tls:// listeners, then its intermediates. A relative path is "
+                + "taken in $CREDENTIALS_DIRECTORY (systemd's LoadCredential=). Read again on reload."
+        ) { path, configuration throws(ConfigurationError) in
+            configuration.tls.certificateChain = try CredentialFile.certificates(at: path, setting: "tls-certificate")
+        },
+        .file(
+            "tls-key",
+            default: "none",
+            example: "server.key",
+            help: "PEM file of the private key of tls-certificate (unencrypted; keep it readable by aiotaskd only). "
+                + "A relative path is taken in $CREDENTIALS_DIRECTORY. Read again on reload."
+        ) { path, configuration throws(ConfigurationError) in
+            configuration.tls.privateKey = try CredentialFile.privateKey(at: path, setting: "tls-key")
+        },
+        .text(
+            "tls-minimum-version",
+            valueName: "version",
+            default: "1.2",
+            example: "1.3",
+            help: "The oldest TLS version a client may speak: 1.2 or 1.3."
+        ) { text, configuration throws(ConfigurationError) in
+            switch text {
+            case "1.2": configuration.tls.minimumVersion = .tlsv12
+            case "1.3": configuration.tls.minimumVersion = .tlsv13
+            default: throw ConfigurationError(setting: "tls-minimum-version", reason: "'\(text)' is not 1.2 or 1.3")
+            }
+        },
+        .file(
+            "tls-client-ca",
+            default: "none",
+            example: "clients-ca.crt",
+            help: "PEM file of the certificate authorities of client certificates: when set, every tls:// client "
+                + "must show a certificate one of them issued (mutual TLS), or is refused in the handshake. A "
+                + "relative path is taken in $CREDENTIALS_DIRECTORY. Read again on reload."
+        ) { path, configuration throws(ConfigurationError) in
+            configuration.tls.clientCertificateAuthorities = try CredentialFile.certificates(
+                at: path,
+                setting: "tls-client-ca"
+            )
+        },
+        .text(
+            "tls-allowed-clients",
+            valueName: "identities",
+            default: "any",
+            example: "client.example.com",
+            help: "With tls-client-ca: the client identities let in, separated by commas, each matched against the "
+                + "certificate's DNS, email and URI subject alternative names and its subject's common name; any "
+                + "lets in every certificate tls-client-ca accepts."
+        ) { text, configuration throws(ConfigurationError) in
+            let identities = text.split(separator: ",").map { part in
+                String(part.drop(while: \.isWhitespace).reversed().drop(while: \.isWhitespace).reversed())
+            }.filter { !$0.isEmpty }
+            guard !identities.isEmpty else {
+                throw ConfigurationError(setting: "tls-allowed-clients", reason: "no identity in '\(text)'")
+            }
+            configuration.tls.allowedClients = identities == ["any"] ? [] : identities
+        },
+        .seconds(
+            "tls-handshake-timeout",
+            default: "10",
+            example: "3",
+            help: "Close a tls:// connection whose TLS handshake has not finished after this many seconds; 0 for "
+                + "never."
+        ) { $1.tls.handshakeTimeout = $0 == .zero ? nil : $0 },
         .seconds(
             "idle-timeout",
             default: "300",
@@ -221,7 +292,15 @@ extension DaemonSettings {
             example: "tcp://127.0.0.1:9464",
             help: "Address of the metrics listener, serving GET /metrics to Prometheus: tcp://HOST:PORT or "
                 + "unix:/PATH. Repeatable; none by default. A socket systemd passes named metrics is served too."
-        ) { addresses, configuration in configuration.metricsListenAddresses = addresses },
+        ) { addresses, configuration throws(ConfigurationError) in
+            if let address = addresses.first(where: { if case .tls = $0 { true } else { false } }) {
+                throw ConfigurationError(
+                    setting: "metrics-listen",
+                    reason: "\(address): the metrics listener serves plain HTTP (tcp:// or unix:)"
+                )
+            }
+            configuration.metricsListenAddresses = addresses
+        },
     ]
 
     /// The largest memory limit of a pool process, in MiB (1 PiB).

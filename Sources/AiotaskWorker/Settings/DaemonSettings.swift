@@ -97,7 +97,45 @@ public struct DaemonSettings: Sendable, Equatable {
             guard let value = values[declaration.name] else { continue }
             try declaration.apply(value, &configuration)
         }
+        try checkTLS(of: configuration)
         return configuration
+    }
+
+    /// Checks that the TLS settings make a context that can serve, when a `tls://` listener needs one or both a
+    /// certificate and a key are set: the key must be the certificate's. Each file was read by its own declaration;
+    /// this is what no one of them can see alone.
+    private func checkTLS(of configuration: ServerConfiguration) throws(ConfigurationError) {
+        let tlsListener = configuration.listenAddresses.first { if case .tls = $0 { true } else { false } }
+        let tls = configuration.tls
+        guard tlsListener != nil || (!tls.certificateChain.isEmpty && tls.privateKey != nil) else { return }
+        let need = tlsListener.map { "\($0) needs a certificate and its key (tls-certificate, tls-key)" }
+        do {
+            _ = try tls.makeContext()
+        } catch {
+            let file = { (name: String) in
+                if case .text(let path)? = values[name] { return path }
+                return "(none)"
+            }
+            switch error.code {
+            case .missingCertificate:
+                throw ConfigurationError(
+                    setting: "tls-certificate",
+                    reason: need ?? "tls-key is set without a certificate"
+                )
+            case .missingKey:
+                throw ConfigurationError(setting: "tls-key", reason: need ?? "tls-certificate is set without its key")
+            case .keyMismatch:
+                throw ConfigurationError(
+                    setting: "tls-key",
+                    reason: "\(file("tls-key")) is not the private key of the certificate in \(file("tls-certificate"))"
+                )
+            default:
+                throw ConfigurationError(
+                    setting: "tls-certificate",
+                    reason: "\(file("tls-certificate")) and \(file("tls-key")) cannot serve: \(error.reason)"
+                )
+            }
+        }
     }
 
     /// The names of the settings that `next` gives another value than these, but that a reload cannot apply

@@ -110,14 +110,19 @@ struct SettingDeclaration: Sendable {
         )
     }
 
-    /// Free text, used by the daemon itself rather than put into the configuration (the handler's spec).
+    /// Free text, used by the daemon itself rather than put into the configuration (the handler's spec), or checked
+    /// and put into the configuration by `configure`.
     static func text(
         _ name: String,
         valueName: String,
         default defaultValue: String,
         example: String,
         reloadable: Bool = true,
-        help: String
+        help: String,
+        configure: @escaping @Sendable (String, inout ServerConfiguration) throws(ConfigurationError) -> Void = {
+            _,
+            _ in
+        }
     ) -> Self {
         SettingDeclaration(
             name: name,
@@ -128,8 +133,29 @@ struct SettingDeclaration: Sendable {
             example: example,
             reloadable: reloadable,
             read: { text in .text(text) },
-            apply: { _, _ in }
+            apply: { value, configuration throws(ConfigurationError) in
+                guard case .text(let text) = value else { preconditionFailure("\(name) takes text") }
+                try configure(text, &configuration)
+            }
         )
+    }
+
+    /// A file the daemon reads as the settings are read, at start and at each reload (a PEM certificate or key). A
+    /// relative path is taken in `$CREDENTIALS_DIRECTORY`, where systemd's `LoadCredential=` puts files, and is an
+    /// error without it. `load` reads the file at the resolved path into the configuration; what it throws names
+    /// the setting and the file.
+    static func file(
+        _ name: String,
+        default defaultValue: String,
+        example: String,
+        help: String,
+        load: @escaping @Sendable (_ path: String, inout ServerConfiguration) throws(ConfigurationError) -> Void
+    ) -> Self {
+        .text(name, valueName: "file", default: defaultValue, example: example, help: help) {
+            text,
+            configuration throws(ConfigurationError) in
+            try load(try CredentialFile.resolve(text, setting: name), &configuration)
+        }
     }
 
     /// Addresses to listen on, repeatable; a list given on the command line replaces the file's. Listening
