@@ -118,6 +118,28 @@ struct HiddenCredentialsTests {
     }
 
     @Test(
+        "a tls-key outside CREDENTIALS_DIRECTORY is hidden from the handler too, and the certificate beside it is not",
+        .enabled(if: landlockIsAvailable, "the kernel offers no Landlock")
+    )
+    func tlsKeyIsHidden() async throws {
+        let files = try Files()
+        defer { files.remove() }
+        let pki = try await TestCertificates.make(in: files.base + "/public")
+        let server = try await pki.issue("server", ipAddresses: ["127.0.0.1"])
+        let arguments = [
+            "--handler", "chaos", "--workers", "1", "--listen", "tls://127.0.0.1:\(try SystemdTestKit.freePort())",
+            "--tls-certificate", server.certificate, "--tls-key", server.key,
+        ]
+        try await files.withDaemon(arguments: arguments) { client, _ in
+            let failure = try await #require(throws: TaskFailure.self) {
+                try await client.submit("read \(server.key)")
+            }
+            #expect(failure.message == "cannot read \(server.key): Permission denied")
+            #expect(try await client.submit("read \(server.certificate)").starts(with: Array("-----BEGIN".utf8)))
+        }
+    }
+
+    @Test(
         "a Swift handler cannot read a file in CREDENTIALS_DIRECTORY, and reads one in the directory beside it",
         .enabled(if: landlockIsAvailable, "the kernel offers no Landlock")
     )

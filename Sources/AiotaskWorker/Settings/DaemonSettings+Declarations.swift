@@ -93,9 +93,12 @@ extension DaemonSettings {
             default: "none",
             example: "server.key",
             help: "PEM file of the private key of tls-certificate (unencrypted; keep it readable by aiotaskd only). "
-                + "A relative path is taken in $CREDENTIALS_DIRECTORY. Read again on reload."
+                + "A relative path is taken in $CREDENTIALS_DIRECTORY. Read again on reload. Pool processes cannot "
+                + "read it (hide-credentials)."
         ) { path, configuration throws(ConfigurationError) in
             configuration.tls.privateKey = try CredentialFile.privateKey(at: path, setting: "tls-key")
+            // Hidden from the handlers wherever it is, not only in $CREDENTIALS_DIRECTORY.
+            configuration.hiddenPaths.secretPaths.append(try CredentialFile.resolve(path, setting: "tls-key"))
         },
         .text(
             "tls-minimum-version",
