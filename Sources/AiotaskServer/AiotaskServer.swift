@@ -161,11 +161,15 @@ public final class AiotaskServer: Sendable {
         }
         // Before any process starts too: TLS material that cannot serve is a configuration error.
         var tls: TLSListenerState?
-        if let address = configuration.listenAddresses.first(where: { if case .tls = $0 { true } else { false } }) {
+        let tlsListener =
+            configuration.listenAddresses.first(where: { if case .tls = $0 { true } else { false } })
+            .map { "\($0)" }
+            ?? configuration.adoptedSockets.first(where: \.usesTLS).map { "adopted socket \($0.name)" }
+        if let tlsListener {
             do {
                 tls = try TLSListenerState(configuration.tls)
             } catch {
-                throw ServerError.cannotListen(ListenError(address: "\(address)", error: error))
+                throw ServerError.cannotListen(ListenError(address: tlsListener, error: error))
             }
         }
         let supervisor = try await loop.submit {
@@ -185,14 +189,14 @@ public final class AiotaskServer: Sendable {
                 configuration: configuration,
                 logger: logger
             )
+            let tlsBootstrap = tls.map { makeTLSBootstrap(loop: loop, supervisor: supervisor, tls: $0, logger: logger) }
             for address in configuration.listenAddresses {
                 binding = "\(address)"
                 switch address {
                 case .tcp(let host, let port):
                     listeners.append(try await bootstrap.bind(host: host, port: port).get())
                 case .tls(let host, let port):
-                    guard let tls else { preconditionFailure("a tls:// address without its TLS state") }
-                    let tlsBootstrap = makeTLSBootstrap(loop: loop, supervisor: supervisor, tls: tls, logger: logger)
+                    guard let tlsBootstrap else { preconditionFailure("a tls:// address without its TLS state") }
                     listeners.append(try await tlsBootstrap.bind(host: host, port: port).get())
                 case .unix(let path):
                     listeners.append(
@@ -204,8 +208,14 @@ public final class AiotaskServer: Sendable {
             }
             for socket in configuration.adoptedSockets {
                 binding = "adopted socket \(socket.name) (fd \(socket.descriptor))"
-                listeners.append(try await bootstrap.withBoundSocket(socket.descriptor).get())
-                logger.info("serving adopted socket \(socket.name) (fd \(socket.descriptor))")
+                if socket.usesTLS {
+                    guard let tlsBootstrap else { preconditionFailure("a TLS socket without its TLS state") }
+                    listeners.append(try await tlsBootstrap.withBoundSocket(socket.descriptor).get())
+                    logger.info("serving adopted socket \(socket.name) (fd \(socket.descriptor)) over TLS")
+                } else {
+                    listeners.append(try await bootstrap.withBoundSocket(socket.descriptor).get())
+                    logger.info("serving adopted socket \(socket.name) (fd \(socket.descriptor))")
+                }
             }
             let agentBootstrap = makeAgentBootstrap(loop: loop, supervisor: supervisor, logger: logger)
             for address in configuration.agentListenAddresses {

@@ -19,6 +19,8 @@ import UnixSignals
 public enum Daemon {
     /// The `FileDescriptorName=` of a socket systemd passes for the metrics listener rather than for tasks.
     public static let metricsSocketName = "metrics"
+    /// The `FileDescriptorName=` of a socket systemd passes for tasks over TLS (the packaged `aiotask-tls.socket`).
+    public static let tlsSocketName = "tls"
 
     /// The config file's settings (if `--config` names one) overridden by the command line's.
     public static func readSettings(_ options: DaemonOptions) throws(ConfigurationError) -> DaemonSettings {
@@ -78,12 +80,15 @@ public enum Daemon {
             logger.critical("\(error)")
             return fail(notifier, EBADF, error.description, exitCode: 78)
         }
-        // A socket named `metrics` (`FileDescriptorName=metrics`) is the metrics listener's; the others take tasks.
+        // A socket named `metrics` (`FileDescriptorName=metrics`) is the metrics listener's; the others take tasks,
+        // over TLS for one named `tls`.
         let (metricsSockets, taskSockets) = (
             activated.filter { $0.name == Self.metricsSocketName },
             activated.filter { $0.name != Self.metricsSocketName }
         )
-        configuration.adoptedSockets = taskSockets.map { AdoptedSocket(descriptor: $0.descriptor, name: $0.name) }
+        configuration.adoptedSockets = taskSockets.map {
+            AdoptedSocket(descriptor: $0.descriptor, name: $0.name, usesTLS: $0.name == Self.tlsSocketName)
+        }
         configuration.metricsAdoptedSockets = metricsSockets.map {
             AdoptedSocket(descriptor: $0.descriptor, name: $0.name)
         }

@@ -16,6 +16,8 @@ struct BenchLoad {
     var verify = true
     /// With several servers: how `aiotask bench --balance` spreads the tasks over them (its `AiotaskClientPool`).
     var balance = "least-outstanding"
+    /// For `tls://` servers: the PEM file of the authority their certificates chain to (`--tls-ca`).
+    var tlsAuthority: String?
 
     /// What `aiotask bench --json` reports, as far as the suite reads it.
     struct Report: Decodable {
@@ -52,6 +54,7 @@ struct BenchLoad {
             "--size", "\(size)", "--connections", "\(connections)", "--json",
         ]
         if !verify { arguments.append("--no-verify") }
+        if let tlsAuthority { arguments += ["--tls-ca", tlsAuthority] }
         let run = try await ClientRun.run(client, arguments)
         guard run.status == 0 || run.status == 1,
             let report = try? JSONDecoder().decode(Report.self, from: run.standardOutput)

@@ -1,5 +1,6 @@
 import AiotaskClient
 import AiotaskProtocol
+import AiotaskTestSupport
 import Foundation
 
 /// The benchmark suite: measures every performance figure aiotask aims at, each `repeat` times, against `aiotaskd`
@@ -121,14 +122,50 @@ struct BenchSuite {
             precision: 2
         )
 
+        var tlsThroughput = Figure(
+            name: "TLS: echo 100 B, 256 in flight, 1 connection",
+            unit: "tasks/s",
+            target: "",
+            meets: { _ in true }
+        )
+        var tlsRatio = Figure(
+            name: "TLS / plaintext: echo 100 B, 256 in flight, 1 connection",
+            unit: "×",
+            target: ">= 0.85",
+            meets: { $0 >= 0.85 },
+            precision: 2
+        )
+        var tlsLarge = Figure(
+            name: "TLS: echo 1 MiB, 4 in flight: task payload",
+            unit: "GB/s",
+            target: ">= 0.5",
+            meets: { $0 >= 0.5 },
+            precision: 2
+        )
+        var tlsHandshakes = Figure(
+            name: "TLS: new connections (handshake, HELLO), 8 at a time",
+            unit: "conn/s",
+            target: "",
+            meets: { _ in true }
+        )
+
         let stubServer = try await StubTaskServer.start()
         defer { Task { await stubServer.stop() } }
+        // The certificates of the TLS figures, made with openssl as the tests make theirs: an authority, and a P-256
+        // certificate for 127.0.0.1 that the echo daemon serves on a tls:// listener beside its plain one.
+        let pkiDirectory = NSTemporaryDirectory() + "aiotask-bench-pki-\(getpid())"
+        try FileManager.default.createDirectory(atPath: pkiDirectory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: pkiDirectory) }
+        let pki = try await TestCertificates.make(in: pkiDirectory)
+        let serverCertificate = try await pki.issue("server", ipAddresses: ["127.0.0.1"])
+        let handshakes = smoke ? 40 : 2_000
 
         for round in 1...repeats {
             log("round \(round) of \(repeats)")
             let echo = try await DaemonUnderTest.start(
                 executable: daemon,
-                arguments: ["--handler", "echo", "--workers", "2", "--log-level", "warning"]
+                arguments: ["--handler", "echo", "--workers", "2", "--log-level", "warning"],
+                tls: serverCertificate
             )
             do {
                 let address = echo.address
@@ -157,6 +194,29 @@ struct BenchSuite {
                 large.values.append(largeRun.tasksPerSecond * Double(1 << 20) / 1e9)
 
                 rssConnections.values.append(try await residentBytes(of: echo, withIdleConnections: idleCount) / 1e6)
+
+                // TLS: the same loads on the same daemon, through its tls:// listener.
+                guard let tlsAddress = echo.tlsAddress else { throw DaemonUnderTest.Failure(description: "no TLS") }
+                let tlsRate = try await BenchLoad(
+                    tasks: tinyTasks,
+                    concurrency: 256,
+                    size: 100,
+                    connections: 1,
+                    tlsAuthority: pki.authority()
+                ).checkedRun(client: client, against: tlsAddress).tasksPerSecond
+                tlsThroughput.values.append(tlsRate)
+                if let plain = throughput1.values.last, plain > 0 { tlsRatio.values.append(tlsRate / plain) }
+                let tlsLargeRun = try await BenchLoad(
+                    tasks: largeTasks,
+                    concurrency: 4,
+                    size: 1 << 20,
+                    connections: 1,
+                    tlsAuthority: pki.authority()
+                ).checkedRun(client: client, against: tlsAddress)
+                tlsLarge.values.append(tlsLargeRun.tasksPerSecond * Double(1 << 20) / 1e9)
+                tlsHandshakes.values.append(
+                    try await newConnectionsPerSecond(to: tlsAddress, authority: pki.authority(), count: handshakes)
+                )
                 await echo.stop()
             } catch {
                 await echo.stop()
@@ -235,10 +295,37 @@ struct BenchSuite {
         }
         return [
             throughput1, throughput4, pooled, pooledRatio, throughputNoPrefetch, p50, p99, unixP50, unixP99, large,
+            tlsThroughput, tlsRatio, tlsLarge, tlsHandshakes,
             sha1, sha2, shaRatio,
             rssIdle,
             rssConnections, stub,
         ]
+    }
+
+    /// How many new connections a second the client library opens to `address`, 8 at a time, each through its TLS
+    /// handshake and the `HELLO` exchange, then closed: what a client that does not keep its connections pays.
+    private func newConnectionsPerSecond(
+        to address: ServerAddress,
+        authority: String,
+        count: Int
+    ) async throws
+        -> Double
+    {
+        let tls = ClientTLSConfiguration(trustRoots: .file(authority))
+        let start = ContinuousClock.now
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for lane in 0..<8 {
+                group.addTask {
+                    for _ in stride(from: lane, to: count, by: 8) {
+                        let client = try await AiotaskClient.connect(to: address, tls: tls)
+                        try await client.close()
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        let elapsed = ContinuousClock.now - start
+        return Double(count) / (Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
     }
 
     /// The daemon's RSS once `count` idle connections are open to it (and it has accepted all of them).

@@ -21,36 +21,54 @@ final class DaemonUnderTest {
     let host: String
     let port: Int
     let socketPath: String
+    /// The port of the daemon's `tls://` listener, when it was started with a certificate.
+    let tlsPort: Int?
     var address: ServerAddress { .tcp(host: host, port: port) }
     var unixAddress: ServerAddress { .unix(path: socketPath) }
+    var tlsAddress: ServerAddress? { tlsPort.map { .tls(host: host, port: $0) } }
     var pid: Int32 { process.pid }
 
-    private init(process: SpawnedProcess, host: String, port: Int, socketPath: String) {
+    private init(process: SpawnedProcess, host: String, port: Int, socketPath: String, tlsPort: Int?) {
         self.process = process
         self.host = host
         self.port = port
         self.socketPath = socketPath
+        self.tlsPort = tlsPort
     }
 
     /// Starts `executable` with `--listen` on a free port of `host` (a loopback address) plus `arguments`, and
-    /// waits until it answers `HELLO`.
+    /// waits until it answers `HELLO`. With `tls`, it also listens on `tls://` on a second free port, serving that
+    /// certificate.
     static func start(
         executable: String,
         arguments: [String],
-        host: String = "127.0.0.1"
+        host: String = "127.0.0.1",
+        tls: TestCertificates.Issued? = nil
     ) async throws -> DaemonUnderTest {
         let port = try freePort(host: host)
         let socketPath = NSTemporaryDirectory() + "aiotask-bench-\(getpid())-\(port).sock"
+        var listen = ["--listen", "tcp://\(host):\(port)", "--listen", "unix:\(socketPath)"]
+        var tlsPort: Int?
+        if let tls {
+            let port = try freePort(host: host)
+            tlsPort = port
+            listen += [
+                "--listen", "tls://\(host):\(port)", "--tls-certificate", tls.certificate, "--tls-key", tls.key,
+            ]
+        }
         let process: SpawnedProcess
         do {
-            process = try SpawnedProcess.spawn(
-                executable,
-                ["--listen", "tcp://\(host):\(port)", "--listen", "unix:\(socketPath)"] + arguments
-            )
+            process = try SpawnedProcess.spawn(executable, listen + arguments)
         } catch {
             throw Failure(description: "cannot start \(executable): \(error)")
         }
-        let daemon = DaemonUnderTest(process: process, host: host, port: port, socketPath: socketPath)
+        let daemon = DaemonUnderTest(
+            process: process,
+            host: host,
+            port: port,
+            socketPath: socketPath,
+            tlsPort: tlsPort
+        )
         let deadline = ContinuousClock.now + .seconds(20)
         while true {
             if process.hasExited {

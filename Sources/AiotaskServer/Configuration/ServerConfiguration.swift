@@ -157,10 +157,13 @@ public struct AdoptedSocket: Hashable, Sendable {
     public var descriptor: Int32
     /// A name for logs (systemd's `FileDescriptorName=`).
     public var name: String
+    /// Whether its clients speak TLS, served with ``ServerConfiguration/tls`` as a `tls://` listener is.
+    public var usesTLS: Bool
 
-    public init(descriptor: Int32, name: String) {
+    public init(descriptor: Int32, name: String, usesTLS: Bool = false) {
         self.descriptor = descriptor
         self.name = name
+        self.usesTLS = usesTLS
     }
 }
 
