@@ -339,7 +339,7 @@ public final class AiotaskClient: TaskSubmitter {
     /// Connects to the server at `address`, given as text (`tcp://127.0.0.1:4242`, `unix:/run/aiotask/aiotask.sock`).
     ///
     /// - Throws: `AddressError` when the text is not an address, otherwise as
-    ///   ``connect(to:eventLoopGroup:connectTimeout:maximumResultLength:protocol:)-(ServerAddress,_,_,_,_)``.
+    ///   ``connect(to:eventLoopGroup:connectTimeout:maximumResultLength:protocol:tls:)-(ServerAddress,_,_,_,_,_)``.
     public static func connect(
         to address: String,
         eventLoopGroup: (any EventLoopGroup)? = nil,
