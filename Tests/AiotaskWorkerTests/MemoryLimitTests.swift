@@ -38,7 +38,10 @@ struct MemoryLimitTests {
                 failure.message.hasPrefix("pool process \(before) exceeded the memory limit: "),
                 "\(failure.message)"
             )
-            #expect(failure.message.hasSuffix(" MiB > 64 MiB"), "\(failure.message)")
+            #expect(
+                failure.message.hasSuffix(" MiB > \(Self.limit / ProcessMemory.mebibyte) MiB"),
+                "\(failure.message)"
+            )
             #expect(await death.waitForExit(limit: .seconds(10)), "the process over the limit is still alive")
 
             let logged = await server.logs.first { $0.metadata["message_id"] == LogMessageID.memoryLimitExceeded }
@@ -86,7 +89,10 @@ struct MemoryLimitTests {
             let failure = try #require(try await client.failure(of: "grow", timeout: .seconds(15)))
             #expect(failure.reason == .workerCrashed)
             #expect(failure.message.contains(" with its children exceeded the memory limit: "), "\(failure.message)")
-            #expect(failure.message.hasSuffix(" MiB > 64 MiB"), "\(failure.message)")
+            #expect(
+                failure.message.hasSuffix(" MiB > \(Self.limit / ProcessMemory.mebibyte) MiB"),
+                "\(failure.message)"
+            )
 
             // The child died with its process group.
             let recorded = try String(contentsOfFile: script.directory + "/child.pid", encoding: .utf8)
