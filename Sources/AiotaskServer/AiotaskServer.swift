@@ -217,6 +217,10 @@ public final class AiotaskServer: Sendable {
                     logger.info("serving adopted socket \(socket.name) (fd \(socket.descriptor))")
                 }
             }
+            // After NIO's own accept handler, whose errors travel towards the pipeline's tail.
+            for listener in listeners {
+                try await listener.pipeline.addHandler(AcceptErrorLogger(logger: logger)).get()
+            }
             let agentBootstrap = makeAgentBootstrap(loop: loop, supervisor: supervisor, logger: logger)
             for address in configuration.agentListenAddresses {
                 binding = "agent check \(address)"
@@ -266,10 +270,30 @@ public final class AiotaskServer: Sendable {
     /// connections, and the allocator whose large buffers the kernel copies fast.
     private static func clientListener(on loop: any EventLoop) -> ServerBootstrap {
         ServerBootstrap(group: loop, childGroup: loop)
+            // Out of descriptors, `accept` fails until one is closed: NIO would retry at once, in a loop that
+            // spins a core (and, with ``AcceptErrorLogger``, floods the journal). It waits a second instead, and
+            // passes the error on to be logged.
+            .serverChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(
+                        AcceptBackoffHandler(shouldForwardIOErrorCaught: true)
+                    )
+                }
+            }
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.allowRemoteHalfClosure, value: false)
             .childChannelOption(.allocator, value: FastCopyBuffers.allocator)
+    }
+
+    /// Sends a TCP connection's small frames at once (`TCP_NODELAY`); a Unix connection has no such option.
+    ///
+    /// `.tcpOption`, never `.socketOption`: at the socket level the same number is `SO_DEBUG`, which needs
+    /// `CAP_NET_ADMIN`, so a daemon without it (any non-root user, the packaged service) would close every
+    /// TCP connection it accepted.
+    private static func disableNagle(on channel: any Channel) throws {
+        guard channel.localAddress?.protocol != .unix else { return }
+        try channel.syncOptions?.setOption(.tcpOption(.tcp_nodelay), value: 1)
     }
 
     private static func makeBootstrap(
@@ -281,9 +305,7 @@ public final class AiotaskServer: Sendable {
         clientListener(on: loop)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    if channel.localAddress?.protocol != .unix {
-                        try channel.syncOptions?.setOption(.socketOption(.tcp_nodelay), value: 1)
-                    }
+                    try disableNagle(on: channel)
                     let reads = DirectFrameReads()
                     try reads.install(on: channel)
                     try channel.pipeline.syncOperations.addHandler(
@@ -305,7 +327,7 @@ public final class AiotaskServer: Sendable {
         clientListener(on: loop)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.syncOptions?.setOption(.socketOption(.tcp_nodelay), value: 1)
+                    try disableNagle(on: channel)
                     try channel.syncOptions?.setOption(.recvAllocator, value: DirectFrameReads.largeReads)
                     let current = tls.forNewConnection
                     try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: current.context))

@@ -96,6 +96,54 @@ struct ConnectionScaleTests {
         try await server.stop()
     }
 
+    @Test("a daemon out of descriptors logs the failed accept once a second and takes the waiting connections later")
+    func outOfDescriptors() async throws {
+        let directory = try makeTemporaryDirectory()
+        let path = directory + "/aiotask.sock"
+        // Soft and hard limit both: the daemon cannot raise it, and runs out after a few dozen connections.
+        let daemon = try SpawnedProcess.spawn(
+            "/bin/sh",
+            [
+                "-c", "ulimit -n 64 && exec \"$0\" \"$@\"", Products.aiotaskd, "--listen", "unix:\(path)", "--workers",
+                "1",
+            ],
+            removing: systemdVariables
+        )
+        defer {
+            daemon.killGroup()
+            try? FileManager.default.removeItem(atPath: directory)
+        }
+        try await daemon.waitForStandardError(containing: "ready")
+        try await withTimeout(.seconds(30)) {
+            let clock = ContinuousClock()
+            let start = clock.now
+            // More than the daemon has descriptors for: the rest wait in the socket's backlog, their task sent.
+            var sockets = try (0..<100).map { _ in try UnixSocket(path: path, receiveTimeout: .seconds(10)) }
+            let ids = sockets.map { _ in TaskID.random() }
+            for (socket, id) in zip(sockets, ids) {
+                #expect(socket.send(RawConnection.legacyFrame(type: 1, id.bytes + [0x2a])))
+            }
+            try await daemon.waitForStandardError(containing: "cannot accept a connection")
+            #expect(daemon.standardError.contains("Too many open files"), "\(daemon.standardError)")
+            // The daemon accepts in order: closing the first 70 frees every descriptor it had taken. No new
+            // connection comes to wake the listener: it must try `accept` again by itself.
+            sockets.removeFirst(70)
+            var answered = 0
+            for (socket, id) in zip(sockets, ids[70...]) {
+                if try socket.receive(count: 20) == [3, 0, 17] + id.bytes + [0x2a] { answered += 1 }
+            }
+            #expect(answered == 30)
+            // One entry per second of backoff (and one more for the first), never one per spin of the loop.
+            let seconds = Int((clock.now - start).components.seconds)
+            let entries = daemon.standardError.split(separator: "\n").filter {
+                $0.contains("cannot accept a connection")
+            }
+            #expect(entries.count <= seconds + 2, "\(entries.count) entries in \(seconds) s")
+        }
+        daemon.signal(SIGTERM)
+        #expect(try await daemon.wait() == .exited(0))
+    }
+
     /// The soft and hard `Max open files` of a process, from `/proc/PID/limits`.
     static func openFileLimits(of pid: pid_t) throws -> (UInt64, UInt64) {
         let text = try String(contentsOfFile: "/proc/\(pid)/limits", encoding: .utf8)

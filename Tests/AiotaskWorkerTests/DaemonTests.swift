@@ -365,12 +365,14 @@ struct RunningDaemon {
 
     /// Starts aiotaskd with `arguments` (and `--config` with `config`, where `{SOCKET}` stands for the socket path,
     /// or `--listen` on the socket) and `environment` added to the test's, and waits until it is ready. The socket
-    /// is `aiotask.sock` in `directory`, a new one by default.
+    /// is `aiotask.sock` in `directory`, a new one by default. `launcher` is a command that execs aiotaskd, as
+    /// `setpriv` does after changing the process's privileges.
     static func start(
         arguments: [String] = [],
         config: String? = nil,
         environment: [String: String] = [:],
-        in directory: String? = nil
+        in directory: String? = nil,
+        launcher: [String] = []
     ) async throws -> RunningDaemon {
         let directory = try directory ?? makeTemporaryDirectory()
         let socket = directory + "/aiotask.sock"
@@ -387,8 +389,8 @@ struct RunningDaemon {
             arguments += ["--listen", "unix:\(socket)"]
         }
         let process = try SpawnedProcess.spawn(
-            Products.aiotaskd,
-            arguments,
+            launcher.first ?? Products.aiotaskd,
+            launcher.isEmpty ? arguments : launcher.dropFirst() + [Products.aiotaskd] + arguments,
             environment: environment,
             removing: systemdVariables
         )

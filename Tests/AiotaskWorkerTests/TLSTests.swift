@@ -63,6 +63,7 @@ struct TLSTests {
     static func start(
         _ arguments: [String] = [],
         forAddress: Bool = true,
+        launcher: [String] = [],
         prepare: (TestCertificates) async throws -> Void = { _ in }
     ) async throws -> TLSDaemon {
         let directory = try makeTemporaryDirectory()
@@ -82,7 +83,8 @@ struct TLSTests {
                 "--log-level", "debug",
             ] + arguments,
             environment: ["CREDENTIALS_DIRECTORY": credentials],
-            in: directory
+            in: directory,
+            launcher: launcher
         )
         return TLSDaemon(daemon: daemon, pki: pki, tlsPort: tlsPort, tcpPort: tcpPort)
     }
@@ -222,6 +224,35 @@ struct TLSTests {
             let cli = try await runCLI(["submit", "--server", "\(tls.tlsAddress)", "no CA given"])
             #expect(cli.exit != .exited(0))
             #expect(cli.standardError.contains("untrusted server certificate"), "\(cli.standardError)")
+        }
+    }
+
+    /// `CAP_NET_ADMIN`'s bit in `/proc/PID/status`'s capability masks.
+    static let netAdmin: UInt64 = 1 << 12
+
+    /// The effective capabilities of process `pid`.
+    static func effectiveCapabilities(of pid: pid_t) throws -> UInt64 {
+        let status = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
+        let line = try #require(status.split(separator: "\n").first { $0.hasPrefix("CapEff:") })
+        return try #require(UInt64(line.dropFirst("CapEff:".count).trimmingCharacters(in: .whitespaces), radix: 16))
+    }
+
+    // The packaged service runs without CAP_NET_ADMIN, as does any user but root: a socket option that needs it
+    // (SO_DEBUG, which `.socketOption(.tcp_nodelay)` sets) made the daemon close every TCP connection it accepted.
+    @Test("aiotaskd without CAP_NET_ADMIN serves its TCP and TLS clients")
+    func withoutNetworkAdministration() async throws {
+        // As root, setpriv takes the capability out of the bounding and inheritable sets before it execs aiotaskd.
+        let launcher =
+            geteuid() == 0 ? ["setpriv", "--bounding-set", "-net_admin", "--inh-caps", "-net_admin", "--"] : []
+        let tls = try await Self.start(launcher: launcher)
+        try await tls.daemon.stopAfter {
+            #expect(try Self.effectiveCapabilities(of: tls.daemon.process.pid) & Self.netAdmin == 0)
+            let plain = try await AiotaskClient.connect(to: tls.tcpAddress, connectTimeout: .seconds(10))
+            #expect(String(buffer: try await plain.submit(ByteBuffer(string: "over TCP"))) == "over TCP")
+            try await plain.close()
+            let secure = try await tls.connect(tls.trusting)
+            #expect(String(buffer: try await secure.submit(ByteBuffer(string: "over TLS"))) == "over TLS")
+            try await secure.close()
         }
     }
 

@@ -1,6 +1,7 @@
 import AiotaskClient
 import AiotaskProtocol
 import AiotaskTestSupport
+import Foundation
 import NIOCore
 import Testing
 
@@ -31,6 +32,49 @@ struct TransportTests {
             try await client.close()
         }
         try await server.stop()
+    }
+
+    @Test("an accepted TCP connection sends small frames at once (TCP_NODELAY) and is not in SO_DEBUG mode")
+    func acceptedTCPOptions() async throws {
+        let server = try await TestServer.start(listen: [.tcp(host: "127.0.0.1", port: 0)])
+        try await withTimeout {
+            let port = try #require(server.server.localAddresses.first { $0.protocol == .inet }?.port)
+            let client = try await AiotaskClient.connect(to: .tcp(host: "127.0.0.1", port: port))
+            #expect(try await client.submit("options") == Array("options".utf8))
+            // The server runs in this process: its end of the connection is the one socket here bound to its port
+            // that is not listening.
+            let accepted = try openDescriptors().filter { descriptor in
+                var address = sockaddr_in()
+                var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+                let bound = withUnsafeMutablePointer(to: &address) { pointer in
+                    pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                        getsockname(descriptor, $0, &length) == 0
+                    }
+                }
+                return bound && address.sin_family == sa_family_t(AF_INET)
+                    && UInt16(bigEndian: address.sin_port) == port
+                    && socketOption(descriptor, SOL_SOCKET, SO_ACCEPTCONN) == 0
+            }
+            #expect(accepted.count == 1)
+            for descriptor in accepted {
+                #expect(socketOption(descriptor, Int32(IPPROTO_TCP), TCP_NODELAY) == 1)
+                #expect(socketOption(descriptor, SOL_SOCKET, SO_DEBUG) == 0)
+            }
+            try await client.close()
+        }
+        try await server.stop()
+    }
+
+    /// The descriptors open in this process.
+    func openDescriptors() throws -> [Int32] {
+        try FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").compactMap { Int32($0) }
+    }
+
+    /// An integer socket option of `descriptor`, or nil if it has none.
+    func socketOption(_ descriptor: Int32, _ level: Int32, _ name: Int32) -> Int32? {
+        var value: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        return getsockopt(descriptor, level, name, &value, &length) == 0 ? value : nil
     }
 
     @Test("a client reaches the server over TCP on [::1]", .enabled(if: hasIPv6Loopback, "no IPv6 loopback here"))
