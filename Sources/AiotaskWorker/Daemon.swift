@@ -19,7 +19,7 @@ import UnixSignals
 public enum Daemon {
     /// The `FileDescriptorName=` of a socket systemd passes for the metrics listener rather than for tasks.
     public static let metricsSocketName = "metrics"
-    /// The `FileDescriptorName=` of a socket systemd passes for tasks over TLS (a socket unit of the operator's with `FileDescriptorName=tls`).
+    /// The `FileDescriptorName=` of a socket systemd passes for tasks over TLS (the packaged `aiotask-tls.socket`).
     public static let tlsSocketName = "tls"
 
     /// The config file's settings (if `--config` names one) overridden by the command line's.
