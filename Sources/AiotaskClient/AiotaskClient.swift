@@ -220,6 +220,7 @@ public final class AiotaskClient: TaskSubmitter {
                         ClientChannelHandler(
                             maximumResultLength: maximumResultLength,
                             readWindow: readWindow,
+                            readsFromTLS: tlsContext != nil,
                             legacy: legacy
                         )
                     )

@@ -58,10 +58,17 @@ final class ClientChannelHandler: ChannelInboundHandler {
         case closed(AiotaskClientError)
     }
 
-    init(maximumResultLength: Int, readWindow: ReadWindow? = nil, legacy: Bool = false) {
+    /// - Parameters:
+    ///   - readWindow: The window of the channel's ``DirectFrameReads``.
+    ///   - readsFromTLS: Whether the bytes come out of TLS, in a buffer NIOSSL reuses (see ``StreamDecoder``).
+    init(maximumResultLength: Int, readWindow: ReadWindow? = nil, readsFromTLS: Bool = false, legacy: Bool = false) {
         self.maximumResultLength = maximumResultLength
         self.isLegacy = legacy
-        self.frames = InboundStream(FrameDecoder(maximumPayloadLength: maximumResultLength), readWindow: readWindow)
+        self.frames = InboundStream(
+            FrameDecoder(maximumPayloadLength: maximumResultLength),
+            readWindow: readWindow,
+            copiesReads: readsFromTLS
+        )
     }
 
     /// ``endOfTasks``, or `ChannelPipelineError.notFound` once the handler has left the pipeline (the connection

@@ -26,8 +26,9 @@ package final class InboundStream<Decoder: LengthPrefixedDecoder> {
     /// - Parameters:
     ///   - decoder: The framing.
     ///   - readWindow: The window of the channel's ``DirectFrameReads``, if it reads through them.
-    package init(_ decoder: Decoder, readWindow: ReadWindow? = nil) {
-        self.decoder = StreamDecoder(decoder, readWindow: readWindow)
+    ///   - copiesReads: Whether the reads come in a buffer their producer reuses (TLS): see ``StreamDecoder``.
+    package init(_ decoder: Decoder, readWindow: ReadWindow? = nil, copiesReads: Bool = false) {
+        self.decoder = StreamDecoder(decoder, readWindow: readWindow, copiesReads: copiesReads)
     }
 
     /// Decodes the bytes of one read, handing each whole message to `receive` in order. When the bytes break the

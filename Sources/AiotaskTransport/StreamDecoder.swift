@@ -17,6 +17,11 @@ import NIOCore
 ///
 /// With a ``ReadWindow`` (the channel reading through ``DirectFrameReads``), the rest of a large frame is not even
 /// copied once: the channel reads it straight into the frame's buffer.
+///
+/// Reads that come out of TLS are the other way round (``copiesReads``): NIOSSL decrypts every read into one buffer
+/// it keeps and reuses, so any slice kept of it — a message, the start of a frame — makes NIOSSL copy that whole
+/// buffer (its capacity, up to a megabyte) before its next read. Such reads are copied once, each byte, into
+/// buffers of the decoder's own, and nothing of NIOSSL's buffer is kept.
 public struct StreamDecoder<Decoder: LengthPrefixedDecoder> {
     /// The framing; its settings may change between reads.
     public var decoder: Decoder
@@ -29,6 +34,9 @@ public struct StreamDecoder<Decoder: LengthPrefixedDecoder> {
     @usableFromInline let allocator: ByteBufferAllocator?
     /// Where the channel reads the rest of a large frame, if it reads through ``DirectFrameReads``.
     @usableFromInline let readWindow: ReadWindow?
+    /// Whether each read is copied into buffers of the decoder's own, none of it kept: the reads come in a buffer
+    /// their producer reuses (NIOSSL's).
+    @usableFromInline let copiesReads: Bool
 
     /// Most bytes reserved for a frame beyond those received so far (or as many as received, if more): a frame up
     /// to this size gets one buffer of its exact size; a larger one grows by doubling.
@@ -44,11 +52,18 @@ public struct StreamDecoder<Decoder: LengthPrefixedDecoder> {
     ///   - allocator: Allocates the buffers frames are assembled in. By default they are ``FastCopyBuffers`` of the
     ///     exact size needed; a `ByteBufferAllocator` rounds sizes up to a power of two.
     ///   - readWindow: The window of the channel's ``DirectFrameReads``, if it reads through them.
+    ///   - copiesReads: Whether the reads come in a buffer their producer reuses, as TLS's do: nothing of it is kept.
     @inlinable
-    public init(_ decoder: Decoder, allocator: ByteBufferAllocator? = nil, readWindow: ReadWindow? = nil) {
+    public init(
+        _ decoder: Decoder,
+        allocator: ByteBufferAllocator? = nil,
+        readWindow: ReadWindow? = nil,
+        copiesReads: Bool = false
+    ) {
         self.decoder = decoder
         self.allocator = allocator
         self.readWindow = readWindow
+        self.copiesReads = copiesReads
     }
 
     /// Bytes received and not decoded yet.
@@ -83,9 +98,20 @@ public struct StreamDecoder<Decoder: LengthPrefixedDecoder> {
         var incoming = bytes
         while incoming.readableBytes > 0 {
             if pending.readableBytes == 0 {
-                // Nothing pending: decode straight from the read buffer.
-                pending = incoming
-                pendingIsAssembly = false
+                if copiesReads {
+                    // Every byte, once, into a buffer sized as a frame's assembly is: the messages decoded from it
+                    // and the start of a frame it ends with share no storage with the producer's buffer.
+                    pending = makeAssembly(
+                        adding: incoming.readableBytes,
+                        frameLength: decoder.frameLength(at: incoming)
+                    )
+                    pending.writeBuffer(&incoming)
+                    pendingIsAssembly = true
+                } else {
+                    // Nothing pending: decode straight from the read buffer.
+                    pending = incoming
+                    pendingIsAssembly = false
+                }
                 try decodeAvailable(body)
                 return
             }

@@ -284,8 +284,9 @@ struct TLSTests {
             let start = clock.now
             let answer = try await withTimeout(.seconds(10)) {
                 try await RawConnection.with(tls.tlsAddress) { connection in
-                    // A TLS record header and nothing after it: the handshake waits for the rest.
-                    try await connection.send([0x16, 0x03, 0x01, 0x00, 0x80])
+                    // A TLS record header and nothing after it: the handshake waits for the rest. (On a loaded
+                    // machine the timeout may close the connection before this is sent: the same outcome.)
+                    try? await connection.send([0x16, 0x03, 0x01, 0x00, 0x80])
                     return try await connection.readBytesUntilClosed()
                 }
             }

@@ -177,6 +177,17 @@ struct BenchSuite {
                     try await BenchLoad(tasks: tinyTasks, concurrency: 256, size: 100, connections: 1)
                         .checkedRun(client: client, against: address).tasksPerSecond
                 )
+                // TLS right after the plaintext figure it is compared with, in the same state of the same daemon.
+                guard let tlsAddress = echo.tlsAddress else { throw DaemonUnderTest.Failure(description: "no TLS") }
+                let tlsRate = try await BenchLoad(
+                    tasks: tinyTasks,
+                    concurrency: 256,
+                    size: 100,
+                    connections: 1,
+                    tlsAuthority: pki.authority()
+                ).checkedRun(client: client, against: tlsAddress).tasksPerSecond
+                tlsThroughput.values.append(tlsRate)
+                if let plain = throughput1.values.last, plain > 0 { tlsRatio.values.append(tlsRate / plain) }
                 throughput4.values.append(
                     try await BenchLoad(tasks: tinyTasks, concurrency: 256, size: 100, connections: 4)
                         .checkedRun(client: client, against: address).tasksPerSecond
@@ -196,16 +207,6 @@ struct BenchSuite {
                 rssConnections.values.append(try await residentBytes(of: echo, withIdleConnections: idleCount) / 1e6)
 
                 // TLS: the same loads on the same daemon, through its tls:// listener.
-                guard let tlsAddress = echo.tlsAddress else { throw DaemonUnderTest.Failure(description: "no TLS") }
-                let tlsRate = try await BenchLoad(
-                    tasks: tinyTasks,
-                    concurrency: 256,
-                    size: 100,
-                    connections: 1,
-                    tlsAuthority: pki.authority()
-                ).checkedRun(client: client, against: tlsAddress).tasksPerSecond
-                tlsThroughput.values.append(tlsRate)
-                if let plain = throughput1.values.last, plain > 0 { tlsRatio.values.append(tlsRate / plain) }
                 let tlsLargeRun = try await BenchLoad(
                     tasks: largeTasks,
                     concurrency: 4,

@@ -51,13 +51,21 @@ final class ConnectionHandler: ChannelInboundHandler {
     /// - Parameters:
     ///   - readWindow: The window of the channel's ``DirectFrameReads``.
     ///   - clientCertificate: The identity of the client's TLS certificate, for the journal's `CLIENT_CERT`.
-    init(supervisor: Supervisor, logger: Logger, readWindow: ReadWindow? = nil, clientCertificate: String? = nil) {
+    ///   - readsFromTLS: Whether the bytes come out of TLS, in a buffer NIOSSL reuses (see ``StreamDecoder``).
+    init(
+        supervisor: Supervisor,
+        logger: Logger,
+        readWindow: ReadWindow? = nil,
+        clientCertificate: String? = nil,
+        readsFromTLS: Bool = false
+    ) {
         self.supervisor = supervisor
         self.logger = logger
         self.clientCertificate = clientCertificate
         self.frames = InboundStream(
             FrameDecoder(maximumPayloadLength: supervisor.configuration.maximumPayloadLength),
-            readWindow: readWindow
+            readWindow: readWindow,
+            copiesReads: readsFromTLS
         )
         self.state = StateMachine(
             finishedTasksRemembered: supervisor.configuration.finishedTasksRemembered,

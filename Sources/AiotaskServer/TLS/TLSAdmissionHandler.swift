@@ -82,7 +82,8 @@ final class TLSAdmissionHandler: ChannelInboundHandler, RemovableChannelHandler 
             let connection = ConnectionHandler(
                 supervisor: supervisor,
                 logger: logger,
-                clientCertificate: identities.first
+                clientCertificate: identities.first,
+                readsFromTLS: true
             )
             try context.pipeline.syncOperations.addHandler(connection, position: .after(self))
             context.fireChannelActive()
