@@ -104,7 +104,9 @@ extension ProtocolError: CustomStringConvertible {
         let type = frameType.map { "\($0)" } ?? "unknown"
         switch code {
         case .unknownFrameType:
-            return "unknown frame type \(typeByte.map { "\($0)" } ?? "?")"
+            // 22 is the first byte of every TLS record: a client speaking TLS to a plain listener.
+            let hint = typeByte == 22 ? " (a TLS handshake? this listener speaks plain frames, not TLS)" : ""
+            return "unknown frame type \(typeByte.map { "\($0)" } ?? "?")\(hint)"
         case .frameTooLarge:
             return "\(type) frame of \(length ?? 0) bytes exceeds the limit of \(limit ?? 0) bytes"
         case .malformedFrame:

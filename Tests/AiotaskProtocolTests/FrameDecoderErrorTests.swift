@@ -268,6 +268,10 @@ struct FrameDecoderErrorTests {
     func descriptions() {
         #expect(ProtocolError.unknownFrameType(9).description == "unknown frame type 9")
         #expect(
+            ProtocolError.unknownFrameType(22).description
+                == "unknown frame type 22 (a TLS handshake? this listener speaks plain frames, not TLS)"
+        )
+        #expect(
             ProtocolError.frameTooLarge(.error, length: 70_000, limit: 65_536).description
                 == "ERROR frame of 70000 bytes exceeds the limit of 65536 bytes"
         )

@@ -221,6 +221,9 @@ struct TLSTests {
             } throws: { error in
                 (error as? AiotaskClientError)?.code == .plaintextServer
             }
+            // ... and the daemon says what came in on its plain port.
+            let entry = try await tls.waitForLog(containing: "unknown frame type 22 (a TLS handshake?")
+            #expect(entry.contains("client=127.0.0.1:"), "\(entry)")
             let cli = try await runCLI(["submit", "--server", "\(tls.tlsAddress)", "no CA given"])
             #expect(cli.exit != .exited(0))
             #expect(cli.standardError.contains("untrusted server certificate"), "\(cli.standardError)")
